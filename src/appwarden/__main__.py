@@ -1,0 +1,3 @@
+from appwarden.cli.main import main
+
+main()

@@ -1,0 +1,165 @@
+"""Strict loading of YAML/JSON documents into plain values, remembering where each value was.
+
+YAML 1.1's implicit typing surprises people (`no` is false, `9:00` is 540, a bare date is a date),
+so this loader composes the node tree itself: duplicate keys, aliases, merge keys, custom tags and
+ambiguous scalars are errors that name FILE:LINE:COL. Plain scalars that look like timestamps stay
+strings; the field that expects an instant decides whether they carry an offset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from appwarden.errors import InputTooLarge, InvalidInput, Problem
+
+Path = tuple[str | int, ...]
+
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+_INT = re.compile(r"^[-+]?\d+$")
+_FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
+_STANDARD_TAGS = {
+    "tag:yaml.org,2002:" + name
+    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    line: int
+    column: int
+
+
+@dataclass
+class Document:
+    """A loaded document: its plain value and the source position of every value in it."""
+
+    filename: str
+    value: Any
+    marks: dict[Path, Mark] = field(default_factory=dict)
+
+    def where(self, path: Path = ()) -> str:
+        """`FILE:LINE:COL` of the value at `path`, or of its nearest located ancestor."""
+        probe = tuple(path)
+        while probe not in self.marks and probe:
+            probe = probe[:-1]
+        mark = self.marks.get(probe)
+        if mark is None:
+            return self.filename
+        return f"{self.filename}:{mark.line}:{mark.column}"
+
+    def problem(self, path: Path, message: str) -> Problem:
+        return Problem(self.where(path), message)
+
+
+def load_document(text: str | bytes, filename: str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
+    """Load one YAML (or JSON) document strictly. Raises InvalidInput listing every problem found."""
+    raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > max_bytes:
+        raise InputTooLarge(
+            f"{filename}: {len(raw)} bytes is over the limit of {max_bytes}",
+            problems=[Problem(filename, f"document is {len(raw)} bytes; the limit is {max_bytes}")],
+        )
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"{filename}: not UTF-8", problems=[Problem(filename, f"not valid UTF-8 ({exc.reason})")]
+        ) from exc
+    try:
+        nodes = list(yaml.compose_all(decoded, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        message = f"{exc.problem or exc.context or 'malformed YAML'}"
+        raise InvalidInput(f"{where}: {message}", problems=[Problem(where, message)]) from exc
+    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML raises marked errors for text input
+        raise InvalidInput(f"{filename}: {exc}", problems=[Problem(filename, str(exc))]) from exc
+    if len(nodes) != 1:
+        message = "expected exactly one document" if nodes else "the document is empty"
+        raise InvalidInput(f"{filename}: {message}", problems=[Problem(filename, message)])
+    builder = _Builder(filename)
+    value = builder.build(nodes[0], ())
+    if builder.problems:
+        raise InvalidInput(
+            f"{filename}: {len(builder.problems)} problem(s)", problems=builder.problems
+        )
+    return Document(filename=filename, value=value, marks=builder.marks)
+
+
+class _Builder:
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.marks: dict[Path, Mark] = {}
+        self.problems: list[Problem] = []
+        self._seen: set[int] = set()
+
+    def _where(self, node: yaml.Node) -> str:
+        return f"{self.filename}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+    def _fail(self, node: yaml.Node, message: str) -> None:
+        self.problems.append(Problem(self._where(node), message))
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.marks[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+        if id(node) in self._seen:
+            self._fail(node, "anchors and aliases are not supported; write the value out")
+            return None
+        self._seen.add(id(node))
+        if node.tag not in _STANDARD_TAGS:
+            self._fail(node, f"unsupported tag {node.tag!r}")
+            return None
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self._fail(key_node, "merge keys (<<) are not supported; write the keys out")
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._fail(key_node, "a key must be a plain string")
+                continue
+            key = key_node.value
+            if key in result:
+                self._fail(key_node, f"duplicate key {key!r}")
+                continue
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        text: str = node.value
+        if node.style is not None:  # quoted or block scalar: always text
+            return text
+        tag = node.tag.rsplit(":", 1)[-1]
+        if tag == "null":
+            return None
+        if tag == "bool":
+            if text in ("true", "false"):
+                return text == "true"
+            self._fail(
+                node,
+                f"ambiguous value {text!r}: YAML reads it as a boolean; "
+                "write true or false, or quote it if you mean the text",
+            )
+            return None
+        if tag == "int":
+            if _INT.match(text):
+                return int(text)
+            self._fail(node, f"ambiguous number {text!r}: quote it if you mean the text")
+            return None
+        if tag == "float":
+            if _FLOAT.match(text):
+                return float(text)
+            self._fail(node, f"ambiguous number {text!r}: quote it if you mean the text")
+            return None
+        return text  # str and timestamp: the field that wants an instant checks the offset

@@ -1,0 +1,44 @@
+"""Domain events. Handlers are registered in `appwarden.wiring`; they run inside the unit of work
+that raised the event, so reactions commit or roll back with their cause."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionChanged:
+    device_id: int
+    resource: str
+    old: str
+    new: str
+    causes: tuple[str, ...]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryChanged:
+    device_id: int
+    at: datetime
+
+
+Event = DecisionChanged | InventoryChanged
+Handler = Callable[[Any, Any], None]
+
+
+@dataclass
+class EventBus:
+    """Synchronous, in-process dispatch: `publish(uow, event)` calls every handler for its type."""
+
+    handlers: dict[type[Any], list[Handler]] = field(default_factory=lambda: defaultdict(list))
+
+    def subscribe(self, event_type: type[Any], handler: Handler) -> None:
+        self.handlers[event_type].append(handler)
+
+    def publish(self, uow: Any, event: Any) -> None:
+        for handler in self.handlers.get(type(event), []):
+            handler(uow, event)
