@@ -1,7 +1,8 @@
 """Time comes from here. Code asks a Clock for `now`; it never calls datetime.now() itself.
 
-`fixed:<RFC3339>` pins the clock and `file:<path>` re-reads an instant from a file at every call so a
-test can walk a running server through time. Both are refused unless APPWARDEN_ENV is test or demo.
+`fixed:<RFC3339>` pins the clock and `file:<path>` re-reads an instant from a file at every call,
+so a test can walk a running server through time. Both are refused unless APPWARDEN_ENV is
+`test` or `demo`.
 """
 
 from __future__ import annotations
@@ -56,4 +57,6 @@ def clock_from_spec(spec: str | None, *, env: str) -> Clock:
             raise InvalidInput(f"APPWARDEN_CLOCK: {exc}") from exc
     if kind == "file":
         return FileClock(Path(arg))
-    raise InvalidInput(f"APPWARDEN_CLOCK must be system, fixed:<RFC3339> or file:<path>, got {spec!r}")
+    raise InvalidInput(
+        f"APPWARDEN_CLOCK must be system, fixed:<RFC3339> or file:<path>, got {spec!r}"
+    )

@@ -56,8 +56,10 @@ class Document:
         return Problem(self.where(path), message)
 
 
-def load_document(text: str | bytes, filename: str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
-    """Load one YAML (or JSON) document strictly. Raises InvalidInput listing every problem found."""
+def load_document(
+    text: str | bytes, filename: str, *, max_bytes: int = MAX_DOCUMENT_BYTES
+) -> Document:
+    """Load one YAML (or JSON) document strictly; InvalidInput lists every problem found."""
     raw = text.encode() if isinstance(text, str) else text
     if len(raw) > max_bytes:
         raise InputTooLarge(
@@ -68,7 +70,8 @@ def load_document(text: str | bytes, filename: str, *, max_bytes: int = MAX_DOCU
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(
-            f"{filename}: not UTF-8", problems=[Problem(filename, f"not valid UTF-8 ({exc.reason})")]
+            f"{filename}: not UTF-8",
+            problems=[Problem(filename, f"not valid UTF-8 ({exc.reason})")],
         ) from exc
     try:
         nodes = list(yaml.compose_all(decoded, Loader=yaml.SafeLoader))

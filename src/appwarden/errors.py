@@ -1,13 +1,13 @@
 """The one error hierarchy. Adapters map it to exit codes (CLI) and problem+json (HTTP).
 
-    AppwardenError
-    ├── InvalidInput        bad input: a file, a field, an argument (422 / exit 2)
-    │   └── too large        InputTooLarge (413)
-    ├── NotFound            an id that does not exist (404 / exit 3)
-    ├── Ambiguous           a bare device identifier that matches several devices (422)
-    ├── Conflict            an illegal transition or a clash with stored state (409 / exit 4)
-    │   └── IdentifierConflict  one report's identifiers point at two devices (quarantined)
-    └── PermissionDenied    the actor may not do this (403 / exit 5)
+AppwardenError
+├── InvalidInput        bad input: a file, a field, an argument (422 / exit 2)
+│   └── too large        InputTooLarge (413)
+├── NotFound            an id that does not exist (404 / exit 3)
+├── Ambiguous           a bare device identifier that matches several devices (422)
+├── Conflict            an illegal transition or a clash with stored state (409 / exit 4)
+│   └── IdentifierConflict  one report's identifiers point at two devices (quarantined)
+└── PermissionDenied    the actor may not do this (403 / exit 5)
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ def parse_instant(text: str) -> datetime:
     """Parse an RFC 3339 timestamp that carries an offset; naive times and bare dates are errors."""
     if not _RFC3339.match(text.strip()):
         raise ValueError(
-            f"expected an RFC 3339 time with an offset, like 2020-07-10T23:59:59-07:00, got {text!r}"
+            "expected an RFC 3339 time with an offset, like 2020-07-10T23:59:59-07:00, "
+            f"got {text!r}"
         )
     value = datetime.fromisoformat(text.strip().replace("z", "Z"))
     return value.astimezone(UTC)

@@ -145,7 +145,9 @@ class Role(StrEnum):
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.READ}),
-    Role.AUTHOR: frozenset({Permission.READ, Permission.POLICIES_AUTHOR, Permission.POLICIES_RETRACT}),
+    Role.AUTHOR: frozenset(
+        {Permission.READ, Permission.POLICIES_AUTHOR, Permission.POLICIES_RETRACT}
+    ),
     Role.APPROVER: frozenset(
         {
             Permission.READ,
@@ -187,7 +189,11 @@ def platform_carries(platform: str, namespace: str) -> bool:
 
 # The namespaces a native full inventory of each platform lists completely.
 PLATFORM_NAMESPACES: dict[Platform, frozenset[AppNamespace]] = {
-    p: frozenset(ns for ns, plats in NAMESPACE_PLATFORMS.items() if p in plats and ns != AppNamespace.DISPLAY_NAME)
+    p: frozenset(
+        ns
+        for ns, plats in NAMESPACE_PLATFORMS.items()
+        if p in plats and ns != AppNamespace.DISPLAY_NAME
+    )
     for p in Platform
     if p != Platform.UNKNOWN
 }

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from appwarden.db.base import Base
+
+
+class DecisionRecord(Base):
+    """The materialised decision for (device, resource), so a gate's question costs a lookup."""
+
+    __tablename__ = "decision"
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+    )
+    resource: Mapped[str] = mapped_column(String(64), primary_key=True)
+    decision: Mapped[str] = mapped_column(String(8))
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+    valid_until: Mapped[datetime | None]
+    changed_at: Mapped[datetime]

@@ -1,0 +1,84 @@
+"""Decisions: computed from the versions in effect, materialised per (device, resource), and
+every change announced as one DecisionChanged event."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
+from appwarden.access.models import DecisionRecord
+from appwarden.compliance.service import Outcome, evaluate_device
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.models import Device
+from appwarden.devices.service import resources_of
+from appwarden.events import DecisionChanged
+from appwarden.vocabulary import Decision
+
+
+def _policy_outcomes(outcomes: list[Outcome]) -> list[PolicyOutcome]:
+    return [
+        PolicyOutcome(
+            policy_id=o.version.policy_id,
+            version=o.version.number,
+            deny=o.rules.deny,
+            unknown_deny=o.rules.unknown_deny,
+            deadline=o.rules.deadline,
+            grace=o.rules.grace,
+            evaluation=o.evaluation,
+        )
+        for o in outcomes
+    ]
+
+
+def decide_for(
+    uow: UnitOfWork,
+    device: Device,
+    resource: str,
+    at: datetime,
+    outcomes: list[Outcome] | None = None,
+) -> DecisionResult:
+    if outcomes is None:
+        outcomes = evaluate_device(uow, device, at)
+    return decide(
+        resource, _policy_outcomes(outcomes), first_report_at=device.first_report_at, now=at
+    )
+
+
+def refresh_decisions(
+    uow: UnitOfWork, device: Device, outcomes: list[Outcome]
+) -> list[DecisionChanged]:
+    """Recompute the device's materialised decisions at the unit of work's time; publish a
+    DecisionChanged for each one that changed."""
+    resources = set(resources_of(uow, device.id))
+    for outcome in outcomes:
+        resources |= outcome.rules.deny
+    stored = {
+        r.resource: r
+        for r in uow.session.scalars(
+            select(DecisionRecord).where(DecisionRecord.device_id == device.id)
+        )
+    }
+    changes = []
+    for resource in sorted(resources | set(stored)):
+        result = decide_for(uow, device, resource, uow.now, outcomes)
+        record = stored.get(resource)
+        old = Decision(record.decision) if record is not None else Decision.ALLOW
+        if record is None:
+            record = DecisionRecord(device_id=device.id, resource=resource, changed_at=uow.now)
+            uow.session.add(record)
+        record.decision = result.decision
+        record.reasons = list(result.reasons)
+        record.valid_until = result.valid_until
+        if old != result.decision:
+            record.changed_at = uow.now
+            causes = tuple(
+                str(r["policy"]) for r in result.reasons if r["effect"] == "deny"
+            ) or tuple(str(r["policy"]) for r in result.reasons)
+            change = DecisionChanged(device.id, resource, old, result.decision, causes, uow.now)
+            changes.append(change)
+    uow.session.flush()
+    for change in changes:
+        uow.publish(change)
+    return changes

@@ -1,0 +1,318 @@
+"""The state of (policy version, device, T): DESIGN.md §4.3, the first rule that matches wins.
+
+Pure: plain data in, an Evaluation out, no I/O. The set-based fleet evaluation in
+`compliance.fleet` must agree with this module row for row (a property-based test checks it).
+
+Rules, in order:
+  1. not_applicable  a listed scope key does not match, the owner left, the device is retired,
+                     or the device has no owner
+  2. exempt          an approved exemption covers the device or its owner at T
+  3. violating       a report shows an identifier of the policy and no later report that can prove
+                     absence covers it: action_required before the due time, non_compliant after
+  4. compliant       every identifier the platform can carry is covered by a fresh absence proof
+  5. unknown         otherwise
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from appwarden.catalog.matching import key_matches
+from appwarden.vocabulary import ComplianceState, DeviceStatus, PersonStatus, platform_carries
+
+State = ComplianceState
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierRule:
+    namespace: str
+    value: str  # catalog match key; may be a glob for pattern namespaces
+    is_pattern: bool = False
+
+    def matches(self, namespace: str, key: str) -> bool:
+        if namespace != self.namespace:
+            return False
+        if self.is_pattern:
+            return key_matches(namespace, self.value, key)
+        return key == self.value
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRule:
+    """None means the key was omitted: it matches every device."""
+
+    platforms: frozenset[str] | None = None
+    form_factors: frozenset[str] | None = None
+    ownership: frozenset[str] | None = None
+    access: frozenset[str] | None = None
+    include_groups: frozenset[str] | None = None
+    exclude_groups: frozenset[str] = frozenset()
+    exclude_people: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRules:
+    version_id: int
+    policy_id: str
+    release_at: datetime
+    deadline: datetime
+    grace: timedelta
+    max_evidence_age: timedelta
+    evidence: frozenset[str]
+    unknown_deny: bool
+    deny: frozenset[str]
+    identifiers: tuple[IdentifierRule, ...]
+    scope: ScopeRule = field(default_factory=ScopeRule)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    email: str
+    status: str = PersonStatus.ACTIVE
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """An observation: feed (source, evidence kind) saw identifier (namespace, key)."""
+
+    source: str
+    evidence_kind: str
+    namespace: str
+    key: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Covered:
+    """The latest time a feed listed `namespace` completely (value "") or answered for one
+    identifier (value = that identifier)."""
+
+    source: str
+    evidence_kind: str
+    namespace: str
+    value: str
+    observed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    device_id: int
+    platform: str
+    form_factor: str
+    ownership: str
+    status: str
+    resources: frozenset[str]
+    owner: Owner | None
+    first_report_at: datetime | None = None
+    observations: tuple[Seen, ...] = ()
+    coverage: tuple[Covered, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExemptionWindow:
+    """An approved exemption; `ends_at` is the revocation time when it was revoked early."""
+
+    exemption_id: int
+    starts_at: datetime
+    ends_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    state: State
+    since: datetime | None
+    due: datetime | None = None
+    first_seen: datetime | None = None
+    reasons: tuple[str, ...] = ()
+    valid_until: datetime | None = None  # the next instant the state may change without new facts
+
+
+def scope_mismatch(scope: ScopeRule, device: DeviceView) -> str | None:
+    """The reason the device is out of scope, or None. An `unknown` value is in scope."""
+    for key, allowed, value in (
+        ("platforms", scope.platforms, device.platform),
+        ("form_factors", scope.form_factors, device.form_factor),
+        ("ownership", scope.ownership, device.ownership),
+    ):
+        if allowed is not None and value != "unknown" and value not in allowed:
+            return f"out_of_scope:{key}"
+    if scope.access is not None and not (scope.access & device.resources):
+        return "out_of_scope:access"
+    owner = device.owner
+    if owner is not None:
+        if scope.include_groups is not None and not (scope.include_groups & owner.groups):
+            return "out_of_scope:include_groups"
+        if scope.exclude_groups & owner.groups:
+            return "out_of_scope:exclude_groups"
+        if owner.email in scope.exclude_people:
+            return "out_of_scope:exclude"
+    return None
+
+
+def not_applicable_reason(rules: PolicyRules, device: DeviceView) -> str | None:
+    mismatch = scope_mismatch(rules.scope, device)
+    if mismatch:
+        return mismatch
+    if device.status == DeviceStatus.RETIRED:
+        return "device_retired"
+    if device.owner is None:
+        return "no_owner"
+    if device.owner.status == PersonStatus.LEFT:
+        return "person_left"
+    return None
+
+
+def _shows(device: DeviceView, proof: Covered, ident: IdentifierRule) -> bool:
+    """Did the proof's own feed list the identifier as present at the proof's time?"""
+    return any(
+        seen.source == proof.source
+        and seen.evidence_kind == proof.evidence_kind
+        and ident.matches(seen.namespace, seen.key)
+        and seen.last_seen_at >= proof.observed_at
+        for seen in device.observations
+    )
+
+
+def _absence_proofs(rules: PolicyRules, device: DeviceView, ident: IdentifierRule) -> list[Covered]:
+    """Reports of an allowed evidence kind that cover the identifier and do not show it."""
+    return [
+        proof
+        for proof in device.coverage
+        if proof.evidence_kind in rules.evidence
+        and proof.namespace == ident.namespace
+        and proof.value in ("", ident.value)
+        and not _shows(device, proof, ident)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _IdentifierFacts:
+    ident: IdentifierRule
+    last_seen: datetime | None  # latest presence of the identifier in any feed
+    first_seen: datetime | None
+    proofs: tuple[datetime, ...]  # observed_at of absence proofs
+
+    @property
+    def live(self) -> bool:
+        return self.last_seen is not None and not any(p > self.last_seen for p in self.proofs)
+
+
+def _facts(rules: PolicyRules, device: DeviceView) -> list[_IdentifierFacts]:
+    facts = []
+    for ident in rules.identifiers:
+        seen = [s for s in device.observations if ident.matches(s.namespace, s.key)]
+        facts.append(
+            _IdentifierFacts(
+                ident=ident,
+                last_seen=max((s.last_seen_at for s in seen), default=None),
+                first_seen=min((s.first_seen_at for s in seen), default=None),
+                proofs=tuple(p.observed_at for p in _absence_proofs(rules, device, ident)),
+            )
+        )
+    return facts
+
+
+def due_time(rules: PolicyRules, first_seen: datetime) -> datetime:
+    """A violation seen before release is due at the deadline; a later one gets its grace."""
+    if first_seen < rules.release_at:
+        return rules.deadline
+    return max(rules.deadline, first_seen + rules.grace)
+
+
+def underlying_state(
+    rules: PolicyRules,
+    device: DeviceView,
+    stored_first_seen: datetime | None,
+    now: datetime,
+    *,
+    exemption_ended_at: datetime | None = None,
+) -> Evaluation:
+    """Rules 3-5 for an in-scope device. After an exemption ends, a violation gets `grace`
+    from the end."""
+    facts = _facts(rules, device)
+    live = [f for f in facts if f.live]
+    if live:
+        first_seen = min(f.first_seen for f in live if f.first_seen is not None)
+        if stored_first_seen is not None:
+            first_seen = min(first_seen, stored_first_seen)
+        due = due_time(rules, first_seen)
+        if exemption_ended_at is not None:
+            due = max(due, exemption_ended_at + rules.grace)
+        reasons: list[str] = [f"present:{f.ident.namespace}:{f.ident.value}" for f in live]
+        latest_presence = max(f.last_seen for f in live if f.last_seen is not None)
+        if latest_presence < now - rules.max_evidence_age:
+            reasons.append("evidence_stale")
+        if now < due:
+            return Evaluation(
+                State.ACTION_REQUIRED,
+                since=max(rules.release_at, first_seen),
+                due=due,
+                first_seen=first_seen,
+                reasons=tuple(reasons),
+                valid_until=due,
+            )
+        return Evaluation(
+            State.NON_COMPLIANT,
+            since=max(rules.release_at, due),
+            due=due,
+            first_seen=first_seen,
+            reasons=tuple(reasons),
+        )
+
+    carried = [f for f in facts if platform_carries(device.platform, f.ident.namespace)]
+    cutoff = now - rules.max_evidence_age
+    unproven = [f for f in carried if not any(p >= cutoff for p in f.proofs)]
+    if not unproven:
+        # When absence was proven: the first proof after the last sighting, for what was seen.
+        cleared = [
+            min(p for p in f.proofs if p > f.last_seen) for f in facts if f.last_seen is not None
+        ]
+        since = max([rules.release_at, *cleared])
+        expiry = min((max(f.proofs) + rules.max_evidence_age for f in carried), default=None)
+        return Evaluation(
+            State.COMPLIANT,
+            since=since,
+            reasons=("absence_proven",),
+            valid_until=expiry,
+        )
+    expired = [max(f.proofs) + rules.max_evidence_age for f in unproven if f.proofs]
+    unverified = tuple(f"unverified:{f.ident.namespace}:{f.ident.value}" for f in unproven)
+    return Evaluation(State.UNKNOWN, since=max([rules.release_at, *expired]), reasons=unverified)
+
+
+def evaluate(
+    rules: PolicyRules,
+    device: DeviceView,
+    *,
+    now: datetime,
+    exemptions: Iterable[ExemptionWindow] = (),
+    stored_first_seen: datetime | None = None,
+) -> Evaluation:
+    """The state of the device under the policy version at `now`."""
+    reason = not_applicable_reason(rules, device)
+    if reason:
+        return Evaluation(State.NOT_APPLICABLE, since=None, reasons=(reason,))
+    windows = list(exemptions)
+    ended = [e.ends_at for e in windows if e.ends_at <= now]
+    base = underlying_state(
+        rules, device, stored_first_seen, now, exemption_ended_at=max(ended, default=None)
+    )
+    active = [e for e in windows if e.starts_at <= now < e.ends_at]
+    if active:
+        window = max(active, key=lambda e: (e.ends_at, e.exemption_id))
+        return Evaluation(
+            State.EXEMPT,
+            since=max(rules.release_at, window.starts_at),
+            due=base.due,
+            first_seen=base.first_seen,
+            reasons=(f"exemption:{window.exemption_id}", f"underlying:{base.state}", *base.reasons),
+            valid_until=window.ends_at,
+        )
+    return base
+
+
+IN_SCOPE_STATES = frozenset(State) - {State.NOT_APPLICABLE}

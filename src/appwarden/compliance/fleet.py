@@ -1,0 +1,369 @@
+"""Set-based evaluation of one policy version over the whole fleet, in SQL.
+
+The same ordered rules as `compliance.evaluate`, expressed as joins and aggregates that run inside
+the database (SQLite or PostgreSQL), so no Python code loops over devices to decide a state. Time
+arithmetic is moved into bound parameters (T - grace, T - max_evidence_age) so both dialects only
+compare instants. A property-based test checks this module against `evaluate` row for row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from appwarden.compliance.evaluate import PolicyRules
+from appwarden.db.base import UTCDateTime
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
+from appwarden.exemptions.models import Exemption
+from appwarden.identity.models import Person, PersonGroup
+from appwarden.policies.models import PolicyFirstSeen, PolicyIdentifier
+from appwarden.vocabulary import NAMESPACE_PLATFORMS, ComplianceState, Platform
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRow:
+    """SQL's verdict for one in-scope device plus the instants needed to explain it."""
+
+    device_id: int
+    state: ComplianceState
+    first_seen: datetime | None
+    latest_presence: datetime | None
+    cleared_at: datetime | None  # compliant: when the last sighting was proven gone
+    newest_unproven_proof: datetime | None  # unknown: the newest expired proof (None: none)
+    oldest_fresh_proof: datetime | None  # compliant: the proof that expires first
+    exemption_id: int | None
+    exemption_starts_at: datetime | None
+    exemption_ends_at: datetime | None
+    exemption_ended_at: datetime | None
+    underlying: ComplianceState
+
+
+def _at(value: datetime) -> ColumnElement[datetime]:
+    return literal(value, UTCDateTime())
+
+
+def _matches(ident: Any) -> ColumnElement[bool]:
+    """Does the Observation row match the policy identifier (exactly, or by its glob)?"""
+    return and_(
+        Observation.namespace == ident.namespace,
+        or_(
+            Observation.value == ident.value,
+            and_(
+                ident.like_pattern.is_not(None),
+                Observation.value.like(ident.like_pattern, escape="\\"),
+            ),
+        ),
+    )
+
+
+def _carries(platform: ColumnElement[str], namespace: ColumnElement[str]) -> ColumnElement[bool]:
+    clauses = [and_(platform == Platform.UNKNOWN.value, namespace != "web_domain")]
+    for ns, platforms in NAMESPACE_PLATFORMS.items():
+        if platforms:
+            clauses.append(
+                and_(namespace == ns.value, platform.in_(sorted(p.value for p in platforms)))
+            )
+    return or_(*clauses)
+
+
+def _in_scope(rules: PolicyRules) -> Select[int, str, int]:
+    scope = rules.scope
+    conditions: list[ColumnElement[bool]] = [
+        Device.status == "active",
+        Device.owner_id.is_not(None),
+        Person.status == "active",
+    ]
+    for column, allowed in (
+        (Device.platform, scope.platforms),
+        (Device.form_factor, scope.form_factors),
+        (Device.ownership, scope.ownership),
+    ):
+        if allowed is not None:
+            conditions.append(or_(column == "unknown", column.in_(sorted(allowed))))
+    if scope.access is not None:
+        conditions.append(
+            exists().where(
+                DeviceResource.device_id == Device.id,
+                DeviceResource.resource.in_(sorted(scope.access)),
+            )
+        )
+    if scope.include_groups is not None:
+        conditions.append(
+            exists().where(
+                PersonGroup.person_id == Person.id,
+                PersonGroup.group_name.in_(sorted(scope.include_groups)),
+            )
+        )
+    if scope.exclude_groups:
+        conditions.append(
+            ~exists().where(
+                PersonGroup.person_id == Person.id,
+                PersonGroup.group_name.in_(sorted(scope.exclude_groups)),
+            )
+        )
+    if scope.exclude_people:
+        conditions.append(Person.email.not_in(sorted(scope.exclude_people)))
+    return (
+        select(
+            Device.id.label("device_id"),
+            Device.platform.label("platform"),
+            Person.id.label("person_id"),
+        )
+        .join(Person, Person.id == Device.owner_id)
+        .where(*conditions)
+    )
+
+
+def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[FleetRow]:
+    """The state of every in-scope device under `rules` at `now`."""
+    version_id = rules.version_id
+    cutoff = _at(now - rules.max_evidence_age)
+    scoped = _in_scope(rules).cte("scoped")
+    pi = select(PolicyIdentifier).where(PolicyIdentifier.version_id == version_id).cte("pi")
+
+    # Latest and first sighting of each policy identifier on each in-scope device, any feed.
+    presence = (
+        select(
+            Observation.device_id,
+            pi.c.namespace,
+            pi.c.value,
+            func.max(Observation.last_seen_at).label("last_seen"),
+            func.min(Observation.first_seen_at).label("first_seen"),
+        )
+        .join(pi, _matches(pi.c))
+        .where(Observation.device_id.in_(select(scoped.c.device_id)))
+        .group_by(Observation.device_id, pi.c.namespace, pi.c.value)
+        .cte("presence")
+    )
+    # Absence proofs: an allowed evidence kind covers the identifier and its own feed does not
+    # show it at that time.
+    shown = select(Observation.id).where(
+        Observation.device_id == Coverage.device_id,
+        Observation.source == Coverage.source,
+        Observation.evidence_kind == Coverage.evidence_kind,
+        _matches(pi.c),
+        Observation.last_seen_at >= Coverage.observed_at,
+    )
+    proofs = (
+        select(
+            Coverage.device_id,
+            pi.c.namespace,
+            pi.c.value,
+            Coverage.observed_at,
+        )
+        .join(
+            pi,
+            and_(
+                Coverage.namespace == pi.c.namespace, Coverage.value.in_([literal(""), pi.c.value])
+            ),
+        )
+        .where(
+            Coverage.device_id.in_(select(scoped.c.device_id)),
+            Coverage.evidence_kind.in_(sorted(rules.evidence)),
+            ~exists(shown),
+        )
+        .cte("proofs")
+    )
+    # One row per (in-scope device, policy identifier).
+    pairs = (
+        select(scoped.c.device_id, scoped.c.platform, pi.c.namespace, pi.c.value)
+        .select_from(scoped.join(pi, literal(True)))
+        .cte("pairs")
+    )
+    same = and_(
+        proofs.c.device_id == pairs.c.device_id,
+        proofs.c.namespace == pairs.c.namespace,
+        proofs.c.value == pairs.c.value,
+    )
+    facts = (
+        select(
+            pairs.c.device_id,
+            presence.c.first_seen,
+            presence.c.last_seen,
+            # live: seen, and no proof after the latest sighting
+            case(
+                (
+                    and_(
+                        presence.c.last_seen.is_not(None),
+                        ~exists().where(same, proofs.c.observed_at > presence.c.last_seen),
+                    ),
+                    1,
+                ),
+                else_=0,
+            ).label("live"),
+            case(
+                (
+                    and_(
+                        _carries(pairs.c.platform, pairs.c.namespace),
+                        ~exists().where(same, proofs.c.observed_at >= cutoff),
+                    ),
+                    1,
+                ),
+                else_=0,
+            ).label("unproven"),
+            _carries(pairs.c.platform, pairs.c.namespace).label("carried"),
+            select(func.max(proofs.c.observed_at))
+            .where(same)
+            .scalar_subquery()
+            .label("newest_proof"),
+            select(func.min(proofs.c.observed_at))
+            .where(same, proofs.c.observed_at > presence.c.last_seen)
+            .scalar_subquery()
+            .label("first_clear"),
+        )
+        .select_from(
+            pairs.outerjoin(
+                presence,
+                and_(
+                    presence.c.device_id == pairs.c.device_id,
+                    presence.c.namespace == pairs.c.namespace,
+                    presence.c.value == pairs.c.value,
+                ),
+            )
+        )
+        .cte("facts")
+    )
+    per_device = (
+        select(
+            facts.c.device_id,
+            func.sum(facts.c.live).label("live_count"),
+            func.sum(facts.c.unproven).label("unproven_count"),
+            func.min(case((facts.c.live == 1, facts.c.first_seen))).label("live_first_seen"),
+            func.max(case((facts.c.live == 1, facts.c.last_seen))).label("latest_presence"),
+            func.max(
+                case((and_(facts.c.last_seen.is_not(None), facts.c.live == 0), facts.c.first_clear))
+            ).label("cleared_at"),
+            func.max(case((facts.c.unproven == 1, facts.c.newest_proof))).label(
+                "newest_unproven_proof"
+            ),
+            func.min(case((facts.c.carried, facts.c.newest_proof))).label("oldest_fresh_proof"),
+        )
+        .group_by(facts.c.device_id)
+        .cte("per_device")
+    )
+    ends = case(
+        (
+            and_(Exemption.revoked_at.is_not(None), Exemption.revoked_at < Exemption.ends_at),
+            Exemption.revoked_at,
+        ),
+        else_=Exemption.ends_at,
+    )
+    covering = and_(
+        Exemption.policy_id == rules.policy_id,
+        Exemption.status.in_(["approved", "revoked"]),
+        Exemption.starts_at.is_not(None),
+        Exemption.ends_at.is_not(None),
+        or_(Exemption.device_id == scoped.c.device_id, Exemption.person_id == scoped.c.person_id),
+    )
+    active = (
+        select(Exemption.id)
+        .where(covering, Exemption.starts_at <= _at(now), ends > _at(now))
+        .order_by(ends.desc(), Exemption.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    ended = select(func.max(ends)).where(covering, ends <= _at(now)).scalar_subquery()
+    stored = (
+        select(PolicyFirstSeen.first_seen_at)
+        .where(
+            PolicyFirstSeen.policy_id == rules.policy_id,
+            PolicyFirstSeen.device_id == scoped.c.device_id,
+        )
+        .scalar_subquery()
+    )
+    query = select(
+        scoped.c.device_id,
+        per_device.c.live_count,
+        per_device.c.unproven_count,
+        per_device.c.live_first_seen,
+        stored.label("stored_first_seen"),
+        per_device.c.latest_presence,
+        per_device.c.cleared_at,
+        per_device.c.newest_unproven_proof,
+        per_device.c.oldest_fresh_proof,
+        active.label("exemption_id"),
+        ended.label("exemption_ended_at"),
+    ).select_from(scoped.outerjoin(per_device, per_device.c.device_id == scoped.c.device_id))
+    base = query.cte("base")
+    first_seen = case(
+        (
+            and_(
+                base.c.stored_first_seen.is_not(None),
+                base.c.stored_first_seen < base.c.live_first_seen,
+            ),
+            base.c.stored_first_seen,
+        ),
+        else_=base.c.live_first_seen,
+    )
+    # non_compliant ⟺ T ≥ due, with due = deadline if first seen before release, else
+    # max(deadline, first_seen + grace), and at least the end of an exemption + grace.
+    grace_cut = _at(now - rules.grace)
+    overdue = and_(
+        literal(now >= rules.deadline),
+        or_(first_seen < _at(rules.release_at), first_seen <= grace_cut),
+        or_(base.c.exemption_ended_at.is_(None), base.c.exemption_ended_at <= grace_cut),
+    )
+    underlying = case(
+        (
+            func.coalesce(base.c.live_count, 0) > 0,
+            case((overdue, "non_compliant"), else_="action_required"),
+        ),
+        (func.coalesce(base.c.unproven_count, 0) == 0, "compliant"),
+        else_="unknown",
+    )
+    final = select(
+        base,
+        first_seen.label("first_seen"),
+        underlying.label("underlying"),
+        case((base.c.exemption_id.is_not(None), "exempt"), else_=underlying).label("state"),
+    ).order_by(base.c.device_id)
+    rows = uow.session.execute(final).mappings().all()
+    exemption_ids = {r["exemption_id"] for r in rows if r["exemption_id"] is not None}
+    windows = {
+        e.id: (
+            e.starts_at,
+            min(e.ends_at, e.revoked_at) if e.revoked_at and e.ends_at else e.ends_at,
+        )
+        for e in uow.session.scalars(select(Exemption).where(Exemption.id.in_(exemption_ids)))
+    }
+    return [
+        FleetRow(
+            device_id=r["device_id"],
+            state=ComplianceState(r["state"]),
+            first_seen=_utc(r["first_seen"]) if r["live_count"] else None,
+            latest_presence=_utc(r["latest_presence"]),
+            cleared_at=_utc(r["cleared_at"]),
+            newest_unproven_proof=_utc(r["newest_unproven_proof"]),
+            oldest_fresh_proof=_utc(r["oldest_fresh_proof"]),
+            exemption_id=r["exemption_id"],
+            exemption_starts_at=windows[r["exemption_id"]][0] if r["exemption_id"] else None,
+            exemption_ends_at=windows[r["exemption_id"]][1] if r["exemption_id"] else None,
+            exemption_ended_at=_utc(r["exemption_ended_at"]),
+            underlying=ComplianceState(r["underlying"]),
+        )
+        for r in rows
+    ]
+
+
+def _utc(value: object) -> datetime | None:
+    """Aggregates and CASE results lose the column type: restore an aware UTC instant."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite keeps instants as UTC text
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from appwarden.db.base import Base
+
+
+class ComplianceRecord(Base):
+    """The materialised state of (policy version, device). Only in-scope states are stored:
+    `not_applicable` is computed."""
+
+    __tablename__ = "compliance_state"
+    __table_args__ = (Index("ix_compliance_state_due", "due_at"),)
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("policy_version.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    since: Mapped[datetime]
+    due_at: Mapped[datetime | None]
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+    evaluated_at: Mapped[datetime]

@@ -1,0 +1,150 @@
+"""Turning stored policy versions and devices into the plain data the pure evaluation takes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from appwarden.compliance.evaluate import (
+    Covered,
+    DeviceView,
+    ExemptionWindow,
+    IdentifierRule,
+    Owner,
+    PolicyRules,
+    ScopeRule,
+    Seen,
+)
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
+from appwarden.exemptions.models import Exemption
+from appwarden.identity.models import Person, PersonGroup
+from appwarden.policies.models import PolicyFirstSeen, PolicyIdentifier, PolicyVersion
+
+
+def _set(value: object) -> frozenset[str] | None:
+    return None if value is None else frozenset(str(v) for v in value)  # type: ignore[attr-defined]
+
+
+def rules_of(
+    uow: UnitOfWork, version: PolicyVersion, *, release_at: datetime | None = None
+) -> PolicyRules:
+    """The evaluation rules of a version. `release_at` stands in for an unreleased version."""
+    scope = version.document["spec"].get("scope") or {}
+    people = scope.get("people") or {}
+    identifiers = uow.session.scalars(
+        select(PolicyIdentifier).where(PolicyIdentifier.version_id == version.id)
+    ).all()
+    released = version.release_at or release_at
+    if released is None:
+        raise ValueError(f"version {version.id} is not released: pass release_at")
+    return PolicyRules(
+        version_id=version.id,
+        policy_id=version.policy_id,
+        release_at=released,
+        deadline=version.deadline,
+        grace=timedelta(seconds=version.grace_seconds),
+        max_evidence_age=timedelta(seconds=version.max_evidence_age_seconds),
+        evidence=frozenset(version.evidence),
+        unknown_deny=version.unknown_deny,
+        deny=frozenset(version.deny_resources),
+        identifiers=tuple(
+            IdentifierRule(i.namespace, i.value, is_pattern=i.like_pattern is not None)
+            for i in sorted(identifiers, key=lambda i: (i.namespace, i.value))
+        ),
+        scope=ScopeRule(
+            platforms=_set(scope.get("platforms")),
+            form_factors=_set(scope.get("form_factors")),
+            ownership=_set(scope.get("ownership")),
+            access=_set(scope.get("access")),
+            include_groups=_set(people.get("include_groups")),
+            exclude_groups=_set(people.get("exclude_groups")) or frozenset(),
+            exclude_people=frozenset(e.lower() for e in people.get("exclude") or ()),
+        ),
+    )
+
+
+def device_views(uow: UnitOfWork, device_ids: Collection[int]) -> dict[int, DeviceView]:
+    """Everything evaluation needs about these devices, in a fixed number of queries."""
+    ids = list(device_ids)
+    if not ids:
+        return {}
+    session = uow.session
+    devices = session.scalars(select(Device).where(Device.id.in_(ids))).all()
+    owner_ids = {d.owner_id for d in devices if d.owner_id is not None}
+    people = {p.id: p for p in session.scalars(select(Person).where(Person.id.in_(owner_ids)))}
+    groups: dict[int, set[str]] = defaultdict(set)
+    for person_id, group in session.execute(
+        select(PersonGroup.person_id, PersonGroup.group_name).where(
+            PersonGroup.person_id.in_(owner_ids)
+        )
+    ):
+        groups[person_id].add(group)
+    resources: dict[int, set[str]] = defaultdict(set)
+    for device_id, resource in session.execute(
+        select(DeviceResource.device_id, DeviceResource.resource).where(
+            DeviceResource.device_id.in_(ids)
+        )
+    ):
+        resources[device_id].add(resource)
+    seen: dict[int, list[Seen]] = defaultdict(list)
+    for o in session.scalars(select(Observation).where(Observation.device_id.in_(ids))):
+        seen[o.device_id].append(
+            Seen(o.source, o.evidence_kind, o.namespace, o.value, o.first_seen_at, o.last_seen_at)
+        )
+    covered: dict[int, list[Covered]] = defaultdict(list)
+    for c in session.scalars(select(Coverage).where(Coverage.device_id.in_(ids))):
+        covered[c.device_id].append(
+            Covered(c.source, c.evidence_kind, c.namespace, c.value, c.observed_at)
+        )
+    views = {}
+    for d in devices:
+        person = people.get(d.owner_id) if d.owner_id is not None else None
+        owner = (
+            Owner(person.email, person.status, frozenset(groups[person.id]))
+            if person is not None
+            else None
+        )
+        views[d.id] = DeviceView(
+            device_id=d.id,
+            platform=d.platform,
+            form_factor=d.form_factor,
+            ownership=d.ownership,
+            status=d.status,
+            resources=frozenset(resources[d.id]),
+            owner=owner,
+            first_report_at=d.first_report_at,
+            observations=tuple(seen[d.id]),
+            coverage=tuple(covered[d.id]),
+        )
+    return views
+
+
+def exemption_windows(
+    uow: UnitOfWork, policy_id: str, device: DeviceView, owner_id: int | None
+) -> list[ExemptionWindow]:
+    """Approved exemptions of the policy that cover the device or its owner."""
+    rows = uow.session.scalars(
+        select(Exemption).where(
+            Exemption.policy_id == policy_id, Exemption.status.in_(["approved", "revoked"])
+        )
+    ).all()
+    windows = []
+    for e in rows:
+        if not (
+            e.device_id == device.device_id or (owner_id is not None and e.person_id == owner_id)
+        ):
+            continue
+        if e.starts_at is None or e.ends_at is None:
+            continue
+        ends = min(e.ends_at, e.revoked_at) if e.revoked_at is not None else e.ends_at
+        windows.append(ExemptionWindow(e.id, e.starts_at, ends))
+    return windows
+
+
+def stored_first_seen(uow: UnitOfWork, policy_id: str, device_id: int) -> datetime | None:
+    row = uow.session.get(PolicyFirstSeen, (policy_id, device_id))
+    return None if row is None else row.first_seen_at

@@ -1,0 +1,153 @@
+"""Compliance: evaluating devices under the versions in effect, fleet status, and the stored
+states and first-seen times that evaluation maintains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+
+from appwarden.compliance.evaluate import (
+    DeviceView,
+    Evaluation,
+    PolicyRules,
+    due_time,
+    evaluate,
+)
+from appwarden.compliance.fleet import FleetRow, fleet_rows
+from appwarden.compliance.models import ComplianceRecord
+from appwarden.compliance.rules import (
+    device_views,
+    exemption_windows,
+    rules_of,
+    stored_first_seen,
+)
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.models import Device
+from appwarden.policies.models import PolicyFirstSeen, PolicyVersion
+from appwarden.policies.service import effective_versions
+from appwarden.vocabulary import ComplianceState
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    version: PolicyVersion
+    rules: PolicyRules
+    evaluation: Evaluation
+
+
+def evaluate_view(
+    uow: UnitOfWork, rules: PolicyRules, view: DeviceView, owner_id: int | None, now: datetime
+) -> Evaluation:
+    return evaluate(
+        rules,
+        view,
+        now=now,
+        exemptions=exemption_windows(uow, rules.policy_id, view, owner_id),
+        stored_first_seen=stored_first_seen(uow, rules.policy_id, view.device_id),
+    )
+
+
+def evaluate_device(uow: UnitOfWork, device: Device, at: datetime) -> list[Outcome]:
+    """The device under every version in effect at `at` (not_applicable included)."""
+    view = device_views(uow, [device.id])[device.id]
+    outcomes = []
+    for version in effective_versions(uow, at):
+        rules = rules_of(uow, version)
+        outcomes.append(
+            Outcome(version, rules, evaluate_view(uow, rules, view, device.owner_id, at))
+        )
+    return outcomes
+
+
+def evaluation_from_row(rules: PolicyRules, row: FleetRow) -> Evaluation:
+    """Explain a fleet row the way `evaluate` explains a device: since, due, valid_until."""
+    underlying = row.underlying
+    due: datetime | None = None
+    if row.first_seen is not None:
+        due = due_time(rules, row.first_seen)
+        if row.exemption_ended_at is not None:
+            due = max(due, row.exemption_ended_at + rules.grace)
+    if underlying == ComplianceState.ACTION_REQUIRED:
+        assert row.first_seen is not None
+        since, valid_until = max(rules.release_at, row.first_seen), due
+    elif underlying == ComplianceState.NON_COMPLIANT:
+        assert due is not None
+        since, valid_until = max(rules.release_at, due), None
+    elif underlying == ComplianceState.COMPLIANT:
+        since = max(rules.release_at, row.cleared_at or rules.release_at)
+        valid_until = (
+            row.oldest_fresh_proof + rules.max_evidence_age if row.oldest_fresh_proof else None
+        )
+    else:
+        expired = (
+            row.newest_unproven_proof + rules.max_evidence_age
+            if row.newest_unproven_proof
+            else None
+        )
+        since, valid_until = max(rules.release_at, expired or rules.release_at), None
+    if row.state == ComplianceState.EXEMPT:
+        assert row.exemption_starts_at is not None
+        return Evaluation(
+            ComplianceState.EXEMPT,
+            since=max(rules.release_at, row.exemption_starts_at),
+            due=due,
+            first_seen=row.first_seen,
+            valid_until=row.exemption_ends_at,
+        )
+    return Evaluation(
+        underlying, since=since, due=due, first_seen=row.first_seen, valid_until=valid_until
+    )
+
+
+def fleet_status(uow: UnitOfWork, rules: PolicyRules, at: datetime) -> list[tuple[int, Evaluation]]:
+    """Every in-scope device of the version at `at`, evaluated set-based in the store."""
+    return [
+        (row.device_id, evaluation_from_row(rules, row)) for row in fleet_rows(uow, rules, now=at)
+    ]
+
+
+def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) -> None:
+    """Store in-scope states and first-seen times for one device (in the caller's transaction)."""
+    for outcome in outcomes:
+        evaluation = outcome.evaluation
+        key = (outcome.version.id, device_id)
+        if evaluation.first_seen is not None:
+            first = uow.session.get(PolicyFirstSeen, (outcome.version.policy_id, device_id))
+            if first is None:
+                uow.session.add(
+                    PolicyFirstSeen(
+                        policy_id=outcome.version.policy_id,
+                        device_id=device_id,
+                        first_seen_at=evaluation.first_seen,
+                    )
+                )
+            elif evaluation.first_seen < first.first_seen_at:
+                first.first_seen_at = evaluation.first_seen
+        stored = uow.session.get(ComplianceRecord, key)
+        if evaluation.state == ComplianceState.NOT_APPLICABLE:
+            if stored is not None:
+                uow.session.delete(stored)
+            continue
+        if stored is None:
+            stored = ComplianceRecord(version_id=key[0], device_id=device_id)
+            uow.session.add(stored)
+        stored.state = evaluation.state
+        stored.since = evaluation.since or uow.now
+        stored.due_at = evaluation.due
+        stored.reasons = list(evaluation.reasons)
+        stored.evaluated_at = uow.now
+    uow.session.flush()
+
+
+def stored_states(uow: UnitOfWork, version_id: int) -> list[ComplianceRecord]:
+    return list(
+        uow.session.scalars(
+            select(ComplianceRecord).where(ComplianceRecord.version_id == version_id)
+        )
+    )
+
+
+def forget_version(uow: UnitOfWork, version_id: int) -> None:
+    uow.session.execute(delete(ComplianceRecord).where(ComplianceRecord.version_id == version_id))

@@ -1,0 +1,70 @@
+"""One transaction per use case, owned by the caller.
+
+    with unit_of_work(engine, clock=clock, bus=bus) as uow:
+        ingest(uow, batch)
+
+Services flush, never commit. Events published on `uow.bus` run inside the same transaction; work
+registered with `uow.after_commit` (waking a worker, say) runs only once the commit succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from appwarden.events import EventBus
+
+
+@dataclass
+class UnitOfWork:
+    session: Session
+    now: datetime
+    bus: EventBus
+    actor: str | None = None
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def publish(self, event: Any) -> None:
+        self.bus.publish(self, event)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
+    @property
+    def dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+
+@contextmanager
+def unit_of_work(
+    engine: Engine,
+    *,
+    now: datetime,
+    bus: EventBus | None = None,
+    actor: str | None = None,
+    write: bool = True,
+) -> Iterator[UnitOfWork]:
+    connection = engine.connect().execution_options(appwarden_write=write)
+    session = Session(bind=connection, expire_on_commit=False, autoflush=True)
+    uow = UnitOfWork(session=session, now=now, bus=bus or EventBus(), actor=actor)
+    transaction = connection.begin()
+    try:
+        yield uow
+        session.flush()
+        if write:
+            transaction.commit()
+        else:
+            transaction.rollback()
+    except BaseException:
+        transaction.rollback()
+        raise
+    finally:
+        session.close()
+        connection.close()
+    for callback in uow._after_commit:
+        callback()

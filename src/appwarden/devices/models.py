@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from appwarden.db.base import Base
+
+
+class Device(Base):
+    __tablename__ = "device"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(16), default="unknown")
+    form_factor: Mapped[str] = mapped_column(String(16), default="unknown")
+    ownership: Mapped[str] = mapped_column(String(16), default="unknown")
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    retired_at: Mapped[datetime | None]
+    first_report_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class DeviceOwnerHistory(Base):
+    __tablename__ = "device_owner_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"), index=True)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"))
+    since: Mapped[datetime]
+
+
+class DeviceResource(Base):
+    __tablename__ = "device_resource"
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+    )
+    resource: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class DeviceIdentifier(Base):
+    __tablename__ = "device_identifier"
+    __table_args__ = (UniqueConstraint("namespace", "value"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"), index=True)
+    namespace: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(String(512), index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+
+
+class Quarantine(Base):
+    """A report whose identifiers point at two or more devices: merged nowhere, shown to admins."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+    identifiers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    candidate_device_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    reason: Mapped[str] = mapped_column(String(1000))
+    resolved_at: Mapped[datetime | None]
+
+
+class Report(Base):
+    __tablename__ = "report"
+    __table_args__ = (Index("ix_report_device_source", "device_id", "source", "evidence_kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(64))
+    evidence_kind: Mapped[str] = mapped_column(String(16))
+    observed_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    coverage_namespaces: Mapped[list[Any]] = mapped_column(JSON)
+    coverage_hash: Mapped[str | None] = mapped_column(String(64))
+    app_count: Mapped[int] = mapped_column(default=0)
+    applied: Mapped[bool] = mapped_column(default=True)  # False: older than what is stored
+
+
+class Coverage(Base):
+    """The latest moment each feed (source, evidence kind) listed a namespace completely for a
+    device, or answered for one identifier (`value` non-empty: targeted check, attestation)."""
+
+    __tablename__ = "coverage"
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    evidence_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512), primary_key=True, default="")
+    observed_at: Mapped[datetime]
+    report_id: Mapped[int] = mapped_column(ForeignKey("report.id", ondelete="CASCADE"), index=True)
+
+
+class Observation(Base):
+    __tablename__ = "observation"
+    __table_args__ = (
+        UniqueConstraint("device_id", "source", "evidence_kind", "namespace", "value"),
+        Index("ix_observation_match", "namespace", "value"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(64))
+    evidence_kind: Mapped[str] = mapped_column(String(16))
+    namespace: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(String(512))  # the catalog match key
+    raw_value: Mapped[str] = mapped_column(String(512))
+    version: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(1000))
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]

@@ -1,0 +1,352 @@
+"""Devices: joining identifiers into devices, applying reports, and finding devices by reference.
+
+A report replaces its feed's observations of the device within the report's coverage only, in the
+caller's transaction, keeping `first_seen_at` for what is still present. A feed is (source,
+evidence kind), so a targeted check never deletes what a full inventory saw. An older report
+never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+
+from appwarden.catalog.matching import key_matches, match_key
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.identifiers import is_placeholder, join_rank, normalise
+from appwarden.devices.models import (
+    Coverage,
+    Device,
+    DeviceIdentifier,
+    DeviceOwnerHistory,
+    DeviceResource,
+    Observation,
+    Quarantine,
+    Report,
+)
+from appwarden.devices.schemas import DeviceFacts, ReportFacts
+from appwarden.errors import Ambiguous, IdentifierConflict, InvalidInput, NotFound
+from appwarden.identity.service import ensure_person
+from appwarden.vocabulary import (
+    PLATFORM_NAMESPACES,
+    DeviceNamespace,
+    DeviceStatus,
+    EvidenceKind,
+    Platform,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MinimisationSet:
+    """Identifiers of every non-retired policy version: all a personal device's report may keep."""
+
+    identifiers: frozenset[tuple[str, str, bool]]  # (namespace, key, is_pattern)
+
+    def keeps(self, namespace: str, key: str) -> bool:
+        return any(
+            ns == namespace and (key_matches(ns, value, key) if pattern else value == key)
+            for ns, value, pattern in self.identifiers
+        )
+
+
+def clean_identifiers(facts: DeviceFacts) -> list[tuple[str, str]]:
+    """Normalised, de-duplicated identifiers in join order, placeholders removed."""
+    seen: dict[tuple[str, str], None] = {}
+    for namespace, value in facts.identifiers:
+        if is_placeholder(namespace, value):
+            continue
+        seen[(namespace, normalise(namespace, value))] = None
+    return sorted(seen, key=lambda pair: (join_rank(pair[0]), pair[1]))
+
+
+def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> Device:
+    """Find or create the device these identifiers name.
+
+    Identifiers that point at two different devices merge nothing: the delivery is quarantined
+    (in the caller's transaction) and IdentifierConflict is raised.
+    """
+    identifiers = clean_identifiers(facts)
+    if not identifiers:
+        raise InvalidInput("the device has no usable identifier (placeholder serials are ignored)")
+    rows = uow.session.scalars(
+        select(DeviceIdentifier).where(
+            DeviceIdentifier.value.in_({value for _, value in identifiers})
+        )
+    ).all()
+    known = {(r.namespace, r.value): r for r in rows if (r.namespace, r.value) in set(identifiers)}
+    device_ids = sorted({r.device_id for r in known.values()})
+    if len(device_ids) > 1:
+        uow.session.add(
+            Quarantine(
+                source=source,
+                received_at=uow.now,
+                identifiers=[f"{ns}:{value}" for ns, value in identifiers],
+                candidate_device_ids=device_ids,
+                reason="the identifiers of one report belong to different devices",
+            )
+        )
+        uow.session.flush()
+        raise IdentifierConflict(
+            f"identifiers {', '.join(f'{ns}:{v}' for ns, v in identifiers)} point at devices "
+            f"{device_ids}: quarantined, nothing merged"
+        )
+    if device_ids:
+        device = uow.session.get(Device, device_ids[0])
+        assert device is not None
+    else:
+        device = Device(
+            platform=Platform.UNKNOWN,
+            form_factor="unknown",
+            ownership="unknown",
+            status=DeviceStatus.ACTIVE,
+            created_at=uow.now,
+        )
+        uow.session.add(device)
+        uow.session.flush()
+    for namespace, value in identifiers:
+        row = known.get((namespace, value))
+        if row is None:
+            uow.session.add(
+                DeviceIdentifier(
+                    device_id=device.id,
+                    namespace=namespace,
+                    value=value,
+                    source=source,
+                    first_seen_at=uow.now,
+                    last_seen_at=uow.now,
+                )
+            )
+        elif row.last_seen_at < uow.now:
+            row.last_seen_at = uow.now
+    uow.session.flush()
+    return device
+
+
+def apply_device_facts(uow: UnitOfWork, device: Device, facts: DeviceFacts) -> None:
+    for attribute in ("platform", "form_factor", "ownership", "name"):
+        value = getattr(facts, attribute)
+        if value is not None:
+            setattr(device, attribute, str(value))
+    if facts.status is not None and facts.status != device.status:
+        device.status = facts.status
+        device.retired_at = uow.now if facts.status == DeviceStatus.RETIRED else None
+    if facts.owner_email is not None:
+        owner = ensure_person(uow, facts.owner_email)
+        if device.owner_id != owner.id:
+            device.owner_id = owner.id
+            uow.session.add(
+                DeviceOwnerHistory(device_id=device.id, person_id=owner.id, since=uow.now)
+            )
+    if facts.resources is not None:
+        uow.session.execute(delete(DeviceResource).where(DeviceResource.device_id == device.id))
+        for resource in sorted(set(facts.resources)):
+            uow.session.add(DeviceResource(device_id=device.id, resource=resource))
+    uow.session.flush()
+
+
+def _coverage_of(report: ReportFacts, platform: str) -> list[tuple[str, str]]:
+    """(namespace, value) pairs the report lists completely; value "" = the whole namespace."""
+    kind = report.evidence_kind
+    if kind == EvidenceKind.NONE:
+        return []
+    if kind in (EvidenceKind.TARGETED_CHECK, EvidenceKind.ATTESTATION):
+        return sorted({(ns, match_key(ns, value)) for ns, value in report.checked})
+    if report.coverage is not None:
+        return [(ns, "") for ns in sorted(set(report.coverage))]
+    return [(ns.value, "") for ns in sorted(PLATFORM_NAMESPACES[Platform(platform)])]
+
+
+def coverage_hash(pairs: Iterable[tuple[str, str]]) -> str:
+    lines = sorted(f"{ns}:{value}" for ns, value in pairs)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def apply_report(
+    uow: UnitOfWork,
+    device: Device,
+    report: ReportFacts,
+    *,
+    minimise: MinimisationSet | None = None,
+) -> bool:
+    """Store one report's facts. Returns False when every part of it was older than what is
+    stored (nothing changed). With `minimise`, only identifiers of some live policy are kept and
+    the coverage shrinks to exactly those identifiers."""
+    received_at = uow.now
+    observed_at = min(report.observed_at or received_at, received_at)
+    kind = report.evidence_kind
+    apps: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}
+    for app in report.apps:
+        key = match_key(app.namespace, app.value)
+        apps[(app.namespace, key)] = (app.value, app.version, app.name)
+    covered = _coverage_of(report, device.platform)
+    if minimise is not None:
+        apps = {k: v for k, v in apps.items() if minimise.keeps(*k)}
+        covered = sorted(
+            {
+                (ns, value)
+                for ns, value, _ in minimise.identifiers
+                if any(c_ns == ns and c_value in ("", value) for c_ns, c_value in covered)
+            }
+        )
+    row = Report(
+        device_id=device.id,
+        source=report.source,
+        evidence_kind=kind,
+        observed_at=observed_at,
+        received_at=received_at,
+        coverage_namespaces=sorted({ns for ns, _ in covered}),
+        coverage_hash=coverage_hash(covered) if covered else None,
+        app_count=len(apps),
+    )
+    uow.session.add(row)
+    uow.session.flush()
+    if device.first_report_at is None or observed_at < device.first_report_at:
+        device.first_report_at = observed_at
+
+    feed = (
+        (Observation.device_id == device.id)
+        & (Observation.source == report.source)
+        & (Observation.evidence_kind == kind)
+    )
+    existing = {
+        (o.namespace, o.value): o for o in uow.session.scalars(select(Observation).where(feed))
+    }
+    stored_coverage = {
+        (c.namespace, c.value): c
+        for c in uow.session.scalars(
+            select(Coverage).where(
+                Coverage.device_id == device.id,
+                Coverage.source == report.source,
+                Coverage.evidence_kind == kind,
+            )
+        )
+    }
+    applied_any = False
+    replaced: list[tuple[str, str]] = []
+    for namespace, value in covered:
+        current = stored_coverage.get((namespace, value))
+        if current is not None and current.observed_at > observed_at:
+            continue  # a newer report already spoke for this part
+        applied_any = True
+        replaced.append((namespace, value))
+        if current is None:
+            uow.session.add(
+                Coverage(
+                    device_id=device.id,
+                    source=report.source,
+                    evidence_kind=kind,
+                    namespace=namespace,
+                    value=value,
+                    observed_at=observed_at,
+                    report_id=row.id,
+                )
+            )
+        else:
+            current.observed_at = observed_at
+            current.report_id = row.id
+
+    def in_replaced(namespace: str, key: str) -> bool:
+        return any(ns == namespace and value in ("", key) for ns, value in replaced)
+
+    for (namespace, key), gone in existing.items():
+        if (namespace, key) not in apps and in_replaced(namespace, key):
+            uow.session.delete(gone)
+    for (namespace, key), (raw, version, name) in apps.items():
+        observation = existing.get((namespace, key))
+        if observation is None:
+            if stale_part(stored_coverage, namespace, key, observed_at):
+                continue
+            applied_any = True
+            uow.session.add(
+                Observation(
+                    device_id=device.id,
+                    source=report.source,
+                    evidence_kind=kind,
+                    namespace=namespace,
+                    value=key,
+                    raw_value=raw,
+                    version=version,
+                    name=name,
+                    first_seen_at=observed_at,
+                    last_seen_at=observed_at,
+                )
+            )
+        elif observed_at >= observation.last_seen_at:
+            applied_any = True
+            observation.last_seen_at = observed_at
+            observation.version = version
+            observation.name = name or observation.name
+            observation.first_seen_at = min(observation.first_seen_at, observed_at)
+        elif observed_at < observation.first_seen_at:
+            observation.first_seen_at = observed_at  # an older report proves an earlier sighting
+    if kind == EvidenceKind.NONE:
+        applied_any = True
+    row.applied = applied_any
+    uow.session.flush()
+    return applied_any
+
+
+def stale_part(
+    stored: dict[tuple[str, str], Coverage], namespace: str, key: str, observed_at: datetime
+) -> bool:
+    """Is a newer report already authoritative for this identifier?"""
+    return any(
+        c.observed_at > observed_at
+        for (ns, value), c in stored.items()
+        if ns == namespace and value in ("", key)
+    )
+
+
+def device_identifiers(uow: UnitOfWork, device_ids: Collection[int]) -> dict[int, list[str]]:
+    """`namespace:value` strings per device, in join order."""
+    result: dict[int, list[tuple[int, str, str]]] = {d: [] for d in device_ids}
+    if not device_ids:
+        return {}
+    for row in uow.session.scalars(
+        select(DeviceIdentifier).where(DeviceIdentifier.device_id.in_(list(device_ids)))
+    ):
+        result[row.device_id].append((join_rank(row.namespace), row.namespace, row.value))
+    return {d: [f"{ns}:{v}" for _, ns, v in sorted(rows)] for d, rows in result.items()}
+
+
+def find_device(uow: UnitOfWork, reference: str) -> Device:
+    """A DEVICE argument: `namespace:value`, or a bare value when it names one device."""
+    namespace, sep, value = reference.partition(":")
+    if sep and namespace in DeviceNamespace.__members__.values():
+        value = normalise(namespace, value)
+        row = uow.session.scalars(
+            select(DeviceIdentifier).where(
+                DeviceIdentifier.namespace == namespace, DeviceIdentifier.value == value
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"no device with the identifier {namespace}:{value}")
+        device = uow.session.get(Device, row.device_id)
+        assert device is not None
+        return device
+    candidates = uow.session.scalars(
+        select(DeviceIdentifier).where(
+            DeviceIdentifier.value.in_({reference.strip(), reference.strip().upper()})
+        )
+    ).all()
+    device_ids = sorted({c.device_id for c in candidates})
+    if not device_ids:
+        raise NotFound(f"no device has an identifier {reference!r}")
+    if len(device_ids) > 1:
+        listed = ", ".join(sorted(f"{c.namespace}:{c.value}" for c in candidates))
+        raise Ambiguous(f"{reference!r} names several devices; use one of: {listed}")
+    device = uow.session.get(Device, device_ids[0])
+    assert device is not None
+    return device
+
+
+def resources_of(uow: UnitOfWork, device_id: int) -> frozenset[str]:
+    return frozenset(
+        uow.session.scalars(
+            select(DeviceResource.resource).where(DeviceResource.device_id == device_id)
+        )
+    )
