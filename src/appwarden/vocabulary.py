@@ -175,28 +175,26 @@ NAMESPACE_PLATFORMS: dict[AppNamespace, frozenset[Platform]] = {
     AppNamespace.CHROME_EXTENSION_ID: frozenset(
         {Platform.WINDOWS, Platform.MACOS, Platform.LINUX, Platform.CHROMEOS}
     ),
+    # Neither is carried by a platform: a web domain is visited, not installed, and a display
+    # name is only a fallback for sources that report no identifier. Both still show presence,
+    # but absence is never required for them.
     AppNamespace.WEB_DOMAIN: frozenset(),
-    AppNamespace.DISPLAY_NAME: frozenset(Platform) - {Platform.UNKNOWN},
+    AppNamespace.DISPLAY_NAME: frozenset(),
 }
+_NOT_CARRIED = frozenset({AppNamespace.WEB_DOMAIN, AppNamespace.DISPLAY_NAME})
 
 
 def platform_carries(platform: str, namespace: str) -> bool:
     """Can a device of this platform carry an app identifier of this namespace?"""
     if platform == Platform.UNKNOWN:
-        return namespace != AppNamespace.WEB_DOMAIN
+        return namespace not in _NOT_CARRIED
     return Platform(platform) in NAMESPACE_PLATFORMS[AppNamespace(namespace)]
 
 
 # The namespaces a native full inventory of each platform lists completely.
 PLATFORM_NAMESPACES: dict[Platform, frozenset[AppNamespace]] = {
-    p: frozenset(
-        ns
-        for ns, plats in NAMESPACE_PLATFORMS.items()
-        if p in plats and ns != AppNamespace.DISPLAY_NAME
-    )
+    p: frozenset(ns for ns, plats in NAMESPACE_PLATFORMS.items() if p in plats)
     for p in Platform
     if p != Platform.UNKNOWN
 }
-PLATFORM_NAMESPACES[Platform.UNKNOWN] = frozenset(
-    ns for ns in AppNamespace if ns not in (AppNamespace.WEB_DOMAIN, AppNamespace.DISPLAY_NAME)
-)
+PLATFORM_NAMESPACES[Platform.UNKNOWN] = frozenset(AppNamespace) - _NOT_CARRIED

@@ -31,7 +31,12 @@ from appwarden.devices.models import Coverage, Device, DeviceResource, Observati
 from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person, PersonGroup
 from appwarden.policies.models import PolicyFirstSeen, PolicyIdentifier
-from appwarden.vocabulary import NAMESPACE_PLATFORMS, ComplianceState, Platform
+from appwarden.vocabulary import (
+    NAMESPACE_PLATFORMS,
+    PLATFORM_NAMESPACES,
+    ComplianceState,
+    Platform,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,8 @@ class FleetRow:
     exemption_ends_at: datetime | None
     exemption_ended_at: datetime | None
     underlying: ComplianceState
+    present: tuple[str, ...]  # `namespace:value` of live identifiers, in rule order
+    unverified: tuple[str, ...]  # carried identifiers without a fresh absence proof
 
 
 def _at(value: datetime) -> ColumnElement[datetime]:
@@ -71,7 +78,8 @@ def _matches(ident: Any) -> ColumnElement[bool]:
 
 
 def _carries(platform: ColumnElement[str], namespace: ColumnElement[str]) -> ColumnElement[bool]:
-    clauses = [and_(platform == Platform.UNKNOWN.value, namespace != "web_domain")]
+    carried_by_unknown = sorted(ns.value for ns in PLATFORM_NAMESPACES[Platform.UNKNOWN])
+    clauses = [and_(platform == Platform.UNKNOWN.value, namespace.in_(carried_by_unknown))]
     for ns, platforms in NAMESPACE_PLATFORMS.items():
         if platforms:
             clauses.append(
@@ -192,6 +200,7 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
     facts = (
         select(
             pairs.c.device_id,
+            (pairs.c.namespace + ":" + pairs.c.value).label("ident"),
             presence.c.first_seen,
             presence.c.last_seen,
             # live: seen, and no proof after the latest sighting
@@ -251,6 +260,13 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
                 "newest_unproven_proof"
             ),
             func.min(case((facts.c.carried, facts.c.newest_proof))).label("oldest_fresh_proof"),
+            # Identifier values never contain control characters, so a newline separates them.
+            func.aggregate_strings(case((facts.c.live == 1, facts.c.ident)), "\n").label(
+                "live_idents"
+            ),
+            func.aggregate_strings(case((facts.c.unproven == 1, facts.c.ident)), "\n").label(
+                "unproven_idents"
+            ),
         )
         .group_by(facts.c.device_id)
         .cte("per_device")
@@ -295,6 +311,8 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         per_device.c.cleared_at,
         per_device.c.newest_unproven_proof,
         per_device.c.oldest_fresh_proof,
+        per_device.c.live_idents,
+        per_device.c.unproven_idents,
         active.label("exemption_id"),
         ended.label("exemption_ended_at"),
     ).select_from(scoped.outerjoin(per_device, per_device.c.device_id == scoped.c.device_id))
@@ -354,9 +372,18 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
             exemption_ends_at=windows[r["exemption_id"]][1] if r["exemption_id"] else None,
             exemption_ended_at=_utc(r["exemption_ended_at"]),
             underlying=ComplianceState(r["underlying"]),
+            present=_split(r["live_idents"]),
+            unverified=_split(r["unproven_idents"]),
         )
         for r in rows
     ]
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    """Aggregated identifiers, in the order the rules list them (namespace, then value)."""
+    if not text:
+        return ()
+    return tuple(sorted(text.split("\n"), key=lambda item: tuple(item.split(":", 1))))
 
 
 def _utc(value: object) -> datetime | None:

@@ -61,26 +61,32 @@ def evaluate_device(uow: UnitOfWork, device: Device, at: datetime) -> list[Outco
     return outcomes
 
 
-def evaluation_from_row(rules: PolicyRules, row: FleetRow) -> Evaluation:
+def evaluation_from_row(rules: PolicyRules, row: FleetRow, now: datetime) -> Evaluation:
     """Explain a fleet row the way `evaluate` explains a device: since, due, valid_until."""
     underlying = row.underlying
+    reasons: tuple[str, ...]
     due: datetime | None = None
     if row.first_seen is not None:
         due = due_time(rules, row.first_seen)
         if row.exemption_ended_at is not None:
             due = max(due, row.exemption_ended_at + rules.grace)
-    if underlying == ComplianceState.ACTION_REQUIRED:
-        assert row.first_seen is not None
-        since, valid_until = max(rules.release_at, row.first_seen), due
-    elif underlying == ComplianceState.NON_COMPLIANT:
-        assert due is not None
-        since, valid_until = max(rules.release_at, due), None
+    if underlying in (ComplianceState.ACTION_REQUIRED, ComplianceState.NON_COMPLIANT):
+        assert row.first_seen is not None and due is not None and row.latest_presence is not None
+        reasons = tuple(f"present:{ident}" for ident in row.present)
+        if row.latest_presence < now - rules.max_evidence_age:
+            reasons += ("evidence_stale",)
+        if underlying == ComplianceState.ACTION_REQUIRED:
+            since, valid_until = max(rules.release_at, row.first_seen), due
+        else:
+            since, valid_until = max(rules.release_at, due), None
     elif underlying == ComplianceState.COMPLIANT:
+        reasons = ("absence_proven",)
         since = max(rules.release_at, row.cleared_at or rules.release_at)
         valid_until = (
             row.oldest_fresh_proof + rules.max_evidence_age if row.oldest_fresh_proof else None
         )
     else:
+        reasons = tuple(f"unverified:{ident}" for ident in row.unverified)
         expired = (
             row.newest_unproven_proof + rules.max_evidence_age
             if row.newest_unproven_proof
@@ -94,17 +100,24 @@ def evaluation_from_row(rules: PolicyRules, row: FleetRow) -> Evaluation:
             since=max(rules.release_at, row.exemption_starts_at),
             due=due,
             first_seen=row.first_seen,
+            reasons=(f"exemption:{row.exemption_id}", f"underlying:{underlying}", *reasons),
             valid_until=row.exemption_ends_at,
         )
     return Evaluation(
-        underlying, since=since, due=due, first_seen=row.first_seen, valid_until=valid_until
+        underlying,
+        since=since,
+        due=due,
+        first_seen=row.first_seen,
+        reasons=reasons,
+        valid_until=valid_until,
     )
 
 
 def fleet_status(uow: UnitOfWork, rules: PolicyRules, at: datetime) -> list[tuple[int, Evaluation]]:
     """Every in-scope device of the version at `at`, evaluated set-based in the store."""
     return [
-        (row.device_id, evaluation_from_row(rules, row)) for row in fleet_rows(uow, rules, now=at)
+        (row.device_id, evaluation_from_row(rules, row, at))
+        for row in fleet_rows(uow, rules, now=at)
     ]
 
 

@@ -229,7 +229,9 @@ def _header(cells: list[str], line: int, filename: str) -> list[str]:
     for name, needs in pairs:
         if name in names and needs not in names:
             problems.append(
-                Problem(f"{filename}:{line}:{name}", f"column {name!r} needs a {needs!r} column")
+                Problem(
+                    f"{filename}:{line}:{name}", f"column {name!r} needs the {needs!r} column too"
+                )
             )
     if problems:
         raise InvalidInput(f"{filename}: {len(problems)} problem(s)", problems=problems)

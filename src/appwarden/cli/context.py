@@ -1,0 +1,81 @@
+"""What every command shares: settings, the engine, the clock, the catalog, and how to open a
+unit of work at a logical time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+
+from sqlalchemy import Engine
+
+from appwarden.audit.service import chain
+from appwarden.catalog.loader import load_catalog
+from appwarden.catalog.model import Catalog
+from appwarden.clock import Clock, clock_from_spec
+from appwarden.db.engine import make_engine
+from appwarden.db.migrate import is_current
+from appwarden.db.uow import UnitOfWork, unit_of_work
+from appwarden.errors import Conflict, InvalidInput
+from appwarden.notifications.templates import templates_digest
+from appwarden.settings import Settings
+from appwarden.timeutil import parse_instant
+from appwarden.wiring import build_bus
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    actor: str | None = None
+    _checked_schema: bool = field(default=False, repr=False)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def clock(self) -> Clock:
+        return clock_from_spec(self.settings.clock, env=self.settings.env)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.settings.catalog_file)
+
+    @property
+    def templates_digest(self) -> str:
+        return templates_digest()
+
+    @property
+    def undo_window(self) -> timedelta:
+        return timedelta(seconds=self.settings.undo_window_seconds)
+
+    def at(self, text: str | None) -> datetime:
+        """`--at T` or the clock's now. Naive times are refused."""
+        if text is None:
+            return self.clock.now()
+        try:
+            return parse_instant(text)
+        except ValueError as exc:
+            raise InvalidInput(f"--at: {exc}") from exc
+
+    def require_schema(self) -> None:
+        if self._checked_schema:
+            return
+        if not is_current(self.engine):
+            raise Conflict("the database schema is not current: run `appwarden db upgrade` first")
+        self._checked_schema = True
+
+    @contextmanager
+    def uow(
+        self, at: datetime, *, actor: str | None = None, write: bool = True
+    ) -> Iterator[UnitOfWork]:
+        self.require_schema()
+        with unit_of_work(
+            self.engine, now=at, bus=build_bus(), actor=actor or self.actor, write=write
+        ) as uow:
+            yield uow
+        if write:
+            with unit_of_work(self.engine, now=at) as chainer:
+                chain(chainer.session)

@@ -1,0 +1,650 @@
+"""The `appwarden` command line. Thin: parse arguments, open a unit of work, call a service,
+render. Every reading command has --json; every command has --at."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+
+from appwarden.cli.context import AppContext
+from appwarden.cli.render import console, emit_json, errors, progress, table
+from appwarden.db import migrate
+from appwarden.devices.models import Quarantine
+from appwarden.devices.schemas import InventoryBatch
+from appwarden.errors import AppwardenError, InvalidInput
+from appwarden.identity.service import grant_role
+from appwarden.policies import service as policies
+from appwarden.policies.document import parse_policy
+from appwarden.policies.models import Policy, PolicyApproval
+from appwarden.settings import Settings
+from appwarden.sources.csvfile import parse_csv
+from appwarden.sources.native import parse_native
+from appwarden.timeutil import iso
+from appwarden.usecases.demo import POLICY_ID, load_demo
+from appwarden.usecases.ingest import IngestResult, ingest
+from appwarden.usecases.release import release_due
+from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
+from appwarden.vocabulary import Role
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Ban a risky app on the devices that reach your data, tell the right people, "
+    "enforce it, and undo a mistake cleanly.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+policy_app = typer.Typer(no_args_is_help=True, help="Write, review, approve and release policies.")
+catalog_app = typer.Typer(no_args_is_help=True, help="The app catalog.")
+admin_app = typer.Typer(no_args_is_help=True, help="Admins and their roles.")
+app.add_typer(db_app, name="db")
+app.add_typer(policy_app, name="policy")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(admin_app, name="admin")
+
+At = Annotated[
+    str | None,
+    typer.Option("--at", help="RFC 3339 time with an offset: act or read as if the clock read T."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+As = Annotated[
+    str | None,
+    typer.Option("--as", help="Act as this admin (email). Default: APPWARDEN_ACTOR."),
+]
+
+_state: dict[str, AppContext] = {}
+
+
+def ctx(actor: str | None = None) -> AppContext:
+    context = _state["ctx"]
+    if actor:
+        context.actor = actor
+    return context
+
+
+@app.callback()
+def _root(
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database URL (default: APPWARDEN_DATABASE_URL or sqlite)."),
+    ] = None,
+    actor: As = None,
+) -> None:
+    settings = Settings()
+    if db:
+        settings = settings.model_copy(update={"database_url": db})
+    _state["ctx"] = AppContext(settings=settings, actor=actor or settings.actor)
+
+
+# ── database ──────────────────────────────────────────────────────────────────────────────────
+
+
+@db_app.command("upgrade")
+def db_upgrade(at: At = None) -> None:
+    """Create or migrate the schema to the current version."""
+    del at  # accepted for uniformity: migrations do not depend on time
+    migrate.upgrade(ctx().engine)
+    errors.print(f"schema at {migrate.head_revision()}")
+
+
+# ── demo ──────────────────────────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def demo(
+    base_time: Annotated[
+        str | None,
+        typer.Option(
+            "--base-time",
+            help="When the memo is released (default: three hours ago). "
+            "2020-07-10T09:00:00-07:00 reproduces the reference memo exactly.",
+        ),
+    ] = None,
+    at: At = None,
+) -> None:
+    """Load the reference organisation: the TikTok memo, its people, devices and reports."""
+    context = ctx()
+    migrate.upgrade(context.engine)
+    base = context.at(base_time) if base_time else context.at(at) - timedelta(hours=3)
+    load_demo(
+        lambda when, actor: context.uow(when, actor=actor),
+        base=base,
+        catalog=context.catalog,
+        templates_digest=context.templates_digest,
+        undo_window=context.undo_window,
+    )
+    errors.print(
+        f"Loaded the reference organisation: policy {POLICY_ID} released at {iso(base)}.\n"
+        "Try: appwarden status    appwarden decide udid:00008110-000A1B2C3D4E801E email"
+    )
+
+
+# ── inventory ─────────────────────────────────────────────────────────────────────────────────
+
+PARSERS = {"native": parse_native, "csv": parse_csv}
+
+
+@app.command("import")
+def import_(
+    source: Annotated[str, typer.Argument(help="Format of the files: native or csv.")],
+    paths: Annotated[list[Path], typer.Argument(help="Files to import.", exists=False)],
+    strict: Annotated[
+        bool, typer.Option("--strict", help="All or nothing: any bad record rejects the file.")
+    ] = False,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Import inventory files. A bad record skips that whole device report (--strict: the file)."""
+    context = ctx()
+    parser = PARSERS.get(source)
+    if parser is None:
+        raise InvalidInput(f"unknown source {source!r}; expected one of: {', '.join(PARSERS)}")
+    now = context.at(at)
+    results: list[dict[str, Any]] = []
+    failed = False
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from exc
+        batch: InventoryBatch = parser(
+            data, str(path), strict=strict, max_bytes=context.settings.max_import_bytes
+        )
+        result = _ingest_with_progress(context, batch, now, str(path))
+        failed = failed or bool(result.skipped or result.quarantined)
+        results.append(
+            {
+                "file": str(path),
+                "people": result.people,
+                "devices": result.devices,
+                "reports_applied": result.reports_applied,
+                "reports_stale": result.reports_stale,
+                "skipped": result.skipped,
+                "quarantined": result.quarantined,
+                "decision_changes": len(result.decision_changes),
+            }
+        )
+    if json:
+        emit_json(results)
+    else:
+        for r in results:
+            errors.print(
+                f"{r['file']}: {r['reports_applied']} report(s) applied, "
+                f"{r['reports_stale']} older than stored, {r['devices']} device(s), "
+                f"{r['people']} people, {r['decision_changes']} decision change(s)"
+            )
+            for line in r["skipped"]:
+                errors.print(f"  skipped: {line}")
+            for line in r["quarantined"]:
+                errors.print(f"  quarantined: {line}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _ingest_with_progress(
+    context: AppContext, batch: InventoryBatch, now: Any, label: str
+) -> IngestResult:
+    """One transaction for the whole file, so a crash or an error leaves nothing half-applied."""
+    with progress(f"importing {label}", len(batch.reports)) as advance, context.uow(now) as uow:
+        result = ingest(
+            uow,
+            InventoryBatch(people=batch.people, devices=batch.devices, skipped=batch.skipped),
+            minimise_personal=context.settings.minimise_personal_data,
+        )
+        for report in batch.reports:
+            part = ingest(
+                uow,
+                InventoryBatch(reports=(report,)),
+                minimise_personal=context.settings.minimise_personal_data,
+            )
+            result.reports_applied += part.reports_applied
+            result.reports_stale += part.reports_stale
+            result.skipped += part.skipped
+            result.quarantined += part.quarantined
+            result.decision_changes += part.decision_changes
+            result.devices += part.devices
+            advance()
+    return result
+
+
+@app.command()
+def quarantine(json: Json = False, at: At = None) -> None:
+    """Reports held back because their identifiers pointed at more than one device."""
+    context = ctx()
+    with context.uow(context.at(at), write=False) as uow:
+        rows: list[dict[str, Any]] = [
+            {
+                "id": q.id,
+                "source": q.source,
+                "received_at": iso(q.received_at),
+                "identifiers": q.identifiers,
+                "candidate_device_ids": q.candidate_device_ids,
+                "reason": q.reason,
+            }
+            for q in uow.session.scalars(select(Quarantine).order_by(Quarantine.id))
+        ]
+    if json:
+        emit_json(rows)
+        return
+    table(
+        "Quarantined reports",
+        ["id", "source", "received", "identifiers", "devices"],
+        [
+            (
+                r["id"],
+                r["source"],
+                r["received_at"],
+                " ".join(r["identifiers"]),
+                r["candidate_device_ids"],
+            )
+            for r in rows
+        ],
+    )
+
+
+# ── catalog ───────────────────────────────────────────────────────────────────────────────────
+
+
+@catalog_app.command("list")
+def catalog_list(json: Json = False, at: At = None) -> None:
+    """Every app in the catalog (shipped and organisation)."""
+    del at
+    catalog = ctx().catalog
+    rows: list[dict[str, Any]] = [
+        {
+            "slug": a.slug,
+            "name": a.name,
+            "publisher": a.publisher,
+            "includes": list(a.includes),
+            "identifiers": len(catalog.resolve([a.slug])),
+            "origin": a.origin,
+        }
+        for a in catalog
+    ]
+    if json:
+        emit_json({"digest": catalog.digest, "apps": rows})
+        return
+    table(
+        f"Catalog ({len(rows)} apps)",
+        ["slug", "name", "includes", "identifiers", "origin"],
+        [
+            (r["slug"], r["name"], ", ".join(r["includes"]), r["identifiers"], r["origin"])
+            for r in rows
+        ],
+    )
+
+
+@catalog_app.command("show")
+def catalog_show(slug: str, json: Json = False, at: At = None) -> None:
+    """One app with its resolved identifiers (includes expanded)."""
+    del at
+    catalog = ctx().catalog
+    entry = catalog.get(slug)
+    resolved = [
+        {"app": contributor, "identifier": i.key} for contributor, i in catalog.resolve_app(slug)
+    ]
+    if json:
+        emit_json(
+            {
+                "slug": entry.slug,
+                "name": entry.name,
+                "publisher": entry.publisher,
+                "includes": list(entry.includes),
+                "notes": entry.notes,
+                "origin": entry.origin,
+                "identifiers": resolved,
+            }
+        )
+        return
+    console.print(f"[bold]{entry.name}[/] ({entry.slug}, {entry.origin})")
+    if entry.notes:
+        console.print(entry.notes)
+    table(None, ["from app", "identifier"], [(r["app"], r["identifier"]) for r in resolved])
+
+
+# ── policies ──────────────────────────────────────────────────────────────────────────────────
+
+
+@policy_app.command("validate")
+def policy_validate(files: list[Path], at: At = None) -> None:
+    """Check policy documents; each problem is reported as FILE:LINE:COL: message."""
+    del at
+    catalog = ctx().catalog
+    bad = False
+    for path in files:
+        try:
+            doc = parse_policy(path.read_bytes(), str(path), known_apps=catalog.slugs())
+        except AppwardenError as exc:
+            bad = True
+            for line in exc.lines():
+                errors.print(line)
+            continue
+        except OSError as exc:
+            bad = True
+            errors.print(f"{path}: cannot read ({exc.strerror})")
+            continue
+        resolved = policies.resolve_identifiers(doc, catalog)
+        errors.print(f"{path}: ok ({doc.policy_id}, {len(resolved)} identifiers)")
+    if bad:
+        raise typer.Exit(2)
+
+
+@policy_app.command("apply")
+def policy_apply(file: Path, actor: As = None, at: At = None, json: Json = False) -> None:
+    """Store a document as the policy's draft (identical content is a no-op)."""
+    context = ctx(actor)
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{file}: cannot read ({exc})") from exc
+    with context.uow(context.at(at)) as uow:
+        result = policies.apply(
+            uow,
+            text=text,
+            filename=str(file),
+            catalog=context.catalog,
+            templates_digest=context.templates_digest,
+        )
+        version = result.version
+        out = {
+            "policy": version.policy_id,
+            "version": version.number,
+            "state": version.state,
+            "changed": result.changed,
+            "content_hash": version.content_hash,
+        }
+    if json:
+        emit_json(out)
+    else:
+        verb = "stored" if result.changed else "unchanged (identical content)"
+        errors.print(f"{out['policy']} version {out['version']} {verb}: {out['state']}")
+
+
+def _lifecycle(
+    action: str, policy_id: str, actor: str | None, at: str | None, json: bool, **kw: Any
+) -> None:
+    context = ctx(actor)
+    catalog, digest = context.catalog, context.templates_digest
+    with context.uow(context.at(at)) as uow:
+        if action == "propose":
+            version = policies.propose(uow, policy_id, catalog=catalog, templates_digest=digest)
+        elif action == "approve":
+            version = policies.approve(
+                uow,
+                policy_id,
+                catalog=catalog,
+                templates_digest=digest,
+                required_approvals=context.settings.required_approvals,
+            )
+        elif action == "publish":
+            version = policies.publish(
+                uow,
+                policy_id,
+                undo_window=context.undo_window,
+                required_approvals=context.settings.required_approvals,
+                short_notice=kw.get("short_notice", False),
+                catalog=catalog,
+                templates_digest=digest,
+            )
+        elif action == "cancel":
+            version = policies.cancel(uow, policy_id)
+        else:
+            version = policies.retire(uow, policy_id)
+        out = {
+            "policy": version.policy_id,
+            "version": version.number,
+            "state": version.state,
+            "release_at": iso(version.release_at),
+        }
+    if json:
+        emit_json(out)
+    else:
+        extra = f", released at {out['release_at']}" if out["release_at"] else ""
+        errors.print(f"{policy_id} version {out['version']}: {out['state']}{extra}")
+
+
+@policy_app.command("propose")
+def policy_propose(policy_id: str, actor: As = None, at: At = None, json: Json = False) -> None:
+    """Ask for review of the draft."""
+    _lifecycle("propose", policy_id, actor, at, json)
+
+
+@policy_app.command("approve")
+def policy_approve(policy_id: str, actor: As = None, at: At = None, json: Json = False) -> None:
+    """Approve the proposed version (not its author). Binds the content hash."""
+    _lifecycle("approve", policy_id, actor, at, json)
+
+
+@policy_app.command("publish")
+def policy_publish(
+    policy_id: str,
+    short_notice: Annotated[
+        bool, typer.Option("--short-notice", help="Allow a deadline under 24 h after release.")
+    ] = False,
+    actor: As = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Schedule the approved version; it is released when the undo window closes."""
+    _lifecycle("publish", policy_id, actor, at, json, short_notice=short_notice)
+
+
+@policy_app.command("cancel")
+def policy_cancel(policy_id: str, actor: As = None, at: At = None, json: Json = False) -> None:
+    """Inside the undo window: take the scheduled version back; nothing was sent."""
+    _lifecycle("cancel", policy_id, actor, at, json)
+
+
+@policy_app.command("retire")
+def policy_retire(policy_id: str, actor: As = None, at: At = None, json: Json = False) -> None:
+    """End the live version on purpose (not an error: see retract)."""
+    _lifecycle("retire", policy_id, actor, at, json)
+
+
+@policy_app.command("list")
+def policy_list(at: At = None, json: Json = False) -> None:
+    """Every policy with its versions and which one is in effect."""
+    context = ctx()
+    now = context.at(at)
+    with context.uow(now, write=False) as uow:
+        live = {v.policy_id: v for v in policies.effective_versions(uow, now)}
+        rows: list[dict[str, Any]] = []
+        for policy in uow.session.scalars(select(Policy).order_by(Policy.id)):
+            versions = policies.versions_of(uow, policy.id)
+            current = live.get(policy.id)
+            rows.append(
+                {
+                    "policy": policy.id,
+                    "title": policy.title,
+                    "in_effect": current.number if current else None,
+                    "deadline": iso(current.deadline) if current else iso(versions[-1].deadline),
+                    "versions": [{"version": v.number, "state": v.state} for v in versions],
+                }
+            )
+    if json:
+        emit_json(rows)
+        return
+    table(
+        "Policies",
+        ["policy", "title", "in effect", "deadline", "versions"],
+        [
+            (
+                r["policy"],
+                r["title"],
+                r["in_effect"],
+                r["deadline"],
+                ", ".join(f"v{v['version']} {v['state']}" for v in r["versions"]),
+            )
+            for r in rows
+        ],
+    )
+
+
+@policy_app.command("show")
+def policy_show(
+    policy_id: str,
+    version: Annotated[int | None, typer.Option("--version", help="Version number.")] = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """A version: state, approvals, and the resolved identifier set."""
+    context = ctx()
+    with context.uow(context.at(at), write=False) as uow:
+        row = policies.get_version(uow, policy_id, version)
+        identifiers = policies.identifiers_of(uow, row.id)
+        approvals = uow.session.scalars(
+            select(PolicyApproval).where(PolicyApproval.version_id == row.id)
+        ).all()
+        current_hash = policies.current_content_hash(row, context.catalog, context.templates_digest)
+        out: dict[str, Any] = {
+            "policy": row.policy_id,
+            "version": row.number,
+            "state": row.state,
+            "title": row.document["metadata"]["title"],
+            "deadline": iso(row.deadline),
+            "release_at": iso(row.release_at),
+            "content_hash": row.content_hash,
+            "content_current": current_hash == row.content_hash,
+            "approvals": [
+                {
+                    "approver_id": a.approver_id,
+                    "at": iso(a.created_at),
+                    "valid": a.voided_at is None and a.content_hash == current_hash,
+                }
+                for a in approvals
+            ],
+            "identifiers": [
+                {"namespace": i.namespace, "value": i.value, "app": i.app_slug} for i in identifiers
+            ],
+            "document": row.document,
+        }
+    if json:
+        emit_json(out)
+        return
+    console.print(
+        f"[bold]{out['policy']}[/] v{out['version']} — {out['title']}\n"
+        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}"
+    )
+    if not out["content_current"]:
+        console.print("content changed since apply (catalog or templates): approvals are void")
+    table(
+        f"Resolved identifiers ({len(identifiers)})",
+        ["namespace", "value", "from app"],
+        [(i["namespace"], i["value"], i["app"] or "explicit") for i in out["identifiers"]],
+    )
+
+
+# ── state and decisions ───────────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def status(
+    policy: Annotated[str | None, typer.Option("--policy", help="Only this policy.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Only this DEVICE.")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Include devices the policy does not apply to.")
+    ] = False,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Compliance state of devices under the policies in effect."""
+    context = ctx()
+    now = context.at(at)
+    with context.uow(now, write=False) as uow:
+        rows = status_rows(uow, now, policy_id=policy, device_ref=device, include_all=all_)
+    if json:
+        emit_json(rows)
+        return
+    order = {str(s): i for i, s in enumerate(STATE_ORDER)}
+    rows.sort(key=lambda r: (r["policy"], order[r["state"]], r["person"] or "", r["device"] or ""))
+    table(
+        f"Status at {iso(now)}",
+        ["policy", "person", "device", "platform", "state", "since", "due", "reasons"],
+        [
+            (
+                f"{r['policy']} v{r['version']}",
+                r["person"],
+                r["device_name"] or r["device"],
+                r["platform"],
+                r["state"],
+                r["since"],
+                r["due"],
+                ", ".join(r["reasons"]),
+            )
+            for r in rows
+        ],
+    )
+
+
+@app.command()
+def decide(
+    device: Annotated[str, typer.Argument(help="namespace:value, or an unambiguous value.")],
+    resource: Annotated[str, typer.Argument(help="The resource asked for, e.g. email.")],
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Would this device get this resource now (or at --at)?"""
+    context = ctx()
+    now = context.at(at)
+    with context.uow(now, write=False) as uow:
+        row = decision_row(uow, device, resource, now)
+    if json:
+        emit_json(row)
+        return
+    console.print(f"{row['device']} {resource}: [bold]{row['decision']}[/]")
+    for reason in row["reasons"]:
+        console.print(
+            f"  {reason['policy']} v{reason['version']}: {reason['state']} ({reason['effect']})"
+        )
+    if row["valid_until"]:
+        console.print(f"  valid until {row['valid_until']}")
+
+
+# ── worker and admin ──────────────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Do what is due up to now (or --at), then exit.")
+    ] = False,
+    at: At = None,
+) -> None:
+    """Perform due side effects: record releases and refresh the decisions they change."""
+    context = ctx()
+    if not once:
+        raise InvalidInput(
+            "only `worker --once` exists so far; the long-running worker comes with notices"
+        )
+    with context.uow(context.at(at)) as uow:
+        changes = release_due(uow)
+    errors.print(f"{len(changes)} decision change(s)")
+
+
+@admin_app.command("create")
+def admin_create(
+    email: str,
+    role: Annotated[
+        Role, typer.Option("--role", help="viewer, author, approver or admin.")
+    ] = Role.ADMIN,
+    at: At = None,
+) -> None:
+    """Give a person an admin role (creating the person if needed)."""
+    context = ctx()
+    with context.uow(context.at(at)) as uow:
+        grant_role(uow, email, role)
+    errors.print(f"{email.lower()} is now {role}")
+
+
+def main() -> None:
+    try:
+        app()
+    except AppwardenError as exc:
+        for line in exc.lines():
+            errors.print(f"error: {line}" if not exc.problems else line, markup=False)
+        sys.exit(exc.exit_code)

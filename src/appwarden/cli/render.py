@@ -1,0 +1,67 @@
+"""Output: JSON for machines (`--json`), rich tables for people, quiet when piped."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+STATE_STYLE = {
+    "non_compliant": "bold red",
+    "action_required": "yellow",
+    "unknown": "magenta",
+    "compliant": "green",
+    "exempt": "cyan",
+    "not_applicable": "dim",
+    "deny": "bold red",
+    "allow": "green",
+}
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    grid = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(*[styled(cell) for cell in row])
+    console.print(grid)
+
+
+def styled(cell: Any) -> str:
+    if cell is None:
+        return ""
+    text = str(cell)
+    style = STATE_STYLE.get(text)
+    return f"[{style}]{text}[/]" if style and console.is_terminal else text.replace("[", "\\[")
+
+
+@contextmanager
+def progress(description: str, total: int) -> Iterator[Any]:
+    """A progress bar on a terminal; nothing when output is piped."""
+    if not errors.is_terminal or total < 2:
+        yield lambda _advance=1: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda advance=1: bar.advance(task, advance)
