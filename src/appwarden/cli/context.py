@@ -35,6 +35,10 @@ class AppContext:
     def engine(self) -> Engine:
         return make_engine(self.settings.database_url)
 
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
     @cached_property
     def clock(self) -> Clock:
         return clock_from_spec(self.settings.clock, env=self.settings.env)

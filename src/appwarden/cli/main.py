@@ -641,10 +641,22 @@ def admin_create(
     errors.print(f"{email.lower()} is now {role}")
 
 
-def main() -> None:
+def run(argv: list[str]) -> int:
+    """Run one command; returns the exit code. Errors of ours print their located lines."""
     try:
-        app()
+        app(args=argv, prog_name="appwarden")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except AppwardenError as exc:
         for line in exc.lines():
-            errors.print(f"error: {line}" if not exc.problems else line, markup=False)
-        sys.exit(exc.exit_code)
+            errors.print(line if exc.problems else f"error: {line}", markup=False)
+        return exc.exit_code
+    finally:
+        context = _state.pop("ctx", None)
+        if context is not None:
+            context.close()
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

@@ -131,7 +131,7 @@ def parse_csv(
     text: str | bytes, filename: str, *, strict: bool = False, max_bytes: int = MAX_BYTES
 ) -> InventoryBatch:
     """Parse and validate a CSV inventory; problems are located as FILE:ROW:COLUMN."""
-    decoded = decode_input(text, filename, max_bytes=max_bytes, bom_as_space=False)
+    decoded = decode_input(text, filename, max_bytes=max_bytes)
     nul = decoded.find("\x00")
     if nul >= 0:
         where = f"{filename}:{decoded.count(chr(10), 0, nul) + 1}"

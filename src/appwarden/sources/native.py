@@ -744,11 +744,9 @@ def too_large(filename: str, size: int, max_bytes: int) -> InputTooLarge:
     )
 
 
-def decode_input(
-    text: str | bytes, filename: str, *, max_bytes: int, bom_as_space: bool = True
-) -> str:
-    """Enforce the size limit and decode UTF-8. A leading byte order mark is ignored: it becomes a
-    space (so that offsets, and so columns, stay as they were) or, with bom_as_space=False, goes."""
+def decode_input(text: str | bytes, filename: str, *, max_bytes: int) -> str:
+    """Enforce the size limit and decode UTF-8. A leading byte order mark is dropped (editors do
+    not count it as a column either)."""
     if isinstance(text, str):
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
@@ -767,7 +765,7 @@ def decode_input(
             message = f"not valid UTF-8 ({exc.reason})"
             raise InvalidInput(f"{where}: {message}", problems=[Problem(where, message)]) from exc
     if decoded.startswith("\ufeff"):
-        decoded = (" " if bom_as_space else "") + decoded[1:]
+        decoded = decoded[1:]
     return decoded
 
 

@@ -1,0 +1,145 @@
+"""Shared fixtures: a migrated store on SQLite and on PostgreSQL, the CLI, and table digests.
+
+Store tests take the `store` fixture and run once per backend. PostgreSQL comes from
+APPWARDEN_TEST_POSTGRES_URL (default: the local server on 127.0.0.1:5432); when it is not
+reachable the PostgreSQL variants skip, unless APPWARDEN_REQUIRE_SERVICES=1 (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.engine import make_url
+
+from appwarden.cli.main import run
+from appwarden.db import migrate
+from appwarden.db.engine import make_engine
+from appwarden.wiring import metadata
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "APPWARDEN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_SERVICES = os.environ.get("APPWARDEN_REQUIRE_SERVICES") == "1"
+
+
+@dataclass
+class Store:
+    url: str
+    engine: Engine
+    backend: str
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure to connect means "not available"
+        return str(exc).splitlines()[0]
+    return None
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies (cheaper than migrating every time)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()  # closing the last connection folds the WAL into the file we copy
+    assert not Path(f"{path}-wal").exists()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """One migrated PostgreSQL database for the session; tests empty it between runs."""
+    problem = _postgres_available()
+    if problem:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"PostgreSQL is required (APPWARDEN_REQUIRE_SERVICES=1): {problem}")
+        pytest.skip(f"PostgreSQL not reachable: {problem}")
+    name = f"appwarden_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _empty_postgres(engine: Engine) -> None:
+    tables = [t.name for t in metadata().sorted_tables]
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        path = tmp_path / "appwarden.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        url = f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+    engine = make_engine(url)
+    if request.param == "postgresql":
+        _empty_postgres(engine)
+    yield Store(url=url, engine=engine, backend=request.param)
+    engine.dispose()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return orjson.loads(self.out)
+
+
+@pytest.fixture
+def cli(store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Run `appwarden --db STORE ARGS...` in-process and capture what it printed."""
+    monkeypatch.delenv("APPWARDEN_ACTOR", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def invoke(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = run(["--db", store.url, *args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+def table_digest(engine: Engine) -> str:
+    """A digest of every row of every table: equal digests mean nothing changed."""
+    digest = hashlib.sha256()
+    with engine.connect() as connection:
+        for table in metadata().sorted_tables:
+            columns = [c.name for c in table.columns]
+            rows = connection.execute(select(table).order_by(*table.primary_key.columns)).all()
+            digest.update(table.name.encode())
+            for row in rows:
+                digest.update(repr(tuple(zip(columns, row, strict=True))).encode())
+    return digest.hexdigest()
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
