@@ -384,6 +384,28 @@ def test_an_oversized_file_is_too_large() -> None:
     assert parse_csv(text, "inv.csv", max_bytes=len(text)) == InventoryBatch()
 
 
+def test_owner_details_from_several_devices_are_combined() -> None:
+    text = (
+        "owner_email,owner_name,owner_time_zone,device_identifiers,resources,source,evidence_kind\n"
+        "a@example.com,,,serial:S1,email,mdm,inventory\n"
+        "A@example.com,Ann,Europe/Berlin,serial:S2,email,mdm,inventory\n"
+        "a@example.com,,,serial:S3,email,mdm,inventory\n"
+        "a@example.com,,,serial:S3,email webmail,mdm,inventory\n"
+    )
+    batch = parse_csv(text, "inv.csv")
+    assert batch.people == (
+        PersonFacts(email="a@example.com", display_name="Ann", time_zone="Europe/Berlin"),
+    )
+    assert [r.device.identifiers for r in batch.reports] == [
+        (("serial", "S1"),),
+        (("serial", "S2"),),
+    ]
+    assert batch.skipped == (
+        "inv.csv:5:resources: resources 'email webmail' differs from 'email' "
+        "on row 4 of the same device",
+    )
+
+
 def test_every_column_is_documented() -> None:
     docs = DOCS.read_text(encoding="utf-8")
     for column in csvfile.COLUMNS:

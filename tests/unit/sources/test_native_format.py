@@ -470,6 +470,31 @@ ENTRY_CASES = [
         ),
     ),
     Case(
+        "apps and identifiers that are not objects, or lack required keys",
+        devices=(
+            '{"identifiers": ["udid:D30"], "platform": true, "report": {"evidence_kind": '
+            '"inventory", "apps": [null, {"name": "Nameless"}]}}',
+        ),
+        problems=(
+            ('"udid:D30"', "a device identifier must be an object, not a string"),
+            ("true", "platform must be a string, not a boolean"),
+            ("null, {", "an app must be an object, not null"),
+            ('{"name": "Nameless"}', "an app is missing the required key 'namespace'"),
+            ('{"name": "Nameless"}', "an app is missing the required key 'value'"),
+        ),
+    ),
+    Case(
+        "bad resource name",
+        devices=(device(', "resources": ["email", "E-Mail"]'),),
+        problems=(
+            (
+                '"E-Mail"',
+                "resources: 'E-Mail' is not a resource name: use 1 to 64 of a-z 0-9 . _ - "
+                "(like email)",
+            ),
+        ),
+    ),
+    Case(
         "entry that is not an object",
         devices=('"udid:D22"',),
         problems=(('"udid:D22"', "a device must be an object, not a string"),),
@@ -712,6 +737,38 @@ FILE_CASES: list[tuple[str, str | bytes, list[str]]] = [
 ]
 
 
+FILE_CASES += [
+    (
+        "unterminated object",
+        '{"format": "appwarden.inventory/v1"',
+        ["inv.json:1:36: not valid JSON: Expecting ',' delimiter"],
+    ),
+    ("missing colon", '{"format" "x"}', ["inv.json:1:11: not valid JSON: Expecting ':' delimiter"]),
+    (
+        "a key that is not a string",
+        '{"format": "appwarden.inventory/v1", 5: 1}',
+        ["inv.json:1:38: not valid JSON: Expecting property name enclosed in double quotes"],
+    ),
+    ("empty object", "{}", ["inv.json:1:1: the inventory is missing the required key 'format'"]),
+    ("extra data after a string", '"x" y', ["inv.json:1:5: not valid JSON: Extra data"]),
+    (
+        "entries not separated by commas",
+        '{"format": "appwarden.inventory/v1", "devices": [{} {}]}',
+        ["inv.json:1:53: not valid JSON: Expecting ',' delimiter"],
+    ),
+    (
+        "duplicate key inside a top-level value",
+        '{"format": "appwarden.inventory/v1", "source": {"a": 1, "a": 2}}',
+        ["inv.json:1:57: duplicate key 'a'"],
+    ),
+    (
+        "syntax error after a duplicate key inside an entry",
+        '{"format": "appwarden.inventory/v1", "devices": [{"x": {"a": 1, "a": 2}, "b" 3}]}',
+        ["inv.json:1:78: not valid JSON: Expecting ':' delimiter"],
+    ),
+]
+
+
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize(
     ("text", "lines"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES]
@@ -730,6 +787,13 @@ def test_an_oversized_file_is_too_large(as_bytes: bool) -> None:
     assert caught.value.lines() == ["inv.json: the file is 52 bytes; the limit is 51"]
     with pytest.raises(InvalidInput):  # at the limit it is read (and here rejected for 'ü')
         parse_native(text, "inv.json", max_bytes=52)
+
+
+def test_an_integer_too_long_to_convert_is_not_json() -> None:
+    text = '{"format": "appwarden.inventory/v1", "devices": [' + "1" * 5000 + "]}"
+    with pytest.raises(InvalidInput) as caught:
+        parse_native(text, "inv.json")
+    assert caught.value.lines()[0].startswith("inv.json:1:50: not valid JSON: Exceeds the limit")
 
 
 def test_the_default_size_limit_is_64_mib() -> None:
