@@ -169,7 +169,8 @@ def test_identifiers_of_two_devices_are_quarantined_and_merge_nothing(store):
     run(store, T0, report(T0, [], device=phone(("udid", "B"))))
     before = observations(store)
     result = run(store, T0, report(T0, [ZOOM], device=phone(("udid", "A"), ("udid", "B"))))
-    assert result.quarantined and "quarantined" in result.quarantined[0]
+    assert result.quarantined
+    assert "quarantined" in result.quarantined[0]
     assert count(store, Device) == 2
     assert observations(store) == before
     with unit_of_work(store.engine, now=T0, write=False) as uow:

@@ -14,7 +14,7 @@ from appwarden.audit.service import record
 from appwarden.catalog.matching import like_pattern, rule_key
 from appwarden.catalog.model import AppIdentifier, Catalog
 from appwarden.db.uow import UnitOfWork
-from appwarden.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Problem
+from appwarden.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from appwarden.identity.models import Person
 from appwarden.identity.service import require
 from appwarden.policies.document import PolicyDocument, parse_policy
@@ -87,8 +87,15 @@ def versions_of(uow: UnitOfWork, policy_id: str) -> list[PolicyVersion]:
     )
 
 
+def is_open(version: PolicyVersion, now: datetime) -> bool:
+    """Open for change: draft to scheduled, except a scheduled version already released."""
+    if version.state == VersionState.SCHEDULED:
+        return version.release_at is None or now < version.release_at
+    return version.state in OPEN_STATES
+
+
 def open_version(uow: UnitOfWork, policy_id: str) -> PolicyVersion | None:
-    return next((v for v in versions_of(uow, policy_id) if v.state in OPEN_STATES), None)
+    return next((v for v in versions_of(uow, policy_id) if is_open(v, uow.now)), None)
 
 
 def get_version(uow: UnitOfWork, policy_id: str, number: int | None = None) -> PolicyVersion:
@@ -179,7 +186,7 @@ def apply(
     latest = versions[-1] if versions else None
     if latest is not None and latest.content_hash == hash_:
         return ApplyResult(latest, changed=False)
-    current = next((v for v in versions if v.state in OPEN_STATES), None)
+    current = next((v for v in versions if is_open(v, uow.now)), None)
     if current is not None and current.state == VersionState.SCHEDULED:
         raise Conflict(
             f"version {current.number} of {policy.id} is scheduled for release; "
@@ -355,8 +362,8 @@ def publish(
     release_at = uow.now + undo_window
     if version.deadline < release_at:
         raise InvalidInput(
-            f"the deadline {_iso(version.deadline)} is before the release at {_iso(release_at)}",
-            problems=[Problem("spec.deadline", "the deadline must come after the release")],
+            f"spec.deadline: the deadline {_iso(version.deadline)} is before the release at "
+            f"{_iso(release_at)}; a deadline must come after the release"
         )
     if version.deadline < release_at + SHORT_NOTICE and not short_notice:
         raise InvalidInput(
@@ -374,7 +381,9 @@ def publish(
 def cancel(uow: UnitOfWork, policy_id: str) -> PolicyVersion:
     """Inside the undo window, return the scheduled version to approved: nothing was sent."""
     require(uow, Permission.POLICIES_AUTHOR)
-    version = _open_or_fail(uow, policy_id)
+    get_policy(uow, policy_id)
+    scheduled = [v for v in versions_of(uow, policy_id) if v.state == VersionState.SCHEDULED]
+    version = scheduled[-1] if scheduled else _open_or_fail(uow, policy_id)
     next_state(version.state, "cancel")
     assert version.release_at is not None
     if uow.now >= version.release_at:

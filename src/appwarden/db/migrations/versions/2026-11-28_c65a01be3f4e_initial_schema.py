@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "c65a01be3f4e"
 down_revision = None
 branch_labels = None
