@@ -465,7 +465,7 @@ def both_sides(
         version = uow.session.get(PolicyVersion, version_id)
         assert version is not None
         rules = rules_of(uow, version)
-        owners = dict(uow.session.execute(select(Device.id, Device.owner_id)).tuples().all())
+        owners = dict(uow.session.execute(select(Device.id, Device.owner_id)).all())
         views = device_views(uow, owners)
         single = {
             device_id: evaluate_view(uow, rules, view, owners[device_id], at)

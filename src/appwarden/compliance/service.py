@@ -71,7 +71,9 @@ def evaluation_from_row(rules: PolicyRules, row: FleetRow, now: datetime) -> Eva
         if row.exemption_ended_at is not None:
             due = max(due, row.exemption_ended_at + rules.grace)
     if underlying in (ComplianceState.ACTION_REQUIRED, ComplianceState.NON_COMPLIANT):
-        assert row.first_seen is not None and due is not None and row.latest_presence is not None
+        assert row.first_seen is not None
+        assert due is not None
+        assert row.latest_presence is not None
         reasons = tuple(f"present:{ident}" for ident in row.present)
         if row.latest_presence < now - rules.max_evidence_age:
             reasons += ("evidence_stale",)
