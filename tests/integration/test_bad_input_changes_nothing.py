@@ -26,14 +26,39 @@ spec:
 """
 
 BAD_POLICIES = [
-    ("unknown-key", GOOD_POLICY.replace("  apps:", "  colour: red\n  apps:"), "7:11", "unknown key"),
+    (
+        "unknown-key",
+        GOOD_POLICY.replace("  apps:", "  colour: red\n  apps:"),
+        "7:11",
+        "unknown key",
+    ),
     ("duplicate-key", GOOD_POLICY + "kind: AppPolicy\n", "11:1", "duplicate key 'kind'"),
-    ("no-as-false", GOOD_POLICY.replace("deny: [email]", "deny: [email]\n  notices: {blocked: no}"), "11:22", "ambiguous value 'no'"),
-    ("naive-deadline", GOOD_POLICY.replace("2020-07-20T17:00:00-07:00", "2020-07-20T17:00:00"), "8:13", "offset"),
+    (
+        "no-as-false",
+        GOOD_POLICY.replace("deny: [email]", "deny: [email]\n  notices: {blocked: no}"),
+        "11:22",
+        "ambiguous value 'no'",
+    ),
+    (
+        "naive-deadline",
+        GOOD_POLICY.replace("2020-07-20T17:00:00-07:00", "2020-07-20T17:00:00"),
+        "8:13",
+        "offset",
+    ),
     ("bare-date", GOOD_POLICY.replace("2020-07-20T17:00:00-07:00", "2020-07-20"), "8:13", "date"),
-    ("month-duration", GOOD_POLICY.replace("  enforcement:", "  grace: P1M\n  enforcement:"), "9:10", "P1M"),
+    (
+        "month-duration",
+        GOOD_POLICY.replace("  enforcement:", "  grace: P1M\n  enforcement:"),
+        "9:10",
+        "P1M",
+    ),
     ("unknown-app", GOOD_POLICY.replace("[tiktok]", "[tik-tok]"), "7:10", "tik-tok"),
-    ("empty-platforms", GOOD_POLICY.replace("  deadline:", "  scope: {platforms: []}\n  deadline:"), "8:22", "omit the key"),
+    (
+        "empty-platforms",
+        GOOD_POLICY.replace("  deadline:", "  scope: {platforms: []}\n  deadline:"),
+        "8:22",
+        "omit the key",
+    ),
     ("not-yaml", "apiVersion: [unclosed\n", "2:1", ""),
 ]
 
@@ -45,12 +70,19 @@ def loaded(cli):
     return cli
 
 
-@pytest.mark.parametrize(("name", "text", "position", "message"), BAD_POLICIES, ids=[b[0] for b in BAD_POLICIES])
-def test_a_malformed_policy_is_located_and_changes_nothing(loaded, store, tmp_path, name, text, position, message):
+@pytest.mark.parametrize(
+    ("name", "text", "position", "message"), BAD_POLICIES, ids=[b[0] for b in BAD_POLICIES]
+)
+def test_a_malformed_policy_is_located_and_changes_nothing(
+    loaded, store, tmp_path, name, text, position, message
+):
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     before = table_digest(store.engine)
-    for command in (["policy", "validate", str(path)], ["policy", "apply", str(path), "--as", "author@example.com"]):
+    for command in (
+        ["policy", "validate", str(path)],
+        ["policy", "apply", str(path), "--as", "author@example.com"],
+    ):
         result = loaded(*command)
         assert result.code == 2, result.err
         first = result.err.splitlines()[0]
@@ -77,16 +109,27 @@ def test_a_valid_policy_validates(loaded, tmp_path):
         ("csv", "bad-rows.csv", "bad-rows.csv:"),
     ],
 )
-def test_a_malformed_inventory_file_in_strict_mode_changes_nothing(loaded, store, source, fixture, where):
+def test_a_malformed_inventory_file_in_strict_mode_changes_nothing(
+    loaded, store, source, fixture, where
+):
     before = table_digest(store.engine)
-    result = loaded("import", source, str(FIXTURES / fixture), "--strict", "--at", "2020-07-10T10:00:00-07:00")
+    result = loaded(
+        "import", source, str(FIXTURES / fixture), "--strict", "--at", "2020-07-10T10:00:00-07:00"
+    )
     assert result.code == 2, result.err
     assert where in result.err
     assert table_digest(store.engine) == before
 
 
 def test_without_strict_a_bad_entry_skips_only_its_device(loaded, store):
-    result = loaded("import", "native", str(FIXTURES / "bad-entries.json"), "--at", "2020-07-10T10:00:00-07:00", "--json")
+    result = loaded(
+        "import",
+        "native",
+        str(FIXTURES / "bad-entries.json"),
+        "--at",
+        "2020-07-10T10:00:00-07:00",
+        "--json",
+    )
     assert result.code == 1
     (summary,) = result.json()
     assert summary["skipped"]
@@ -94,7 +137,9 @@ def test_without_strict_a_bad_entry_skips_only_its_device(loaded, store):
 
 
 def test_a_valid_native_file_imports(loaded):
-    result = loaded("import", "native", str(FIXTURES / "valid.json"), "--at", "2030-01-01T00:00:00Z", "--json")
+    result = loaded(
+        "import", "native", str(FIXTURES / "valid.json"), "--at", "2030-01-01T00:00:00Z", "--json"
+    )
     assert result.code == 0, result.err
     (summary,) = result.json()
     assert summary["reports_applied"] >= 1

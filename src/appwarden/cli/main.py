@@ -12,7 +12,7 @@ import typer
 from sqlalchemy import select
 
 from appwarden.cli.context import AppContext
-from appwarden.cli.render import console, emit_json, errors, progress, table
+from appwarden.cli.render import console, emit_json, errors, explain, progress, short_time, table
 from appwarden.db import migrate
 from appwarden.devices.models import Quarantine
 from appwarden.devices.schemas import InventoryBatch
@@ -110,7 +110,10 @@ def demo(
     """Load the reference organisation: the TikTok memo, its people, devices and reports."""
     context = ctx()
     migrate.upgrade(context.engine)
-    base = context.at(base_time) if base_time else context.at(at) - timedelta(hours=3)
+    if base_time:
+        base = context.at(base_time)
+    else:
+        base = (context.at(at) - timedelta(hours=3)).replace(second=0, microsecond=0)
     load_demo(
         lambda when, actor: context.uow(when, actor=actor),
         base=base,
@@ -562,23 +565,26 @@ def status(
         return
     order = {str(s): i for i, s in enumerate(STATE_ORDER)}
     rows.sort(key=lambda r: (r["policy"], order[r["state"]], r["person"] or "", r["device"] or ""))
-    table(
-        f"Status at {iso(now)}",
-        ["policy", "person", "device", "platform", "state", "since", "due", "reasons"],
-        [
-            (
-                f"{r['policy']} v{r['version']}",
-                r["person"],
-                r["device_name"] or r["device"],
-                r["platform"],
-                r["state"],
-                r["since"],
-                r["due"],
-                ", ".join(r["reasons"]),
-            )
-            for r in rows
-        ],
-    )
+    for policy_id in sorted({r["policy"] for r in rows}):
+        mine = [r for r in rows if r["policy"] == policy_id]
+        table(
+            f"{policy_id} v{mine[0]['version']} at {short_time(iso(now))}",
+            ["person", "device", "platform", "state", "since", "due", "why"],
+            [
+                (
+                    r["person"],
+                    r["device_name"] or r["device"],
+                    r["platform"],
+                    r["state"],
+                    short_time(r["since"]),
+                    short_time(r["due"]),
+                    explain(r["reasons"]),
+                )
+                for r in mine
+            ],
+        )
+    if not rows:
+        errors.print(f"no policy in effect at {iso(now)}")
 
 
 @app.command()

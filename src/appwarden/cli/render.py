@@ -33,12 +33,15 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    grid = Table(title=title, title_justify="left", show_lines=False)
+    grid = Table(title=title, title_justify="left", show_lines=False, expand=False)
     for column in columns:
         grid.add_column(column, overflow="fold")
     for row in rows:
         grid.add_row(*[styled(cell) for cell in row])
-    console.print(grid)
+    if console.is_terminal:
+        console.print(grid)
+    else:  # piped output has no width to fit: keep each row on one line for grep and less
+        Console(highlight=False, width=240, file=console.file).print(grid)
 
 
 def styled(cell: Any) -> str:
@@ -65,3 +68,31 @@ def progress(description: str, total: int) -> Iterator[Any]:
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda advance=1: bar.advance(task, advance)
+
+
+def short_time(value: str | None) -> str:
+    """`2020-07-11T06:59:59Z` → `2020-07-11 06:59Z` for tables (JSON keeps the full instant)."""
+    if not value:
+        return ""
+    return value[:16].replace("T", " ") + "Z"
+
+
+_REASON_TEXT = {
+    "present": "found {}",
+    "unverified": "cannot see {}",
+    "exemption": "exemption #{}",
+    "underlying": "would be {}",
+    "out_of_scope": "out of scope ({})",
+}
+
+
+def explain(reasons: Sequence[str]) -> str:
+    """Reasons in words, short enough for a table cell."""
+    words = []
+    for reason in reasons:
+        code, _, detail = reason.partition(":")
+        if code in ("present", "unverified"):
+            detail = detail.partition(":")[2]
+        template = _REASON_TEXT.get(code)
+        words.append(template.format(detail) if template else reason.replace("_", " "))
+    return "; ".join(words)

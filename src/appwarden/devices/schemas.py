@@ -9,25 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from appwarden.identity.schemas import PersonFacts
 from appwarden.vocabulary import (
     DeviceStatus,
     EvidenceKind,
     FormFactor,
     Ownership,
-    PersonStatus,
     Platform,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PersonFacts:
-    email: str
-    display_name: str | None = None
-    aliases: tuple[str, ...] = ()
-    groups: tuple[str, ...] | None = None  # None: leave memberships as they are
-    time_zone: str | None = None
-    status: PersonStatus = PersonStatus.ACTIVE
-    left_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +67,6 @@ class InventoryBatch:
     devices: tuple[DeviceFacts, ...] = ()
     reports: tuple[ReportFacts, ...] = ()
     skipped: tuple[str, ...] = field(default=())  # located problems of records that were skipped
+
+
+__all__ = ["AppSeen", "DeviceFacts", "InventoryBatch", "PersonFacts", "ReportFacts"]

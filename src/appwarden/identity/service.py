@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from sqlalchemy import delete, select
 
 from appwarden.db.uow import UnitOfWork
-from appwarden.devices.schemas import PersonFacts
 from appwarden.errors import NotFound, PermissionDenied
 from appwarden.identity.models import Person, PersonAlias, PersonGroup, RoleBinding
+from appwarden.identity.schemas import PersonFacts
 from appwarden.vocabulary import ROLE_PERMISSIONS, Permission, PersonStatus, Role
 
 
