@@ -16,7 +16,7 @@ Rules, in order:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from appwarden.catalog.matching import key_matches
@@ -279,9 +279,13 @@ def underlying_state(
             reasons=("absence_proven",),
             valid_until=expiry,
         )
-    expired = [max(f.proofs) + rules.max_evidence_age for f in unproven if f.proofs]
     unverified = tuple(f"unverified:{f.ident.namespace}:{f.ident.value}" for f in unproven)
-    return Evaluation(State.UNKNOWN, since=max([rules.release_at, *expired]), reasons=unverified)
+    # Compliance ended when the first proof expired; it never began if something was never proven.
+    if all(f.proofs for f in unproven):
+        since = max(rules.release_at, min(max(f.proofs) for f in unproven) + rules.max_evidence_age)
+    else:
+        since = rules.release_at
+    return Evaluation(State.UNKNOWN, since=since, reasons=unverified)
 
 
 def evaluate(
@@ -297,22 +301,27 @@ def evaluate(
     if reason:
         return Evaluation(State.NOT_APPLICABLE, since=None, reasons=(reason,))
     windows = list(exemptions)
-    ended = [e.ends_at for e in windows if e.ends_at <= now]
-    base = underlying_state(
-        rules, device, stored_first_seen, now, exemption_ended_at=max(ended, default=None)
-    )
+    ended_at = max((e.ends_at for e in windows if e.ends_at <= now), default=None)
+    base = underlying_state(rules, device, stored_first_seen, now, exemption_ended_at=ended_at)
     active = [e for e in windows if e.starts_at <= now < e.ends_at]
-    if active:
-        window = max(active, key=lambda e: (e.ends_at, e.exemption_id))
-        return Evaluation(
-            State.EXEMPT,
-            since=max(rules.release_at, window.starts_at),
-            due=base.due,
-            first_seen=base.first_seen,
-            reasons=(f"exemption:{window.exemption_id}", f"underlying:{base.state}", *base.reasons),
-            valid_until=window.ends_at,
-        )
-    return base
+    if not active:
+        # An exemption that ended is where the following state began; one that starts later is
+        # when this state ends without any new fact.
+        since = base.since
+        if ended_at is not None and since is not None:
+            since = max(since, ended_at)
+        starts = [e.starts_at for e in windows if e.starts_at > now]
+        horizon = [t for t in (base.valid_until, *starts) if t is not None]
+        return replace(base, since=since, valid_until=min(horizon, default=None))
+    window = max(active, key=lambda e: (e.ends_at, e.exemption_id))
+    return Evaluation(
+        State.EXEMPT,
+        since=max(rules.release_at, min(e.starts_at for e in active)),
+        due=base.due,
+        first_seen=base.first_seen,
+        reasons=(f"exemption:{window.exemption_id}", f"underlying:{base.state}", *base.reasons),
+        valid_until=window.ends_at,
+    )
 
 
 IN_SCOPE_STATES = frozenset(State) - {State.NOT_APPLICABLE}

@@ -48,12 +48,14 @@ class FleetRow:
     first_seen: datetime | None
     latest_presence: datetime | None
     cleared_at: datetime | None  # compliant: when the last sighting was proven gone
-    newest_unproven_proof: datetime | None  # unknown: the newest expired proof (None: none)
+    oldest_unproven_proof: datetime | None  # unknown: the proof that expired first
+    never_proven: int  # unknown: carried identifiers that never had an absence proof
     oldest_fresh_proof: datetime | None  # compliant: the proof that expires first
     exemption_id: int | None
-    exemption_starts_at: datetime | None
+    exemption_starts_at: datetime | None  # earliest start among the active windows
     exemption_ends_at: datetime | None
     exemption_ended_at: datetime | None
+    next_exemption_at: datetime | None
     underlying: ComplianceState
     present: tuple[str, ...]  # `namespace:value` of live identifiers, in rule order
     unverified: tuple[str, ...]  # carried identifiers without a fresh absence proof
@@ -256,9 +258,12 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
             func.max(
                 case((and_(facts.c.last_seen.is_not(None), facts.c.live == 0), facts.c.first_clear))
             ).label("cleared_at"),
-            func.max(case((facts.c.unproven == 1, facts.c.newest_proof))).label(
-                "newest_unproven_proof"
+            func.min(case((facts.c.unproven == 1, facts.c.newest_proof))).label(
+                "oldest_unproven_proof"
             ),
+            func.sum(
+                case((and_(facts.c.unproven == 1, facts.c.newest_proof.is_(None)), 1), else_=0)
+            ).label("never_proven"),
             func.min(case((facts.c.carried, facts.c.newest_proof))).label("oldest_fresh_proof"),
             # Identifier values never contain control characters, so a newline separates them.
             func.aggregate_strings(case((facts.c.live == 1, facts.c.ident)), "\n").label(
@@ -293,6 +298,12 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         .scalar_subquery()
     )
     ended = select(func.max(ends)).where(covering, ends <= _at(now)).scalar_subquery()
+    active_start = (
+        select(func.min(Exemption.starts_at))
+        .where(covering, Exemption.starts_at <= _at(now), ends > _at(now))
+        .scalar_subquery()
+    )
+    upcoming = select(func.min(Exemption.starts_at)).where(covering, Exemption.starts_at > _at(now))
     stored = (
         select(PolicyFirstSeen.first_seen_at)
         .where(
@@ -309,12 +320,15 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         stored.label("stored_first_seen"),
         per_device.c.latest_presence,
         per_device.c.cleared_at,
-        per_device.c.newest_unproven_proof,
+        per_device.c.oldest_unproven_proof,
+        per_device.c.never_proven,
         per_device.c.oldest_fresh_proof,
         per_device.c.live_idents,
         per_device.c.unproven_idents,
         active.label("exemption_id"),
+        active_start.label("exemption_starts_at"),
         ended.label("exemption_ended_at"),
+        upcoming.scalar_subquery().label("next_exemption_at"),
     ).select_from(scoped.outerjoin(per_device, per_device.c.device_id == scoped.c.device_id))
     base = query.cte("base")
     first_seen = case(
@@ -352,10 +366,7 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
     rows = uow.session.execute(final).mappings().all()
     exemption_ids = {r["exemption_id"] for r in rows if r["exemption_id"] is not None}
     windows = {
-        e.id: (
-            e.starts_at,
-            min(e.ends_at, e.revoked_at) if e.revoked_at and e.ends_at else e.ends_at,
-        )
+        e.id: min(e.ends_at, e.revoked_at) if e.revoked_at and e.ends_at else e.ends_at
         for e in uow.session.scalars(select(Exemption).where(Exemption.id.in_(exemption_ids)))
     }
     return [
@@ -365,12 +376,14 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
             first_seen=_utc(r["first_seen"]) if r["live_count"] else None,
             latest_presence=_utc(r["latest_presence"]),
             cleared_at=_utc(r["cleared_at"]),
-            newest_unproven_proof=_utc(r["newest_unproven_proof"]),
+            oldest_unproven_proof=_utc(r["oldest_unproven_proof"]),
+            never_proven=int(r["never_proven"] or 0),
             oldest_fresh_proof=_utc(r["oldest_fresh_proof"]),
             exemption_id=r["exemption_id"],
-            exemption_starts_at=windows[r["exemption_id"]][0] if r["exemption_id"] else None,
-            exemption_ends_at=windows[r["exemption_id"]][1] if r["exemption_id"] else None,
+            exemption_starts_at=_utc(r["exemption_starts_at"]),
+            exemption_ends_at=windows[r["exemption_id"]] if r["exemption_id"] else None,
             exemption_ended_at=_utc(r["exemption_ended_at"]),
+            next_exemption_at=_utc(r["next_exemption_at"]),
             underlying=ComplianceState(r["underlying"]),
             present=_split(r["live_idents"]),
             unverified=_split(r["unproven_idents"]),

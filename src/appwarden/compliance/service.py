@@ -89,12 +89,9 @@ def evaluation_from_row(rules: PolicyRules, row: FleetRow, now: datetime) -> Eva
         )
     else:
         reasons = tuple(f"unverified:{ident}" for ident in row.unverified)
-        expired = (
-            row.newest_unproven_proof + rules.max_evidence_age
-            if row.newest_unproven_proof
-            else None
-        )
-        since, valid_until = max(rules.release_at, expired or rules.release_at), None
+        since, valid_until = rules.release_at, None
+        if not row.never_proven and row.oldest_unproven_proof is not None:
+            since = max(since, row.oldest_unproven_proof + rules.max_evidence_age)
     if row.state == ComplianceState.EXEMPT:
         assert row.exemption_starts_at is not None
         return Evaluation(
@@ -105,6 +102,10 @@ def evaluation_from_row(rules: PolicyRules, row: FleetRow, now: datetime) -> Eva
             reasons=(f"exemption:{row.exemption_id}", f"underlying:{underlying}", *reasons),
             valid_until=row.exemption_ends_at,
         )
+    if row.exemption_ended_at is not None:
+        since = max(since, row.exemption_ended_at)
+    if row.next_exemption_at is not None:
+        valid_until = min(valid_until or row.next_exemption_at, row.next_exemption_at)
     return Evaluation(
         underlying,
         since=since,
