@@ -337,6 +337,12 @@ RULE2 = [
                     reasons=(PRESENT,)),
          dev=device(seen(jun(28), jul(12)), covered(jul(12))), now=jul(13),
          exemptions=(ExemptionWindow(7, jun(30), jul(12)),)),
+    case("rule2-not-exempt-window-ends-exactly-now-no-grace",
+         Evaluation(S.NON_COMPLIANT, since=jul(12), due=jul(12), first_seen=jun(28),
+                    reasons=(PRESENT,)),
+         rules=policy(grace=timedelta(0)),
+         dev=device(seen(jun(28), jul(11)), covered(jul(11))), now=jul(12),
+         exemptions=(ExemptionWindow(7, jun(30), jul(12)),)),
     case("rule2-not-exempt-latest-ended-window-counts",
          Evaluation(S.NON_COMPLIANT, since=jul(13), due=jul(13), first_seen=jun(28),
                     reasons=(PRESENT,)),
@@ -651,45 +657,62 @@ def test_exemptions_accept_any_iterable() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour that contradicts DESIGN.md §4.3 ("since is the logical instant the state began";
-# Evaluation.valid_until is "the next instant the state may change without new facts").
-# Each case is expected to fail until evaluate (and compliance.fleet / service.evaluation_from_row,
-# which mirror it) are fixed.
+# `since` is "the logical instant the state began" (DESIGN.md §4.3) and `valid_until` "the next
+# instant the state may change without new facts": exemption windows and expiring proofs bound both.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="valid_until ignores an exemption that starts in the future: the state turns exempt "
-    "at starts_at without new facts, so a materialised decision is not refreshed then",
-)
 @pytest.mark.parametrize(
-    ("dev", "now", "start", "expected_valid_until"),
+    ("dev", "now", "start", "expected"),
     [
-        pytest.param(device(*STILL_PRESENT), NOW, jul(8), jul(8), id="action_required-due-later"),
+        pytest.param(
+            device(*STILL_PRESENT),
+            NOW,
+            jul(8),
+            replace(ACTION_REQUIRED_BEFORE_RELEASE, valid_until=jul(8)),
+            id="rule2-action_required-valid-until-exemption-start-before-due",
+        ),
+        pytest.param(
+            device(*STILL_PRESENT),
+            NOW,
+            jul(12),
+            ACTION_REQUIRED_BEFORE_RELEASE,
+            id="rule2-action_required-valid-until-due-before-exemption-start",
+        ),
         pytest.param(
             device(seen(jun(28), jul(11)), covered(jul(11))),
             jul(12),
             jul(14),
-            jul(14),
-            id="non_compliant-no-other-horizon",
+            Evaluation(
+                S.NON_COMPLIANT,
+                since=DEADLINE,
+                due=DEADLINE,
+                first_seen=jun(28),
+                reasons=(PRESENT,),
+                valid_until=jul(14),
+            ),
+            id="rule2-non_compliant-valid-until-exemption-start",
         ),
-        pytest.param(device(covered(jul(4))), NOW, jul(7), jul(7), id="compliant-expiry-later"),
-        pytest.param(device(), NOW, jul(8), jul(8), id="unknown-no-other-horizon"),
+        pytest.param(
+            device(covered(jul(4))),
+            NOW,
+            jul(7),
+            Evaluation(S.COMPLIANT, since=RELEASE, reasons=PROVEN, valid_until=jul(7)),
+            id="rule2-compliant-valid-until-exemption-start-before-expiry",
+        ),
+        pytest.param(
+            device(),
+            NOW,
+            jul(8),
+            replace(UNKNOWN_NO_FACTS, valid_until=jul(8)),
+            id="rule2-unknown-valid-until-exemption-start",
+        ),
     ],
 )
-def test_rule2_valid_until_includes_a_future_exemption_start(dev, now, start, expected_valid_until):
+def test_rule2_valid_until_includes_a_future_exemption_start(dev, now, start, expected):
     result = evaluate(BASE_RULES, dev, now=now, exemptions=[ExemptionWindow(7, start, jul(20))])
-    assert result.state != S.EXEMPT
-    assert result.valid_until == expected_valid_until
+    assert result == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="after an exemption ends the device was exempt until ends_at, so the following state "
-    "begins at ends_at; evaluate reports max(release, first_seen or proof) instead",
-)
 @pytest.mark.parametrize(
     ("dev", "now", "window", "expected"),
     [
@@ -705,7 +728,7 @@ def test_rule2_valid_until_includes_a_future_exemption_start(dev, now, start, ex
                 reasons=(PRESENT,),
                 valid_until=jul(13),
             ),
-            id="action_required-since-window-end",
+            id="rule2-action_required-since-window-end",
         ),
         pytest.param(
             device(seen(jun(28), jul(12)), covered(jul(12))),
@@ -719,21 +742,28 @@ def test_rule2_valid_until_includes_a_future_exemption_start(dev, now, start, ex
                 reasons=(PRESENT,),
                 valid_until=jul(13, 12),
             ),
-            id="action_required-window-ends-exactly-now",
+            id="rule2-action_required-window-ends-exactly-now",
         ),
         pytest.param(
             device(covered(jul(3))),
             NOW,
             ExemptionWindow(7, jul(2), jul(4)),
             Evaluation(S.COMPLIANT, since=jul(4), reasons=PROVEN, valid_until=jul(10)),
-            id="compliant-since-window-end",
+            id="rule2-compliant-since-window-end",
         ),
         pytest.param(
             device(),
             NOW,
             ExemptionWindow(7, jul(2), jul(3)),
-            Evaluation(S.UNKNOWN, since=jul(3), reasons=(UNVERIFIED,)),
-            id="unknown-since-window-end",
+            replace(UNKNOWN_NO_FACTS, since=jul(3)),
+            id="rule2-unknown-since-window-end",
+        ),
+        pytest.param(
+            device(covered(jul(4))),
+            jul(12),
+            ExemptionWindow(7, jul(2), jul(3)),
+            replace(UNKNOWN_NO_FACTS, since=jul(11)),
+            id="rule2-unknown-since-proof-expiry-after-window-end",
         ),
     ],
 )
@@ -741,43 +771,53 @@ def test_rule2_since_after_an_exemption_ended_is_its_end(dev, now, window, expec
     assert evaluate(BASE_RULES, dev, now=now, exemptions=[window]) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="overlapping exemptions: evaluate reports the start of the window that ends last, "
-    "not the start of the continuous exempt period",
-)
-def test_rule2_since_of_overlapping_exemptions_is_the_earliest_start() -> None:
+def test_rule2_since_of_overlapping_exemptions_is_the_earliest_active_start() -> None:
     windows = [ExemptionWindow(1, jul(3), jul(8)), ExemptionWindow(2, jul(4), jul(15))]
-    result = evaluate(BASE_RULES, device(), now=NOW, exemptions=windows)
-    assert (result.state, result.since, result.valid_until) == (S.EXEMPT, jul(3), jul(15))
+    assert evaluate(BASE_RULES, device(), now=NOW, exemptions=windows) == Evaluation(
+        S.EXEMPT,
+        since=jul(3),
+        reasons=("exemption:2", "underlying:unknown", UNVERIFIED),
+        valid_until=jul(15),
+    )
 
 
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="unknown `since` takes the NEWEST expiry among unproven identifiers; the device "
-    "stopped being compliant at the EARLIEST one (or never was, when one was never proven)",
+    reason="back-to-back exemptions (a renewal starting when the old one ends) are one exempt "
+    "period, but `since` is the start of the window active now, not of the continuous period",
 )
+def test_rule2_since_of_back_to_back_exemptions_is_the_first_start() -> None:
+    windows = [ExemptionWindow(1, jul(2), jul(6)), ExemptionWindow(2, jul(6), jul(15))]
+    result = evaluate(BASE_RULES, device(), now=jul(8), exemptions=windows)
+    assert (result.state, result.since, result.valid_until) == (S.EXEMPT, jul(2), jul(15))
+
+
 @pytest.mark.parametrize(
-    ("dev", "expected_since"),
+    ("dev", "expected"),
     [
         pytest.param(
             device(
                 covered(jul(1), feed=CHECK, value=TIKTOK),
                 covered(jul(3), feed=CHECK, value=LITE),
             ),
-            jul(8),
-            id="two-expired-proofs-since-first-expiry",
+            Evaluation(S.UNKNOWN, since=jul(8), reasons=(UNVERIFIED, UNVERIFIED_LITE)),
+            id="rule5-unknown-two-expired-proofs-since-first-expiry",
+        ),
+        pytest.param(
+            device(
+                covered(jul(3), feed=CHECK, value=LITE),
+                covered(jul(6), feed=CHECK, value=TIKTOK),
+            ),
+            Evaluation(S.UNKNOWN, since=jul(10), reasons=(UNVERIFIED_LITE,)),
+            id="rule5-unknown-one-expired-one-fresh-since-its-expiry",
         ),
         pytest.param(
             device(covered(jul(3), feed=CHECK, value=LITE)),
-            RELEASE,
-            id="one-identifier-never-proven-since-release",
+            Evaluation(S.UNKNOWN, since=RELEASE, reasons=(UNVERIFIED, UNVERIFIED_LITE)),
+            id="rule5-unknown-one-identifier-never-proven-since-release",
         ),
     ],
 )
-def test_rule5_unknown_since_is_when_compliance_ended(dev, expected_since):
-    result = evaluate(policy(android(), android(LITE)), dev, now=jul(12))
-    assert result.state == S.UNKNOWN
-    assert result.since == expected_since
+def test_rule5_unknown_since_is_when_compliance_ended(dev, expected):
+    assert evaluate(policy(android(), android(LITE)), dev, now=jul(12)) == expected
