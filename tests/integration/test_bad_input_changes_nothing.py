@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import table_digest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "inventory"

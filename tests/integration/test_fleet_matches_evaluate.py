@@ -245,7 +245,7 @@ def feeds(draw: st.DrawFn, source: str, kind: str) -> FeedSpec:
 
 
 @st.composite
-def devices(draw: st.DrawFn, people_count: int) -> DeviceSpec:
+def devices(draw: st.DrawFn, people_count: int, scope: dict) -> DeviceSpec:
     feed_keys = draw(
         st.lists(
             st.tuples(st.sampled_from(SOURCES), st.sampled_from(EVIDENCE_KINDS)),
@@ -254,13 +254,21 @@ def devices(draw: st.DrawFn, people_count: int) -> DeviceSpec:
             unique=True,
         )
     )
+
+    def pick(key: str, values: tuple[str, ...]) -> str:
+        """Mostly a value the scope lists (so that most devices are in scope), else any."""
+        listed = scope.get(key) or values
+        return draw(st.sampled_from((*listed, *listed, *listed, *values)))
+
     return DeviceSpec(
-        platform=draw(st.sampled_from(PLATFORMS)),
-        form_factor=draw(st.sampled_from(FORM_FACTORS)),
-        ownership=draw(st.sampled_from(OWNERSHIPS)),
+        platform=pick("platforms", PLATFORMS),
+        form_factor=pick("form_factors", FORM_FACTORS),
+        ownership=pick("ownership", OWNERSHIPS),
         owner=draw(st.sampled_from((None, *range(people_count), *range(people_count)))),
         status=draw(st.sampled_from(("active",) * 5 + ("retired",))),
-        resources=tuple(draw(st.lists(st.sampled_from(RESOURCES), max_size=2, unique=True))),
+        resources=tuple(
+            draw(st.sampled_from(((), ("email",), ("email",), ("webmail",), RESOURCES)))
+        ),
         first_report_at=draw(st.none() | instants),
         feeds=tuple(draw(feeds(source, kind)) for source, kind in feed_keys),
     )
@@ -271,13 +279,13 @@ def exemptions(draw: st.DrawFn, people_count: int, device_count: int) -> Exempti
     on_person = device_count == 0 or draw(st.booleans())
     starts_at, ends_at = sorted((draw(instants), draw(instants)))
     return ExemptionSpec(
-        policy_id=draw(st.sampled_from((POLICY_ID, POLICY_ID, POLICY_ID, OTHER_POLICY_ID))),
+        policy_id=draw(st.sampled_from((POLICY_ID,) * 5 + (OTHER_POLICY_ID,))),
         person=draw(st.integers(0, people_count - 1)) if on_person else None,
         device=None if on_person else draw(st.integers(0, device_count - 1)),
         status=draw(st.sampled_from(("approved",) * 4 + ("revoked", "requested", "denied"))),
         starts_at=starts_at,
         ends_at=ends_at,
-        revoked_at=draw(st.none() | instants),
+        revoked_at=draw(instants) if draw(st.sampled_from((False, False, True))) else None,
     )
 
 
@@ -291,8 +299,8 @@ def fleets(draw: st.DrawFn) -> FleetSpec:
         )
         for _ in range(draw(st.integers(1, 4)))
     )
-    device_list = tuple(draw(st.lists(devices(len(people)), max_size=8)))
-    exemption_list = tuple(draw(st.lists(exemptions(len(people), len(device_list)), max_size=3)))
+    device_list = tuple(draw(st.lists(devices(len(people), policy.scope), max_size=8)))
+    exemption_list = tuple(draw(st.lists(exemptions(len(people), len(device_list)), max_size=4)))
     first_seen = ()
     if device_list:
         first_seen = tuple(
