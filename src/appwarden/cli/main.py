@@ -194,25 +194,12 @@ def _ingest_with_progress(
 ) -> IngestResult:
     """One transaction for the whole file, so a crash or an error leaves nothing half-applied."""
     with progress(f"importing {label}", len(batch.reports)) as advance, context.uow(now) as uow:
-        result = ingest(
+        return ingest(
             uow,
-            InventoryBatch(people=batch.people, devices=batch.devices, skipped=batch.skipped),
+            batch,
             minimise_personal=context.settings.minimise_personal_data,
+            on_report=advance,
         )
-        for report in batch.reports:
-            part = ingest(
-                uow,
-                InventoryBatch(reports=(report,)),
-                minimise_personal=context.settings.minimise_personal_data,
-            )
-            result.reports_applied += part.reports_applied
-            result.reports_stale += part.reports_stale
-            result.skipped += part.skipped
-            result.quarantined += part.quarantined
-            result.decision_changes += part.decision_changes
-            result.devices += part.devices
-            advance()
-    return result
 
 
 @app.command()

@@ -3,6 +3,7 @@ device is re-evaluated and its decisions updated in the same transaction (read-y
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appwarden.access.service import refresh_decisions
@@ -50,8 +51,13 @@ def _check_values(report: ReportFacts) -> str | None:
 
 
 def ingest(
-    uow: UnitOfWork, batch: InventoryBatch, *, minimise_personal: bool = True
+    uow: UnitOfWork,
+    batch: InventoryBatch,
+    *,
+    minimise_personal: bool = True,
+    on_report: Callable[[], None] | None = None,
 ) -> IngestResult:
+    """Apply the batch; `on_report` is called after each report (to move a progress bar)."""
     result = IngestResult(skipped=list(batch.skipped))
     for person in batch.people:
         upsert_person(uow, person)
@@ -93,6 +99,8 @@ def ingest(
         else:
             result.reports_stale += 1
         touched[device.id] = device
+        if on_report is not None:
+            on_report()
     result.devices = len(touched)
     for device in touched.values():
         result.decision_changes += reevaluate_device(uow, device)
