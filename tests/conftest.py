@@ -143,3 +143,44 @@ def table_digest(engine: Engine) -> str:
 
 def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
+
+
+@dataclass
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on loopback that keeps every message it accepted."""
+
+    host: str
+    port: int
+    messages: list
+
+    def by_header(self, name: str, value: str) -> list:
+        return [m for m in self.messages if m[name] == value]
+
+
+@pytest.fixture
+def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+    import email
+    import email.policy
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    received: list = []
+
+    class Keep:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+            received.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            return "250 OK"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv("APPWARDEN_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("APPWARDEN_SMTP_PORT", str(port))
+    monkeypatch.setenv("APPWARDEN_SMTP_SENDER", "it-security@example.com")
+    try:
+        yield SmtpServer("127.0.0.1", port, received)
+    finally:
+        controller.stop()

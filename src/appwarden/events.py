@@ -16,7 +16,7 @@ class DecisionChanged:
     resource: str
     old: str
     new: str
-    causes: tuple[str, ...]
+    causes: tuple[str, ...]  # policies that deny now (for a deny) or denied before (for an allow)
     at: datetime
 
 
@@ -26,7 +26,17 @@ class InventoryChanged:
     at: datetime
 
 
-Event = DecisionChanged | InventoryChanged
+@dataclass(frozen=True, slots=True)
+class DeviceEvaluated:
+    """A device's states under the versions in effect were (re)computed and stored."""
+
+    device_id: int
+    owner_id: int | None
+    states: tuple[tuple[int, str], ...]  # (policy version id, state)
+    at: datetime
+
+
+Event = DecisionChanged | InventoryChanged | DeviceEvaluated
 Handler = Callable[[Any, Any], None]
 
 

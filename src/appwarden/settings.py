@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DB_URL = "sqlite:///appwarden.db"
@@ -27,3 +27,23 @@ class Settings(BaseSettings):
     minimise_personal_data: bool = True
     max_import_bytes: int = 64 * 1024 * 1024
     fault: str | None = None
+
+    # Notices and their delivery (docs/delivery.md).
+    organisation: str = "Example Corp"
+    portal_url: str = "http://127.0.0.1:8000/me/"
+    mail_domain: str = "appwarden.local"
+    smtp_host: str | None = None  # unset: notices go to the maildir below, for reading locally
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_sender: str = "appwarden@localhost"
+    smtp_max_per_minute: int = 600
+    maildir: Path = Path("var/mail")
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    notice_lease_seconds: int = 300
+    worker_batch: int = 10
+    worker_interval_seconds: float = 5.0
+    max_delivery_attempts: int = 8

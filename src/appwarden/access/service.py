@@ -3,7 +3,9 @@ every change announced as one DecisionChanged event."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -46,6 +48,10 @@ def decide_for(
     )
 
 
+def _denying(reasons: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    return tuple(str(r["policy"]) for r in reasons if r.get("effect") == "deny")
+
+
 def refresh_decisions(
     uow: UnitOfWork, device: Device, outcomes: list[Outcome]
 ) -> list[DecisionChanged]:
@@ -65,6 +71,7 @@ def refresh_decisions(
         result = decide_for(uow, device, resource, uow.now, outcomes)
         record = stored.get(resource)
         old = Decision(record.decision) if record is not None else Decision.ALLOW
+        denied_before = _denying(record.reasons) if record is not None else ()
         if record is None:
             record = DecisionRecord(device_id=device.id, resource=resource, changed_at=uow.now)
             uow.session.add(record)
@@ -73,9 +80,7 @@ def refresh_decisions(
         record.valid_until = result.valid_until
         if old != result.decision:
             record.changed_at = uow.now
-            causes = tuple(
-                str(r["policy"]) for r in result.reasons if r["effect"] == "deny"
-            ) or tuple(str(r["policy"]) for r in result.reasons)
+            causes = _denying(result.reasons) if result.decision == Decision.DENY else denied_before
             change = DecisionChanged(device.id, resource, old, result.decision, causes, uow.now)
             changes.append(change)
     uow.session.flush()

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import select
 
+from appwarden.cli.announce import register
 from appwarden.cli.context import AppContext
+from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import console, emit_json, errors, explain, progress, short_time, table
 from appwarden.db import migrate
 from appwarden.devices.models import Quarantine
@@ -27,7 +29,6 @@ from appwarden.sources.native import parse_native
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
 from appwarden.usecases.ingest import IngestResult, ingest
-from appwarden.usecases.release import release_due
 from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
 
@@ -46,25 +47,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(policy_app, name="policy")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(admin_app, name="admin")
-
-At = Annotated[
-    str | None,
-    typer.Option("--at", help="RFC 3339 time with an offset: act or read as if the clock read T."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-As = Annotated[
-    str | None,
-    typer.Option("--as", help="Act as this admin (email). Default: APPWARDEN_ACTOR."),
-]
-
-_state: dict[str, AppContext] = {}
-
-
-def ctx(actor: str | None = None) -> AppContext:
-    context = _state["ctx"]
-    if actor:
-        context.actor = actor
-    return context
 
 
 @app.callback()
@@ -105,6 +87,14 @@ def demo(
             "2020-07-10T09:00:00-07:00 reproduces the reference memo exactly.",
         ),
     ] = None,
+    draft: Annotated[
+        bool,
+        typer.Option(
+            "--draft",
+            help="Stop before the memo is proposed: people, devices, the first inventory, "
+            "frank's exemption and the policy as a draft.",
+        ),
+    ] = False,
     at: At = None,
 ) -> None:
     """Load the reference organisation: the TikTok memo, its people, devices and reports."""
@@ -120,7 +110,12 @@ def demo(
         catalog=context.catalog,
         templates_digest=context.templates_digest,
         undo_window=context.undo_window,
+        config=context.notice_config,
+        publish=not draft,
     )
+    if draft:
+        errors.print(f"Loaded the reference organisation with {POLICY_ID} as a draft.")
+        return
     errors.print(
         f"Loaded the reference organisation: policy {POLICY_ID} released at {iso(base)}.\n"
         "Try: appwarden status    appwarden decide udid:00008110-000A1B2C3D4E801E email"
@@ -601,24 +596,6 @@ def decide(
 # ── worker and admin ──────────────────────────────────────────────────────────────────────────
 
 
-@app.command()
-def worker(
-    once: Annotated[
-        bool, typer.Option("--once", help="Do what is due up to now (or --at), then exit.")
-    ] = False,
-    at: At = None,
-) -> None:
-    """Perform due side effects: record releases and refresh the decisions they change."""
-    context = ctx()
-    if not once:
-        raise InvalidInput(
-            "only `worker --once` exists so far; the long-running worker comes with notices"
-        )
-    with context.uow(context.at(at)) as uow:
-        changes = release_due(uow)
-    errors.print(f"{len(changes)} decision change(s)")
-
-
 @admin_app.command("create")
 def admin_create(
     email: str,
@@ -632,6 +609,9 @@ def admin_create(
     with context.uow(context.at(at)) as uow:
         grant_role(uow, email, role)
     errors.print(f"{email.lower()} is now {role}")
+
+
+register(app, policy_app)
 
 
 def run(argv: list[str]) -> int:

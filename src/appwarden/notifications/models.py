@@ -40,8 +40,30 @@ class Notice(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime]
     due_at: Mapped[datetime]
-    claimed_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]  # wall-clock time of the claim: the lease of a sender
     sent_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     cancelled_reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class OutboxEvent(Base):
+    """A signed webhook waiting to go out (notice copies, decision changes), written in the
+    transaction of its cause and delivered at least once with the same event id."""
+
+    __tablename__ = "outbox_event"
+    __table_args__ = (Index("ix_outbox_event_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2000))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    claimed_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -28,6 +28,7 @@ from appwarden.policies import service as policies
 from appwarden.policies.models import Policy
 from appwarden.timeutil import iso, parse_instant
 from appwarden.usecases.ingest import ingest
+from appwarden.usecases.notices import NoticeConfig
 from appwarden.usecases.release import release_due
 from appwarden.vocabulary import EvidenceKind, FormFactor, Ownership, Platform, Role
 
@@ -201,8 +202,12 @@ def load_demo(
     catalog: Catalog,
     templates_digest: str,
     undo_window: timedelta,
+    config: NoticeConfig,
+    publish: bool = True,
 ) -> None:
-    """Load the reference organisation, each step at its own logical time, as people would."""
+    """Load the reference organisation, each step at its own logical time, as people would.
+    With `publish=False` it stops before the memo is proposed: a draft, the first inventory
+    (2020-06-28) and frank's exemption, so a walk through the announcement can start there."""
     draft_at = at(base, "2020-06-20T10:00:00-07:00")
     with open_uow(draft_at, None) as uow:
         if uow.session.get(Policy, POLICY_ID) is not None:
@@ -219,10 +224,10 @@ def load_demo(
             catalog=catalog,
             templates_digest=templates_digest,
         )
-    # TikTok was first seen on 2020-06-28; the morning's reports arrived at 08:00.
-    for observed in (at(base, "2020-06-28T09:00:00-07:00"), at(base, "2020-07-10T08:00:00-07:00")):
-        with open_uow(observed, None) as uow:
-            ingest(uow, inventory(observed))
+    # TikTok was first seen on 2020-06-28.
+    first_seen = at(base, "2020-06-28T09:00:00-07:00")
+    with open_uow(first_seen, None) as uow:
+        ingest(uow, inventory(first_seen))
     with open_uow(at(base, "2020-06-30T09:00:00-07:00"), APPROVER) as uow:
         grant(
             uow,
@@ -232,6 +237,12 @@ def load_demo(
             ends_at=at(base, "2020-12-31T23:59:59-08:00"),
             reason="Runs the TikTok marketing account; uses a separate, isolated phone for email.",
         )
+    if not publish:
+        return
+    # The morning's reports arrived at 08:00; the memo went out at 09:00.
+    morning = at(base, "2020-07-10T08:00:00-07:00")
+    with open_uow(morning, None) as uow:
+        ingest(uow, inventory(morning))
     publish_at = base - undo_window
     with open_uow(publish_at - timedelta(minutes=30), AUTHOR) as uow:
         policies.propose(uow, POLICY_ID, catalog=catalog, templates_digest=templates_digest)
@@ -247,4 +258,4 @@ def load_demo(
             short_notice=True,
         )
     with open_uow(base, None) as uow:
-        release_due(uow)
+        release_due(uow, config)

@@ -19,7 +19,7 @@ from appwarden.devices.service import (
     resolve_device,
 )
 from appwarden.errors import IdentifierConflict, InvalidInput
-from appwarden.events import DecisionChanged
+from appwarden.events import DecisionChanged, DeviceEvaluated
 from appwarden.identity.service import upsert_person
 from appwarden.policies.service import live_identifier_keys
 from appwarden.vocabulary import Ownership
@@ -110,4 +110,7 @@ def ingest(
 def reevaluate_device(uow: UnitOfWork, device: Device) -> list[DecisionChanged]:
     outcomes = evaluate_device(uow, device, uow.now)
     record_outcomes(uow, device.id, outcomes)
-    return refresh_decisions(uow, device, outcomes)
+    changes = refresh_decisions(uow, device, outcomes)
+    states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
+    uow.publish(DeviceEvaluated(device.id, device.owner_id, states, uow.now))
+    return changes

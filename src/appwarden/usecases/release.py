@@ -1,10 +1,11 @@
-"""Release: record the versions whose release time has come, and bring the stored states and
-decisions of the devices they touch up to date."""
+"""Time-driven work: record the releases that have happened (and perform their side effects),
+and recompute the decisions whose `valid_until` has come, without scanning the fleet."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
+from appwarden.access.models import DecisionRecord
 from appwarden.compliance.fleet import fleet_rows
 from appwarden.compliance.models import ComplianceRecord
 from appwarden.compliance.rules import rules_of
@@ -14,17 +15,19 @@ from appwarden.events import DecisionChanged
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import settle
 from appwarden.usecases.ingest import reevaluate_device
+from appwarden.usecases.notices import NoticeConfig, on_release
 
 
-def release_due(uow: UnitOfWork) -> list[DecisionChanged]:
+def release_due(uow: UnitOfWork, config: NoticeConfig | None = None) -> list[DecisionChanged]:
     released = settle(uow)
     if not released:
         return []
     device_ids: set[int] = set()
     for version in released:
-        device_ids |= {
-            row.device_id for row in fleet_rows(uow, rules_of(uow, version), now=uow.now)
-        }
+        if config is not None:
+            on_release(uow, version, config)
+        rules = rules_of(uow, version)
+        device_ids |= {row.device_id for row in fleet_rows(uow, rules, now=uow.now)}
         older = select(PolicyVersion.id).where(
             PolicyVersion.policy_id == version.policy_id, PolicyVersion.id != version.id
         )
@@ -33,6 +36,22 @@ def release_due(uow: UnitOfWork) -> list[DecisionChanged]:
                 select(ComplianceRecord.device_id).where(ComplianceRecord.version_id.in_(older))
             )
         )
+    return _reevaluate(uow, device_ids)
+
+
+def refresh_expired(uow: UnitOfWork) -> list[DecisionChanged]:
+    """Decisions whose valid_until has come (a deadline, a grace period, an exemption's end)."""
+    due = set(
+        uow.session.scalars(
+            select(DecisionRecord.device_id).where(
+                DecisionRecord.valid_until.is_not(None), DecisionRecord.valid_until <= uow.now
+            )
+        )
+    )
+    return _reevaluate(uow, due)
+
+
+def _reevaluate(uow: UnitOfWork, device_ids: set[int]) -> list[DecisionChanged]:
     changes: list[DecisionChanged] = []
     for device in uow.session.scalars(select(Device).where(Device.id.in_(device_ids))):
         changes += reevaluate_device(uow, device)

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: c65a01be3f4e
+Revision ID: 119d4becb132
 Revises:
-Create Date: 2026-11-28 13:29:56.633403
+Create Date: 2026-11-28 13:56:20.936433
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "c65a01be3f4e"
+revision = "119d4becb132"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -35,6 +35,26 @@ def upgrade() -> None:
         sa.UniqueConstraint("hash", name=op.f("uq_audit_entry_hash")),
         sa.UniqueConstraint("seq", name=op.f("uq_audit_entry_seq")),
     )
+    op.create_table(
+        "outbox_event",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("event_id", sa.String(length=64), nullable=False),
+        sa.Column("event_type", sa.String(length=64), nullable=False),
+        sa.Column("url", sa.String(length=2000), nullable=False),
+        sa.Column("body", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_event")),
+        sa.UniqueConstraint("event_id", name=op.f("uq_outbox_event_event_id")),
+    )
+    with op.batch_alter_table("outbox_event", schema=None) as batch_op:
+        batch_op.create_index("ix_outbox_event_due", ["status", "next_attempt_at"], unique=False)
+
     op.create_table(
         "person",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -336,6 +356,7 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -581,5 +602,9 @@ def downgrade() -> None:
     op.drop_table("quarantine")
     op.drop_table("policy")
     op.drop_table("person")
+    with op.batch_alter_table("outbox_event", schema=None) as batch_op:
+        batch_op.drop_index("ix_outbox_event_due")
+
+    op.drop_table("outbox_event")
     op.drop_table("audit_entry")
     # ### end Alembic commands ###

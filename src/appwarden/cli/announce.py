@@ -1,0 +1,384 @@
+"""Commands of the announcement: preview, retract, notices, exemptions, and the worker."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+
+from appwarden.cli.context import AppContext
+from appwarden.cli.options import As, At, Json, ctx
+from appwarden.cli.render import emit_json, errors, short_time, table
+from appwarden.devices.service import find_device
+from appwarden.errors import InvalidInput
+from appwarden.exemptions import service as exemptions
+from appwarden.exemptions.models import Exemption
+from appwarden.identity.models import Person
+from appwarden.identity.service import get_person, require
+from appwarden.notifications.models import Notice
+from appwarden.policies import service as policies
+from appwarden.timeutil import iso
+from appwarden.usecases.deliver import Delivery, deliver_due, retry_failed
+from appwarden.usecases.exemptions import after_decision, warn_expiring
+from appwarden.usecases.notices import plan_release
+from appwarden.usecases.release import refresh_expired, release_due
+from appwarden.usecases.retract import retract
+from appwarden.vocabulary import Permission
+
+notices_app = typer.Typer(help="Notices sent and queued.", invoke_without_command=True)
+exemption_app = typer.Typer(no_args_is_help=True, help="Time-boxed, justified exemptions.")
+
+
+def register(app: typer.Typer, policy_app: typer.Typer) -> None:
+    policy_app.command("preview")(policy_preview)
+    policy_app.command("retract")(policy_retract)
+    app.add_typer(notices_app, name="notices")
+    app.add_typer(exemption_app, name="exemption")
+    app.command("worker")(worker)
+
+
+def policy_preview(
+    policy_id: str,
+    version: Annotated[int | None, typer.Option("--version", help="Version number.")] = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Who is in scope, who will be told what, and who would lose access: before anyone is told.
+    Runs the same code as the release."""
+    context = ctx()
+    now = context.at(at)
+    with context.uow(now, write=False) as uow:
+        row = policies.get_version(uow, policy_id, version)
+        release_at = row.release_at or now + context.undo_window
+        plan = plan_release(uow, row, release_at, context.notice_config)
+    body = plan.as_json()
+    if json:
+        emit_json(body)
+        return
+    errors.print(f"{policy_id} v{plan.version} released at {short_time(body['release_at'])}")
+    errors.print("states: " + ", ".join(f"{k} {v}" for k, v in sorted(plan.counts.items())))
+    table(
+        "Notices",
+        ["person", "kind", "due", "devices", "subject"],
+        [
+            (
+                n.person,
+                n.kind,
+                short_time(iso(n.due_at)),
+                ", ".join(d.name for d in n.devices),
+                n.subject,
+            )
+            for n in plan.notices
+        ],
+    )
+    if plan.losing_access:
+        table(
+            "Would lose access",
+            ["person", "device", "resource", "at"],
+            [
+                (r["person"], r["device"], r["resource"], short_time(r["at"]))
+                for r in plan.losing_access
+            ],
+        )
+
+
+def policy_retract(
+    policy_id: str,
+    message: Annotated[
+        str, typer.Option("--message", help="What the correction tells people.")
+    ] = "",
+    actor: As = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Take back a policy sent in error: cancel what is pending, lift its blocks, and send one
+    correction to each person who was told, threaded to their first notice."""
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        result = retract(uow, policy_id, message=message, config=context.notice_config)
+    out = {
+        "policy": policy_id,
+        "versions": result.versions,
+        "cancelled": result.cancelled,
+        "corrections": result.corrections,
+        "decisions_changed": result.decisions_changed,
+    }
+    if json:
+        emit_json(out)
+    else:
+        errors.print(
+            f"{policy_id} retracted: {result.cancelled} pending notice(s) cancelled, "
+            f"{result.corrections} correction(s) queued, "
+            f"{result.decisions_changed} decision(s) changed"
+        )
+
+
+@notices_app.callback()
+def notices_list(
+    typer_context: typer.Context,
+    policy: Annotated[str | None, typer.Option("--policy", help="Only this policy.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="pending, sending, sent, failed, cancelled")
+    ] = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """List notices (with no subcommand)."""
+    if typer_context.invoked_subcommand is not None:
+        return
+    context = ctx()
+    with context.uow(context.at(at), write=False) as uow:
+        query = (
+            select(Notice, Person.email)
+            .join(Person, Person.id == Notice.person_id)
+            .order_by(Notice.id)
+        )
+        if policy:
+            query = query.where(Notice.policy_id == policy)
+        if status:
+            query = query.where(Notice.status == status)
+        rows: list[dict[str, Any]] = [
+            {
+                "id": n.id,
+                "kind": n.kind,
+                "person": email,
+                "address": n.address,
+                "policy": n.policy_id,
+                "status": n.status,
+                "message_id": n.message_id,
+                "in_reply_to": n.in_reply_to,
+                "subject": n.subject,
+                "due_at": iso(n.due_at),
+                "created_at": iso(n.created_at),
+                "sent_at": iso(n.sent_at),
+                "attempts": n.attempts,
+                "last_error": n.last_error,
+                "cancelled_reason": n.cancelled_reason,
+            }
+            for n, email in uow.session.execute(query)
+        ]
+    if json:
+        emit_json(rows)
+        return
+    table(
+        "Notices",
+        ["id", "person", "kind", "status", "due", "sent", "subject"],
+        [
+            (
+                r["id"],
+                r["person"],
+                r["kind"],
+                r["status"],
+                short_time(r["due_at"]),
+                short_time(r["sent_at"]),
+                r["subject"],
+            )
+            for r in rows
+        ],
+    )
+
+
+@notices_app.command("retry")
+def notices_retry(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Notice ids (default: every failed one).")
+    ] = None,
+    actor: As = None,
+    at: At = None,
+) -> None:
+    """Queue failed notices (and webhooks) again."""
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        require(uow, Permission.NOTICES_RETRY)
+        count = retry_failed(uow, notice_ids=ids)
+    errors.print(f"{count} queued again")
+
+
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Do everything due up to now (or --at), then exit.")
+    ] = False,
+    at: At = None,
+) -> None:
+    """Perform due side effects: releases, decisions whose time came, expiry warnings, and
+    delivery of notices and webhooks. Without --once it keeps going."""
+    context = ctx()
+    if at is not None and not once:
+        raise InvalidInput("--at only makes sense with --once")
+    delivery = context.delivery()
+    try:
+        _work(context, delivery, at, once=once)
+    finally:
+        delivery.close()
+
+
+def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool) -> None:
+    while True:
+        now = context.at(at)
+        with context.uow(now) as uow:
+            changes = release_due(uow, context.notice_config)
+            changes += refresh_expired(uow)
+            warn_expiring(uow, context.notice_config)
+        stats = deliver_due(partial(context.uow, now), delivery)
+        if once:
+            errors.print(
+                f"{len(changes)} decision change(s); {stats.sent} notice(s) sent, "
+                f"{stats.retried} to retry, {stats.failed} failed, {stats.cancelled} cancelled, "
+                f"{stats.webhooks} webhook(s)"
+            )
+            return
+        time.sleep(context.settings.worker_interval_seconds)
+
+
+# ── exemptions ────────────────────────────────────────────────────────────────────────────────
+
+When = Annotated[str | None, typer.Option(help="RFC 3339 with an offset.")]
+
+
+def _target(uow: Any, person: str | None, device: str | None) -> dict[str, Any]:
+    if (person is None) == (device is None):
+        raise InvalidInput("name either --person EMAIL or --device DEVICE")
+    return (
+        {"person": get_person(uow, person)}
+        if person
+        else {"device": find_device(uow, device or "")}
+    )
+
+
+def _exemption_json(e: Exemption) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "policy": e.policy_id,
+        "person_id": e.person_id,
+        "device_id": e.device_id,
+        "status": e.status,
+        "starts_at": iso(e.starts_at),
+        "ends_at": iso(e.ends_at),
+        "reason": e.reason,
+    }
+
+
+@exemption_app.command("request")
+def exemption_request(
+    policy: Annotated[str, typer.Option("--policy")],
+    reason: Annotated[str, typer.Option("--reason")],
+    person: Annotated[str | None, typer.Option("--person")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    from_: Annotated[str | None, typer.Option("--from")] = None,
+    until: Annotated[str | None, typer.Option("--until")] = None,
+    actor: As = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Ask for an exemption (changes nothing until it is granted)."""
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        e = exemptions.request(
+            uow,
+            policy_id=policy,
+            reason=reason,
+            starts_at=context.at(from_) if from_ else None,
+            ends_at=context.at(until) if until else None,
+            **_target(uow, person, device),
+        )
+        out = _exemption_json(e)
+    emit_json(out) if json else errors.print(f"exemption {out['id']} requested")
+
+
+@exemption_app.command("grant")
+def exemption_grant(
+    request_id: Annotated[int | None, typer.Argument(help="A request to approve.")] = None,
+    policy: Annotated[str | None, typer.Option("--policy")] = None,
+    person: Annotated[str | None, typer.Option("--person")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    from_: Annotated[str | None, typer.Option("--from")] = None,
+    until: Annotated[str | None, typer.Option("--until")] = None,
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    actor: As = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Grant a requested exemption, or grant one directly."""
+    context = ctx(actor)
+    now = context.at(at)
+    with context.uow(now) as uow:
+        target = {} if request_id is not None else _target(uow, person, device)
+        e = exemptions.grant(
+            uow,
+            policy_id=policy,
+            request_id=request_id,
+            reason=reason,
+            starts_at=context.at(from_) if from_ else (None if request_id else now),
+            ends_at=context.at(until) if until else None,
+            **target,
+        )
+        after_decision(uow, e, context.notice_config)
+        out = _exemption_json(e)
+    emit_json(out) if json else errors.print(
+        f"exemption {out['id']} granted until {out['ends_at']}"
+    )
+
+
+@exemption_app.command("deny")
+def exemption_deny(
+    exemption_id: int,
+    reason: Annotated[str, typer.Option("--reason")],
+    actor: As = None,
+    at: At = None,
+) -> None:
+    """Turn a request down, saying why."""
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        exemptions.deny(uow, exemption_id, note=reason)
+    errors.print(f"exemption {exemption_id} denied")
+
+
+@exemption_app.command("revoke")
+def exemption_revoke(
+    exemption_id: int,
+    reason: Annotated[str, typer.Option("--reason")],
+    actor: As = None,
+    at: At = None,
+) -> None:
+    """End an exemption now; a violating device then gets its grace from now."""
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        e = exemptions.revoke(uow, exemption_id, note=reason)
+        after_decision(uow, e, context.notice_config)
+    errors.print(f"exemption {exemption_id} revoked")
+
+
+@exemption_app.command("list")
+def exemption_list(
+    policy: Annotated[str | None, typer.Option("--policy")] = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Exemptions, requested and decided."""
+    context = ctx()
+    with context.uow(context.at(at), write=False) as uow:
+        rows = [_exemption_json(e) for e in exemptions.list_exemptions(uow, policy)]
+    if json:
+        emit_json(rows)
+        return
+    table(
+        "Exemptions",
+        ["id", "policy", "status", "from", "until", "reason"],
+        [
+            (
+                r["id"],
+                r["policy"],
+                r["status"],
+                short_time(r["starts_at"]),
+                short_time(r["ends_at"]),
+                r["reason"],
+            )
+            for r in rows
+        ],
+    )
+
+
+__all__ = ["register"]

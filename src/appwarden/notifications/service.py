@@ -1,0 +1,214 @@
+"""The notice outbox: enqueue in the cause's transaction, claim, and record outcomes.
+
+A notice is unique per (person, policy, kind, due slot), so the same cause never queues it twice,
+and its Message-ID is fixed when it is queued, so a redelivery after a crash carries the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from appwarden.audit.service import record
+from appwarden.db.uow import UnitOfWork
+from appwarden.notifications.models import Notice, OutboxEvent
+from appwarden.vocabulary import NoticeStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def message_id_for(key: str, domain: str) -> str:
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@{domain}>"
+
+
+def find(
+    uow: UnitOfWork, person_id: int, policy_id: str, kind: str, due_slot: str
+) -> Notice | None:
+    return uow.session.scalars(
+        select(Notice).where(
+            Notice.person_id == person_id,
+            Notice.policy_id == policy_id,
+            Notice.kind == kind,
+            Notice.due_slot == due_slot,
+        )
+    ).first()
+
+
+def enqueue(
+    uow: UnitOfWork,
+    *,
+    person_id: int,
+    address: str,
+    policy_id: str,
+    version_id: int | None,
+    kind: str,
+    due_slot: str,
+    due_at: datetime,
+    rendered: Rendered | None,
+    domain: str,
+    payload: dict[str, Any] | None = None,
+    in_reply_to: str | None = None,
+) -> Notice | None:
+    """Queue a notice unless that (person, policy, kind, slot) was already queued."""
+    if find(uow, person_id, policy_id, kind, due_slot) is not None:
+        return None
+    notice = Notice(
+        person_id=person_id,
+        policy_id=policy_id,
+        version_id=version_id,
+        kind=kind,
+        due_slot=due_slot,
+        channel="email",
+        address=address,
+        status=NoticeStatus.PENDING,
+        message_id=message_id_for(f"{person_id}/{policy_id}/{kind}/{due_slot}", domain),
+        in_reply_to=in_reply_to,
+        subject=rendered.subject if rendered else None,
+        body_text=rendered.text if rendered else None,
+        body_html=rendered.html if rendered else None,
+        payload=payload or {},
+        created_at=uow.now,
+        due_at=due_at,
+        next_attempt_at=due_at,
+    )
+    uow.session.add(notice)
+    uow.session.flush()
+    return notice
+
+
+def cancel_pending(
+    uow: UnitOfWork,
+    policy_id: str,
+    reason: str,
+    *,
+    person_id: int | None = None,
+    kinds: tuple[str, ...] | None = None,
+) -> int:
+    query = select(Notice).where(
+        Notice.policy_id == policy_id, Notice.status == NoticeStatus.PENDING
+    )
+    if person_id is not None:
+        query = query.where(Notice.person_id == person_id)
+    if kinds is not None:
+        query = query.where(Notice.kind.in_(kinds))
+    cancelled = 0
+    for notice in uow.session.scalars(query):
+        cancel(uow, notice, reason)
+        cancelled += 1
+    return cancelled
+
+
+def cancel(uow: UnitOfWork, notice: Notice, reason: str) -> None:
+    notice.status = NoticeStatus.CANCELLED
+    notice.cancelled_reason = reason
+    record(
+        uow,
+        action="notice.cancelled",
+        object_type="notice",
+        object_id=str(notice.id),
+        after={"kind": notice.kind, "reason": reason},
+    )
+
+
+def first_notices(uow: UnitOfWork, policy_id: str) -> dict[int, Notice]:
+    """Per person, the first notice about the policy that went out (or is going out)."""
+    rows = uow.session.scalars(
+        select(Notice)
+        .where(
+            Notice.policy_id == policy_id,
+            Notice.status.in_([NoticeStatus.SENT, NoticeStatus.SENDING]),
+            Notice.kind != "correction",
+        )
+        .order_by(Notice.sent_at.is_(None), Notice.sent_at, Notice.id)
+    ).all()
+    first: dict[int, Notice] = {}
+    for notice in rows:
+        first.setdefault(notice.person_id, notice)
+    return first
+
+
+def release_stale_claims(uow: UnitOfWork, *, lease: timedelta, wall_now: datetime) -> int:
+    """A sender that died mid-delivery leaves `sending` rows: after the lease they go back to
+    pending and are sent again, with the same Message-ID."""
+    result = uow.session.execute(
+        update(Notice)
+        .where(Notice.status == NoticeStatus.SENDING, Notice.claimed_at <= wall_now - lease)
+        .values(status=NoticeStatus.PENDING)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def claim_due(uow: UnitOfWork, *, limit: int, wall_now: datetime) -> list[Notice]:
+    """Claim up to `limit` pending notices due at the unit of work's time. PostgreSQL skips rows
+    other workers hold; SQLite serialises writers anyway."""
+    query = (
+        select(Notice)
+        .where(
+            Notice.status == NoticeStatus.PENDING,
+            Notice.due_at <= uow.now,
+            or_(Notice.next_attempt_at.is_(None), Notice.next_attempt_at <= uow.now),
+        )
+        .order_by(Notice.due_at, Notice.id)
+        .limit(limit)
+    )
+    if uow.dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    notices = list(uow.session.scalars(query))
+    for notice in notices:
+        notice.status = NoticeStatus.SENDING
+        notice.claimed_at = wall_now
+        notice.attempts += 1
+    uow.session.flush()
+    return notices
+
+
+def enqueue_webhook(
+    uow: UnitOfWork, *, url: str, event_type: str, event_key: str, body: dict[str, Any]
+) -> OutboxEvent | None:
+    event_id = hashlib.sha256(f"{url}|{event_key}".encode()).hexdigest()[:32]
+    exists = uow.session.scalars(
+        select(OutboxEvent).where(OutboxEvent.event_id == event_id)
+    ).first()
+    if exists is not None:
+        return None
+    event = OutboxEvent(
+        event_id=event_id,
+        event_type=event_type,
+        url=url,
+        body={"id": event_id, "type": event_type, **body},
+        status=NoticeStatus.PENDING,
+        created_at=uow.now,
+        next_attempt_at=uow.now,
+    )
+    uow.session.add(event)
+    uow.session.flush()
+    return event
+
+
+def claim_webhooks(uow: UnitOfWork, *, limit: int, wall_now: datetime) -> list[OutboxEvent]:
+    query = (
+        select(OutboxEvent)
+        .where(
+            and_(OutboxEvent.status == NoticeStatus.PENDING, OutboxEvent.next_attempt_at <= uow.now)
+        )
+        .order_by(OutboxEvent.next_attempt_at, OutboxEvent.id)
+        .limit(limit)
+    )
+    if uow.dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    events = list(uow.session.scalars(query))
+    for event in events:
+        event.status = NoticeStatus.SENDING
+        event.claimed_at = wall_now
+        event.attempts += 1
+    uow.session.flush()
+    return events

@@ -1,0 +1,256 @@
+"""Draining the outbox: claim due notices and webhooks, hand them to a channel, record the
+outcome. At least once: a claim is a lease; after a crash, what was in flight goes out again
+with the same Message-ID (or webhook event id)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+
+import orjson
+from sqlalchemy import select
+
+from appwarden.audit.service import record
+from appwarden.db.uow import UnitOfWork
+from appwarden.notifications import service as outbox
+from appwarden.notifications.channels import (
+    Channel,
+    DeliveryError,
+    OutgoingEmail,
+    OutgoingWebhook,
+    RateLimiter,
+    backoff_delay,
+)
+from appwarden.notifications.messages import RenderedMessage, build_email
+from appwarden.notifications.models import Notice, OutboxEvent
+from appwarden.usecases.notices import NoticeConfig, refresh_reminder
+from appwarden.usecases.retract import correction_after_late_delivery
+from appwarden.vocabulary import NoticeKind, NoticeStatus
+
+OpenUnitOfWork = Callable[[], AbstractContextManager[UnitOfWork]]
+
+
+@dataclass
+class RateLimited:
+    """A channel behind its per-minute limit."""
+
+    channel: Channel
+    limiter: RateLimiter
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.channel.name
+
+    def send(self, item: OutgoingEmail | OutgoingWebhook) -> None:
+        self.limiter.acquire()
+        self.channel.send(item)
+
+    def close(self) -> None:
+        close = getattr(self.channel, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class Delivery:
+    mail: Channel
+    webhook: Channel | None
+    sender: str
+    config: NoticeConfig
+    lease: timedelta = timedelta(minutes=5)
+    batch: int = 10
+    max_attempts: int = 8
+    wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
+    after_send: Callable[[Notice], None] | None = None  # a test hook: crash points
+
+    def close(self) -> None:
+        for channel in (self.mail, self.webhook):
+            close = getattr(channel, "close", None)
+            if close is not None:
+                close()
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    webhooks: int = 0
+
+
+def deliver_due(open_uow: OpenUnitOfWork, delivery: Delivery) -> DeliveryStats:
+    """Deliver everything due at the unit of work's time, batch by batch, until nothing is."""
+    stats = DeliveryStats()
+    while True:
+        claimed = _claim(open_uow, delivery, stats)
+        if not claimed:
+            break
+        for notice_id, outgoing in claimed:
+            _send_one(open_uow, delivery, notice_id, outgoing, stats)
+    while True:
+        events = _claim_webhooks(open_uow, delivery)
+        if not events:
+            break
+        for event_pk, hook in events:
+            _send_webhook(open_uow, delivery, event_pk, hook, stats)
+    return stats
+
+
+def _claim(
+    open_uow: OpenUnitOfWork, delivery: Delivery, stats: DeliveryStats
+) -> list[tuple[int, OutgoingEmail]]:
+    with open_uow() as uow:
+        outbox.release_stale_claims(uow, lease=delivery.lease, wall_now=delivery.wall_clock())
+        claimed = []
+        for notice in outbox.claim_due(uow, limit=delivery.batch, wall_now=delivery.wall_clock()):
+            if notice.kind == NoticeKind.REMINDER and not refresh_reminder(
+                uow, notice, delivery.config
+            ):
+                stats.cancelled += 1
+                continue
+            claimed.append((notice.id, OutgoingEmail(_email(notice, delivery.sender, uow.now))))
+        return claimed
+
+
+def _email(notice: Notice, sender: str, now: datetime) -> EmailMessage:
+    return build_email(
+        RenderedMessage(notice.subject or "", notice.body_text or "", notice.body_html or ""),
+        sender=sender,
+        recipient=notice.address,
+        message_id=notice.message_id,
+        kind=notice.kind,
+        policy_id=notice.policy_id,
+        notice_id=notice.id,
+        in_reply_to=notice.in_reply_to,
+        sent_at=now,
+    )
+
+
+def _send_one(
+    open_uow: OpenUnitOfWork,
+    delivery: Delivery,
+    notice_id: int,
+    outgoing: OutgoingEmail,
+    stats: DeliveryStats,
+) -> None:
+    try:
+        delivery.mail.send(outgoing)
+    except DeliveryError as exc:
+        with open_uow() as uow:
+            notice = uow.session.get(Notice, notice_id)
+            assert notice is not None
+            _failed(uow, notice, exc, delivery, stats)
+        return
+    with open_uow() as uow:
+        notice = uow.session.get(Notice, notice_id)
+        assert notice is not None
+        notice.status = NoticeStatus.SENT
+        notice.sent_at = uow.now
+        notice.last_error = None
+        record(
+            uow,
+            action="notice.sent",
+            object_type="notice",
+            object_id=str(notice.id),
+            after={
+                "kind": notice.kind,
+                "message_id": notice.message_id,
+                "attempts": notice.attempts,
+            },
+        )
+        correction_after_late_delivery(uow, notice, delivery.config)
+        stats.sent += 1
+        if delivery.after_send is not None:
+            delivery.after_send(notice)
+
+
+def _failed(
+    uow: UnitOfWork, notice: Notice, exc: DeliveryError, delivery: Delivery, stats: DeliveryStats
+) -> None:
+    notice.last_error = str(exc)[:2000]
+    if exc.permanent or notice.attempts >= delivery.max_attempts:
+        notice.status = NoticeStatus.FAILED
+        stats.failed += 1
+        record(
+            uow,
+            action="notice.failed",
+            object_type="notice",
+            object_id=str(notice.id),
+            after={"kind": notice.kind, "error": notice.last_error, "attempts": notice.attempts},
+        )
+    else:
+        notice.status = NoticeStatus.PENDING
+        notice.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(notice.attempts))
+        stats.retried += 1
+
+
+def _claim_webhooks(
+    open_uow: OpenUnitOfWork, delivery: Delivery
+) -> list[tuple[int, OutgoingWebhook]]:
+    if delivery.webhook is None:
+        return []
+    with open_uow() as uow:
+        return [
+            (e.id, OutgoingWebhook(url=e.url, body=orjson.dumps(e.body), event_id=e.event_id))
+            for e in outbox.claim_webhooks(
+                uow, limit=delivery.batch, wall_now=delivery.wall_clock()
+            )
+        ]
+
+
+def _send_webhook(
+    open_uow: OpenUnitOfWork,
+    delivery: Delivery,
+    event_id: int,
+    outgoing: OutgoingWebhook,
+    stats: DeliveryStats,
+) -> None:
+    assert delivery.webhook is not None
+    error: DeliveryError | None = None
+    try:
+        delivery.webhook.send(outgoing)
+    except DeliveryError as exc:
+        error = exc
+    with open_uow() as uow:
+        event = uow.session.get(OutboxEvent, event_id)
+        assert event is not None
+        if error is None:
+            event.status, event.sent_at, event.last_error = NoticeStatus.SENT, uow.now, None
+            stats.webhooks += 1
+        elif error.permanent or event.attempts >= delivery.max_attempts:
+            event.status, event.last_error = NoticeStatus.FAILED, str(error)[:2000]
+            stats.failed += 1
+            record(
+                uow,
+                action="webhook.failed",
+                object_type="outbox_event",
+                object_id=event.event_id,
+                after={"url": event.url, "error": event.last_error, "attempts": event.attempts},
+            )
+        else:
+            event.status, event.last_error = NoticeStatus.PENDING, str(error)[:2000]
+            event.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(event.attempts))
+            stats.retried += 1
+
+
+def retry_failed(uow: UnitOfWork, *, notice_ids: list[int] | None = None) -> int:
+    """Put failed notices and webhooks back in the queue (`notices retry`)."""
+    count = 0
+    query = select(Notice).where(Notice.status == NoticeStatus.FAILED)
+    if notice_ids:
+        query = query.where(Notice.id.in_(notice_ids))
+    for notice in uow.session.scalars(query):
+        notice.status, notice.attempts, notice.next_attempt_at = NoticeStatus.PENDING, 0, uow.now
+        count += 1
+    if not notice_ids:
+        for event in uow.session.scalars(
+            select(OutboxEvent).where(OutboxEvent.status == NoticeStatus.FAILED)
+        ):
+            event.status, event.attempts, event.next_attempt_at = NoticeStatus.PENDING, 0, uow.now
+            count += 1
+    record(uow, action="notice.retry", object_type="notice", object_id="*", after={"count": count})
+    return count

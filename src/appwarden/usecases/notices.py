@@ -1,0 +1,699 @@
+"""Who is told what, and when (DESIGN.md §5). The preview and the release run this same code:
+`plan_release` decides every notice, `materialise` queues it.
+
+    announce     people with a device in action_required, non_compliant or unknown at release
+    update       the remaining audience of a new version when deadline, apps, scope or
+                 remediation changed; "no longer affected" to those who left the audience
+    reminder     one row per (told person, offset), at `send_at` in their zone
+    exemption    an exemption granted before release, announced to its holder at release
+    blocked /    from DecisionChanged, at most one of each per person and policy per hour
+    restored
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from appwarden.catalog.model import Catalog
+from appwarden.compliance.evaluate import Evaluation
+from appwarden.compliance.rules import rules_of
+from appwarden.compliance.service import fleet_status
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.models import Device, DeviceResource
+from appwarden.devices.service import device_identifiers
+from appwarden.events import DecisionChanged
+from appwarden.exemptions.models import Exemption
+from appwarden.identity.models import Person
+from appwarden.notifications import service as outbox
+from appwarden.notifications.messages import DeviceLine, NoticeContext, render
+from appwarden.notifications.models import Notice
+from appwarden.policies.document import PolicyDocument
+from appwarden.policies.models import PolicyVersion
+from appwarden.policies.service import document_of, live_version, versions_of
+from appwarden.timeutil import iso
+from appwarden.vocabulary import ComplianceState, NoticeKind, NoticeStatus, VersionState
+
+AUDIENCE_STATES = frozenset(
+    {ComplianceState.ACTION_REQUIRED, ComplianceState.NON_COMPLIANT, ComplianceState.UNKNOWN}
+)
+STILL_REQUIRED = frozenset({ComplianceState.ACTION_REQUIRED, ComplianceState.UNKNOWN})
+
+
+@dataclass(frozen=True)
+class NoticeConfig:
+    catalog: Catalog
+    domain: str = "appwarden.local"
+    portal_url: str = "http://127.0.0.1:8000/me/"
+    organisation: str = "Example Corp"
+    default_time_zone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class PlannedNotice:
+    person_id: int
+    person: str
+    kind: str
+    template: str
+    due_slot: str
+    due_at: datetime
+    devices: tuple[DeviceLine, ...]
+    subject: str
+    text: str
+    html: str
+    address: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "person": self.person,
+            "address": self.address,
+            "kind": self.kind,
+            "template": self.template,
+            "due_at": iso(self.due_at),
+            "devices": [
+                {"name": d.name, "platform": d.platform, "variant": d.variant, "due": iso(d.due)}
+                for d in self.devices
+            ],
+            "subject": self.subject,
+            "text": self.text,
+        }
+
+
+@dataclass
+class ReleasePlan:
+    policy_id: str
+    version: int
+    release_at: datetime
+    counts: dict[str, int]
+    notices: list[PlannedNotice]
+    losing_access: list[dict[str, Any]]
+    ownerless: list[str]
+    audience: dict[str, list[str]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy_id,
+            "version": self.version,
+            "release_at": iso(self.release_at),
+            "counts": self.counts,
+            "recipients": sorted({n.person for n in self.notices}),
+            "notices": [n.as_json() for n in self.notices],
+            "losing_access": self.losing_access,
+            "in_scope_without_owner": self.ownerless,
+            "audience": self.audience,
+        }
+
+
+# ── building blocks ───────────────────────────────────────────────────────────────────────────
+
+
+def app_names(doc: PolicyDocument, catalog: Catalog) -> tuple[str, ...]:
+    names = [catalog.get(slug).name for slug in doc.apps if slug in catalog]
+    names += [ref.value for ref in doc.identifiers]
+    return tuple(dict.fromkeys(names))
+
+
+def reminder_at(deadline: datetime, offset: timedelta, time_zone: str, send_at: str) -> datetime:
+    """`send_at` local time of the recipient, at or before `deadline - offset`."""
+    zone = ZoneInfo(time_zone)
+    target = (deadline - offset).astimezone(zone)
+    hour, minute = (int(part) for part in send_at.split(":"))
+    candidate = datetime.combine(target.date(), time(hour, minute), tzinfo=zone)
+    if candidate > target:
+        candidate -= timedelta(days=1)
+        candidate = datetime.combine(candidate.date(), time(hour, minute), tzinfo=zone)
+    return candidate.astimezone(deadline.tzinfo)
+
+
+def _variant(state: ComplianceState) -> str:
+    if state in (ComplianceState.ACTION_REQUIRED, ComplianceState.NON_COMPLIANT):
+        return "violating"
+    return {ComplianceState.UNKNOWN: "unverified", ComplianceState.EXEMPT: "exempt"}.get(
+        state, "compliant"
+    )
+
+
+@dataclass
+class _Audience:
+    """In-scope devices of a version at an instant, grouped by owner."""
+
+    by_person: dict[int, list[tuple[Device, Evaluation]]]
+    people: dict[int, Person]
+    counts: dict[str, int]
+    ownerless: list[int]
+
+
+def _audience(
+    uow: UnitOfWork, version: PolicyVersion, at: datetime, release_at: datetime
+) -> _Audience:
+    rules = rules_of(uow, version, release_at=release_at)
+    evaluations = fleet_status(uow, rules, at)
+    devices = {
+        d.id: d
+        for d in uow.session.scalars(
+            select(Device).where(Device.id.in_([device_id for device_id, _ in evaluations]))
+        )
+    }
+    by_person: dict[int, list[tuple[Device, Evaluation]]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    for device_id, evaluation in evaluations:
+        device = devices[device_id]
+        counts[str(evaluation.state)] += 1
+        if device.owner_id is not None:
+            by_person[device.owner_id].append((device, evaluation))
+    people = {
+        p.id: p for p in uow.session.scalars(select(Person).where(Person.id.in_(list(by_person))))
+    }
+    ownerless = sorted(d.id for d in devices.values() if d.owner_id is None)
+    return _Audience(by_person, people, dict(counts), ownerless)
+
+
+def _lines(
+    uow: UnitOfWork, entries: list[tuple[Device, Evaluation]], apps: tuple[str, ...]
+) -> tuple[DeviceLine, ...]:
+    ids = device_identifiers(uow, [d.id for d, _ in entries])
+    lines = []
+    for device, evaluation in sorted(entries, key=lambda e: (e[0].name or "", e[0].id)):
+        variant = _variant(evaluation.state)
+        lines.append(
+            DeviceLine(
+                name=device.name
+                or (ids[device.id][0] if ids[device.id] else f"device {device.id}"),
+                platform=device.platform,
+                variant=variant,
+                apps_found=apps if variant == "violating" else (),
+                due=evaluation.due,
+            )
+        )
+    return tuple(lines)
+
+
+def _render(
+    config: NoticeConfig,
+    person: Person,
+    version: PolicyVersion,
+    doc: PolicyDocument,
+    *,
+    kind: str,
+    template: str,
+    devices: tuple[DeviceLine, ...],
+    **extra: Any,
+) -> outbox.Rendered:
+    context = NoticeContext(
+        kind=kind,
+        template=template,
+        person_name=person.display_name or person.email,
+        person_email=person.email,
+        time_zone=person.time_zone or config.default_time_zone,
+        policy_id=version.policy_id,
+        policy_title=doc.title,
+        app_names=app_names(doc, config.catalog),
+        deadline=doc.deadline,
+        devices=devices,
+        remediation=doc.remediation,
+        allowed_alternatives=doc.allowed_alternatives,
+        rationale=doc.rationale.text if doc.rationale else None,
+        portal_url=config.portal_url,
+        organisation=config.organisation,
+        **extra,
+    )
+    message = render(context)
+    return outbox.Rendered(message.subject, message.text, message.html)
+
+
+def _planned(
+    person: Person,
+    kind: str,
+    template: str,
+    slot: str,
+    due_at: datetime,
+    devices: tuple[DeviceLine, ...],
+    rendered: outbox.Rendered,
+    **payload: Any,
+) -> PlannedNotice:
+    return PlannedNotice(
+        person_id=person.id,
+        person=person.email,
+        kind=kind,
+        template=template,
+        due_slot=slot,
+        due_at=due_at,
+        devices=devices,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        address=person.email,
+        payload=payload,
+    )
+
+
+def _told_announce(uow: UnitOfWork, policy_id: str) -> set[int]:
+    """People announced for the policy (queued or sent, not cancelled)."""
+    return set(
+        uow.session.scalars(
+            select(Notice.person_id).where(
+                Notice.policy_id == policy_id,
+                Notice.kind == NoticeKind.ANNOUNCE,
+                Notice.status != NoticeStatus.CANCELLED,
+            )
+        )
+    )
+
+
+def _previous_live(uow: UnitOfWork, version: PolicyVersion) -> PolicyVersion | None:
+    older = [
+        v
+        for v in versions_of(uow, version.policy_id)
+        if v.number < version.number
+        and v.release_at is not None
+        and v.state != VersionState.RETRACTED
+        and v.state in (VersionState.ACTIVE, VersionState.SCHEDULED, VersionState.SUPERSEDED)
+    ]
+    return older[-1] if older else None
+
+
+def _changes(old: PolicyDocument, new: PolicyDocument, config: NoticeConfig) -> tuple[str, ...]:
+    changes = []
+    if old.deadline != new.deadline:
+        changes.append("deadline")
+    if (
+        set(app_names(old, config.catalog)) != set(app_names(new, config.catalog))
+        or old.identifiers != new.identifiers
+    ):
+        changes.append("apps")
+    if old.scope != new.scope:
+        changes.append("scope")
+    if old.remediation != new.remediation:
+        changes.append("remediation")
+    return tuple(changes)
+
+
+def reminders_for(
+    config: NoticeConfig,
+    person: Person,
+    version: PolicyVersion,
+    doc: PolicyDocument,
+    devices: tuple[DeviceLine, ...],
+    after: datetime,
+) -> list[PlannedNotice]:
+    planned = []
+    zone = person.time_zone or config.default_time_zone
+    for offset in doc.notices.reminders:
+        due_at = reminder_at(doc.deadline, offset, zone, doc.notices.send_at)
+        if due_at <= after:
+            continue  # its time passed before the person was told
+        label = (
+            f"P{int(offset.total_seconds() // 86400)}D"
+            if offset.total_seconds() % 86400 == 0
+            else str(int(offset.total_seconds())) + "S"
+        )
+        rendered = _render(
+            config, person, version, doc, kind="reminder", template="reminder", devices=devices
+        )
+        planned.append(
+            _planned(
+                person,
+                "reminder",
+                "reminder",
+                f"v{version.number}:{label}",
+                due_at,
+                devices,
+                rendered,
+                offset=label,
+            )
+        )
+    return planned
+
+
+# ── release ───────────────────────────────────────────────────────────────────────────────────
+
+
+def plan_release(
+    uow: UnitOfWork, version: PolicyVersion, release_at: datetime, config: NoticeConfig
+) -> ReleasePlan:
+    """Everything the release of `version` at `release_at` will do, without doing it."""
+    doc = document_of(version)
+    apps = app_names(doc, config.catalog)
+    audience = _audience(uow, version, release_at, release_at)
+    told = _told_announce(uow, version.policy_id)
+    previous = _previous_live(uow, version)
+    changes = _changes(document_of(previous), doc, config) if previous else ()
+    notices: list[PlannedNotice] = []
+    diff: dict[str, list[str]] = {
+        "announce": [],
+        "update": [],
+        "no_longer_affected": [],
+        "unchanged": [],
+    }
+    members = {
+        pid
+        for pid, entries in audience.by_person.items()
+        if audience.people[pid].status == "active"
+        and any(e.state in AUDIENCE_STATES for _, e in entries)
+    }
+    for pid in sorted(members, key=lambda p: audience.people[p].email):
+        person = audience.people[pid]
+        entries = [(d, e) for d, e in audience.by_person[pid] if e.state in AUDIENCE_STATES]
+        devices = _lines(uow, entries, apps)
+        if pid not in told:
+            rendered = _render(
+                config,
+                person,
+                version,
+                doc,
+                kind="announce",
+                template=doc.notices.announce_template,
+                devices=devices,
+            )
+            notices.append(
+                _planned(
+                    person,
+                    "announce",
+                    doc.notices.announce_template,
+                    "announce",
+                    release_at,
+                    devices,
+                    rendered,
+                )
+            )
+            diff["announce"].append(person.email)
+        elif changes:
+            rendered = _render(
+                config,
+                person,
+                version,
+                doc,
+                kind="update",
+                template="update",
+                devices=devices,
+                changes=changes,
+            )
+            notices.append(
+                _planned(
+                    person,
+                    "update",
+                    "update",
+                    f"v{version.number}",
+                    release_at,
+                    devices,
+                    rendered,
+                    changes=list(changes),
+                )
+            )
+            diff["update"].append(person.email)
+        else:
+            diff["unchanged"].append(person.email)
+        notices += reminders_for(config, person, version, doc, devices, release_at)
+    for pid in sorted(told - members):
+        leaver = uow.session.get(Person, pid)
+        assert leaver is not None
+        person = leaver
+        rendered = _render(
+            config, person, version, doc, kind="update", template="no-longer-affected", devices=()
+        )
+        notices.append(
+            _planned(
+                person,
+                "update",
+                "no-longer-affected",
+                f"v{version.number}",
+                release_at,
+                (),
+                rendered,
+            )
+        )
+        diff["no_longer_affected"].append(person.email)
+    notices += _exemption_notices(uow, config, version, doc, release_at)
+    return ReleasePlan(
+        policy_id=version.policy_id,
+        version=version.number,
+        release_at=release_at,
+        counts=audience.counts,
+        notices=notices,
+        losing_access=_losing_access(uow, doc, audience),
+        ownerless=[
+            ident
+            for ids in device_identifiers(uow, audience.ownerless).values()
+            for ident in ids[:1]
+        ],
+        audience=diff,
+    )
+
+
+def _exemption_notices(
+    uow: UnitOfWork, config: NoticeConfig, version: PolicyVersion, doc: PolicyDocument, at: datetime
+) -> list[PlannedNotice]:
+    planned = []
+    for exemption in uow.session.scalars(
+        select(Exemption)
+        .where(Exemption.policy_id == version.policy_id, Exemption.status == "approved")
+        .order_by(Exemption.id)
+    ):
+        if exemption.ends_at is None or exemption.ends_at <= at:
+            continue
+        holder_id = exemption.person_id
+        if holder_id is None and exemption.device_id is not None:
+            device = uow.session.get(Device, exemption.device_id)
+            holder_id = device.owner_id if device else None
+        person = uow.session.get(Person, holder_id) if holder_id is not None else None
+        if person is None or outbox.find(
+            uow, person.id, version.policy_id, "exemption", f"granted:{exemption.id}"
+        ):
+            continue
+        rendered = _render(
+            config,
+            person,
+            version,
+            doc,
+            kind="exemption",
+            template="exemption-granted",
+            devices=(),
+            exemption_ends=exemption.ends_at,
+            exemption_reason=exemption.reason,
+        )
+        planned.append(
+            _planned(
+                person,
+                "exemption",
+                "exemption-granted",
+                f"granted:{exemption.id}",
+                at,
+                (),
+                rendered,
+                exemption=exemption.id,
+            )
+        )
+    return planned
+
+
+def _losing_access(
+    uow: UnitOfWork, doc: PolicyDocument, audience: _Audience
+) -> list[dict[str, Any]]:
+    losing = []
+    for pid, entries in audience.by_person.items():
+        for device, evaluation in entries:
+            resources = set(
+                uow.session.scalars(
+                    select(DeviceResource.resource).where(DeviceResource.device_id == device.id)
+                )
+            ) & set(doc.deny)
+            when: datetime | None = None
+            if evaluation.state in (ComplianceState.ACTION_REQUIRED, ComplianceState.NON_COMPLIANT):
+                when = evaluation.due
+            elif evaluation.state == ComplianceState.UNKNOWN and doc.unknown == "deny":
+                first = device.first_report_at
+                when = doc.deadline if first is None else max(doc.deadline, first + doc.grace)
+            if when is None:
+                continue
+            for resource in sorted(resources):
+                losing.append(
+                    {
+                        "person": audience.people[pid].email,
+                        "device": device.name,
+                        "resource": resource,
+                        "at": iso(when),
+                    }
+                )
+    return sorted(losing, key=lambda r: (r["at"], r["person"], r["device"] or ""))
+
+
+def materialise(
+    uow: UnitOfWork, version: PolicyVersion, notices: list[PlannedNotice], config: NoticeConfig
+) -> list[Notice]:
+    queued = []
+    for planned in notices:
+        notice = outbox.enqueue(
+            uow,
+            person_id=planned.person_id,
+            address=planned.address,
+            policy_id=version.policy_id,
+            version_id=version.id,
+            kind=planned.kind,
+            due_slot=planned.due_slot,
+            due_at=planned.due_at,
+            rendered=outbox.Rendered(planned.subject, planned.text, planned.html),
+            domain=config.domain,
+            payload={"template": planned.template, **planned.payload},
+        )
+        if notice is not None:
+            queued.append(notice)
+    return queued
+
+
+def on_release(uow: UnitOfWork, version: PolicyVersion, config: NoticeConfig) -> list[Notice]:
+    """Side effects of a release: queue the planned notices; older versions' reminders go."""
+    assert version.release_at is not None
+    for older in versions_of(uow, version.policy_id):
+        if older.number < version.number:
+            for notice in uow.session.scalars(
+                select(Notice).where(
+                    Notice.version_id == older.id,
+                    Notice.kind == "reminder",
+                    Notice.status == NoticeStatus.PENDING,
+                )
+            ):
+                outbox.cancel(uow, notice, "superseded")
+    plan = plan_release(uow, version, version.release_at, config)
+    return materialise(uow, version, plan.notices, config)
+
+
+# ── after release: late entrants, reminders, blocked/restored ─────────────────────────────────
+
+
+def released(version: PolicyVersion) -> bool:
+    """The release side effects ran (the worker recorded it), so later changes notify."""
+    return version.state == VersionState.ACTIVE
+
+
+def announce_entrant(
+    uow: UnitOfWork, person: Person, version: PolicyVersion, config: NoticeConfig
+) -> list[Notice]:
+    """A person who enters the audience after release is announced then, with their own due."""
+    if not released(version) or person.status != "active":
+        return []
+    if person.id in _told_announce(uow, version.policy_id):
+        return []
+    doc = document_of(version)
+    audience = _audience(uow, version, uow.now, version.release_at or uow.now)
+    entries = [
+        (d, e) for d, e in audience.by_person.get(person.id, []) if e.state in AUDIENCE_STATES
+    ]
+    if not entries:
+        return []
+    devices = _lines(uow, entries, app_names(doc, config.catalog))
+    rendered = _render(
+        config,
+        person,
+        version,
+        doc,
+        kind="announce",
+        template=doc.notices.announce_template,
+        devices=devices,
+    )
+    notices = [
+        _planned(
+            person,
+            "announce",
+            doc.notices.announce_template,
+            "announce",
+            uow.now,
+            devices,
+            rendered,
+        )
+    ]
+    notices += reminders_for(config, person, version, doc, devices, uow.now)
+    return materialise(uow, version, notices, config)
+
+
+def refresh_reminder(uow: UnitOfWork, notice: Notice, config: NoticeConfig) -> bool:
+    """When a reminder is due: still needed? Re-render it with the devices as they are now.
+    Returns False (and cancels it) when no device of the person needs action any more."""
+    version = live_version(uow, notice.policy_id, uow.now)
+    person = uow.session.get(Person, notice.person_id)
+    if version is None or person is None:
+        outbox.cancel(uow, notice, "no_longer_required")
+        return False
+    doc = document_of(version)
+    audience = _audience(uow, version, uow.now, version.release_at or uow.now)
+    entries = [
+        (d, e) for d, e in audience.by_person.get(person.id, []) if e.state in STILL_REQUIRED
+    ]
+    if not entries:
+        outbox.cancel(uow, notice, "no_longer_required")
+        return False
+    devices = _lines(uow, entries, app_names(doc, config.catalog))
+    rendered = _render(
+        config, person, version, doc, kind="reminder", template="reminder", devices=devices
+    )
+    notice.subject, notice.body_text, notice.body_html = (
+        rendered.subject,
+        rendered.text,
+        rendered.html,
+    )
+    return True
+
+
+def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeConfig) -> None:
+    """blocked when a policy turns a decision to deny; restored when it turns back to allow and
+    nothing else denies. A retraction restores silently: its correction says what came back."""
+    device = uow.session.get(Device, event.device_id)
+    if device is None or device.owner_id is None:
+        return
+    person = uow.session.get(Person, device.owner_id)
+    if person is None:
+        return
+    kind = NoticeKind.BLOCKED if event.new == "deny" else NoticeKind.RESTORED
+    for policy_id in event.causes:
+        version = _version_behind(uow, policy_id, event.at)
+        if version is None or version.state == VersionState.RETRACTED:
+            continue
+        doc = document_of(version)
+        if not (doc.notices.blocked if kind == NoticeKind.BLOCKED else doc.notices.restored):
+            continue
+        slot = event.at.strftime("%Y-%m-%dT%H")
+        if outbox.find(uow, person.id, policy_id, kind, slot):
+            continue  # debounce: one of each per person and policy per hour
+        ids = device_identifiers(uow, [device.id])[device.id]
+        line = DeviceLine(
+            name=device.name or ids[0],
+            platform=device.platform,
+            variant="violating" if kind == NoticeKind.BLOCKED else "compliant",
+        )
+        rendered = _render(
+            config,
+            person,
+            version,
+            doc,
+            kind=str(kind),
+            template=str(kind),
+            devices=(line,),
+            resource=event.resource,
+        )
+        outbox.enqueue(
+            uow,
+            person_id=person.id,
+            address=person.email,
+            policy_id=policy_id,
+            version_id=version.id,
+            kind=kind,
+            due_slot=slot,
+            due_at=event.at,
+            rendered=rendered,
+            domain=config.domain,
+            payload={"template": str(kind), "device": device.id, "resource": event.resource},
+        )
+
+
+def _version_behind(uow: UnitOfWork, policy_id: str, at: datetime) -> PolicyVersion | None:
+    """The version in effect at `at`, or the one that ended exactly then (retired/retracted)."""
+    live = live_version(uow, policy_id, at)
+    if live is not None:
+        return live
+    ended = [v for v in versions_of(uow, policy_id) if v.ended_at is not None and v.ended_at <= at]
+    return max(ended, key=lambda v: v.ended_at or at) if ended else None

@@ -1,0 +1,144 @@
+"""Retraction of a policy sent in error (DESIGN.md §5), in one transaction:
+
+1. its live and scheduled versions become `retracted`;
+2. pending notices and reminders are cancelled;
+3. every decision it caused is recomputed (blocks lifted; no `restored`: the correction says it);
+4. each person told gets exactly one `correction`, to the address of their first notice, threaded
+   to it. People never told are not told; inside the undo window nobody was told.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from appwarden.access.models import DecisionRecord
+from appwarden.audit.service import record
+from appwarden.compliance.models import ComplianceRecord
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.models import Device
+from appwarden.errors import Conflict, InvalidInput
+from appwarden.identity.models import Person
+from appwarden.identity.service import require
+from appwarden.notifications import service as outbox
+from appwarden.notifications.models import Notice
+from appwarden.policies.lifecycle import next_state
+from appwarden.policies.models import PolicyVersion
+from appwarden.policies.service import document_of, get_policy, versions_of
+from appwarden.usecases.ingest import reevaluate_device
+from appwarden.usecases.notices import NoticeConfig, _render
+from appwarden.vocabulary import NoticeKind, Permission, VersionState
+
+
+@dataclass
+class RetractResult:
+    versions: list[int] = field(default_factory=list)
+    cancelled: int = 0
+    corrections: int = 0
+    decisions_changed: int = 0
+
+
+def retract(
+    uow: UnitOfWork, policy_id: str, *, message: str, config: NoticeConfig
+) -> RetractResult:
+    require(uow, Permission.POLICIES_RETRACT)
+    if not message or not message.strip():
+        raise InvalidInput("retract needs --message: the correction people who were told will read")
+    get_policy(uow, policy_id)
+    live = [
+        v
+        for v in versions_of(uow, policy_id)
+        if v.state in (VersionState.SCHEDULED, VersionState.ACTIVE)
+    ]
+    if not live:
+        raise Conflict(f"{policy_id} has no scheduled or active version to retract")
+    result = RetractResult()
+    for version in live:
+        before = version.state
+        version.state = next_state(version.state, "retract")
+        version.ended_at = uow.now
+        version.end_reason = message.strip()
+        result.versions.append(version.number)
+        record(
+            uow,
+            action="policy.retract",
+            object_type="policy_version",
+            object_id=f"{policy_id}@{version.number}",
+            before={"state": before},
+            after={"state": version.state, "message": message.strip()},
+        )
+    uow.session.flush()
+    result.cancelled = outbox.cancel_pending(uow, policy_id, "retracted")
+    result.decisions_changed = _lift(uow, policy_id, [v.id for v in live])
+    for notice in outbox.first_notices(uow, policy_id).values():
+        if notice.status == "sent" and enqueue_correction(
+            uow, notice, live[-1], message.strip(), config
+        ):
+            result.corrections += 1
+    return result
+
+
+def _lift(uow: UnitOfWork, policy_id: str, version_ids: list[int]) -> int:
+    """Recompute every decision the policy touched."""
+    device_ids = set(
+        uow.session.scalars(
+            select(ComplianceRecord.device_id).where(ComplianceRecord.version_id.in_(version_ids))
+        )
+    )
+    for decision in uow.session.scalars(select(DecisionRecord)):
+        if any(r.get("policy") == policy_id for r in decision.reasons):
+            device_ids.add(decision.device_id)
+    changed = 0
+    for device in uow.session.scalars(select(Device).where(Device.id.in_(device_ids))):
+        changed += len(reevaluate_device(uow, device))
+    return changed
+
+
+def enqueue_correction(
+    uow: UnitOfWork, first: Notice, version: PolicyVersion, message: str, config: NoticeConfig
+) -> bool:
+    """One correction per person, to the address of their first notice, threaded to it."""
+    person = uow.session.get(Person, first.person_id)
+    assert person is not None
+    doc = document_of(version)
+    rendered = _render(
+        config,
+        person,
+        version,
+        doc,
+        kind="correction",
+        template="correction",
+        devices=(),
+        correction_message=message,
+    )
+    return (
+        outbox.enqueue(
+            uow,
+            person_id=person.id,
+            address=first.address,
+            policy_id=version.policy_id,
+            version_id=version.id,
+            kind=NoticeKind.CORRECTION,
+            due_slot=f"retraction:v{version.number}",
+            due_at=uow.now,
+            rendered=rendered,
+            domain=config.domain,
+            payload={"template": "correction", "message": message},
+            in_reply_to=first.message_id,
+        )
+        is not None
+    )
+
+
+def correction_after_late_delivery(uow: UnitOfWork, notice: Notice, config: NoticeConfig) -> bool:
+    """A notice that was in flight when its policy was retracted and then went out gets its own
+    correction (unless the person already has one)."""
+    retracted = [v for v in versions_of(uow, notice.policy_id) if v.state == VersionState.RETRACTED]
+    if not retracted or notice.kind == NoticeKind.CORRECTION:
+        return False
+    version = max(retracted, key=lambda v: v.number)
+    if version.ended_at is None or notice.created_at > version.ended_at:
+        return False
+    first = outbox.first_notices(uow, notice.policy_id).get(notice.person_id, notice)
+    return enqueue_correction(uow, first, version, version.end_reason or "", config)
