@@ -284,10 +284,14 @@ def devices(
         platform=pick("platforms", PLATFORMS),
         form_factor=pick("form_factors", FORM_FACTORS),
         ownership=pick("ownership", OWNERSHIPS),
-        owner=draw(st.sampled_from((None, *range(people_count), *range(people_count)))),
+        owner=draw(
+            st.sampled_from(
+                (None, *range(people_count), *range(people_count), *range(people_count))
+            )
+        ),
         status=draw(st.sampled_from(("active",) * 5 + ("retired",))),
         resources=tuple(
-            draw(st.sampled_from(((), ("email",), ("email",), ("webmail",), RESOURCES)))
+            draw(st.sampled_from(((), ("email",), ("webmail",), RESOURCES, RESOURCES, RESOURCES)))
         ),
         first_report_at=draw(st.none() | instants),
         feeds=feed_list,

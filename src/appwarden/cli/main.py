@@ -12,6 +12,7 @@ import typer
 from sqlalchemy import select
 
 from appwarden.cli.announce import register
+from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import console, emit_json, errors, explain, progress, short_time, table
@@ -612,6 +613,7 @@ def admin_create(
 
 
 register(app, policy_app)
+app.add_typer(audit_app, name="audit")
 
 
 def run(argv: list[str]) -> int:

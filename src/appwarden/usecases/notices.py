@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
+from appwarden.access.models import DecisionRecord
 from appwarden.catalog.model import Catalog
 from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.rules import rules_of
@@ -663,7 +664,9 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
         line = DeviceLine(
             name=device.name or ids[0],
             platform=device.platform,
-            variant="violating" if kind == NoticeKind.BLOCKED else "compliant",
+            variant=_blocked_variant(uow, event, policy_id)
+            if kind == NoticeKind.BLOCKED
+            else "compliant",
         )
         rendered = _render(
             config,
@@ -688,6 +691,14 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             domain=config.domain,
             payload={"template": str(kind), "device": device.id, "resource": event.resource},
         )
+
+
+def _blocked_variant(uow: UnitOfWork, event: DecisionChanged, policy_id: str) -> str:
+    """A device blocked under `unknown: deny` is unverified, not found violating."""
+    decision = uow.session.get(DecisionRecord, (event.device_id, event.resource))
+    reasons = decision.reasons if decision is not None else []
+    states = [r.get("state") for r in reasons if r.get("policy") == policy_id]
+    return "unverified" if states == [ComplianceState.UNKNOWN] else "violating"
 
 
 def _version_behind(uow: UnitOfWork, policy_id: str, at: datetime) -> PolicyVersion | None:
