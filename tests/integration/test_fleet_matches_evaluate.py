@@ -278,7 +278,7 @@ def devices(
     def pick(key: str, values: tuple[str, ...]) -> str:
         """Mostly a value the scope lists (so that most devices are in scope), else any."""
         listed = policy.scope.get(key) or values
-        return draw(st.sampled_from((*listed, *listed, *listed, *values)))
+        return draw(st.integers(0, 4).flatmap(lambda i: st.sampled_from(listed if i else values)))
 
     return DeviceSpec(
         platform=pick("platforms", PLATFORMS),
@@ -329,7 +329,11 @@ def fleets(draw: st.DrawFn) -> FleetSpec:
     people = tuple(
         PersonSpec(
             status=draw(st.sampled_from(("active",) * 4 + ("left",))),
-            groups=tuple(draw(st.lists(st.sampled_from(GROUPS), max_size=2, unique=True))),
+            groups=tuple(
+                draw(st.lists(st.sampled_from(GROUPS), min_size=1, max_size=2, unique=True))
+                if draw(st.integers(0, 3))
+                else ()
+            ),
         )
         for _ in range(draw(st.integers(1, 4)))
     )

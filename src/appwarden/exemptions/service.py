@@ -115,7 +115,7 @@ def grant(
         if exemption.status != "requested":
             raise Conflict(f"exemption {request_id} is {exemption.status}, not requested")
         before = _snapshot(exemption)
-        exemption.starts_at = starts_at or exemption.starts_at
+        exemption.starts_at = starts_at or exemption.starts_at or uow.now
         exemption.ends_at = ends_at or exemption.ends_at
         _window(exemption.starts_at, exemption.ends_at)
         exemption.decision_note = (reason or "").strip() or None
