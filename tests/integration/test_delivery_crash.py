@@ -34,6 +34,8 @@ from appwarden.notifications import service
 from appwarden.notifications.models import Notice
 from appwarden.policies.models import Policy
 
+pytestmark = pytest.mark.slow  # two worker runs over 1,000 real SMTP messages: ~30-40 s each
+
 NOTICES = 1_000
 KILL_AT = 300  # the SMTP server kills the worker when this message arrives
 BATCH = 10  # APPWARDEN_WORKER_BATCH: the worker's concurrency

@@ -240,12 +240,13 @@ def devices(
     # What the policy names is reported more often than the rest of the pools.
     named = tuple(i for i in policy.identifiers if "*" not in i[1])
     observed = OBSERVED_POOL + named * 2
-    covered = COVERAGE_POOL + tuple((ns, "") for ns, _ in policy.identifiers) + policy.identifiers
+    covered = COVERAGE_POOL + (*((ns, "") for ns, _ in policy.identifiers), *policy.identifiers) * 2
+    feeds = draw(st.sampled_from((1, 2, 2, 3)))
     feed_keys = draw(
         st.lists(
             st.tuples(st.sampled_from(SOURCES), st.sampled_from(EVIDENCE_KINDS)),
-            min_size=1,
-            max_size=3,
+            min_size=feeds,
+            max_size=feeds,
             unique=True,
         )
     )

@@ -260,9 +260,12 @@ def _is_stale_connection(exc: BaseException) -> bool:
     return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421
 
 
-def _close_quietly(client: smtplib.SMTP) -> None:
+def _close_quietly(client: smtplib.SMTP, *, polite: bool = False) -> None:
+    """Close a connection; say QUIT first only when it is healthy (a hung server would make
+    QUIT wait for the whole timeout)."""
     try:
-        client.quit()
+        if polite and client.sock is not None:
+            client.quit()
     except (smtplib.SMTPException, OSError):
         pass
     finally:
@@ -313,8 +316,9 @@ class SmtpChannel:
         log.info("delivered %s via smtp", message_id)
 
     def close(self) -> None:
+        """Say QUIT and close the connection, if one is open. The channel stays usable."""
         with self._lock:
-            self._drop()
+            self._drop(polite=True)
 
     def __enter__(self) -> Self:
         return self
@@ -374,10 +378,10 @@ class SmtpChannel:
         if not isinstance(exc, refused) or _is_stale_connection(exc):
             self._drop()
 
-    def _drop(self) -> None:
+    def _drop(self, *, polite: bool = False) -> None:
         client, self._client = self._client, None
         if client is not None:
-            _close_quietly(client)
+            _close_quietly(client, polite=polite)
 
     def _error(self, exc: BaseException, message_id: str) -> DeliveryError:
         error = _smtp_error(exc, message_id)

@@ -137,14 +137,17 @@ def first_notices(uow: UnitOfWork, policy_id: str) -> dict[int, Notice]:
 
 
 def release_stale_claims(uow: UnitOfWork, *, lease: timedelta, wall_now: datetime) -> int:
-    """A sender that died mid-delivery leaves `sending` rows: after the lease they go back to
-    pending and are sent again, with the same Message-ID."""
-    result = uow.session.execute(
-        update(Notice)
-        .where(Notice.status == NoticeStatus.SENDING, Notice.claimed_at <= wall_now - lease)
-        .values(status=NoticeStatus.PENDING)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    """A sender that died mid-delivery leaves `sending` notices and webhooks: after the lease they
+    go back to pending and are sent again, with the same Message-ID or event id."""
+    released = 0
+    for table in (Notice, OutboxEvent):
+        result = uow.session.execute(
+            update(table)
+            .where(table.status == NoticeStatus.SENDING, table.claimed_at <= wall_now - lease)
+            .values(status=NoticeStatus.PENDING)
+        )
+        released += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return released
 
 
 def claim_due(uow: UnitOfWork, *, limit: int, wall_now: datetime) -> list[Notice]:

@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import select
@@ -229,12 +230,22 @@ def _send_webhook(
                 action="webhook.failed",
                 object_type="outbox_event",
                 object_id=event.event_id,
-                after={"url": event.url, "error": event.last_error, "attempts": event.attempts},
+                after={
+                    "url": _origin(event.url),
+                    "error": event.last_error,
+                    "attempts": event.attempts,
+                },
             )
         else:
             event.status, event.last_error = NoticeStatus.PENDING, str(error)[:2000]
             event.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(event.attempts))
             stats.retried += 1
+
+
+def _origin(url: str) -> str:
+    """Only scheme://host:port of a URL reaches the audit log: paths often carry a token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def retry_failed(uow: UnitOfWork, *, notice_ids: list[int] | None = None) -> int:
