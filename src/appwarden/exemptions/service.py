@@ -51,6 +51,35 @@ def _snapshot(e: Exemption) -> dict[str, Any]:
     }
 
 
+def _new(
+    uow: UnitOfWork,
+    policy_id: str,
+    person: Person | None,
+    device: Device | None,
+    starts_at: datetime | None,
+    ends_at: datetime | None,
+    reason: str,
+    requested_by: int,
+) -> Exemption:
+    get_policy(uow, policy_id)
+    if (person is None) == (device is None):
+        raise InvalidInput("an exemption covers either a person or a device")
+    exemption = Exemption(
+        policy_id=policy_id,
+        person_id=person.id if person else None,
+        device_id=device.id if device else None,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        reason=_reason(reason),
+        status="requested",
+        requested_by=requested_by,
+        created_at=uow.now,
+    )
+    uow.session.add(exemption)
+    uow.session.flush()
+    return exemption
+
+
 def request(
     uow: UnitOfWork,
     *,
@@ -68,25 +97,10 @@ def request(
     asker = find_person(uow, uow.actor)
     if asker is None:
         raise PermissionDenied(f"{uow.actor} is not a known person")
-    get_policy(uow, policy_id)
-    if (person is None) == (device is None):
-        raise InvalidInput("an exemption covers either a person or a device")
     owner_id = person.id if person is not None else (device.owner_id if device else None)
     if owner_id != asker.id:
         require(uow, Permission.EXEMPTIONS_DECIDE)  # on someone else's behalf
-    exemption = Exemption(
-        policy_id=policy_id,
-        person_id=person.id if person else None,
-        device_id=device.id if device else None,
-        starts_at=starts_at,
-        ends_at=ends_at,
-        reason=_reason(reason),
-        status="requested",
-        requested_by=asker.id,
-        created_at=uow.now,
-    )
-    uow.session.add(exemption)
-    uow.session.flush()
+    exemption = _new(uow, policy_id, person, device, starts_at, ends_at, reason, asker.id)
     record(
         uow,
         action="exemption.request",
@@ -122,23 +136,8 @@ def grant(
     else:
         if policy_id is None:
             raise InvalidInput("name the policy")
-        get_policy(uow, policy_id)
-        if (person is None) == (device is None):
-            raise InvalidInput("an exemption covers either a person or a device")
         _window(starts_at, ends_at)
-        exemption = Exemption(
-            policy_id=policy_id,
-            person_id=person.id if person else None,
-            device_id=device.id if device else None,
-            starts_at=starts_at,
-            ends_at=ends_at,
-            reason=_reason(reason),
-            status="requested",
-            requested_by=approver.id,
-            created_at=uow.now,
-        )
-        uow.session.add(exemption)
-        uow.session.flush()
+        exemption = _new(uow, policy_id, person, device, starts_at, ends_at, reason, approver.id)
         before = None
     exemption.status = "approved"
     exemption.decided_by = approver.id
