@@ -47,3 +47,10 @@ class Settings(BaseSettings):
     worker_batch: int = 10
     worker_interval_seconds: float = 5.0
     max_delivery_attempts: int = 8
+
+    # The forward-auth gate (docs/gates.md).
+    gate_proxy_key: SecretStr | None = None  # the proxy's credential (X-Appwarden-Proxy-Key)
+    gate_trust_loopback: bool = False  # or: trust proxies on 127.0.0.0/8 and ::1 without a key
+    gate_device_header: str | None = None  # take the device id from this header instead of EAS
+    unseen_device: Literal["allow", "deny"] = "allow"
+    unseen_device_of_blocked_person: Literal["allow", "deny"] = "deny"
