@@ -16,6 +16,7 @@ from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import console, emit_json, errors, explain, progress, short_time, table
+from appwarden.cli.serve import register as register_server
 from appwarden.db import migrate
 from appwarden.devices.models import Quarantine
 from appwarden.devices.schemas import InventoryBatch
@@ -613,6 +614,7 @@ def admin_create(
 
 
 register(app, policy_app)
+register_server(app)
 app.add_typer(audit_app, name="audit")
 
 

@@ -95,7 +95,7 @@ def answer(uow: UnitOfWork, request: GateRequest, policy: GatePolicy, now: datet
         )
     ).first()
     if row is None:
-        return _unseen(uow, person, resource, policy, f"{policy.device_namespace}:{value}")
+        return _unseen(uow, person, resource, policy, f"{policy.device_namespace}:{value}", now)
     device = uow.session.get(Device, row.device_id)
     assert device is not None
     label = f"{policy.device_namespace}:{value}"
@@ -107,12 +107,7 @@ def answer(uow: UnitOfWork, request: GateRequest, policy: GatePolicy, now: datet
             device=label,
             person=owner.email if owner else None,
         )
-    record = uow.session.get(DecisionRecord, (device.id, resource))
-    if record is not None and (record.valid_until is None or now < record.valid_until):
-        decision, reasons = Decision(record.decision), list(record.reasons)
-    else:  # never materialised, or its time has come and the worker has not caught up yet
-        result = decide_for(uow, device, resource, now)
-        decision, reasons = result.decision, list(result.reasons)
+    decision, reasons = current_decision(uow, device, resource, now)
     denying = [str(r["policy"]) for r in reasons if r.get("effect") == "deny"]
     return GateAnswer(
         decision,
@@ -124,27 +119,37 @@ def answer(uow: UnitOfWork, request: GateRequest, policy: GatePolicy, now: datet
     )
 
 
+def current_decision(
+    uow: UnitOfWork, device: Device, resource: str, now: datetime
+) -> tuple[Decision, list[dict[str, Any]]]:
+    """The materialised decision while it is valid; computed when it never was materialised or
+    its time has come and the worker has not caught up yet."""
+    record = uow.session.get(DecisionRecord, (device.id, resource))
+    if record is not None and (record.valid_until is None or now < record.valid_until):
+        return Decision(record.decision), list(record.reasons)
+    result = decide_for(uow, device, resource, now)
+    return result.decision, list(result.reasons)
+
+
 def _unseen(
-    uow: UnitOfWork, person: Person | None, resource: str, policy: GatePolicy, label: str
+    uow: UnitOfWork,
+    person: Person | None,
+    resource: str,
+    policy: GatePolicy,
+    label: str,
+    now: datetime,
 ) -> GateAnswer:
     if person is not None:
-        blocked = uow.session.scalars(
-            select(DecisionRecord)
-            .join(Device, Device.id == DecisionRecord.device_id)
-            .where(
-                Device.owner_id == person.id,
-                DecisionRecord.resource == resource,
-                DecisionRecord.decision == Decision.DENY,
-            )
-        ).first()
-        if blocked is not None:
-            return GateAnswer(
-                Decision(policy.unseen_device_of_blocked_person),
-                "unseen_device_of_blocked_person",
-                device=label,
-                person=person.email,
-                policies=[str(r["policy"]) for r in blocked.reasons if r.get("effect") == "deny"],
-            )
+        for device in uow.session.scalars(select(Device).where(Device.owner_id == person.id)):
+            decision, reasons = current_decision(uow, device, resource, now)
+            if decision == Decision.DENY:
+                return GateAnswer(
+                    Decision(policy.unseen_device_of_blocked_person),
+                    "unseen_device_of_blocked_person",
+                    device=label,
+                    person=person.email,
+                    policies=[str(r["policy"]) for r in reasons if r.get("effect") == "deny"],
+                )
     return GateAnswer(
         Decision(policy.unseen_device),
         "unseen_device",

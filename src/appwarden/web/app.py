@@ -1,0 +1,148 @@
+"""The application factory: `create_app(settings)`.
+
+    app = create_app(Settings())                 # what `appwarden serve` runs (with worker=True)
+    with TestClient(create_app(settings)) as c:  # tests: many apps per process, one registry each
+
+Routes: the /v1 API (`web.api`), `/healthz` and `/readyz` (public: see `web.auth.PUBLIC_ROUTES`),
+`/metrics` and `/openapi.json` (token with `read`). Middleware, outermost first: request ids,
+access log and the bare 500 (`web.observability`), then the authorisation backstop (`web.auth`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from appwarden.clock import Clock, clock_from_spec
+from appwarden.db.engine import make_engine
+from appwarden.db.migrate import is_current
+from appwarden.settings import Settings
+from appwarden.vocabulary import Permission
+from appwarden.web import Runtime, api, gate
+from appwarden.web import errors as web_errors
+from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
+from appwarden.web.errors import PROBLEM_JSON, problem_response
+from appwarden.web.observability import Metrics, Observability
+from appwarden.web.worker import EmbeddedWorker
+
+
+def _version() -> str:
+    try:
+        return version("appwarden")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool = False) -> FastAPI:
+    """Build the application. `clock` defaults to the one `settings.clock` names (fixed and file
+    clocks only in the test and demo environments); `worker` runs the embedded worker thread
+    while the application is up (the SQLite default of `appwarden serve`)."""
+    clock = clock or clock_from_spec(settings.clock, env=settings.env)
+    runtime = Runtime(settings=settings, engine=make_engine(settings.database_url), clock=clock)
+    metrics = Metrics(runtime.engine)
+    embedded = EmbeddedWorker(runtime) if worker else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_guarded(app)  # again: routes may have been added after create_app returned
+        if embedded is not None:
+            embedded.start()
+        try:
+            yield
+        finally:
+            if embedded is not None:
+                await run_in_threadpool(embedded.stop)
+            runtime.close()
+
+    app = FastAPI(
+        title="appwarden",
+        version=_version(),
+        description="Conditional access for a banned app: inventory in, decisions out. "
+        "Every route needs `Authorization: Bearer <token>` except /healthz and /readyz.",
+        openapi_url=None,  # served below, behind the `read` permission
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.worker = embedded
+    web_errors.install(app)
+    api.install(app)
+    gate.install(app)
+    _operational_routes(app)
+    app.add_middleware(AuthzBackstop)
+    app.add_middleware(Observability, metrics=metrics)  # added last: outermost
+    check_guarded(app)
+    return app
+
+
+def _operational_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"], summary="Liveness")
+    def healthz() -> dict[str, str]:
+        """Always 200 while the process serves requests."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness",
+        responses={503: {"description": "The store is unreachable or its schema is not current"}},
+    )
+    def readyz(request: Request) -> Response:
+        """200 when the store answers and its schema is at the current migration, else 503."""
+        runtime = runtime_of(request)
+        try:
+            with runtime.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            current = is_current(runtime.engine)
+        except SQLAlchemyError:
+            return problem_response(
+                503, "unavailable", "the store is not reachable", instance="/readyz"
+            )
+        if not current:
+            return problem_response(
+                503, "unavailable", "the database schema is not current", instance="/readyz"
+            )
+        return JSONResponse({"status": "ready"})
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        dependencies=[Depends(require(Permission.READ))],
+        responses=web_errors.problem_responses(),
+    )
+    def metrics(request: Request) -> Response:
+        registry = request.app.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/openapi.json",
+        include_in_schema=False,
+        dependencies=[Depends(require(Permission.READ))],
+    )
+    def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document(request.app))
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with problem responses declared only as application/problem+json."""
+    schema = app.openapi()
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if PROBLEM_JSON in content:
+                    content.pop("application/json", None)
+    return schema

@@ -1,0 +1,212 @@
+"""Who is calling, and may they? Bearer tokens, the permission check, and the closed allowlist.
+
+Every route is declared with `Depends(require(Permission.X))`, except the routes of
+`PUBLIC_ROUTES`, each of which names the credential it relies on instead (DESIGN.md §6). Two
+backstops make forgetting the check fail closed rather than open:
+
+1. `check_guarded(app)` walks every route when the application is built and again at start-up,
+   and refuses to run if a route outside the allowlist has no `require` dependency (a Mount, a
+   plain Starlette route or a websocket outside the allowlist is refused outright: it cannot
+   carry one).
+2. `AuthzBackstop`, a middleware: a `require` that passed marks the request; a response of a
+   non-allowlisted route that is about to succeed (status < 400) without that mark is replaced
+   by a 500 problem and logged, so a route that escaped the first check still leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, cast
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from appwarden.db.uow import unit_of_work
+from appwarden.errors import PermissionDenied
+from appwarden.identity import tokens
+from appwarden.vocabulary import Permission
+from appwarden.web import Runtime
+from appwarden.web.errors import Unauthenticated, send_problem
+
+log = logging.getLogger("appwarden.web")
+
+# The closed allowlist: route path -> the credential it relies on instead of an API token.
+# Adding an entry means naming its credential (DESIGN.md §6); test_routes_are_guarded enumerates
+# every route so nothing escapes. /metrics and /openapi.json are NOT here: they need `read`.
+PUBLIC_ROUTES: Final[Mapping[str, str]] = {
+    "/healthz": "none: liveness answers {status: ok} and reveals nothing else",
+    "/readyz": "none: readiness answers ready or unavailable, without error details",
+    "/gate/forward": "the proxy's: X-Appwarden-Proxy-Key (constant time) or a loopback allowlist",
+    "/gate/forward/{rest:path}": "the proxy's, as /gate/forward (Envoy's path_prefix form)",
+    "/gate/explain": "the proxy's, as /gate/forward (nginx fetches the 403 explanation here)",
+}
+
+# Scope keys this module writes (the request's scope dict is shared by middleware and routes).
+AUTHZ_KEY: Final = "appwarden.authz"
+TOKEN_KEY: Final = "appwarden.token"  # noqa: S105 - a scope key, not a secret
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token: `Authorization: Bearer aw_<id>_<secret>` "
+    "(create one with `appwarden token create`).",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: an API token (never its secret)."""
+
+    token_id: int
+    name: str
+    permissions: frozenset[Permission]
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.name}"
+
+    def allows(self, permission: Permission) -> bool:
+        return permission in self.permissions or Permission.ADMIN in self.permissions
+
+
+def runtime_of(request: Request) -> Runtime:
+    return cast(Runtime, request.app.state.runtime)
+
+
+def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Resolve the bearer token; 401 unless it is a live token. Records use at most once a
+    minute (a conditional UPDATE), so authentication is a read on almost every request."""
+    if credentials is None:
+        raise Unauthenticated(
+            "this route needs an API token: Authorization: Bearer <token>", invalid_token=False
+        )
+    runtime = runtime_of(request)
+    runtime.require_schema()
+    now = runtime.now()
+    with unit_of_work(runtime.engine, now=now, write=False) as uow:
+        token = tokens.authenticate(uow, credentials.credentials)
+        principal = (
+            Principal(token.id, token.name, tokens.permissions_of(token))
+            if token is not None
+            else None
+        )
+        stale = token is not None and tokens.needs_touch(token, now)
+    if principal is None:
+        raise Unauthenticated("the token is unknown or revoked", invalid_token=True)
+    if stale:
+        with unit_of_work(runtime.engine, now=now) as uow:
+            tokens.touch(uow, principal.token_id)
+    request.scope[TOKEN_KEY] = principal.name
+    return principal
+
+
+class Require:
+    """The permission check as a dependency: `Depends(require(Permission.X))`."""
+
+    def __init__(self, permission: Permission) -> None:
+        self.permission = permission
+
+    def __repr__(self) -> str:
+        return f"require({self.permission})"
+
+    def __call__(
+        self, request: Request, principal: Annotated[Principal, Depends(authenticate)]
+    ) -> Principal:
+        if not principal.allows(self.permission):
+            raise PermissionDenied(
+                f"the token {principal.name!r} lacks the permission {self.permission}"
+            )
+        request.scope[AUTHZ_KEY] = str(self.permission)
+        return principal
+
+
+def require(permission: Permission) -> Require:
+    return Require(permission)
+
+
+def _requirements(dependant: Dependant) -> list[Permission]:
+    found = []
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, Require):
+            found.append(dependency.call.permission)
+        found += _requirements(dependency)
+    return found
+
+
+def required_permissions(route: BaseRoute) -> list[Permission]:
+    """The permissions a route checks (empty: it checks none)."""
+    if isinstance(route, APIRoute):
+        return _requirements(route.dependant)
+    return []
+
+
+def route_path(route: BaseRoute) -> str:
+    return str(getattr(route, "path", "") or getattr(route, "path_format", ""))
+
+
+class UnguardedRoute(RuntimeError):
+    """A route outside the allowlist does not check a permission: the application refuses to run."""
+
+
+def _describe(route: BaseRoute) -> str:
+    path = route_path(route)
+    if not path:  # e.g. FastAPI's wrapper of an included router: its routes cannot be inspected
+        return f"{type(route).__name__} (add routes to the app itself, not via include_router)"
+    return f"{','.join(sorted(getattr(route, 'methods', None) or ['*']))} {path}"
+
+
+def check_guarded(app: FastAPI) -> None:
+    """Raise UnguardedRoute unless every route outside PUBLIC_ROUTES checks a permission."""
+    unguarded = [
+        _describe(route)
+        for route in app.routes
+        if route_path(route) not in PUBLIC_ROUTES and not required_permissions(route)
+    ]
+    if unguarded:
+        raise UnguardedRoute(
+            "routes without a permission check (declare Depends(require(Permission.X)), or add "
+            "the path to PUBLIC_ROUTES naming its credential): " + "; ".join(unguarded)
+        )
+
+
+class AuthzBackstop:
+    """Fail closed at run time: see the module docstring."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        blocked = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal blocked
+            if blocked:
+                return
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                route: Any = scope.get("route")
+                path = route_path(route) if route is not None else scope.get("path", "")
+                if path not in PUBLIC_ROUTES and AUTHZ_KEY not in scope:
+                    blocked = True
+                    log.error("route %s answered without a permission check: blocked", path)
+                    await send_problem(
+                        send,
+                        500,
+                        "internal_error",
+                        "internal error",
+                        str(scope.get("path", "")),
+                    )
+                    return
+            await send(message)
+
+        await self.app(scope, receive, guarded_send)

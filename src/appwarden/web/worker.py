@@ -1,0 +1,147 @@
+"""The worker embedded in `appwarden serve` (the SQLite default): a thread that, every
+`worker_interval_seconds`, does one pass of what `appwarden worker --once` does, at the clock's
+now: releases whose time came, decisions whose valid_until came (deadlines flip decisions without
+a new report), exemption expiry warnings, then delivery of notices and webhooks.
+
+A failing pass is logged and the next one runs on schedule; `stop()` lets the pass in progress
+finish and closes the channels.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+
+from appwarden.notifications.channels import (
+    Channel,
+    MaildirChannel,
+    RateLimiter,
+    SmtpChannel,
+    SmtpSettings,
+    WebhookChannel,
+)
+from appwarden.settings import Settings
+from appwarden.usecases.deliver import Delivery, DeliveryStats, RateLimited, deliver_due
+from appwarden.usecases.exemptions import warn_expiring
+from appwarden.usecases.notices import NoticeConfig
+from appwarden.usecases.release import refresh_expired, release_due
+from appwarden.web import Runtime
+
+log = logging.getLogger("appwarden.worker")
+
+
+def build_delivery(settings: Settings, config: NoticeConfig) -> Delivery:
+    """Channels from the settings: SMTP when a host is set, else the local maildir (the same
+    choice `appwarden worker` makes)."""
+    mail: Channel
+    if settings.smtp_host:
+        mail = SmtpChannel(
+            SmtpSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                starttls=settings.smtp_starttls,
+                ssl=settings.smtp_ssl,
+                username=settings.smtp_username,
+                password=settings.smtp_password.get_secret_value()
+                if settings.smtp_password
+                else None,
+                sender=settings.smtp_sender,
+            )
+        )
+    else:
+        mail = MaildirChannel(settings.maildir)
+    webhook = (
+        WebhookChannel(settings.webhook_secret.get_secret_value().encode())
+        if settings.webhook_url and settings.webhook_secret
+        else None
+    )
+    return Delivery(
+        mail=RateLimited(mail, RateLimiter(settings.smtp_max_per_minute)),
+        webhook=webhook,
+        sender=settings.smtp_sender,
+        config=config,
+        lease=timedelta(seconds=settings.notice_lease_seconds),
+        batch=settings.worker_batch,
+        max_attempts=settings.max_delivery_attempts,
+    )
+
+
+@dataclass(frozen=True)
+class PassResult:
+    at: datetime
+    decision_changes: int
+    delivery: DeliveryStats
+
+
+class EmbeddedWorker:
+    def __init__(
+        self, runtime: Runtime, *, interval: float | None = None, delivery: Delivery | None = None
+    ) -> None:
+        self.runtime = runtime
+        self.interval = (
+            interval if interval is not None else runtime.settings.worker_interval_seconds
+        )
+        self._delivery = delivery
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+
+    @property
+    def delivery(self) -> Delivery:
+        if self._delivery is None:
+            self._delivery = build_delivery(self.runtime.settings, self.runtime.notice_config)
+        return self._delivery
+
+    def run_once(self) -> PassResult:
+        """One pass at the clock's now."""
+        runtime = self.runtime
+        now = runtime.now()
+        with runtime.uow(now) as uow:
+            changes = release_due(uow, runtime.notice_config)
+            changes += refresh_expired(uow)
+            warn_expiring(uow, runtime.notice_config)
+        stats = deliver_due(partial(runtime.uow, now), self.delivery)
+        runtime.chain_audit(now)
+        self.passes += 1
+        return PassResult(now, len(changes), stats)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self.run_once()
+            except Exception:
+                log.exception("worker pass failed; the next one runs in %ss", self.interval)
+            else:
+                if result.decision_changes or result.delivery.sent or result.delivery.webhooks:
+                    log.info(
+                        "worker pass: %d decision change(s), %d notice(s) sent, %d webhook(s)",
+                        result.decision_changes,
+                        result.delivery.sent,
+                        result.delivery.webhooks,
+                    )
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="appwarden-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("worker did not stop within %ss", timeout)
+            self._thread = None
+        if self._delivery is not None:
+            self._delivery.close()
+            self._delivery = None

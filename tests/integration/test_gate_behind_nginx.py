@@ -1,0 +1,177 @@
+"""The forward-auth gate behind a real nginx, in front of a stub mail server, with the reference
+organisation and a clock the test moves (APPWARDEN_CLOCK=file:…): before the deadline alice's
+phone gets mail; after it alice and carol are refused; the first request after alice's clean
+inventory POST returned is let through; a retraction lets carol back in; the base64 ActiveSync
+form gets the same answers; another user on alice's phone and a new phone of carol's are refused.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from appwarden.access.gate import encode_eas_base64_query
+from appwarden.db.uow import unit_of_work
+from appwarden.identity.tokens import create_token
+from appwarden.settings import Settings
+from appwarden.timeutil import parse_instant
+from appwarden.web.app import create_app
+from tests.nginx_harness import start_nginx, start_upstream
+
+KEY = "gate-test-proxy-key-42"
+EAS = "/Microsoft-Server-ActiveSync"
+ALICE = "6F24CAD599A5BF1A690246B8C68FAE8D"
+CAROL = "CA201C0FFEE0000000000000000A2210"
+
+
+def plain(user: str, device: str) -> str:
+    return f"{EAS}?Cmd=Sync&User={user}&DeviceId={device}&DeviceType=SmartPhone"
+
+
+def base64(user: str, device: str) -> str:
+    query = encode_eas_base64_query(
+        command="Sync", device_id=device, device_type="SmartPhone", user=user
+    )
+    return f"{EAS}?{query}"
+
+
+class Server:
+    def __init__(self, app, port: int) -> None:
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = port
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise AssertionError("the appwarden server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
+    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+    clock = tmp_path / "clock"
+    clock.write_text("2020-07-10T12:00:00-07:00")
+    settings = Settings(
+        database_url=store.url,
+        env="test",
+        clock=f"file:{clock}",
+        gate_proxy_key=KEY,
+        portal_url="https://appwarden.example.com/me/",
+        maildir=tmp_path / "mail",
+    )
+    with unit_of_work(store.engine, now=parse_instant("2020-07-10T12:00:00-07:00")) as uow:
+        _, secret = create_token(uow, "mdm-push", ["inventory:write"])
+    port = free_port()
+    with Server(create_app(settings), port), start_upstream() as upstream:
+        with start_nginx(tmp_path, upstream.port, port, KEY) as nginx:
+            with httpx.Client(base_url=nginx.url, timeout=10) as client:
+                yield {
+                    "client": client,
+                    "upstream": upstream,
+                    "clock": clock,
+                    "api": f"http://127.0.0.1:{port}",
+                    "token": secret,
+                }
+
+
+def test_mail_access_follows_the_policy(gate, cli):
+    client, upstream, clock = gate["client"], gate["upstream"], gate["clock"]
+
+    before = client.get(plain("alice", ALICE))
+    assert before.status_code == 200
+    assert before.text == "mail upstream"
+    assert upstream.requests[-1].headers.get("x-appwarden-device") == f"eas_device_id:{ALICE}"
+
+    clock.write_text("2020-07-11T12:00:00-07:00")  # past the deadline
+    for form in (plain, base64):
+        for user, device in (("alice", ALICE), ("carol", CAROL)):
+            refused = client.get(form(user, device))
+            assert refused.status_code == 403, (form.__name__, user)
+            assert refused.json()["policies"] == ["tiktok-mobile-email"]
+            assert refused.json()["portal_url"] == "https://appwarden.example.com/me/"
+    assert client.get(plain("bob", ALICE)).status_code == 403  # not alice's phone's owner
+    assert (
+        client.get(plain("carol", "NEWPHONE0000000000000000000000001")).status_code == 403
+    )  # a new DeviceId while blocked
+    seen = len(upstream.requests)
+
+    # Alice removes TikTok: her inventory is pushed, and the very next request is let through.
+    clean = {
+        "format": "appwarden.inventory/v1",
+        "source": "mdm-export",
+        "devices": [
+            {
+                "identifiers": [{"namespace": "udid", "value": "00008110-000A1B2C3D4E801E"}],
+                "report": {
+                    "evidence_kind": "inventory",
+                    "observed_at": "2020-07-11T11:59:00-07:00",
+                    "apps": [
+                        {"namespace": "apple_bundle_id", "value": "com.microsoft.Office.Outlook"}
+                    ],
+                },
+            }
+        ],
+    }
+    pushed = httpx.post(
+        f"{gate['api']}/v1/inventory",
+        json=clean,
+        headers={"Authorization": f"Bearer {gate['token']}"},
+    )
+    assert pushed.status_code == 200, pushed.text
+    assert client.get(plain("alice", ALICE)).status_code == 200
+    assert client.get(base64("alice", ALICE)).status_code == 200
+    assert client.get(plain("carol", CAROL)).status_code == 403
+    assert len(upstream.requests) == seen + 2
+
+    # The memo was sent in error: retracting it lets carol back in.
+    retracted = cli(
+        "policy",
+        "retract",
+        "tiktok-mobile-email",
+        "--message",
+        "Sent in error.",
+        "--as",
+        "security.lead@example.com",
+        "--at",
+        "2020-07-11T12:00:00-07:00",
+    )
+    assert retracted.code == 0, retracted.err
+    assert client.get(plain("carol", CAROL)).status_code == 200
+
+
+def test_the_gate_refuses_a_caller_without_the_proxy_key(gate):
+    refused = httpx.get(
+        f"{gate['api']}/gate/forward",
+        headers={"X-Original-URI": plain("alice", ALICE)},
+    )
+    assert refused.status_code == 401
+    wrong = httpx.get(
+        f"{gate['api']}/gate/forward",
+        headers={"X-Original-URI": plain("alice", ALICE), "X-Appwarden-Proxy-Key": "nope"},
+    )
+    assert wrong.status_code == 401

@@ -1,0 +1,215 @@
+"""Every route outside the closed allowlist authenticates and checks a permission (DESIGN.md §6).
+
+The route table is enumerated from the application itself, so a new route that is not added to
+EXPECTED here fails, and a route without `Depends(require(...))` stops the application from
+starting at all.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.routing import Mount
+
+from appwarden.db.uow import unit_of_work
+from appwarden.identity.tokens import create_token, revoke
+from appwarden.settings import Settings
+from appwarden.vocabulary import Permission
+from appwarden.web.app import create_app
+from appwarden.web.auth import (
+    PUBLIC_ROUTES,
+    UnguardedRoute,
+    check_guarded,
+    require,
+    required_permissions,
+    route_path,
+)
+
+NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
+
+# (method, route template) -> the permission it must check. A new route must be added here.
+EXPECTED = {
+    ("POST", "/v1/inventory"): Permission.INVENTORY_WRITE,
+    ("GET", "/v1/decisions/{device:path}/{resource}"): Permission.DECISIONS_READ,
+    ("POST", "/v1/decisions"): Permission.DECISIONS_READ,
+    ("GET", "/metrics"): Permission.READ,
+    ("GET", "/openapi.json"): Permission.READ,
+}
+
+
+def _settings(store, **overrides) -> Settings:
+    return Settings(
+        database_url=store.url, env="test", clock="fixed:2020-07-11T12:00:00-07:00", **overrides
+    )
+
+
+def _token(store, *permissions: Permission, name: str = "t") -> str:
+    with unit_of_work(store.engine, now=NOW) as uow:
+        _, secret = create_token(uow, name, [str(p) for p in permissions])
+    return secret
+
+
+def _concrete(path: str) -> str:
+    """A request path for a route template: {device:path} -> udid:X, any other {name} -> email."""
+    path = re.sub(r"\{[a-z_]+:path\}", "udid:00008110-000A1B2C3D4E801E", path)
+    return re.sub(r"\{[a-z_]+\}", "email", path)
+
+
+def _routes(app: FastAPI) -> list[tuple[str, str]]:
+    found = []
+    for route in app.routes:
+        path = route_path(route)
+        if isinstance(route, APIRoute):
+            found += [(m, path) for m in sorted(route.methods) if m != "HEAD"]
+        else:
+            found.append(("*", path))
+    return found
+
+
+def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(store):
+    app = create_app(_settings(store))
+    routes = _routes(app)
+    guarded = {r for r in routes if r[1] not in PUBLIC_ROUTES}
+    assert guarded == set(EXPECTED), "a route was added or removed: review its permission"
+    for route in app.routes:
+        path = route_path(route)
+        if path in PUBLIC_ROUTES:
+            continue
+        assert isinstance(route, APIRoute)
+        for method in route.methods - {"HEAD"}:
+            assert required_permissions(route) == [EXPECTED[(method, path)]]
+
+    revoked = _token(store, Permission.ADMIN, name="revoked")
+    with unit_of_work(store.engine, now=NOW) as uow:
+        revoke(uow, int(revoked.split("_")[1]))
+    wrong = {
+        needed: _token(
+            store, *(set(Permission) - {needed, Permission.ADMIN}), name=f"all-but-{needed}"
+        )
+        for needed in set(EXPECTED.values())
+    }
+    # The brief's pairs as well: a read-only token on write routes, a writer on read routes.
+    narrow = {
+        Permission.INVENTORY_WRITE: _token(store, Permission.READ, name="reader"),
+        Permission.DECISIONS_READ: _token(store, Permission.INVENTORY_WRITE, name="writer"),
+        Permission.READ: _token(
+            store, Permission.INVENTORY_WRITE, Permission.DECISIONS_READ, name="machine"
+        ),
+    }
+    with TestClient(app) as client:
+        for (method, template), needed in EXPECTED.items():
+            url = _concrete(template)
+            anonymous = client.request(method, url)
+            assert anonymous.status_code == 401, (method, url)
+            assert anonymous.headers["www-authenticate"].startswith("Bearer")
+            assert anonymous.headers["content-type"] == "application/problem+json"
+            assert anonymous.json()["status"] == 401
+
+            for bad in ("Bearer aw_1_nope", "Bearer " + revoked, "Basic dXNlcjpwYXNz", "Bearer"):
+                response = client.request(method, url, headers={"Authorization": bad})
+                assert response.status_code == 401, (method, url, bad)
+                assert response.headers["www-authenticate"].startswith("Bearer")
+
+            for token in (wrong[needed], narrow[needed]):
+                response = client.request(method, url, headers={"Authorization": f"Bearer {token}"})
+                assert response.status_code == 403, (method, url)
+                assert response.headers["content-type"] == "application/problem+json"
+                body = response.json()
+                assert body["code"] == "permission_denied"
+                assert str(needed) in body["detail"]
+
+        for path in ("/healthz", "/readyz"):
+            assert client.get(path).status_code in (200, 503)
+        # The gate's own credential: the proxy key. Without it, or with a wrong one: 401.
+        for path in ("/gate/forward", "/gate/forward/Microsoft-Server-ActiveSync", "/gate/explain"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"X-Appwarden-Proxy-Key": "wrong"}).status_code == 401
+
+
+def test_the_allowlist_is_closed_and_names_each_credential():
+    assert set(PUBLIC_ROUTES) == {
+        "/healthz",
+        "/readyz",
+        "/gate/forward",
+        "/gate/forward/{rest:path}",
+        "/gate/explain",
+    }
+    assert all(credential.strip() for credential in PUBLIC_ROUTES.values())
+
+
+def test_an_unguarded_route_stops_the_application(store):
+    app = create_app(_settings(store))
+
+    @app.get("/v1/leak")
+    def leak() -> dict[str, str]:
+        return {"secret": "everything"}
+
+    with pytest.raises(UnguardedRoute, match="/v1/leak"):
+        check_guarded(app)
+    with pytest.raises(UnguardedRoute), TestClient(app):
+        pass  # start-up runs the same check
+
+
+def test_a_mount_outside_the_allowlist_stops_the_application(store):
+    app = create_app(_settings(store))
+    app.router.routes.append(Mount("/files", app=FastAPI()))
+    with pytest.raises(UnguardedRoute, match="/files"):
+        check_guarded(app)
+    app.state.runtime.close()
+
+
+def test_an_included_router_is_refused_rather_than_trusted(store):
+    """Routes behind include_router are not listed in app.routes on every FastAPI version, so the
+    check cannot see their dependencies: it fails closed."""
+    app = create_app(_settings(store))
+    router = APIRouter()
+
+    @router.get("/v1/included", dependencies=[Depends(require(Permission.READ))])
+    def included() -> dict[str, str]:
+        return {}
+
+    app.include_router(router)
+    routes = [r for r in app.routes if route_path(r) == "/v1/included"]
+    if routes and required_permissions(routes[0]):
+        check_guarded(app)  # this FastAPI flattens included routes: they are checked one by one
+    else:
+        with pytest.raises(UnguardedRoute):
+            check_guarded(app)
+    app.state.runtime.close()
+
+
+def test_a_guarded_route_passes_the_check(store):
+    app = create_app(_settings(store))
+
+    @app.get("/v1/fine", dependencies=[Depends(require(Permission.READ))])
+    def fine() -> dict[str, str]:
+        return {}
+
+    check_guarded(app)
+    app.state.runtime.close()
+
+
+def test_a_route_that_escaped_the_check_answers_500_not_its_data(store):
+    """The run-time backstop: even if the start-up check were bypassed, a response of a route
+    that never checked a permission does not leave the server."""
+    app = create_app(_settings(store))
+
+    @app.get("/v1/leak")
+    def leak() -> dict[str, str]:
+        return {"secret": "everything"}
+
+    client = TestClient(app)  # no `with`: the start-up check does not run
+    try:
+        response = client.get("/v1/leak")
+        assert response.status_code == 500
+        assert "everything" not in response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"] == "internal error"
+    finally:
+        client.close()
+        app.state.runtime.close()
