@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from tests.nginx_harness import start_nginx, start_upstream
 
 from appwarden.access.gate import encode_eas_base64_query
 from appwarden.db.uow import unit_of_work
@@ -23,7 +24,6 @@ from appwarden.identity.tokens import create_token
 from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
 from appwarden.web.app import create_app
-from tests.nginx_harness import start_nginx, start_upstream
 
 KEY = "gate-test-proxy-key-42"
 EAS = "/Microsoft-Server-ActiveSync"
@@ -87,16 +87,19 @@ def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
     with unit_of_work(store.engine, now=parse_instant("2020-07-10T12:00:00-07:00")) as uow:
         _, secret = create_token(uow, "mdm-push", ["inventory:write"])
     port = free_port()
-    with Server(create_app(settings), port), start_upstream() as upstream:
-        with start_nginx(tmp_path, upstream.port, port, KEY) as nginx:
-            with httpx.Client(base_url=nginx.url, timeout=10) as client:
-                yield {
-                    "client": client,
-                    "upstream": upstream,
-                    "clock": clock,
-                    "api": f"http://127.0.0.1:{port}",
-                    "token": secret,
-                }
+    with (
+        Server(create_app(settings), port),
+        start_upstream() as upstream,
+        start_nginx(tmp_path, upstream.port, port, KEY) as nginx,
+        httpx.Client(base_url=nginx.url, timeout=10) as client,
+    ):
+        yield {
+            "client": client,
+            "upstream": upstream,
+            "clock": clock,
+            "api": f"http://127.0.0.1:{port}",
+            "token": secret,
+        }
 
 
 def test_mail_access_follows_the_policy(gate, cli):
