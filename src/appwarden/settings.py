@@ -54,3 +54,7 @@ class Settings(BaseSettings):
     gate_device_header: str | None = None  # take the device id from this header instead of EAS
     unseen_device: Literal["allow", "deny"] = "allow"
     unseen_device_of_blocked_person: Literal["allow", "deny"] = "deny"
+    # When the store cannot be reached: answer from each process's in-memory copy of the
+    # decisions (refreshed every `gate_snapshot_seconds`), or allow, or deny everything.
+    on_store_failure: Literal["last_known", "allow", "deny"] = "last_known"
+    gate_snapshot_seconds: float = 1.0

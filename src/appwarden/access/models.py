@@ -21,4 +21,7 @@ class DecisionRecord(Base):
     decision: Mapped[str] = mapped_column(String(8))
     reasons: Mapped[list[Any]] = mapped_column(JSON)
     valid_until: Mapped[datetime | None]
-    changed_at: Mapped[datetime]
+    changed_at: Mapped[datetime]  # logical time the decision last flipped
+    # Wall-clock time of the last write, so each process can refresh its in-memory copy (the
+    # gate's answer when the store is down) with "what changed since I last looked".
+    written_at: Mapped[datetime | None] = mapped_column(index=True)

@@ -4,7 +4,7 @@ every change announced as one DecisionChanged event."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -78,6 +78,7 @@ def refresh_decisions(
         record.decision = result.decision
         record.reasons = list(result.reasons)
         record.valid_until = result.valid_until
+        record.written_at = datetime.now(UTC)
         if old != result.decision:
             record.changed_at = uow.now
             causes = _denying(result.reasons) if result.decision == Decision.DENY else denied_before

@@ -32,6 +32,7 @@ from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
 from appwarden.web.observability import Metrics, Observability
+from appwarden.web.snapshot import DecisionSnapshot
 from appwarden.web.worker import EmbeddedWorker
 
 
@@ -50,10 +51,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     runtime = Runtime(settings=settings, engine=make_engine(settings.database_url), clock=clock)
     metrics = Metrics(runtime.engine)
     embedded = EmbeddedWorker(runtime) if worker else None
+    snapshot = (
+        DecisionSnapshot(runtime.engine, interval=settings.gate_snapshot_seconds)
+        if settings.on_store_failure == "last_known"
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_guarded(app)  # again: routes may have been added after create_app returned
+        if snapshot is not None:
+            await run_in_threadpool(snapshot.start)
         if embedded is not None:
             embedded.start()
         try:
@@ -61,6 +69,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
         finally:
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
+            if snapshot is not None:
+                await run_in_threadpool(snapshot.stop)
             runtime.close()
 
     app = FastAPI(
@@ -76,6 +86,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.worker = embedded
+    app.state.snapshot = snapshot
     web_errors.install(app)
     api.install(app)
     gate.install(app)

@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
-from appwarden.access.gate import GateConfig, parse_gate_request
+from appwarden.access.gate import GateConfig, GateRequest, normalise_user, parse_gate_request
+from appwarden.devices.identifiers import normalise
 from appwarden.usecases.gate import GateAnswer, GatePolicy, answer, problem_body
+from appwarden.vocabulary import Decision
 from appwarden.web import Runtime
 from appwarden.web.api import metrics_of
 from appwarden.web.auth import runtime_of
-from appwarden.web.errors import Unauthenticated
+from appwarden.web.errors import ServiceUnavailable, Unauthenticated
+from appwarden.web.snapshot import DecisionSnapshot
 
+log = logging.getLogger("appwarden.web")
 PROXY_KEY_HEADER = "x-appwarden-proxy-key"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -44,18 +50,76 @@ def _trusted(request: Request, runtime: Runtime) -> bool:
     return False
 
 
-def _decide(runtime: Runtime, headers: dict[str, str], path: str) -> tuple[GateAnswer, GatePolicy]:
+def _policy(runtime: Runtime) -> GatePolicy:
     settings = runtime.settings
-    config = GateConfig(device_header=settings.gate_device_header)
-    policy = GatePolicy(
+    return GatePolicy(
         unseen_device=settings.unseen_device,
         unseen_device_of_blocked_person=settings.unseen_device_of_blocked_person,
         portal_url=settings.portal_url,
     )
-    request = parse_gate_request(headers, path, config)
+
+
+def _decide(
+    runtime: Runtime, snapshot: DecisionSnapshot | None, headers: dict[str, str], path: str
+) -> tuple[GateAnswer, GatePolicy]:
+    policy = _policy(runtime)
+    request = parse_gate_request(
+        headers, path, GateConfig(device_header=runtime.settings.gate_device_header)
+    )
     now = runtime.now()
-    with runtime.uow(now, write=False) as uow:
-        return answer(uow, request, policy, now), policy
+    try:
+        with runtime.uow(now, write=False) as uow:
+            return answer(uow, request, policy, now), policy
+    except (DBAPIError, ServiceUnavailable):
+        log.warning(
+            "gate: the store is not reachable; answering %s", runtime.settings.on_store_failure
+        )
+        return _without_store(runtime.settings.on_store_failure, snapshot, request, policy), policy
+
+
+def _without_store(
+    mode: str, snapshot: DecisionSnapshot | None, request: GateRequest, policy: GatePolicy
+) -> GateAnswer:
+    """on_store_failure: `allow` or `deny` everything gated, or answer from the last known copy."""
+    if request.resource is None:
+        return GateAnswer(Decision.ALLOW, "not_gated")
+    if mode != "last_known" or snapshot is None:
+        return GateAnswer(Decision(mode if mode != "last_known" else "deny"), "store_unavailable")
+    user = normalise_user(request.user)
+    if request.device_id is None:
+        return GateAnswer(
+            Decision.DENY if request.resource == "email" else Decision.ALLOW, "no_device_id"
+        )
+    value = normalise(policy.device_namespace, request.device_id)
+    label = f"{policy.device_namespace}:{value}"
+    device_id, owner, known = snapshot.lookup(policy.device_namespace, value, request.resource)
+    if device_id is None:
+        email = user if user and "@" in user else None
+        blocked = snapshot.person_denied(email, request.resource) if email else None
+        if blocked is not None:
+            return GateAnswer(
+                Decision(policy.unseen_device_of_blocked_person),
+                "unseen_device_of_blocked_person",
+                device=label,
+                person=email,
+            )
+        return GateAnswer(Decision(policy.unseen_device), "unseen_device", device=label)
+    if user is not None and not _same_person(user, owner):
+        return GateAnswer(Decision.DENY, "user_is_not_the_owner", device=label, person=owner)
+    if known is None:
+        return GateAnswer(Decision.ALLOW, "last_known", device=label, person=owner)
+    denying = [
+        str(r["policy"]) for r in known.reasons if isinstance(r, dict) and r.get("effect") == "deny"
+    ]
+    return GateAnswer(
+        Decision(known.decision), "last_known", device=label, person=owner, policies=denying
+    )
+
+
+def _same_person(user: str, owner: str | None) -> bool:
+    if owner is None:
+        return False
+    return user == owner if "@" in user else owner.split("@", 1)[0] == user
 
 
 async def _gate(request: Request) -> Response:
@@ -65,13 +129,16 @@ async def _gate(request: Request) -> Response:
             "the gate answers only its proxy (X-Appwarden-Proxy-Key)", invalid_token=True
         )
     headers = dict(request.headers.items())
-    result, policy = await run_in_threadpool(_decide, runtime, headers, request.url.path)
+    snapshot = getattr(request.app.state, "snapshot", None)
+    result, policy = await run_in_threadpool(_decide, runtime, snapshot, headers, request.url.path)
     metrics_of(request).decisions.labels(str(result.decision)).inc()
     extra: dict[str, str] = {"X-Appwarden-Decision": str(result.decision)}
     if result.device:
         extra["X-Appwarden-Device"] = result.device
     if result.person:
         extra["X-Appwarden-Person"] = result.person
+    if result.reason in ("last_known", "store_unavailable"):
+        extra["X-Appwarden-Source"] = result.reason
     if result.allowed:
         return Response(status_code=200, headers=extra)
     body: dict[str, Any] = problem_body(result, policy)
