@@ -11,7 +11,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -117,7 +116,7 @@ class Server:
 
 
 @pytest.fixture
-def organisation(postgres_database: str, capsys) -> Iterator[str]:
+def organisation(postgres_database: str, capsys) -> str:
     engine = make_engine(postgres_database)
     _empty_postgres(engine)
     engine.dispose()
@@ -125,7 +124,7 @@ def organisation(postgres_database: str, capsys) -> Iterator[str]:
     # The worker keeps the materialised decisions current: the deadline has passed.
     assert run(["--db", postgres_database, "worker", "--once", "--at", AT]) == 0
     capsys.readouterr()
-    yield postgres_database
+    return postgres_database
 
 
 def ask(base: str, device: str, user: str) -> httpx.Response:
