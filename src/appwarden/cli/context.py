@@ -19,18 +19,10 @@ from appwarden.db.engine import make_engine
 from appwarden.db.migrate import is_current
 from appwarden.db.uow import UnitOfWork, unit_of_work
 from appwarden.errors import Conflict, InvalidInput
-from appwarden.notifications.channels import (
-    Channel,
-    MaildirChannel,
-    RateLimiter,
-    SmtpChannel,
-    SmtpSettings,
-    WebhookChannel,
-)
 from appwarden.notifications.templates import templates_digest
 from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
-from appwarden.usecases.deliver import Delivery, RateLimited
+from appwarden.usecases.deliver import Delivery, delivery_from_settings
 from appwarden.usecases.notices import NoticeConfig
 from appwarden.wiring import build_bus
 
@@ -70,38 +62,7 @@ class AppContext:
 
     def delivery(self) -> Delivery:
         """Channels from the settings: SMTP when a host is set, else the local maildir."""
-        settings = self.settings
-        mail: Channel
-        if settings.smtp_host:
-            mail = SmtpChannel(
-                SmtpSettings(
-                    host=settings.smtp_host,
-                    port=settings.smtp_port,
-                    starttls=settings.smtp_starttls,
-                    ssl=settings.smtp_ssl,
-                    username=settings.smtp_username,
-                    password=settings.smtp_password.get_secret_value()
-                    if settings.smtp_password
-                    else None,
-                    sender=settings.smtp_sender,
-                )
-            )
-        else:
-            mail = MaildirChannel(settings.maildir)
-        webhook = (
-            WebhookChannel(settings.webhook_secret.get_secret_value().encode())
-            if settings.webhook_url and settings.webhook_secret
-            else None
-        )
-        return Delivery(
-            mail=RateLimited(mail, RateLimiter(settings.smtp_max_per_minute)),
-            webhook=webhook,
-            sender=settings.smtp_sender,
-            config=self.notice_config,
-            lease=timedelta(seconds=settings.notice_lease_seconds),
-            batch=settings.worker_batch,
-            max_attempts=settings.max_delivery_attempts,
-        )
+        return delivery_from_settings(self.settings, self.notice_config)
 
     @property
     def templates_digest(self) -> str:

@@ -20,13 +20,18 @@ from appwarden.notifications import service as outbox
 from appwarden.notifications.channels import (
     Channel,
     DeliveryError,
+    MaildirChannel,
     OutgoingEmail,
     OutgoingWebhook,
     RateLimiter,
+    SmtpChannel,
+    SmtpSettings,
+    WebhookChannel,
     backoff_delay,
 )
 from appwarden.notifications.messages import RenderedMessage, build_email
 from appwarden.notifications.models import Notice, OutboxEvent
+from appwarden.settings import Settings
 from appwarden.usecases.notices import NoticeConfig, refresh_reminder
 from appwarden.usecases.retract import correction_after_late_delivery
 from appwarden.vocabulary import NoticeKind, NoticeStatus
@@ -265,3 +270,39 @@ def retry_failed(uow: UnitOfWork, *, notice_ids: list[int] | None = None) -> int
             count += 1
     record(uow, action="notice.retry", object_type="notice", object_id="*", after={"count": count})
     return count
+
+
+def delivery_from_settings(settings: Settings, config: NoticeConfig) -> Delivery:
+    """Channels from the settings: SMTP when a host is set, else the local maildir (the same
+    choice `appwarden worker` makes)."""
+    mail: Channel
+    if settings.smtp_host:
+        mail = SmtpChannel(
+            SmtpSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                starttls=settings.smtp_starttls,
+                ssl=settings.smtp_ssl,
+                username=settings.smtp_username,
+                password=settings.smtp_password.get_secret_value()
+                if settings.smtp_password
+                else None,
+                sender=settings.smtp_sender,
+            )
+        )
+    else:
+        mail = MaildirChannel(settings.maildir)
+    webhook = (
+        WebhookChannel(settings.webhook_secret.get_secret_value().encode())
+        if settings.webhook_url and settings.webhook_secret
+        else None
+    )
+    return Delivery(
+        mail=RateLimited(mail, RateLimiter(settings.smtp_max_per_minute)),
+        webhook=webhook,
+        sender=settings.smtp_sender,
+        config=config,
+        lease=timedelta(seconds=settings.notice_lease_seconds),
+        batch=settings.worker_batch,
+        max_attempts=settings.max_delivery_attempts,
+    )

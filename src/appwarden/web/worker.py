@@ -12,61 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 
-from appwarden.notifications.channels import (
-    Channel,
-    MaildirChannel,
-    RateLimiter,
-    SmtpChannel,
-    SmtpSettings,
-    WebhookChannel,
+from appwarden.usecases.deliver import (
+    Delivery,
+    DeliveryStats,
+    deliver_due,
+    delivery_from_settings,
 )
-from appwarden.settings import Settings
-from appwarden.usecases.deliver import Delivery, DeliveryStats, RateLimited, deliver_due
 from appwarden.usecases.exemptions import warn_expiring
-from appwarden.usecases.notices import NoticeConfig
 from appwarden.usecases.release import refresh_expired, release_due
 from appwarden.web import Runtime
 
 log = logging.getLogger("appwarden.worker")
-
-
-def build_delivery(settings: Settings, config: NoticeConfig) -> Delivery:
-    """Channels from the settings: SMTP when a host is set, else the local maildir (the same
-    choice `appwarden worker` makes)."""
-    mail: Channel
-    if settings.smtp_host:
-        mail = SmtpChannel(
-            SmtpSettings(
-                host=settings.smtp_host,
-                port=settings.smtp_port,
-                starttls=settings.smtp_starttls,
-                ssl=settings.smtp_ssl,
-                username=settings.smtp_username,
-                password=settings.smtp_password.get_secret_value()
-                if settings.smtp_password
-                else None,
-                sender=settings.smtp_sender,
-            )
-        )
-    else:
-        mail = MaildirChannel(settings.maildir)
-    webhook = (
-        WebhookChannel(settings.webhook_secret.get_secret_value().encode())
-        if settings.webhook_url and settings.webhook_secret
-        else None
-    )
-    return Delivery(
-        mail=RateLimited(mail, RateLimiter(settings.smtp_max_per_minute)),
-        webhook=webhook,
-        sender=settings.smtp_sender,
-        config=config,
-        lease=timedelta(seconds=settings.notice_lease_seconds),
-        batch=settings.worker_batch,
-        max_attempts=settings.max_delivery_attempts,
-    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +51,9 @@ class EmbeddedWorker:
     @property
     def delivery(self) -> Delivery:
         if self._delivery is None:
-            self._delivery = build_delivery(self.runtime.settings, self.runtime.notice_config)
+            self._delivery = delivery_from_settings(
+                self.runtime.settings, self.runtime.notice_config
+            )
         return self._delivery
 
     def run_once(self) -> PassResult:
