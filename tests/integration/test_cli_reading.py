@@ -99,3 +99,19 @@ def test_a_schema_that_is_not_current_is_refused(cli, tmp_path):
     empty = tmp_path / "empty.db"
     code = run(["--db", f"sqlite:///{empty}", "status"])
     assert code == 4
+
+
+def test_the_exchange_script_sets_each_device_to_its_current_decision(cli):
+    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+    assert cli("worker", "--once", "--at", "2020-07-11T12:00:00-07:00").code == 0
+    script = cli("enforcement", "exchange-script", "--at", "2020-07-11T12:00:00-07:00")
+    assert script.code == 0
+    lines = [line for line in script.out.splitlines() if line.startswith("Set-CASMailbox")]
+    assert lines[0] == (
+        "Set-CASMailbox -Identity 'alice@example.com' "
+        "-ActiveSyncBlockedDeviceIDs @{Add='6F24CAD599A5BF1A690246B8C68FAE8D'} "
+        "-ActiveSyncAllowedDeviceIDs @{Remove='6F24CAD599A5BF1A690246B8C68FAE8D'}"
+    )
+    assert len(lines) == 5
+    assert sum("@{Add=" in line for line in lines) == 2  # alice and carol
+    assert "$ErrorActionPreference = 'Stop'" in script.out

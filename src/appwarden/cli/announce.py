@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, short_time, table
 from appwarden.devices.service import find_device
+from appwarden.enforcement.exchange import current_state_script
 from appwarden.errors import InvalidInput
 from appwarden.exemptions import service as exemptions
 from appwarden.exemptions.models import Exemption
@@ -22,6 +24,7 @@ from appwarden.notifications.models import Notice
 from appwarden.policies import service as policies
 from appwarden.timeutil import iso
 from appwarden.usecases.deliver import Delivery, deliver_due, retry_failed
+from appwarden.usecases.enforcement import exchange_state
 from appwarden.usecases.exemptions import after_decision, warn_expiring
 from appwarden.usecases.notices import plan_release
 from appwarden.usecases.release import refresh_expired, release_due
@@ -32,7 +35,11 @@ notices_app = typer.Typer(help="Notices sent and queued.", invoke_without_comman
 exemption_app = typer.Typer(no_args_is_help=True, help="Time-boxed, justified exemptions.")
 
 
+enforcement_app = typer.Typer(no_args_is_help=True, help="Push decisions to mail providers.")
+
+
 def register(app: typer.Typer, policy_app: typer.Typer) -> None:
+    app.add_typer(enforcement_app, name="enforcement")
     policy_app.command("preview")(policy_preview)
     policy_app.command("retract")(policy_retract)
     app.add_typer(notices_app, name="notices")
@@ -382,3 +389,19 @@ def exemption_list(
 
 
 __all__ = ["register"]
+
+
+@enforcement_app.command("exchange-script")
+def exchange_script(
+    add_to_allowed: Annotated[
+        bool, typer.Option("--add-to-allowed", help="Also list allowed devices explicitly.")
+    ] = False,
+    at: At = None,
+) -> None:
+    """A PowerShell script (Set-CASMailbox) that puts every mailbox's ActiveSync block and allow
+    lists in the state appwarden decided. Idempotent; run it from Exchange Online PowerShell."""
+    context = ctx()
+    now = context.at(at)
+    with context.uow(now, write=False) as uow:
+        rows = exchange_state(uow)
+    sys.stdout.write(current_state_script(rows, generated_at=now, add_to_allowed=add_to_allowed))
