@@ -58,3 +58,15 @@ class Settings(BaseSettings):
     # decisions (refreshed every `gate_snapshot_seconds`), or allow, or deny everything.
     on_store_failure: Literal["last_known", "allow", "deny"] = "last_known"
     gate_snapshot_seconds: float = 1.0
+
+    # Enforcement at the mail provider (docs/enforcement.md), driven by decision changes.
+    enforce_resource: str = "email"
+    google_service_account_file: Path | None = None
+    google_admin_subject: str | None = None
+    google_customer_id: str = "my_customer"
+    google_api_base: str = "https://admin.googleapis.com"
+    exchange_tenant_id: str | None = None
+    exchange_client_id: str | None = None
+    exchange_client_secret: SecretStr | None = None
+    exchange_api_base: str = "https://outlook.office365.com"
+    exchange_token_url: str | None = None  # default: the tenant's Entra token endpoint

@@ -33,7 +33,13 @@ def metadata() -> MetaData:
     return Base.metadata
 
 
-def build_bus(config: NoticeConfig | None = None, *, webhook_url: str | None = None) -> EventBus:
+def build_bus(
+    config: NoticeConfig | None = None,
+    *,
+    webhook_url: str | None = None,
+    enforce: tuple[str, ...] = (),
+    enforce_resource: str = "email",
+) -> EventBus:
     """Every in-process reaction to a domain event is registered here. Reactions run inside the
     unit of work of their cause; what leaves the building goes through the outbox."""
     bus = EventBus()
@@ -73,4 +79,23 @@ def build_bus(config: NoticeConfig | None = None, *, webhook_url: str | None = N
             )
 
         bus.subscribe(DecisionChanged, decision_webhook)
+    if enforce:
+        providers = enforce
+
+        def tell_providers(uow: UnitOfWork, event: DecisionChanged) -> None:
+            if event.resource != enforce_resource:
+                return
+            body: dict[str, Any] = {
+                "device_id": event.device_id,
+                "resource": event.resource,
+                "new": event.new,
+                "at": iso(event.at),
+            }
+            for provider in providers:
+                key = f"{provider}/{event.device_id}/{event.resource}/{iso(event.at)}/{event.new}"
+                outbox.enqueue_webhook(
+                    uow, url=provider, event_type=provider, event_key=key, body=body
+                )
+
+        bus.subscribe(DecisionChanged, tell_providers)
     return bus

@@ -23,6 +23,7 @@ from appwarden.notifications.templates import templates_digest
 from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
 from appwarden.usecases.deliver import Delivery, delivery_from_settings
+from appwarden.usecases.enforce import configured
 from appwarden.usecases.notices import NoticeConfig
 from appwarden.wiring import build_bus
 
@@ -93,7 +94,12 @@ class AppContext:
         self, at: datetime, *, actor: str | None = None, write: bool = True
     ) -> Iterator[UnitOfWork]:
         self.require_schema()
-        bus = build_bus(self.notice_config, webhook_url=self.settings.webhook_url)
+        bus = build_bus(
+            self.notice_config,
+            webhook_url=self.settings.webhook_url,
+            enforce=configured(self.settings),
+            enforce_resource=self.settings.enforce_resource,
+        )
         with unit_of_work(
             self.engine, now=at, bus=bus, actor=actor or self.actor, write=write
         ) as uow:

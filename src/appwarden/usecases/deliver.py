@@ -32,6 +32,7 @@ from appwarden.notifications.channels import (
 from appwarden.notifications.messages import RenderedMessage, build_email
 from appwarden.notifications.models import Notice, OutboxEvent
 from appwarden.settings import Settings
+from appwarden.usecases.enforce import Enforcers, Send, enforcers_from_settings, prepare
 from appwarden.usecases.notices import NoticeConfig, refresh_reminder
 from appwarden.usecases.retract import correction_after_late_delivery
 from appwarden.vocabulary import NoticeKind, NoticeStatus
@@ -69,11 +70,12 @@ class Delivery:
     lease: timedelta = timedelta(minutes=5)
     batch: int = 10
     max_attempts: int = 8
+    enforcers: Enforcers | None = None
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     after_send: Callable[[Notice], None] | None = None  # a test hook: crash points
 
     def close(self) -> None:
-        for channel in (self.mail, self.webhook):
+        for channel in (self.mail, self.webhook, self.enforcers):
             close = getattr(channel, "close", None)
             if close is not None:
                 close()
@@ -194,31 +196,47 @@ def _failed(
         stats.retried += 1
 
 
-def _claim_webhooks(
-    open_uow: OpenUnitOfWork, delivery: Delivery
-) -> list[tuple[int, OutgoingWebhook]]:
-    if delivery.webhook is None:
-        return []
+def _claim_webhooks(open_uow: OpenUnitOfWork, delivery: Delivery) -> list[tuple[int, Send]]:
+    """Claim due outbox events; each becomes a call that talks to its receiver (a signed
+    webhook, or a mail provider told the device's current decision)."""
     with open_uow() as uow:
-        return [
-            (e.id, OutgoingWebhook(url=e.url, body=orjson.dumps(e.body), event_id=e.event_id))
-            for e in outbox.claim_webhooks(
-                uow, limit=delivery.batch, wall_now=delivery.wall_clock()
-            )
-        ]
+        events = outbox.claim_webhooks(uow, limit=delivery.batch, wall_now=delivery.wall_clock())
+        return [(event.id, _sender(uow, event, delivery)) for event in events]
+
+
+def _sender(uow: UnitOfWork, event: OutboxEvent, delivery: Delivery) -> Send:
+    def refuse(error: DeliveryError) -> Send:
+        def raise_it() -> None:
+            raise error
+
+        return raise_it
+
+    if event.event_type.startswith("enforce."):
+        if delivery.enforcers is None:
+            return refuse(DeliveryError("enforcement is not configured", permanent=True))
+        try:
+            return prepare(uow, event, delivery.enforcers)
+        except DeliveryError as exc:
+            return refuse(exc)
+    webhook = delivery.webhook
+    if webhook is None:
+        return refuse(DeliveryError("no webhook channel is configured", permanent=True))
+    outgoing = OutgoingWebhook(
+        url=event.url, body=orjson.dumps(event.body), event_id=event.event_id
+    )
+    return lambda: webhook.send(outgoing)
 
 
 def _send_webhook(
     open_uow: OpenUnitOfWork,
     delivery: Delivery,
     event_id: int,
-    outgoing: OutgoingWebhook,
+    send: Send,
     stats: DeliveryStats,
 ) -> None:
-    assert delivery.webhook is not None
     error: DeliveryError | None = None
     try:
-        delivery.webhook.send(outgoing)
+        send()
     except DeliveryError as exc:
         error = exc
     with open_uow() as uow:
@@ -305,4 +323,5 @@ def delivery_from_settings(settings: Settings, config: NoticeConfig) -> Delivery
         lease=timedelta(seconds=settings.notice_lease_seconds),
         batch=settings.worker_batch,
         max_attempts=settings.max_delivery_attempts,
+        enforcers=enforcers_from_settings(settings),
     )

@@ -28,6 +28,7 @@ from appwarden.clock import Clock
 from appwarden.db.migrate import is_current
 from appwarden.db.uow import UnitOfWork, unit_of_work
 from appwarden.settings import Settings
+from appwarden.usecases.enforce import configured
 from appwarden.usecases.notices import NoticeConfig
 from appwarden.web.errors import ServiceUnavailable
 from appwarden.wiring import build_bus
@@ -81,7 +82,12 @@ class Runtime:
         """A unit of work at logical time `at`, with the event reactions of `wiring`. After a
         writing one commits, the audit entries it recorded are chained."""
         self.require_schema()
-        bus = build_bus(self.notice_config, webhook_url=self.settings.webhook_url)
+        bus = build_bus(
+            self.notice_config,
+            webhook_url=self.settings.webhook_url,
+            enforce=configured(self.settings),
+            enforce_resource=self.settings.enforce_resource,
+        )
         audited = False
         with unit_of_work(self.engine, now=at, bus=bus, actor=actor, write=write) as uow:
             if write:
