@@ -21,12 +21,6 @@ class DecisionChanged:
 
 
 @dataclass(frozen=True, slots=True)
-class InventoryChanged:
-    device_id: int
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class DeviceEvaluated:
     """A device's states under the versions in effect were (re)computed and stored."""
 
@@ -36,7 +30,7 @@ class DeviceEvaluated:
     at: datetime
 
 
-Event = DecisionChanged | InventoryChanged | DeviceEvaluated
+Event = DecisionChanged | DeviceEvaluated
 Handler = Callable[[Any, Any], None]
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
-
 from appwarden.compliance.evaluate import (
     DeviceView,
     Evaluation,
@@ -155,15 +153,3 @@ def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) ->
         stored.reasons = list(evaluation.reasons)
         stored.evaluated_at = uow.now
     uow.session.flush()
-
-
-def stored_states(uow: UnitOfWork, version_id: int) -> list[ComplianceRecord]:
-    return list(
-        uow.session.scalars(
-            select(ComplianceRecord).where(ComplianceRecord.version_id == version_id)
-        )
-    )
-
-
-def forget_version(uow: UnitOfWork, version_id: int) -> None:
-    uow.session.execute(delete(ComplianceRecord).where(ComplianceRecord.version_id == version_id))

@@ -15,7 +15,6 @@ from appwarden.catalog.matching import like_pattern, rule_key
 from appwarden.catalog.model import AppIdentifier, Catalog
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from appwarden.identity.models import Person
 from appwarden.identity.service import require
 from appwarden.policies.document import PolicyDocument, parse_policy
 from appwarden.policies.lifecycle import LIVE_STATES, OPEN_STATES, next_state
@@ -483,10 +482,6 @@ def live_identifier_keys(uow: UnitOfWork) -> set[tuple[str, str, bool]]:
         .where(PolicyVersion.state.in_([*OPEN_STATES, VersionState.ACTIVE]))
     )
     return {(ns, value, like is not None) for ns, value, like in rows}
-
-
-def person_label(person: Person | None) -> str | None:
-    return None if person is None else person.email
 
 
 def _iso(value: datetime) -> str:
