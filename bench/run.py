@@ -1,0 +1,320 @@
+"""Run the HTTP benchmarks of DESIGN.md §9 and record them.
+
+    python -m bench.run [--workload W2|W6|all] [--quick] [--db URL] [--no-access-log]
+
+Each run builds its own fleet in a scratch store (a SQLite file in a temporary directory, or a
+scratch database on the PostgreSQL server `--db` names), runs the workloads against uvicorn
+processes pinned to core 0 with the load generators on core 1, writes
+`bench/results/<workload>[-postgresql][-quick].json` and refreshes the table in bench/README.md.
+A progress bar is shown on a terminal; piped, only the summary is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+README = BENCH / "README.md"
+TABLE_START = "<!-- results:start -->"
+TABLE_END = "<!-- results:end -->"
+PACKAGES = (
+    "appwarden",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "h11",
+    "httptools",
+    "uvloop",
+    "sqlalchemy",
+    "psycopg",
+    "anyio",
+)
+
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+
+class Reporter:
+    """A rich progress bar on a terminal, nothing when stderr is piped."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    @contextmanager
+    def session(self) -> Iterator[Reporter]:
+        if not stderr.is_terminal:
+            yield self
+            return
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
+        ) as bar:
+            self.bar = bar
+            try:
+                yield self
+            finally:
+                self.bar = None
+
+    def phase(self, description: str, total: int | None = None) -> None:
+        if self.bar is None:
+            return
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(description, total=total)
+
+    def note(self, description: str) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description=description)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task, n)
+
+
+# ── machine information ───────────────────────────────────────────────────────────────────────
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _command(args: list[str]) -> str | None:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout or done.stderr).strip() or None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine(store_version: str) -> dict[str, Any]:
+    root = BENCH.parent
+    commit = _command(["git", "-C", str(root), "rev-parse", "HEAD"])
+    dirty = _command(["git", "-C", str(root), "status", "--porcelain", "--", "src"])
+    wrk = _command(["wrk", "--version"])
+    return {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "store": store_version,
+        "packages": {p: _version(p) for p in PACKAGES},
+        "uvicorn_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "uvicorn_http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "wrk": wrk.splitlines()[0] if wrk else None,
+        "git_commit": commit,
+        "src_modified": bool(dirty),
+        "loadavg_at_start": _loadavg(),
+    }
+
+
+# ── results ───────────────────────────────────────────────────────────────────────────────────
+
+
+def result_name(workload: str, backend: str, quick: bool) -> str:
+    suffix = ("-postgresql" if backend == "postgresql" else "") + ("-quick" if quick else "")
+    return f"{workload.lower()}{suffix}.json"
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def _ok(flag: bool) -> str:
+    return "pass" if flag else "FAIL"
+
+
+def table_rows(result: dict[str, Any], name: str) -> list[str]:
+    when = result.get("finished_at", "")[:16].replace("T", " ")
+    store = result["machine"]["store"].split(" (")[0].split(",")[0]
+    mode = "quick" if result.get("quick") else "full"
+    label = f"`{name}` ({mode}, {store}, {when}Z)"
+    rows = []
+    if result["workload"] == "W2":
+        bars = result["bars"]
+        c, g = result["max_rps"]["constant"], result["max_rps"]["gate"]
+        gate_lat = result["open_loop"]["gate"]["latency_from_scheduled_start"]
+        const_lat = result["open_loop"]["constant"]["latency_from_scheduled_start"]
+        rows.append(
+            f"| {label} | W2 max req/s: gate {g:,.0f} / constant {c:,.0f} | ratio "
+            f"{result['ratio']:.3f} | >= 0.70 | {_ok(bars['throughput_ratio']['pass'])} |"
+        )
+        rows.append(
+            f"| | W2 open loop at {result['open_loop']['rate_per_s']:,.0f}/s: gate p50 "
+            f"{gate_lat['p50_ms']} / p99 {gate_lat['p99_ms']} ms (constant p50 "
+            f"{const_lat['p50_ms']} / p99 {const_lat['p99_ms']} ms) | p99 {gate_lat['p99_ms']} ms "
+            f"| <= 5 ms | {_ok(bars['gate_p99_at_half_max']['pass'])} |"
+        )
+        sample = result["sample"]
+        rows.append(
+            f"| | W2 gate = API on {sample['sample']} phones | {len(sample['mismatches'])} "
+            f"mismatches | identical | {_ok(bars['sample_matches_api']['pass'])} |"
+        )
+    else:
+        bars = result["bars"]
+        same = result["same_process"]
+        other = result["other_process"]["latency"]
+        rows.append(
+            f"| {label} | W6 same process: {result['measured']} flips, p50 "
+            f"{same['latency']['p50_ms']} / p99 {same['latency']['p99_ms']} ms | "
+            f"{len(same['failures'])} failures | 0 failures | "
+            f"{_ok(bars['same_process_read_your_writes']['pass'])} |"
+        )
+        rows.append(
+            f"| | W6 other process: p50 {other['p50_ms']} / p99 {other['p99_ms']} / max "
+            f"{other['max_ms']} ms ({result['other_process']['timeouts']} timeouts) | p99 "
+            f"{other['p99_ms']} ms | <= 1000 ms | {_ok(bars['other_process_p99']['pass'])} |"
+        )
+    return rows
+
+
+def refresh_readme() -> None:
+    """Rewrite the table between the markers in bench/README.md from bench/results/*.json."""
+    if not README.exists():
+        return
+    lines = [
+        "| run | measured | value | bar | |",
+        "|---|---|---|---|---|",
+    ]
+    for path in sorted(RESULTS.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+            lines += table_rows(result, path.name)
+        except (KeyError, ValueError, TypeError):
+            lines.append(f"| `{path.name}` | unreadable | | | |")
+    text = README.read_text()
+    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.DOTALL)
+    block = f"{TABLE_START}\n" + "\n".join(lines) + f"\n{TABLE_END}"
+    if pattern.search(text):
+        README.write_text(pattern.sub(lambda _m: block, text))
+
+
+# ── the run ───────────────────────────────────────────────────────────────────────────────────
+
+
+def _finish(
+    result: dict[str, Any], info: dict[str, Any], quick: bool, started: datetime
+) -> dict[str, Any]:
+    return {
+        "workload": result["workload"],
+        "quick": quick,
+        "started_at": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "machine": {**info, "loadavg_at_end": _loadavg()},
+        **result,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--workload", choices=["W2", "W6", "ALL"], default="ALL", type=str.upper)
+    parser.add_argument("--quick", action="store_true", help="1,000 extra devices, short runs")
+    parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="servers without appwarden's JSON access log (on by default, as `appwarden serve`)",
+    )
+    parser.add_argument("--no-readme", action="store_true", help="do not refresh bench/README.md")
+    args = parser.parse_args(argv)
+    workloads = ["W2", "W6"] if args.workload == "ALL" else [args.workload]
+    if "W2" in workloads and shutil.which("wrk") is None:
+        stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        stderr.print("bench: warning: one core; server and load generator will share it")
+
+    from bench import fleet as fleets
+    from bench import w2_gate, w6_flip
+
+    access_log = not args.no_access_log
+    w2_params = w2_gate.Params.of(quick=args.quick, access_log=access_log)
+    w6_params = w6_flip.Params.of(quick=args.quick, access_log=access_log)
+    extra = max(
+        w2_params.extra_devices if "W2" in workloads else 0,
+        w6_params.extra_devices if "W6" in workloads else 0,
+    )
+    reporter = Reporter()
+    written: list[tuple[str, dict[str, Any]]] = []
+    started = datetime.now(UTC)
+    with reporter.session():
+        reporter.phase(f"building the fleet: demo + {extra:,} devices", total=extra)
+        with fleets.prepared_fleet(args.db, extra, advance=reporter.advance) as fleet:
+            info = machine(fleet.store_version)
+            info["fleet"] = {
+                "extra_devices": fleet.extra,
+                "phones_reaching_mail": len(fleet.phones),
+                "seconds_to_build": round(fleet.seconds_to_build, 1),
+                "backend": fleet.backend,
+            }
+            if "W2" in workloads:
+                reporter.phase("W2")
+                result = w2_gate.run(fleet, w2_params, reporter.note)
+                name = result_name("W2", fleet.backend, args.quick)
+                written.append((name, _finish(result, info, args.quick, started)))
+                write_result(*written[-1])
+            if "W6" in workloads:
+                reporter.phase("W6: report -> flip", total=w6_params.iterations)
+                result = w6_flip.run(fleet, w6_params, reporter.note, reporter.advance)
+                name = result_name("W6", fleet.backend, args.quick)
+                written.append((name, _finish(result, info, args.quick, started)))
+                write_result(*written[-1])
+    if not args.no_readme:
+        refresh_readme()
+    for name, result in written:
+        for row in table_rows(result, name):
+            stdout.print(row, markup=False, soft_wrap=True)
+    return 0 if all(r["pass"] for _, r in written) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
