@@ -19,7 +19,7 @@ import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,6 @@ class Fleet:
     token: str  # inventory:write and decisions:read
     seconds_to_build: float = 0.0
     store_version: str = ""
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def phones(self) -> list[tuple[str, str]]:

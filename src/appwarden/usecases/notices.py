@@ -23,8 +23,8 @@ from sqlalchemy import select
 from appwarden.access.models import DecisionRecord
 from appwarden.catalog.model import Catalog
 from appwarden.compliance.evaluate import Evaluation
-from appwarden.compliance.rules import rules_of
-from appwarden.compliance.service import fleet_status
+from appwarden.compliance.rules import device_views, rules_of
+from appwarden.compliance.service import evaluate_view, fleet_status
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceResource
 from appwarden.devices.service import device_identifiers
@@ -578,12 +578,11 @@ def announce_entrant(
     """A person who enters the audience after release is announced then, with their own due."""
     if not released(version) or person.status != "active":
         return []
-    if person.id in _told_announce(uow, version.policy_id):
+    if _was_announced(uow, version.policy_id, person.id):
         return []
     doc = document_of(version)
-    audience = _audience(uow, version, uow.now, version.release_at or uow.now)
     entries = [
-        (d, e) for d, e in audience.by_person.get(person.id, []) if e.state in AUDIENCE_STATES
+        (d, e) for d, e in _person_entries(uow, version, person) if e.state in AUDIENCE_STATES
     ]
     if not entries:
         return []
@@ -612,6 +611,36 @@ def announce_entrant(
     return materialise(uow, version, notices, config)
 
 
+def _was_announced(uow: UnitOfWork, policy_id: str, person_id: int) -> bool:
+    return (
+        uow.session.scalars(
+            select(Notice.id).where(
+                Notice.policy_id == policy_id,
+                Notice.person_id == person_id,
+                Notice.kind == NoticeKind.ANNOUNCE,
+                Notice.status != NoticeStatus.CANCELLED,
+            )
+        ).first()
+        is not None
+    )
+
+
+def _person_entries(
+    uow: UnitOfWork, version: PolicyVersion, person: Person
+) -> list[tuple[Device, Evaluation]]:
+    """One person's in-scope devices under the version now: evaluated device by device, so a
+    late entrant or a due reminder costs that person's devices, not a pass over the fleet."""
+    rules = rules_of(uow, version)
+    devices = list(uow.session.scalars(select(Device).where(Device.owner_id == person.id)))
+    views = device_views(uow, [d.id for d in devices])
+    entries = []
+    for device in devices:
+        evaluation = evaluate_view(uow, rules, views[device.id], device.owner_id, uow.now)
+        if evaluation.state != ComplianceState.NOT_APPLICABLE:
+            entries.append((device, evaluation))
+    return entries
+
+
 def refresh_reminder(uow: UnitOfWork, notice: Notice, config: NoticeConfig) -> bool:
     """When a reminder is due: still needed? Re-render it with the devices as they are now.
     Returns False (and cancels it) when no device of the person needs action any more."""
@@ -621,9 +650,8 @@ def refresh_reminder(uow: UnitOfWork, notice: Notice, config: NoticeConfig) -> b
         outbox.cancel(uow, notice, "no_longer_required")
         return False
     doc = document_of(version)
-    audience = _audience(uow, version, uow.now, version.release_at or uow.now)
     entries = [
-        (d, e) for d, e in audience.by_person.get(person.id, []) if e.state in STILL_REQUIRED
+        (d, e) for d, e in _person_entries(uow, version, person) if e.state in STILL_REQUIRED
     ]
     if not entries:
         outbox.cancel(uow, notice, "no_longer_required")
