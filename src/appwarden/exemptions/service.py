@@ -198,6 +198,15 @@ def revoke(uow: UnitOfWork, exemption_id: int, *, note: str) -> Exemption:
     return exemption
 
 
+def holder(uow: UnitOfWork, exemption: Exemption) -> Person | None:
+    """Who holds the exemption: its person, or the owner of its device."""
+    person_id = exemption.person_id
+    if person_id is None and exemption.device_id is not None:
+        device = uow.session.get(Device, exemption.device_id)
+        person_id = device.owner_id if device else None
+    return uow.session.get(Person, person_id) if person_id is not None else None
+
+
 def get(uow: UnitOfWork, exemption_id: int) -> Exemption:
     exemption = uow.session.get(Exemption, exemption_id)
     if exemption is None:

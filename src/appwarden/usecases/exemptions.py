@@ -11,21 +11,12 @@ from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.exemptions import service as exemptions
 from appwarden.exemptions.models import Exemption
-from appwarden.identity.models import Person
 from appwarden.notifications import service as outbox
 from appwarden.policies.service import document_of, live_version
 from appwarden.usecases.ingest import reevaluate_device
 from appwarden.usecases.notices import NoticeConfig, _render, released
 
 EXPIRY_WARNING = timedelta(days=7)
-
-
-def holder(uow: UnitOfWork, exemption: Exemption) -> Person | None:
-    person_id = exemption.person_id
-    if person_id is None and exemption.device_id is not None:
-        device = uow.session.get(Device, exemption.device_id)
-        person_id = device.owner_id if device else None
-    return uow.session.get(Person, person_id) if person_id is not None else None
 
 
 def covered_devices(uow: UnitOfWork, exemption: Exemption) -> list[Device]:
@@ -47,7 +38,7 @@ def _tell(
     uow: UnitOfWork, exemption: Exemption, config: NoticeConfig, *, template: str, slot: str
 ) -> bool:
     version = live_version(uow, exemption.policy_id, uow.now)
-    person = holder(uow, exemption)
+    person = exemptions.holder(uow, exemption)
     if version is None or person is None or not released(version):
         return False  # announced at release (usecases.notices), never before
     doc = document_of(version)

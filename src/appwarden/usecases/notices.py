@@ -30,6 +30,7 @@ from appwarden.devices.models import Device, DeviceResource
 from appwarden.devices.service import device_identifiers
 from appwarden.events import DecisionChanged
 from appwarden.exemptions.models import Exemption
+from appwarden.exemptions.service import holder
 from appwarden.identity.models import Person
 from appwarden.notifications import service as outbox
 from appwarden.notifications.messages import DeviceLine, NoticeContext, render
@@ -458,11 +459,7 @@ def _exemption_notices(
     ):
         if exemption.ends_at is None or exemption.ends_at <= at:
             continue
-        holder_id = exemption.person_id
-        if holder_id is None and exemption.device_id is not None:
-            device = uow.session.get(Device, exemption.device_id)
-            holder_id = device.owner_id if device else None
-        person = uow.session.get(Person, holder_id) if holder_id is not None else None
+        person = holder(uow, exemption)
         if person is None or outbox.find(
             uow, person.id, version.policy_id, "exemption", f"granted:{exemption.id}"
         ):
