@@ -55,9 +55,16 @@ class Settings(BaseSettings):
     unseen_device: Literal["allow", "deny"] = "allow"
     unseen_device_of_blocked_person: Literal["allow", "deny"] = "deny"
     # When the store cannot be reached: answer from each process's in-memory copy of the
-    # decisions (refreshed every `gate_snapshot_seconds`), or allow, or deny everything.
+    # decisions (the gate's index, web/live_index.py), or allow, or deny everything.
     on_store_failure: Literal["last_known", "allow", "deny"] = "last_known"
-    gate_snapshot_seconds: float = 1.0
+    # How often the gate's index checks that it is current when nothing told it of a change
+    # (PostgreSQL: its notification connection is checked every half of this, and the index is
+    # not trusted after twice this without an answer).
+    gate_index_seconds: float = 1.0
+    # Which gate answers get an access-log line: every one, denials only (the default: an allowed
+    # answer is counted in the metrics, and the proxy logs the request anyway), or none. Answers
+    # that needed the store are always logged.
+    gate_access_log: Literal["all", "deny", "none"] = "deny"
 
     # Enforcement at the mail provider (docs/enforcement.md), driven by decision changes.
     enforce_resource: str = "email"

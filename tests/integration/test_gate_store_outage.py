@@ -157,7 +157,7 @@ def test_on_store_failure(organisation, tmp_path, mode, alice, bob, source):
         clock=f"fixed:{AT}",
         gate_proxy_key=KEY,
         on_store_failure=mode,
-        gate_snapshot_seconds=0.2,
+        gate_index_seconds=0.2,
         maildir=tmp_path / "mail",
     )
     with Server(create_app(settings)) as server:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -131,6 +132,9 @@ class GateConfig:
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
     """The value of header `name`, looked up case-insensitively; None when absent."""
+    value = headers.get(name.lower())  # ASGI servers give lower-cased names: the usual hit
+    if value is not None:
+        return value
     value = headers.get(name)
     if value is not None:
         return value
@@ -466,32 +470,56 @@ def parse_gate_request(
 
 
 def _parse(headers: Mapping[str, str], path: str, config: GateConfig) -> GateRequest:
+    if any(name != name.lower() for name in headers):  # ASGI's are lower-cased already
+        headers = {name.lower(): value for name, value in headers.items()}
     uri = original_uri(headers, path, uri_headers=config.uri_headers)
-    raw_path, _, query = uri.partition("?")
-    normal = normalise_path(raw_path)
-    fields, encoding = _query_fields(query)
-
-    device_id = fields.get("DeviceId")
+    parts = _uri_parts(uri, config.locations) if len(uri) <= _CACHED_URI_LENGTH else None
+    if parts is None:
+        parts = _read_uri(uri, config.locations)
+    device_id, device_type, user, command, normal, resource, encoding = parts
     if config.device_header is not None:
-        device_id = _clean(header_value(headers, config.device_header))
+        device_id = _clean(headers.get(config.device_header.lower()))
         encoding = "header"
     if device_id is None:
         encoding = "none"
-
-    user: str | None = None
     for name in config.user_headers:
-        user = _clean(header_value(headers, name))
-        if user is not None:
+        from_header = _clean(headers.get(name.lower()))
+        if from_header is not None:
+            user = from_header
             break
-    if user is None:
-        user = fields.get("User")
-
     return GateRequest(
         device_id=device_id,
-        device_type=fields.get("DeviceType"),
+        device_type=device_type,
         user=user,
-        command=fields.get("Cmd"),
-        resource=resource_for(normal, config.locations),
+        command=command,
+        resource=resource,
         path=normal,
         encoding=encoding,
     )
+
+
+_UriParts = tuple[
+    str | None, str | None, str | None, str | None, str, str | None, Encoding
+]  # device id, device type, user, command, normalised path, resource, encoding
+
+#: A phone asks with the same URI again and again (Sync, Ping every few minutes), so what a URI
+#: says is remembered; only short URIs, so that the cache stays small whatever callers send.
+_CACHED_URI_LENGTH = 512
+
+
+def _read_uri(uri: str, locations: tuple[tuple[str, str], ...]) -> _UriParts:
+    raw_path, _, query = uri.partition("?")
+    normal = normalise_path(raw_path)
+    fields, encoding = _query_fields(query)
+    return (
+        fields.get("DeviceId"),
+        fields.get("DeviceType"),
+        fields.get("User"),
+        fields.get("Cmd"),
+        normal,
+        resource_for(normal, locations),
+        encoding,
+    )
+
+
+_uri_parts = functools.lru_cache(maxsize=16384)(_read_uri)

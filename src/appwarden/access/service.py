@@ -1,5 +1,11 @@
 """Decisions: computed from the versions in effect, materialised per (device, resource), and
-every change announced as one DecisionChanged event."""
+every change announced as one DecisionChanged event.
+
+Every process keeps an in-memory copy of the decisions for the gate (`access.index`). So that other
+processes can ask "what was written since I last looked", a transaction that wrote decisions stamps
+them with the wall-clock time of its commit (not of its first write: a long import would otherwise
+commit rows stamped minutes in the past) and, on PostgreSQL, sends a NOTIFY on `CHANGES_CHANNEL`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
 from appwarden.access.models import DecisionRecord
@@ -48,6 +54,38 @@ def decide_for(
     )
 
 
+#: The PostgreSQL NOTIFY channel a decision-writing transaction signals on commit.
+CHANGES_CHANNEL = "appwarden_decisions"
+_WRITTEN_KEY = "appwarden.decisions_written"
+_STAMP_CHUNK = 500
+
+
+def written_devices(uow: UnitOfWork) -> set[int]:
+    """The devices whose decisions this unit of work (re)wrote; the first call arranges for
+    them to be stamped (and announced) as the transaction's last statements."""
+    written: set[int] | None = uow.session.info.get(_WRITTEN_KEY)
+    if written is None:
+        written = uow.session.info[_WRITTEN_KEY] = set()
+        uow.before_commit(lambda: _stamp_written(uow, written))
+    return written
+
+
+def _stamp_written(uow: UnitOfWork, written: set[int]) -> None:
+    if not written:
+        return
+    ids = sorted(written)
+    stamp = datetime.now(UTC)
+    for start in range(0, len(ids), _STAMP_CHUNK):
+        uow.session.execute(
+            update(DecisionRecord)
+            .where(DecisionRecord.device_id.in_(ids[start : start + _STAMP_CHUNK]))
+            .values(written_at=stamp)
+            .execution_options(synchronize_session=False)
+        )
+    if uow.dialect == "postgresql":
+        uow.session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGES_CHANNEL})
+
+
 def _denying(reasons: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     return tuple(str(r["policy"]) for r in reasons if r.get("effect") == "deny")
 
@@ -67,6 +105,7 @@ def refresh_decisions(
         )
     }
     changes = []
+    written_devices(uow).add(device.id)
     for resource in sorted(resources | set(stored)):
         result = decide_for(uow, device, resource, uow.now, outcomes)
         record = stored.get(resource)

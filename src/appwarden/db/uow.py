@@ -4,7 +4,8 @@
         ingest(uow, batch)
 
 Services flush, never commit. Events published on `uow.bus` run inside the same transaction; work
-registered with `uow.after_commit` (waking a worker, say) runs only once the commit succeeded.
+registered with `uow.after_commit` (waking a worker, say) runs only once the commit succeeded;
+`uow.before_commit` work runs after the last flush, inside the transaction, as its final statements.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ class UnitOfWork:
     now: datetime
     bus: EventBus
     actor: str | None = None
+    _before_commit: list[Callable[[], None]] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def publish(self, event: Any) -> None:
         self.bus.publish(self, event)
+
+    def before_commit(self, callback: Callable[[], None]) -> None:
+        self._before_commit.append(callback)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
@@ -57,6 +62,8 @@ def unit_of_work(
         yield uow
         session.flush()
         if write:
+            for before in uow._before_commit:
+                before()
             transaction.commit()
         else:
             transaction.rollback()

@@ -10,13 +10,15 @@ against the ways a device can try to get around a block (DESIGN.md §4.3, docs/g
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import select
 
 from appwarden.access.gate import GateRequest, normalise_user
+from appwarden.access.index import DecisionIndex
 from appwarden.access.models import DecisionRecord
 from appwarden.access.service import decide_for
 from appwarden.db.uow import UnitOfWork
@@ -41,82 +43,166 @@ class GateAnswer:
     device: str | None = None
     person: str | None = None
     policies: list[str] = field(default_factory=list)
-    reasons: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def allowed(self) -> bool:
         return self.decision == Decision.ALLOW
 
 
-def _person_for_user(uow: UnitOfWork, user: str | None) -> Person | None:
-    user = normalise_user(user)
-    if not user:
-        return None
-    if "@" in user:
-        person = uow.session.scalars(select(Person).where(Person.email == user)).first()
-        if person is None:
-            person = uow.session.scalars(
-                select(Person)
-                .join(PersonAlias, PersonAlias.person_id == Person.id)
-                .where(PersonAlias.email == user)
-            ).first()
-        return person
-    # A bare account name (DOMAIN\\alice → alice): the local part of a primary email or alias.
-    pattern = f"{_escape(user)}@%"
-    candidates = list(
-        uow.session.scalars(select(Person).where(Person.email.like(pattern, escape="\\")))
+class NeedStore(Exception):
+    """The in-memory copy cannot answer this request with certainty: ask the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRef:
+    id: int
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    id: int
+    owner: PersonRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRef:
+    decision: Decision
+    denying: Sequence[str]  # the policies whose deny it carries
+
+
+class GateFacts(Protocol):
+    """Where `answer` reads its facts: the store (`StoreFacts`) or the in-memory copy
+    (`IndexFacts`). Both follow the same rules, so the two paths cannot disagree."""
+
+    def person(self, user: str) -> PersonRef | None:
+        """The person a normalised mail user names: an address (primary, then alias), or a bare
+        account name matching the local part of exactly one primary address."""
+        ...
+
+    def device(self, namespace: str, value: str) -> DeviceRef | None: ...
+
+    def decision(self, device: DeviceRef, resource: str) -> DecisionRef: ...
+
+    def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]: ...
+
+
+def answer(facts: GateFacts, request: GateRequest, policy: GatePolicy) -> GateAnswer:
+    resource = request.resource
+    if resource is None:
+        return GateAnswer(Decision.ALLOW, "not_gated")
+    user = normalise_user(request.user)
+    person = facts.person(user) if user else None
+    email = person.email if person else None
+    if request.device_id is None:
+        if resource == "email":
+            return GateAnswer(Decision.DENY, "no_device_id", person=email)
+        return GateAnswer(Decision.ALLOW, "no_device", person=email)
+    value = normalise(policy.device_namespace, request.device_id)
+    label = f"{policy.device_namespace}:{value}"
+    device = facts.device(policy.device_namespace, value)
+    if device is None:
+        return _unseen(facts, person, resource, policy, label)
+    owner = device.owner.email if device.owner else None
+    if request.user is not None and (person is None or device.owner != person):
+        return GateAnswer(Decision.DENY, "user_is_not_the_owner", device=label, person=owner)
+    decided = facts.decision(device, resource)
+    return GateAnswer(
+        decided.decision,
+        "decided",
+        device=label,
+        person=owner,
+        policies=list(decided.denying),
     )
-    return candidates[0] if len(candidates) == 1 else None
+
+
+def _unseen(
+    facts: GateFacts, person: PersonRef | None, resource: str, policy: GatePolicy, label: str
+) -> GateAnswer:
+    if person is not None:
+        for device in facts.devices_of(person):
+            decided = facts.decision(device, resource)
+            if decided.decision == Decision.DENY:
+                return GateAnswer(
+                    Decision(policy.unseen_device_of_blocked_person),
+                    "unseen_device_of_blocked_person",
+                    device=label,
+                    person=person.email,
+                    policies=list(decided.denying),
+                )
+    return GateAnswer(
+        Decision(policy.unseen_device),
+        "unseen_device",
+        device=label,
+        person=person.email if person else None,
+    )
+
+
+def _denying(reasons: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [str(r["policy"]) for r in reasons if r.get("effect") == "deny"]
+
+
+class StoreFacts:
+    """The facts as the store holds them, read in the caller's unit of work."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+    def person(self, user: str) -> PersonRef | None:
+        session = self.uow.session
+        if "@" in user:
+            person = session.scalars(select(Person).where(Person.email == user)).first()
+            if person is None:
+                person = session.scalars(
+                    select(Person)
+                    .join(PersonAlias, PersonAlias.person_id == Person.id)
+                    .where(PersonAlias.email == user)
+                ).first()
+            return _person_ref(person)
+        # A bare account name (DOMAIN\\alice → alice). A LIKE scan: the in-memory copy answers
+        # this in the common case; the store is asked only when the copy could not answer.
+        pattern = f"{_escape(user)}@%"
+        candidates = list(
+            session.scalars(select(Person).where(Person.email.like(pattern, escape="\\")).limit(2))
+        )
+        return _person_ref(candidates[0]) if len(candidates) == 1 else None
+
+    def device(self, namespace: str, value: str) -> DeviceRef | None:
+        session = self.uow.session
+        device_id = session.scalars(
+            select(DeviceIdentifier.device_id).where(
+                DeviceIdentifier.namespace == namespace, DeviceIdentifier.value == value
+            )
+        ).first()
+        if device_id is None:
+            return None
+        device = session.get(Device, device_id)
+        assert device is not None
+        return self._ref(device)
+
+    def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
+        row = self.uow.session.get(Device, device.id)
+        assert row is not None
+        decision, reasons = current_decision(self.uow, row, resource, self.uow.now)
+        return DecisionRef(decision, _denying(reasons))
+
+    def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:
+        devices = self.uow.session.scalars(
+            select(Device).where(Device.owner_id == person.id).order_by(Device.id)
+        )
+        return [self._ref(d) for d in devices]
+
+    def _ref(self, device: Device) -> DeviceRef:
+        owner = self.uow.session.get(Person, device.owner_id) if device.owner_id else None
+        return DeviceRef(device.id, _person_ref(owner))
+
+
+def _person_ref(person: Person | None) -> PersonRef | None:
+    return PersonRef(person.id, person.email) if person is not None else None
 
 
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _owns(person: Person | None, device: Device) -> bool:
-    return person is not None and device.owner_id == person.id
-
-
-def answer(uow: UnitOfWork, request: GateRequest, policy: GatePolicy, now: datetime) -> GateAnswer:
-    resource = request.resource
-    if resource is None:
-        return GateAnswer(Decision.ALLOW, "not_gated")
-    person = _person_for_user(uow, request.user)
-    if request.device_id is None:
-        if resource == "email":
-            return GateAnswer(
-                Decision.DENY, "no_device_id", person=person.email if person else None
-            )
-        return GateAnswer(Decision.ALLOW, "no_device", person=person.email if person else None)
-    value = normalise(policy.device_namespace, request.device_id)
-    row = uow.session.scalars(
-        select(DeviceIdentifier).where(
-            DeviceIdentifier.namespace == policy.device_namespace, DeviceIdentifier.value == value
-        )
-    ).first()
-    if row is None:
-        return _unseen(uow, person, resource, policy, f"{policy.device_namespace}:{value}", now)
-    device = uow.session.get(Device, row.device_id)
-    assert device is not None
-    label = f"{policy.device_namespace}:{value}"
-    owner = uow.session.get(Person, device.owner_id) if device.owner_id else None
-    if request.user is not None and not _owns(person, device):
-        return GateAnswer(
-            Decision.DENY,
-            "user_is_not_the_owner",
-            device=label,
-            person=owner.email if owner else None,
-        )
-    decision, reasons = current_decision(uow, device, resource, now)
-    denying = [str(r["policy"]) for r in reasons if r.get("effect") == "deny"]
-    return GateAnswer(
-        decision,
-        "decided",
-        device=label,
-        person=owner.email if owner else None,
-        policies=denying,
-        reasons=reasons,
-    )
 
 
 def current_decision(
@@ -131,31 +217,56 @@ def current_decision(
     return result.decision, list(result.reasons)
 
 
-def _unseen(
-    uow: UnitOfWork,
-    person: Person | None,
-    resource: str,
-    policy: GatePolicy,
-    label: str,
-    now: datetime,
-) -> GateAnswer:
-    if person is not None:
-        for device in uow.session.scalars(select(Device).where(Device.owner_id == person.id)):
-            decision, reasons = current_decision(uow, device, resource, now)
-            if decision == Decision.DENY:
-                return GateAnswer(
-                    Decision(policy.unseen_device_of_blocked_person),
-                    "unseen_device_of_blocked_person",
-                    device=label,
-                    person=person.email,
-                    policies=[str(r["policy"]) for r in reasons if r.get("effect") == "deny"],
-                )
-    return GateAnswer(
-        Decision(policy.unseen_device),
-        "unseen_device",
-        device=label,
-        person=person.email if person else None,
-    )
+class IndexFacts:
+    """The facts from the process's in-memory copy (`access.index`).
+
+    `authoritative=False` (the store is up): the copy answers only from what it positively
+    knows to be current; anything it does not know, or a decision whose `valid_until` has come,
+    raises NeedStore, so the answer is always the store's. `authoritative=True` (the store is
+    down, `on_store_failure: last_known`): the copy's last known state is the answer.
+    """
+
+    def __init__(self, index: DecisionIndex, now: datetime, *, authoritative: bool) -> None:
+        self.index = index
+        self.now = now
+        self.authoritative = authoritative
+
+    def person(self, user: str) -> PersonRef | None:
+        if "@" in user:
+            found = self.index.person_by_email(user)
+            if found is not None:
+                return PersonRef(found.id, found.email)
+        else:
+            people = self.index.people_with_local_part(user)
+            if len(people) > 1:
+                return None  # ambiguous here, so ambiguous in the store too
+            if people:
+                return PersonRef(people[0].id, people[0].email)
+        if self.authoritative:
+            return None
+        raise NeedStore
+
+    def device(self, namespace: str, value: str) -> DeviceRef | None:
+        found = self.index.device(namespace, value)
+        if found is not None:
+            device_id, owner = found
+            return DeviceRef(device_id, PersonRef(owner.id, owner.email) if owner else None)
+        if self.authoritative:
+            return None
+        raise NeedStore
+
+    def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
+        known = self.index.decision(device.id, resource)
+        if known is not None and (self.authoritative or known.valid_at(self.now)):
+            return DecisionRef(known.decision, known.denying)
+        if self.authoritative:
+            return DecisionRef(Decision.ALLOW, ())  # never decided: nothing applied to it
+        raise NeedStore
+
+    def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:
+        if not self.authoritative:
+            raise NeedStore  # the copy may not know every device of theirs
+        return [DeviceRef(d, person) for d in self.index.devices_of(person.id)]
 
 
 EXPLANATIONS = {

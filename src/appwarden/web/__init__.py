@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +20,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from appwarden.access.service import written_devices
 from appwarden.audit.models import AuditEntry
 from appwarden.audit.service import chain
 from appwarden.catalog.loader import load_catalog
@@ -41,6 +42,8 @@ class Runtime:
     settings: Settings
     engine: Engine
     clock: Clock
+    # Called after a commit that wrote decisions, with those devices (the gate's copy reloads them).
+    on_decisions_written: list[Callable[[Collection[int]], None]] = field(default_factory=list)
     _schema_current: bool = field(default=False, repr=False)
     _chain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -90,6 +93,7 @@ class Runtime:
         )
         audited = False
         with unit_of_work(self.engine, now=at, bus=bus, actor=actor, write=write) as uow:
+            written = written_devices(uow)
             if write:
 
                 def _saw_audit(session: Session, *_: Any) -> None:
@@ -98,6 +102,9 @@ class Runtime:
 
                 event.listen(uow.session, "before_flush", _saw_audit)
             yield uow
+        if write and written:
+            for callback in self.on_decisions_written:
+                callback(written)
         if audited:
             self.chain_audit(at)
 

@@ -4,8 +4,10 @@
     with TestClient(create_app(settings)) as c:  # tests: many apps per process, one registry each
 
 Routes: the /v1 API (`web.api`), `/healthz` and `/readyz` (public: see `web.auth.PUBLIC_ROUTES`),
-`/metrics` and `/openapi.json` (token with `read`). Middleware, outermost first: request ids,
-access log and the bare 500 (`web.observability`), then the authorisation backstop (`web.auth`).
+`/metrics` and `/openapi.json` (token with `read`), the gate (`web.gate`). Layers, outermost
+first: the gate's in-memory fast path (`web.gate.GateFastPath`), then FastAPI and Starlette's
+own, request ids, access log and the bare 500 (`web.observability`), the authorisation backstop
+(`web.auth`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appwarden.clock import Clock, clock_from_spec
 from appwarden.db.engine import make_engine
@@ -31,8 +34,9 @@ from appwarden.web import Runtime, api, gate
 from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
+from appwarden.web.gate import Gate, GateFastPath
+from appwarden.web.live_index import LiveIndex
 from appwarden.web.observability import Metrics, Observability
-from appwarden.web.snapshot import DecisionSnapshot
 from appwarden.web.worker import EmbeddedWorker
 
 
@@ -51,17 +55,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     runtime = Runtime(settings=settings, engine=make_engine(settings.database_url), clock=clock)
     metrics = Metrics(runtime.engine)
     embedded = EmbeddedWorker(runtime) if worker else None
-    snapshot = (
-        DecisionSnapshot(runtime.engine, interval=settings.gate_snapshot_seconds)
-        if settings.on_store_failure == "last_known"
-        else None
-    )
+    live = LiveIndex(runtime.engine, interval=settings.gate_index_seconds)
+    runtime.on_decisions_written.append(live.reload_devices)
+    gate_ = Gate(runtime, live, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_guarded(app)  # again: routes may have been added after create_app returned
-        if snapshot is not None:
-            await run_in_threadpool(snapshot.start)
+        await run_in_threadpool(live.start)
         if embedded is not None:
             embedded.start()
         try:
@@ -69,11 +70,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
         finally:
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
-            if snapshot is not None:
-                await run_in_threadpool(snapshot.stop)
+            await run_in_threadpool(live.stop)
             runtime.close()
 
-    app = FastAPI(
+    app = _Application(
         title="appwarden",
         version=_version(),
         description="Conditional access for a banned app: inventory in, decisions out. "
@@ -86,15 +86,33 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.worker = embedded
-    app.state.snapshot = snapshot
+    app.state.live_index = live
+    app.state.gate = gate_
     web_errors.install(app)
     api.install(app)
     gate.install(app)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
     app.add_middleware(Observability, metrics=metrics)  # added last: outermost
+    app.install_fast_path(gate_, metrics)
     check_guarded(app)
     return app
+
+
+class _Application(FastAPI):
+    """FastAPI with the gate's fast path (`web.gate.GateFastPath`) in front of everything, FastAPI's
+    own per-request work included: the path most requests take pays for no layer it does not use."""
+
+    fast_path: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is not None:
+            await self.fast_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    def install_fast_path(self, gate: Gate, metrics: Metrics) -> None:
+        self.fast_path = GateFastPath(super().__call__, gate, metrics)
 
 
 def _operational_routes(app: FastAPI) -> None:

@@ -1,0 +1,257 @@
+"""The gate's in-memory copy of what it needs to answer: which device an identifier names, who
+owns it, the owner's addresses, and the materialised decisions.
+
+The gate answers most requests from here without touching the store (DESIGN.md §9 W2). This
+module only holds and loads the copy; keeping it fresh (after a commit in this process, on a
+change made by another process, periodically in full) is the job of its owner, `web.live_index`.
+
+Loads are SQLAlchemy Core reads on a plain connection; readers and the single loader meet under
+one short lock, so a reader never sees half of a device's update.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, select
+
+from appwarden.access.models import DecisionRecord
+from appwarden.devices.models import Device, DeviceIdentifier
+from appwarden.identity.models import Person, PersonAlias
+from appwarden.vocabulary import Decision
+
+#: Devices per IN (...) list when loading a set of devices.
+CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedDecision:
+    """What the gate needs of a decision (its reasons stay in the store: a million devices'
+    worth would not fit comfortably in every process)."""
+
+    decision: Decision
+    valid_until: datetime | None
+    denying: tuple[str, ...]  # the policies whose deny this decision carries
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.valid_until is None or now < self.valid_until
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedPerson:
+    id: int
+    email: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass
+class _Tables:
+    """Every map of the copy; replaced whole by a full reload, patched by a partial one."""
+
+    device_by_identifier: dict[tuple[str, str], int] = field(default_factory=dict)
+    identifiers_of: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+    owner_of: dict[int, int | None] = field(default_factory=dict)
+    devices_of: dict[int, set[int]] = field(default_factory=dict)
+    people: dict[int, IndexedPerson] = field(default_factory=dict)
+    person_by_email: dict[str, int] = field(default_factory=dict)
+    person_by_alias: dict[str, int] = field(default_factory=dict)
+    people_by_local_part: dict[str, set[int]] = field(default_factory=dict)
+    decisions: dict[tuple[int, str], IndexedDecision] = field(default_factory=dict)
+    resources_of: dict[int, set[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What one read returned: the devices it covers (all of their facts), and their owners."""
+
+    devices: frozenset[int]
+    identifiers: Sequence[tuple[str, str, int]]
+    owners: Sequence[tuple[int, int | None]]
+    people: Sequence[IndexedPerson]
+    decisions: Sequence[tuple[int, str, IndexedDecision]]
+
+
+class DecisionIndex:
+    def __init__(self) -> None:
+        self._tables = _Tables()
+        self._lock = threading.Lock()
+        self.loaded = False
+
+    # ── reading ──────────────────────────────────────────────────────────────────────────────
+
+    def device(self, namespace: str, value: str) -> tuple[int, IndexedPerson | None] | None:
+        """(device id, owner) for an identifier, None when the copy does not know it."""
+        with self._lock:
+            t = self._tables
+            device_id = t.device_by_identifier.get((namespace, value))
+            if device_id is None:
+                return None
+            owner_id = t.owner_of.get(device_id)
+            return device_id, t.people.get(owner_id) if owner_id is not None else None
+
+    def person_by_email(self, email: str) -> IndexedPerson | None:
+        """By primary address, then by alias (the store's order)."""
+        with self._lock:
+            t = self._tables
+            person_id = t.person_by_email.get(email)
+            if person_id is None:
+                person_id = t.person_by_alias.get(email)
+            return t.people.get(person_id) if person_id is not None else None
+
+    def people_with_local_part(self, local_part: str) -> list[IndexedPerson]:
+        """Everyone whose primary address is `local_part@…` (a bare account name)."""
+        with self._lock:
+            t = self._tables
+            return [t.people[i] for i in t.people_by_local_part.get(local_part, ())]
+
+    def decision(self, device_id: int, resource: str) -> IndexedDecision | None:
+        with self._lock:
+            return self._tables.decisions.get((device_id, resource))
+
+    def devices_of(self, person_id: int) -> list[int]:
+        with self._lock:
+            return sorted(self._tables.devices_of.get(person_id, ()))
+
+    def __len__(self) -> int:
+        return len(self._tables.owner_of)
+
+    # ── loading ──────────────────────────────────────────────────────────────────────────────
+
+    def load_all(self, connection: Connection) -> None:
+        """Replace the whole copy with what the store holds now."""
+        loaded = _read(connection, None)
+        fresh = _Tables()
+        _apply(fresh, loaded)
+        with self._lock:
+            self._tables = fresh
+            self.loaded = True
+
+    def load_devices(self, connection: Connection, device_ids: Collection[int]) -> None:
+        """Replace what the copy holds about these devices (and their owners) with the store's."""
+        ids = sorted(set(device_ids))
+        for start in range(0, len(ids), CHUNK):
+            loaded = _read(connection, ids[start : start + CHUNK])
+            with self._lock:
+                _apply(self._tables, loaded)
+
+
+def changed_since(connection: Connection, since: datetime) -> set[int]:
+    """Devices whose decisions were written at or after `since` (wall clock, see
+    `access.service.stamp_written`)."""
+    rows = connection.execute(
+        select(DecisionRecord.device_id).where(DecisionRecord.written_at >= since).distinct()
+    )
+    return {device_id for (device_id,) in rows}
+
+
+def _read(connection: Connection, device_ids: Sequence[int] | None) -> _Loaded:
+    identifiers = select(
+        DeviceIdentifier.namespace, DeviceIdentifier.value, DeviceIdentifier.device_id
+    )
+    owners = select(Device.id, Device.owner_id)
+    decisions = select(
+        DecisionRecord.device_id,
+        DecisionRecord.resource,
+        DecisionRecord.decision,
+        DecisionRecord.reasons,
+        DecisionRecord.valid_until,
+    )
+    if device_ids is not None:
+        identifiers = identifiers.where(DeviceIdentifier.device_id.in_(device_ids))
+        owners = owners.where(Device.id.in_(device_ids))
+        decisions = decisions.where(DecisionRecord.device_id.in_(device_ids))
+    owner_rows = [(d, o) for d, o in connection.execute(owners)]
+    covered = frozenset(d for d, _ in owner_rows)
+    person_ids = sorted({o for _, o in owner_rows if o is not None})
+    return _Loaded(
+        # Every device asked for: one the store no longer has is forgotten.
+        devices=covered if device_ids is None else frozenset(device_ids),
+        identifiers=[(n, v, d) for n, v, d in connection.execute(identifiers)],
+        owners=owner_rows,
+        people=list(_people(connection, person_ids if device_ids is not None else None)),
+        decisions=[
+            (d, r, _decision(decision, reasons, valid_until))
+            for d, r, decision, reasons, valid_until in connection.execute(decisions)
+        ],
+    )
+
+
+def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterator[IndexedPerson]:
+    aliases: dict[int, list[str]] = {}
+    chunks: Iterable[Sequence[int] | None] = (
+        [None]
+        if person_ids is None
+        else [person_ids[i : i + CHUNK] for i in range(0, len(person_ids), CHUNK)]
+    )
+    for chunk in chunks:
+        people = select(Person.id, Person.email)
+        alias_rows = select(PersonAlias.person_id, PersonAlias.email)
+        if chunk is not None:
+            people = people.where(Person.id.in_(chunk))
+            alias_rows = alias_rows.where(PersonAlias.person_id.in_(chunk))
+        for person_id, email in connection.execute(alias_rows):
+            aliases.setdefault(person_id, []).append(email)
+        for person_id, email in connection.execute(people):
+            yield IndexedPerson(person_id, email, tuple(sorted(aliases.get(person_id, ()))))
+
+
+def _decision(decision: str, reasons: Any, valid_until: datetime | None) -> IndexedDecision:
+    denying = tuple(
+        sys.intern(str(r["policy"]))
+        for r in (reasons or ())
+        if isinstance(r, Mapping) and r.get("effect") == "deny"
+    )
+    return IndexedDecision(_DECISIONS[decision], valid_until, denying)
+
+
+_DECISIONS: Final = {str(d): d for d in Decision}
+
+
+def _apply(t: _Tables, loaded: _Loaded) -> None:
+    """Patch `t` so that it says exactly what `loaded` says about its devices and people."""
+    for device_id in loaded.devices:
+        for key in t.identifiers_of.pop(device_id, ()):
+            if t.device_by_identifier.get(key) == device_id:
+                del t.device_by_identifier[key]
+        old_owner = t.owner_of.pop(device_id, None)
+        if old_owner is not None:
+            t.devices_of.get(old_owner, set()).discard(device_id)
+        for resource in t.resources_of.pop(device_id, ()):
+            t.decisions.pop((device_id, resource), None)
+    for person in loaded.people:
+        _forget_person(t, person.id)
+        t.people[person.id] = person
+        t.person_by_email[person.email] = person.id
+        local_part = person.email.split("@", 1)[0]
+        t.people_by_local_part.setdefault(local_part, set()).add(person.id)
+        for alias in person.aliases:
+            t.person_by_alias[alias] = person.id
+    for namespace, value, device_id in loaded.identifiers:
+        t.device_by_identifier[(namespace, value)] = device_id
+        t.identifiers_of.setdefault(device_id, set()).add((namespace, value))
+    for device_id, owner_id in loaded.owners:
+        t.owner_of[device_id] = owner_id
+        if owner_id is not None:
+            t.devices_of.setdefault(owner_id, set()).add(device_id)
+    for device_id, resource, decision in loaded.decisions:
+        t.decisions[(device_id, resource)] = decision
+        t.resources_of.setdefault(device_id, set()).add(resource)
+
+
+def _forget_person(t: _Tables, person_id: int) -> None:
+    old = t.people.pop(person_id, None)
+    if old is None:
+        return
+    if t.person_by_email.get(old.email) == person_id:
+        del t.person_by_email[old.email]
+    ids = t.people_by_local_part.get(old.email.split("@", 1)[0])
+    if ids is not None:
+        ids.discard(person_id)
+    for alias in old.aliases:
+        if t.person_by_alias.get(alias) == person_id:
+            del t.person_by_alias[alias]

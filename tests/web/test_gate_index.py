@@ -1,0 +1,276 @@
+"""The gate's in-memory copy (`access.index`, kept current by `web.live_index`) against the store.
+
+The fast path may answer only what the store would answer: for every device, user and resource
+of the reference organisation, at times before and after the deadline, with and without the
+worker having refreshed the decisions, the copy either defers (NeedStore) or agrees exactly. And
+it must notice another process's commit before it answers again.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, select
+
+from appwarden.access.gate import GateRequest
+from appwarden.db.uow import unit_of_work
+from appwarden.devices.models import DeviceIdentifier
+from appwarden.identity.models import Person, PersonAlias
+from appwarden.settings import Settings
+from appwarden.timeutil import parse_instant
+from appwarden.usecases.gate import GatePolicy, IndexFacts, NeedStore, StoreFacts, answer
+from appwarden.web.app import create_app
+from appwarden.web.live_index import LiveIndex, _DataVersion
+from appwarden.web.observability import BufferedLineHandler
+
+KEY = "index-test-proxy-key"
+EAS = "/Microsoft-Server-ActiveSync"
+ALICE = "6F24CAD599A5BF1A690246B8C68FAE8D"
+CAROL = "CA201C0FFEE0000000000000000A2210"
+BOB = "B0B0A1D2E3F4A5B6C7D8E9F0A1B2C3D4"
+BEFORE = "2020-07-10T12:00:00-07:00"
+AFTER = "2020-07-11T12:00:00-07:00"
+
+
+@pytest.fixture
+def demo(cli):
+    result = cli("demo", "--base-time", "2020-07-10T09:00:00-07:00")
+    assert result.code == 0, result.err
+
+
+def _requests(store) -> list[GateRequest]:
+    with store.engine.connect() as connection:
+        devices = [
+            v
+            for (v,) in connection.execute(
+                select(DeviceIdentifier.value).where(DeviceIdentifier.namespace == "eas_device_id")
+            )
+        ]
+        emails = [e for (e,) in connection.execute(select(Person.email))]
+        aliases = [e for (e,) in connection.execute(select(PersonAlias.email))]
+    users: list[str | None] = [None, "nobody@example.com", "nobody", "EXAMPLE\\nobody"]
+    users += emails + aliases + [e.split("@")[0] for e in emails] + [e.upper() for e in emails[:2]]
+    assert len(devices) >= 4
+    assert len(emails) >= 5
+    requests = []
+    for device in [*devices, "FFFF0000FFFF0000FFFF0000FFFF0000", None]:
+        for user in users:
+            for resource in ("email", "webmail", None):
+                requests.append(
+                    GateRequest(
+                        device_id=device,
+                        device_type="iPhone",
+                        user=user,
+                        command="Sync",
+                        resource=resource,
+                        path=EAS,
+                        encoding="plain",
+                    )
+                )
+    return requests
+
+
+def _compare(store, live: LiveIndex, at: str) -> tuple[int, int]:
+    """(answered from memory, deferred to the store); fails on the first disagreement."""
+    now = parse_instant(at)
+    answered = deferred = 0
+    for policy in (GatePolicy(), GatePolicy(unseen_device="deny")):
+        for request in _requests(store):
+            with unit_of_work(store.engine, now=now, write=False) as uow:
+                expected = answer(StoreFacts(uow), request, policy)
+            try:
+                got = answer(IndexFacts(live.index, now, authoritative=False), request, policy)
+            except NeedStore:
+                deferred += 1
+                continue
+            answered += 1
+            assert got == expected, (request, policy)
+    return answered, deferred
+
+
+def test_the_copy_answers_as_the_store_or_defers(store, demo, cli):
+    live = LiveIndex(store.engine)
+    live.catch_up(full=True)
+    answered, deferred = _compare(store, live, BEFORE)
+    assert answered > 100
+    assert deferred > 0
+
+    # After the deadline, before the worker caught up: decisions whose time came must defer.
+    _answered_late, deferred_late = _compare(store, live, AFTER)
+    assert deferred_late > deferred
+
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    live.catch_up()
+    assert _compare(store, live, AFTER)[0] == answered
+
+
+def test_last_known_answers_from_the_copy_alone(store, demo, cli):
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    live = LiveIndex(store.engine)
+    live.catch_up(full=True)
+    now = parse_instant(AFTER)
+    for request in _requests(store):
+        with unit_of_work(store.engine, now=now, write=False) as uow:
+            expected = answer(StoreFacts(uow), request, GatePolicy())
+        got = answer(IndexFacts(live.index, now, authoritative=True), request, GatePolicy())
+        assert got.decision == expected.decision, request
+
+
+def _gate_headers(device: str, user: str) -> dict[str, str]:
+    uri = f"{EAS}?Cmd=Sync&User={user}&DeviceId={device}&DeviceType=iPhone"
+    return {"X-Appwarden-Proxy-Key": KEY, "X-Original-URI": uri}
+
+
+def _settings(store, tmp_path: Path, clock: str) -> Settings:
+    return Settings(
+        database_url=store.url,
+        env="test",
+        clock=f"fixed:{clock}",
+        gate_proxy_key=KEY,
+        gate_index_seconds=0.2,
+        maildir=tmp_path / "mail",
+    )
+
+
+def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    app = create_app(_settings(store, tmp_path, AFTER))
+    engine = app.state.runtime.engine
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while not app.state.live_index.fresh() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        statements.clear()
+        for _ in range(20):
+            assert (
+                client.get("/gate/forward", headers=_gate_headers(ALICE, "alice")).status_code
+                == 403
+            )
+            assert (
+                client.get("/gate/forward", headers=_gate_headers(CAROL, "carol")).status_code
+                == 403
+            )
+        assert statements == []
+        # A device nobody has seen is not in the copy: the store is asked.
+        unseen = client.get("/gate/forward", headers=_gate_headers("AAAA1111", "zed"))
+        assert unseen.status_code == 200
+        assert statements
+
+
+def test_another_process_commit_is_seen_before_the_next_answer(store, demo, cli, tmp_path):
+    """Retracting in another process (the CLI, with its own engine): the server notices it
+    before its next answer on SQLite (data_version), within the notification's time on
+    PostgreSQL (LISTEN/NOTIFY; DESIGN §9 W6 allows 1 s)."""
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    app = create_app(_settings(store, tmp_path, AFTER))
+    with TestClient(app) as client:
+        live: LiveIndex = app.state.live_index
+        deadline = time.monotonic() + 10
+        while not live.fresh() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.fresh()
+        assert client.get("/gate/forward", headers=_gate_headers(CAROL, "carol")).status_code == 403
+
+        retracted = cli(
+            "policy", "retract", "tiktok-mobile-email", "--message", "Sent in error.",
+            "--as", "security.lead@example.com", "--at", AFTER,
+        )  # fmt: skip
+        assert retracted.code == 0, retracted.err
+        started = time.monotonic()
+        if store.backend == "sqlite":
+            assert not live.fresh()  # told by data_version, before any request
+        while time.monotonic() - started < 1.0:
+            answer_ = client.get("/gate/forward", headers=_gate_headers(CAROL, "carol"))
+            if answer_.status_code == 200:
+                break
+            time.sleep(0.01)
+        assert answer_.status_code == 200
+        if store.backend == "sqlite":
+            assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["wal-index-header", "pragma"])
+def test_any_commit_to_the_sqlite_file_is_noticed(tmp_path, mapped):
+    path = tmp_path / "probe.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x)")
+    probe = _DataVersion(str(path))
+    assert (probe._map is not None) is True
+    if not mapped:
+        probe._map.close()
+        probe._map = None
+    before = probe.read()
+    assert probe.read() == before  # nothing committed: the same
+    writer.execute("SELECT * FROM t").fetchall()
+    assert probe.read() == before  # a read is not a change
+    writer.execute("INSERT INTO t VALUES (1)")
+    after = probe.read()
+    assert after != before
+    other = sqlite3.connect(path, isolation_level=None)  # a third connection's commit too
+    other.execute("INSERT INTO t VALUES (2)")
+    assert probe.read() != after
+    writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    other.close()
+    writer.close()
+    probe.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "logged"),
+    [("deny", {403}), ("all", {200, 403}), ("none", set())],
+)
+def test_which_gate_answers_are_logged(store, demo, cli, tmp_path, caplog, setting, logged):
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    caplog.set_level(logging.INFO, logger="appwarden")
+    settings = _settings(store, tmp_path, AFTER).model_copy(update={"gate_access_log": setting})
+    app = create_app(settings)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while not app.state.live_index.fresh() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        caplog.clear()
+        denied = client.get(
+            "/gate/forward", headers={**_gate_headers(ALICE, "alice"), "X-Request-Id": "nginx-1"}
+        )
+        allowed = client.get("/gate/forward", headers=_gate_headers(BOB, "bob"))
+    assert denied.status_code == 403
+    assert denied.headers["x-request-id"] == "nginx-1"  # the proxy's id, echoed
+    assert allowed.status_code == 200
+    assert "x-request-id" not in allowed.headers  # none offered: nobody would read it
+    lines = [r.fields for r in caplog.records if r.name == "appwarden.access"]
+    assert {line["status"] for line in lines} == logged
+    assert len(lines) == len(logged)
+    for line in lines:
+        assert line["route"] == "/gate/forward"
+        assert len(line["request_id"]) >= 7
+    registry = app.state.metrics.registry
+    for status in ("200", "403"):  # counted and timed, logged or not
+        labels = {"route": "/gate/forward", "method": "GET", "status": status}
+        assert registry.get_sample_value("appwarden_request_seconds_count", labels) == 1
+
+
+def test_the_access_log_is_written_in_batches():
+    stream = io.StringIO()
+    handler = BufferedLineHandler(stream, flush_seconds=3600, max_bytes=200)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("appwarden.test.buffered")
+    logger.handlers, logger.propagate = [handler], False
+    logger.warning("first")
+    assert stream.getvalue() == ""  # held
+    handler.flush()
+    assert stream.getvalue() == "first\n"
+    for n in range(40):  # past max_bytes: written without waiting for a flush
+        logger.warning("line %d", n)
+    assert "line 0\n" in stream.getvalue()
+    logger.warning("last")
+    handler.close()  # logging.shutdown() closes handlers at exit
+    assert stream.getvalue().endswith("last\n")
