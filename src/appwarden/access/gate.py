@@ -459,19 +459,25 @@ def _query_fields(query: str) -> tuple[dict[str, str | None], Encoding]:
 
 
 def parse_gate_request(
-    headers: Mapping[str, str], path: str, config: GateConfig = GateConfig()
+    headers: Mapping[str, str],
+    path: str,
+    config: GateConfig = GateConfig(),
+    *,
+    lower_cased: bool = False,
 ) -> GateRequest:
     """The gate request a proxy forwarded. Never raises; untrusted values come back as None.
+    Header names are matched case-insensitively (`lower_cased=True`: the caller promises they
+    are lower case already, as an ASGI server gives them).
 
     Deliberately no catch-all: were a bug to raise here, the gate route fails (the proxy then
     denies with 500) instead of answering "not a gated path" for a request it did not understand.
     """
+    if not lower_cased and any(name != name.lower() for name in headers):
+        headers = {name.lower(): value for name, value in headers.items()}
     return _parse(headers, path, config)
 
 
 def _parse(headers: Mapping[str, str], path: str, config: GateConfig) -> GateRequest:
-    if any(name != name.lower() for name in headers):  # ASGI's are lower-cased already
-        headers = {name.lower(): value for name, value in headers.items()}
     uri = original_uri(headers, path, uri_headers=config.uri_headers)
     parts = _uri_parts(uri, config.locations) if len(uri) <= _CACHED_URI_LENGTH else None
     if parts is None:

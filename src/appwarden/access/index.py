@@ -30,7 +30,7 @@ CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
-class IndexedDecision:
+class DecisionRef:
     """What the gate needs of a decision (its reasons stay in the store: a million devices'
     worth would not fit comfortably in every process)."""
 
@@ -43,10 +43,16 @@ class IndexedDecision:
 
 
 @dataclass(frozen=True, slots=True)
-class IndexedPerson:
+class PersonRef:
     id: int
     email: str
     aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    id: int
+    owner: PersonRef | None
 
 
 @dataclass
@@ -57,11 +63,11 @@ class _Tables:
     identifiers_of: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
     owner_of: dict[int, int | None] = field(default_factory=dict)
     devices_of: dict[int, set[int]] = field(default_factory=dict)
-    people: dict[int, IndexedPerson] = field(default_factory=dict)
+    people: dict[int, PersonRef] = field(default_factory=dict)
     person_by_email: dict[str, int] = field(default_factory=dict)
     person_by_alias: dict[str, int] = field(default_factory=dict)
     people_by_local_part: dict[str, set[int]] = field(default_factory=dict)
-    decisions: dict[tuple[int, str], IndexedDecision] = field(default_factory=dict)
+    decisions: dict[tuple[int, str], DecisionRef] = field(default_factory=dict)
     resources_of: dict[int, set[str]] = field(default_factory=dict)
 
 
@@ -72,8 +78,8 @@ class _Loaded:
     devices: frozenset[int]
     identifiers: Sequence[tuple[str, str, int]]
     owners: Sequence[tuple[int, int | None]]
-    people: Sequence[IndexedPerson]
-    decisions: Sequence[tuple[int, str, IndexedDecision]]
+    people: Sequence[PersonRef]
+    decisions: Sequence[tuple[int, str, DecisionRef]]
 
 
 class DecisionIndex:
@@ -84,17 +90,17 @@ class DecisionIndex:
 
     # ── reading ──────────────────────────────────────────────────────────────────────────────
 
-    def device(self, namespace: str, value: str) -> tuple[int, IndexedPerson | None] | None:
-        """(device id, owner) for an identifier, None when the copy does not know it."""
+    def device(self, namespace: str, value: str) -> DeviceRef | None:
+        """The device an identifier names, with its owner; None when the copy does not know it."""
         with self._lock:
             t = self._tables
             device_id = t.device_by_identifier.get((namespace, value))
             if device_id is None:
                 return None
             owner_id = t.owner_of.get(device_id)
-            return device_id, t.people.get(owner_id) if owner_id is not None else None
+            return DeviceRef(device_id, t.people.get(owner_id) if owner_id is not None else None)
 
-    def person_by_email(self, email: str) -> IndexedPerson | None:
+    def person_by_email(self, email: str) -> PersonRef | None:
         """By primary address, then by alias (the store's order)."""
         with self._lock:
             t = self._tables
@@ -103,13 +109,13 @@ class DecisionIndex:
                 person_id = t.person_by_alias.get(email)
             return t.people.get(person_id) if person_id is not None else None
 
-    def people_with_local_part(self, local_part: str) -> list[IndexedPerson]:
+    def people_with_local_part(self, local_part: str) -> list[PersonRef]:
         """Everyone whose primary address is `local_part@…` (a bare account name)."""
         with self._lock:
             t = self._tables
             return [t.people[i] for i in t.people_by_local_part.get(local_part, ())]
 
-    def decision(self, device_id: int, resource: str) -> IndexedDecision | None:
+    def decision(self, device_id: int, resource: str) -> DecisionRef | None:
         with self._lock:
             return self._tables.decisions.get((device_id, resource))
 
@@ -181,7 +187,7 @@ def _read(connection: Connection, device_ids: Sequence[int] | None) -> _Loaded:
     )
 
 
-def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterator[IndexedPerson]:
+def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterator[PersonRef]:
     aliases: dict[int, list[str]] = {}
     chunks: Iterable[Sequence[int] | None] = (
         [None]
@@ -197,16 +203,16 @@ def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterato
         for person_id, email in connection.execute(alias_rows):
             aliases.setdefault(person_id, []).append(email)
         for person_id, email in connection.execute(people):
-            yield IndexedPerson(person_id, email, tuple(sorted(aliases.get(person_id, ()))))
+            yield PersonRef(person_id, email, tuple(sorted(aliases.get(person_id, ()))))
 
 
-def _decision(decision: str, reasons: Any, valid_until: datetime | None) -> IndexedDecision:
+def _decision(decision: str, reasons: Any, valid_until: datetime | None) -> DecisionRef:
     denying = tuple(
         sys.intern(str(r["policy"]))
         for r in (reasons or ())
         if isinstance(r, Mapping) and r.get("effect") == "deny"
     )
-    return IndexedDecision(_DECISIONS[decision], valid_until, denying)
+    return DecisionRef(_DECISIONS[decision], valid_until, denying)
 
 
 _DECISIONS: Final = {str(d): d for d in Decision}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -120,7 +121,12 @@ def identifiers_of(uow: UnitOfWork, version_id: int) -> list[PolicyIdentifier]:
 
 
 def document_of(version: PolicyVersion) -> PolicyDocument:
-    return parse_policy(version.source_text, version.source_name)
+    return _parsed(version.source_text, version.source_name)
+
+
+# Stored versions are parsed again for every notice and decision change they cause; the document
+# is immutable, so the parse of a given text is remembered.
+_parsed = functools.lru_cache(maxsize=64)(parse_policy)
 
 
 def _fill_version(

@@ -11,14 +11,14 @@ against the ways a device can try to get around a block (DESIGN.md §4.3, docs/g
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy import select
 
 from appwarden.access.gate import GateRequest, normalise_user
-from appwarden.access.index import DecisionIndex
+from appwarden.access.index import DecisionIndex, DecisionRef, DeviceRef, PersonRef
 from appwarden.access.models import DecisionRecord
 from appwarden.access.service import decide_for
 from appwarden.db.uow import UnitOfWork
@@ -42,7 +42,7 @@ class GateAnswer:
     reason: str
     device: str | None = None
     person: str | None = None
-    policies: list[str] = field(default_factory=list)
+    policies: Sequence[str] = ()
 
     @property
     def allowed(self) -> bool:
@@ -51,24 +51,6 @@ class GateAnswer:
 
 class NeedStore(Exception):
     """The in-memory copy cannot answer this request with certainty: ask the store."""
-
-
-@dataclass(frozen=True, slots=True)
-class PersonRef:
-    id: int
-    email: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRef:
-    id: int
-    owner: PersonRef | None
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRef:
-    decision: Decision
-    denying: Sequence[str]  # the policies whose deny it carries
 
 
 class GateFacts(Protocol):
@@ -104,7 +86,9 @@ def answer(facts: GateFacts, request: GateRequest, policy: GatePolicy) -> GateAn
     if device is None:
         return _unseen(facts, person, resource, policy, label)
     owner = device.owner.email if device.owner else None
-    if request.user is not None and (person is None or device.owner != person):
+    if request.user is not None and (
+        person is None or device.owner is None or device.owner.id != person.id
+    ):
         return GateAnswer(Decision.DENY, "user_is_not_the_owner", device=label, person=owner)
     decided = facts.decision(device, resource)
     return GateAnswer(
@@ -112,7 +96,7 @@ def answer(facts: GateFacts, request: GateRequest, policy: GatePolicy) -> GateAn
         "decided",
         device=label,
         person=owner,
-        policies=list(decided.denying),
+        policies=decided.denying,
     )
 
 
@@ -128,7 +112,7 @@ def _unseen(
                     "unseen_device_of_blocked_person",
                     device=label,
                     person=person.email,
-                    policies=list(decided.denying),
+                    policies=decided.denying,
                 )
     return GateAnswer(
         Decision(policy.unseen_device),
@@ -184,7 +168,7 @@ class StoreFacts:
         row = self.uow.session.get(Device, device.id)
         assert row is not None
         decision, reasons = current_decision(self.uow, row, resource, self.uow.now)
-        return DecisionRef(decision, _denying(reasons))
+        return DecisionRef(decision, None, tuple(_denying(reasons)))
 
     def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:
         devices = self.uow.session.scalars(
@@ -235,38 +219,38 @@ class IndexFacts:
         if "@" in user:
             found = self.index.person_by_email(user)
             if found is not None:
-                return PersonRef(found.id, found.email)
+                return found
         else:
             people = self.index.people_with_local_part(user)
             if len(people) > 1:
                 return None  # ambiguous here, so ambiguous in the store too
             if people:
-                return PersonRef(people[0].id, people[0].email)
+                return people[0]
         if self.authoritative:
             return None
         raise NeedStore
 
     def device(self, namespace: str, value: str) -> DeviceRef | None:
         found = self.index.device(namespace, value)
-        if found is not None:
-            device_id, owner = found
-            return DeviceRef(device_id, PersonRef(owner.id, owner.email) if owner else None)
-        if self.authoritative:
-            return None
+        if found is not None or self.authoritative:
+            return found
         raise NeedStore
 
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
         known = self.index.decision(device.id, resource)
         if known is not None and (self.authoritative or known.valid_at(self.now)):
-            return DecisionRef(known.decision, known.denying)
+            return known
         if self.authoritative:
-            return DecisionRef(Decision.ALLOW, ())  # never decided: nothing applied to it
+            return _NEVER_DECIDED
         raise NeedStore
 
     def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:
         if not self.authoritative:
             raise NeedStore  # the copy may not know every device of theirs
         return [DeviceRef(d, person) for d in self.index.devices_of(person.id)]
+
+
+_NEVER_DECIDED: Final = DecisionRef(Decision.ALLOW, None, ())  # nothing ever applied to it
 
 
 EXPLANATIONS = {

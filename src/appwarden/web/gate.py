@@ -83,7 +83,7 @@ class Gate:
 
     def _render_problem(self, reason: str, device: str | None, policies: tuple[str, ...]) -> bytes:
         """The 403 body (a blocked phone asks again and again: remembered)."""
-        denied = GateAnswer(Decision.DENY, reason, device=device, policies=list(policies))
+        denied = GateAnswer(Decision.DENY, reason, device=device, policies=policies)
         return orjson.dumps(problem_body(denied, self.policy))
 
     def trusted(self, headers: Mapping[str, str], client: tuple[str, int] | None) -> bool:
@@ -101,7 +101,7 @@ class Gate:
         """The answer from the current in-memory copy, or None when it cannot give one."""
         if not self.live.fresh():
             return None
-        request = parse_gate_request(headers, path, self.config)
+        request = parse_gate_request(headers, path, self.config, lower_cased=True)
         facts = IndexFacts(self.live.index, self.runtime.now(), authoritative=False)
         try:
             return answer(facts, request, self.policy)
@@ -112,7 +112,7 @@ class Gate:
         """Blocking (run it in a thread): catch up, ask the copy, then the store; with the store
         down, `on_store_failure`. Returns the answer and where it came from when that was not
         the current facts (`last_known`, `store_unavailable`)."""
-        request = parse_gate_request(headers, path, self.config)
+        request = parse_gate_request(headers, path, self.config, lower_cased=True)
         now = self.runtime.now()
         try:
             if not self.live.fresh():
