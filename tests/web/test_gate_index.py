@@ -12,6 +12,7 @@ import io
 import logging
 import sqlite3
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,21 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
 from appwarden.access.gate import GateRequest
+from appwarden.access.models import DecisionRecord
+from appwarden.access.service import decide_for
 from appwarden.db.uow import unit_of_work
-from appwarden.devices.models import DeviceIdentifier
+from appwarden.devices.models import Device, DeviceIdentifier
 from appwarden.identity.models import Person, PersonAlias
 from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
-from appwarden.usecases.gate import GatePolicy, IndexFacts, NeedStore, StoreFacts, answer
+from appwarden.usecases.gate import (
+    GatePolicy,
+    IndexFacts,
+    NeedStore,
+    StoreFacts,
+    answer,
+    current_decision,
+)
 from appwarden.web.app import create_app
 from appwarden.web.live_index import LiveIndex, _DataVersion
 from appwarden.web.observability import BufferedLineHandler
@@ -99,15 +109,53 @@ def test_the_copy_answers_as_the_store_or_defers(store, demo, cli):
     live.catch_up(full=True)
     answered, deferred = _compare(store, live, BEFORE)
     assert answered > 100
-    assert deferred > 0
+    assert deferred > 0  # unknown devices and users
 
-    # After the deadline, before the worker caught up: decisions whose time came must defer.
-    _answered_late, deferred_late = _compare(store, live, AFTER)
-    assert deferred_late > deferred
+    # After the deadline, before the worker caught up: the decisions prepared for the deadline
+    # answer, from memory as from the store, and they are what a fresh evaluation says.
+    assert _compare(store, live, AFTER) == (answered, deferred)
+    _assert_prepared_decisions_are_fresh(store, AFTER)
 
     assert cli("worker", "--once", "--at", AFTER).code == 0
     live.catch_up()
-    assert _compare(store, live, AFTER)[0] == answered
+    assert _compare(store, live, AFTER) == (answered, deferred)
+
+
+def _assert_prepared_decisions_are_fresh(store, at: str) -> None:
+    now = parse_instant(at)
+    flipped = 0
+    with unit_of_work(store.engine, now=now, write=False) as uow:
+        for record in uow.session.scalars(select(DecisionRecord)):
+            device = uow.session.get(Device, record.device_id)
+            prepared = current_decision(uow, device, record.resource, now)
+            fresh = decide_for(uow, device, record.resource, now)
+            assert prepared == (fresh.decision, list(fresh.reasons)), record.device_id
+            flipped += prepared[0] != record.decision
+    assert flipped >= 2  # alice's and carol's phones: allowed until the deadline, denied after
+
+
+def test_a_deadline_flips_the_gate_without_the_store_or_the_worker(store, demo, cli, tmp_path):
+    """At the deadline every affected phone flips at once, answered from memory: the decision
+    prepared for the deadline, not a re-evaluation per request while the worker catches up."""
+    clock = tmp_path / "clock"
+    clock.write_text(BEFORE)
+    settings = _settings(store, tmp_path, BEFORE).model_copy(update={"clock": f"file:{clock}"})
+    app = create_app(settings)
+    engine = app.state.runtime.engine
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while not app.state.live_index.fresh() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ask = lambda device, user: client.get("/gate/forward", headers=_gate_headers(device, user))  # noqa: E731
+        assert ask(ALICE, "alice").status_code == 200
+        clock.write_text(AFTER)
+        statements.clear()
+        assert ask(ALICE, "alice").status_code == 403
+        assert ask(CAROL, "carol").status_code == 403
+        assert ask(BOB, "bob").status_code == 200
+        assert statements == []
 
 
 def test_last_known_answers_from_the_copy_alone(store, demo, cli):
@@ -274,3 +322,27 @@ def test_the_access_log_is_written_in_batches():
     logger.warning("last")
     handler.close()  # logging.shutdown() closes handlers at exit
     assert stream.getvalue().endswith("last\n")
+
+
+def test_each_prepared_decision_is_what_a_fresh_evaluation_says_when_it_applies(store, demo, cli):
+    """For every materialised decision with a `valid_until`: just after that instant and a
+    minute later (while the prepared decision lasts), the prepared decision equals a fresh
+    evaluation — whether the change comes at the instant (a deadline) or right after it (a
+    proof that holds through its last instant)."""
+    assert cli("worker", "--once", "--at", BEFORE).code == 0
+    checked = 0
+    with unit_of_work(store.engine, now=parse_instant(BEFORE), write=False) as uow:
+        records = list(uow.session.scalars(select(DecisionRecord)))
+        for record in records:
+            if record.valid_until is None:
+                continue
+            device = uow.session.get(Device, record.device_id)
+            for later in (timedelta(microseconds=1), timedelta(minutes=1)):
+                at = record.valid_until + later
+                if record.next_valid_until is not None and at >= record.next_valid_until:
+                    continue
+                fresh = decide_for(uow, device, record.resource, at)
+                prepared = current_decision(uow, device, record.resource, at)
+                assert prepared == (fresh.decision, list(fresh.reasons)), (record.device_id, at)
+                checked += 1
+    assert checked >= 6

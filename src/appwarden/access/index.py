@@ -37,9 +37,17 @@ class DecisionRef:
     decision: Decision
     valid_until: datetime | None
     denying: tuple[str, ...]  # the policies whose deny this decision carries
+    next: DecisionRef | None = None  # what it becomes at valid_until (`DecisionRecord.next_*`)
 
-    def valid_at(self, now: datetime) -> bool:
-        return self.valid_until is None or now < self.valid_until
+    def at(self, now: datetime) -> DecisionRef | None:
+        """The decision in force at `now`: this one, or the one prepared for when it ends; None
+        when neither holds any more (the store must decide)."""
+        if self.valid_until is None or now < self.valid_until:
+            return self
+        upcoming = self.next
+        if upcoming is not None and (upcoming.valid_until is None or now < upcoming.valid_until):
+            return upcoming
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +174,9 @@ def _read(connection: Connection, device_ids: Sequence[int] | None) -> _Loaded:
         DecisionRecord.decision,
         DecisionRecord.reasons,
         DecisionRecord.valid_until,
+        DecisionRecord.next_decision,
+        DecisionRecord.next_reasons,
+        DecisionRecord.next_valid_until,
     )
     if device_ids is not None:
         identifiers = identifiers.where(DeviceIdentifier.device_id.in_(device_ids))
@@ -181,8 +192,14 @@ def _read(connection: Connection, device_ids: Sequence[int] | None) -> _Loaded:
         owners=owner_rows,
         people=list(_people(connection, person_ids if device_ids is not None else None)),
         decisions=[
-            (d, r, _decision(decision, reasons, valid_until))
-            for d, r, decision, reasons, valid_until in connection.execute(decisions)
+            (
+                d,
+                r,
+                _decision(
+                    decision, reasons, valid_until, _decision(*upcoming) if upcoming[0] else None
+                ),
+            )
+            for d, r, decision, reasons, valid_until, *upcoming in connection.execute(decisions)
         ],
     )
 
@@ -206,13 +223,15 @@ def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterato
             yield PersonRef(person_id, email, tuple(sorted(aliases.get(person_id, ()))))
 
 
-def _decision(decision: str, reasons: Any, valid_until: datetime | None) -> DecisionRef:
+def _decision(
+    decision: str, reasons: Any, valid_until: datetime | None, upcoming: DecisionRef | None = None
+) -> DecisionRef:
     denying = tuple(
         sys.intern(str(r["policy"]))
         for r in (reasons or ())
         if isinstance(r, Mapping) and r.get("effect") == "deny"
     )
-    return DecisionRef(_DECISIONS[decision], valid_until, denying)
+    return DecisionRef(_DECISIONS[decision], valid_until, denying, upcoming)
 
 
 _DECISIONS: Final = {str(d): d for d in Decision}

@@ -10,14 +10,14 @@ commit rows stamped minutes in the past) and, on PostgreSQL, sends a NOTIFY on `
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text, update
 
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
 from appwarden.access.models import DecisionRecord
-from appwarden.compliance.service import Outcome, evaluate_device
+from appwarden.compliance.service import DeviceEvaluator, Outcome, evaluate_device
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.service import resources_of
@@ -86,12 +86,38 @@ def _stamp_written(uow: UnitOfWork, written: set[int]) -> None:
         uow.session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGES_CHANNEL})
 
 
+def next_decision(
+    uow: UnitOfWork,
+    device: Device,
+    resource: str,
+    current: DecisionResult,
+    evaluator: DeviceEvaluator,
+) -> DecisionResult | None:
+    """What `current` becomes at its `valid_until` if no fact changes: the decision at that
+    instant, or, when it is still the same there (a compliant state holds through the last
+    instant of its proof), a microsecond later."""
+    if current.valid_until is None:
+        return None
+    upcoming = current
+    for instant in (current.valid_until, current.valid_until + _INSTANT):
+        upcoming = decide_for(uow, device, resource, instant, evaluator.at(instant))
+        if (upcoming.decision, upcoming.reasons) != (current.decision, current.reasons):
+            break
+    return upcoming
+
+
+_INSTANT = timedelta(microseconds=1)
+
+
 def _denying(reasons: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     return tuple(str(r["policy"]) for r in reasons if r.get("effect") == "deny")
 
 
 def refresh_decisions(
-    uow: UnitOfWork, device: Device, outcomes: list[Outcome]
+    uow: UnitOfWork,
+    device: Device,
+    outcomes: list[Outcome],
+    evaluator: DeviceEvaluator | None = None,
 ) -> list[DecisionChanged]:
     """Recompute the device's materialised decisions at the unit of work's time; publish a
     DecisionChanged for each one that changed."""
@@ -106,8 +132,10 @@ def refresh_decisions(
     }
     changes = []
     written_devices(uow).add(device.id)
+    evaluator = evaluator or DeviceEvaluator(uow, device)
     for resource in sorted(resources | set(stored)):
         result = decide_for(uow, device, resource, uow.now, outcomes)
+        upcoming = next_decision(uow, device, resource, result, evaluator)
         record = stored.get(resource)
         old = Decision(record.decision) if record is not None else Decision.ALLOW
         denied_before = _denying(record.reasons) if record is not None else ()
@@ -117,6 +145,9 @@ def refresh_decisions(
         record.decision = result.decision
         record.reasons = list(result.reasons)
         record.valid_until = result.valid_until
+        record.next_decision = upcoming.decision if upcoming else None
+        record.next_reasons = list(upcoming.reasons) if upcoming else None
+        record.next_valid_until = upcoming.valid_until if upcoming else None
         record.written_at = datetime.now(UTC)
         if old != result.decision:
             record.changed_at = uow.now

@@ -9,6 +9,7 @@ from datetime import datetime
 from appwarden.compliance.evaluate import (
     DeviceView,
     Evaluation,
+    ExemptionWindow,
     PolicyRules,
     due_time,
     evaluate,
@@ -49,14 +50,48 @@ def evaluate_view(
 
 def evaluate_device(uow: UnitOfWork, device: Device, at: datetime) -> list[Outcome]:
     """The device under every version in effect at `at` (not_applicable included)."""
-    view = device_views(uow, [device.id])[device.id]
-    outcomes = []
-    for version in effective_versions(uow, at):
-        rules = rules_of(uow, version)
-        outcomes.append(
-            Outcome(version, rules, evaluate_view(uow, rules, view, device.owner_id, at))
-        )
-    return outcomes
+    return DeviceEvaluator(uow, device).at(at)
+
+
+class DeviceEvaluator:
+    """One device under the versions in effect at each instant asked for; what does not depend
+    on the instant (its observations, the versions' rules, exemptions) is read once."""
+
+    def __init__(self, uow: UnitOfWork, device: Device) -> None:
+        self.uow = uow
+        self.device = device
+        self._view: DeviceView | None = None
+        self._rules: dict[int, PolicyRules] = {}
+        self._windows: dict[str, list[ExemptionWindow]] = {}
+        self._outcomes: dict[datetime, list[Outcome]] = {}
+
+    def at(self, instant: datetime) -> list[Outcome]:
+        known = self._outcomes.get(instant)
+        if known is not None:
+            return known
+        uow, device = self.uow, self.device
+        if self._view is None:
+            self._view = device_views(uow, [device.id])[device.id]
+        view = self._view
+        outcomes = []
+        for version in effective_versions(uow, instant):
+            rules = self._rules.get(version.id)
+            if rules is None:
+                rules = self._rules[version.id] = rules_of(uow, version)
+            windows = self._windows.get(rules.policy_id)
+            if windows is None:
+                windows = exemption_windows(uow, rules.policy_id, view, device.owner_id)
+                self._windows[rules.policy_id] = windows
+            evaluation = evaluate(
+                rules,
+                view,
+                now=instant,
+                exemptions=windows,
+                stored_first_seen=stored_first_seen(uow, rules.policy_id, view.device_id),
+            )
+            outcomes.append(Outcome(version, rules, evaluation))
+        self._outcomes[instant] = outcomes
+        return outcomes
 
 
 def evaluation_from_row(rules: PolicyRules, row: FleetRow, now: datetime) -> Evaluation:

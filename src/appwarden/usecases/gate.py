@@ -192,11 +192,16 @@ def _escape(text: str) -> str:
 def current_decision(
     uow: UnitOfWork, device: Device, resource: str, now: datetime
 ) -> tuple[Decision, list[dict[str, Any]]]:
-    """The materialised decision while it is valid; computed when it never was materialised or
-    its time has come and the worker has not caught up yet."""
+    """The materialised decision while it is valid, then the one prepared for when it ends
+    (`DecisionRecord.next_*`); computed when it never was materialised or neither holds any
+    more and the worker has not caught up yet."""
     record = uow.session.get(DecisionRecord, (device.id, resource))
-    if record is not None and (record.valid_until is None or now < record.valid_until):
-        return Decision(record.decision), list(record.reasons)
+    if record is not None:
+        if record.valid_until is None or now < record.valid_until:
+            return Decision(record.decision), list(record.reasons)
+        upcoming = record.next_valid_until
+        if record.next_decision is not None and (upcoming is None or now < upcoming):
+            return Decision(record.next_decision), list(record.next_reasons or ())
     result = decide_for(uow, device, resource, now)
     return result.decision, list(result.reasons)
 
@@ -238,10 +243,11 @@ class IndexFacts:
 
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
         known = self.index.decision(device.id, resource)
-        if known is not None and (self.authoritative or known.valid_at(self.now)):
-            return known
+        current = known.at(self.now) if known is not None else None
+        if current is not None:
+            return current
         if self.authoritative:
-            return _NEVER_DECIDED
+            return known or _NEVER_DECIDED  # the last known, however old
         raise NeedStore
 
     def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from appwarden.access.service import refresh_decisions
 from appwarden.catalog.matching import match_key
-from appwarden.compliance.service import evaluate_device, record_outcomes
+from appwarden.compliance.service import DeviceEvaluator, record_outcomes
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.schemas import InventoryBatch, ReportFacts
@@ -108,9 +108,10 @@ def ingest(
 
 
 def reevaluate_device(uow: UnitOfWork, device: Device) -> list[DecisionChanged]:
-    outcomes = evaluate_device(uow, device, uow.now)
+    evaluator = DeviceEvaluator(uow, device)
+    outcomes = evaluator.at(uow.now)
     record_outcomes(uow, device.id, outcomes)
-    changes = refresh_decisions(uow, device, outcomes)
+    changes = refresh_decisions(uow, device, outcomes, evaluator)
     states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
     uow.publish(DeviceEvaluated(device.id, device.owner_id, states, uow.now))
     return changes
