@@ -1,16 +1,30 @@
-"""Composition: which handler reacts to which event, and the complete metadata."""
+"""Composition: which handler reacts to which event, the complete metadata, and the services
+every process front shares."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import MetaData
+from sqlalchemy import Engine, MetaData, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from appwarden.access import models as _access_models  # noqa: F401 - registers tables
+from appwarden.access.service import written_devices
 from appwarden.audit import models as _audit_models  # noqa: F401
+from appwarden.audit.models import AuditEntry
+from appwarden.audit.service import chain
+from appwarden.catalog.loader import load_catalog
+from appwarden.catalog.model import Catalog
 from appwarden.compliance import models as _compliance_models  # noqa: F401
 from appwarden.db.base import Base
-from appwarden.db.uow import UnitOfWork
+from appwarden.db.uow import UnitOfWork, unit_of_work
 from appwarden.devices import models as _devices_models  # noqa: F401
 from appwarden.events import DecisionChanged, DeviceEvaluated, EventBus
 from appwarden.exemptions import models as _exemptions_models  # noqa: F401
@@ -20,13 +34,17 @@ from appwarden.notifications import models as _notifications_models  # noqa: F40
 from appwarden.notifications import service as outbox
 from appwarden.policies import models as _policies_models  # noqa: F401
 from appwarden.policies.models import PolicyVersion
+from appwarden.settings import Settings
 from appwarden.timeutil import iso
+from appwarden.usecases.enforce import configured
 from appwarden.usecases.notices import (
     AUDIENCE_STATES,
     NoticeConfig,
     announce_entrant,
     on_decision_changed,
 )
+
+log = logging.getLogger("appwarden")
 
 
 def metadata() -> MetaData:
@@ -99,3 +117,74 @@ def build_bus(
 
         bus.subscribe(DecisionChanged, tell_providers)
     return bus
+
+
+class Services:
+    """What one process shares, whatever its front (the CLI's `AppContext`, the server's
+    `Runtime`): the settings and engine, the catalog, the notice configuration, and units of
+    work wired with the event reactions above, whose audit entries are chained after commit."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        # Called after a commit that wrote decisions, with those devices (the gate's copy).
+        self.on_decisions_written: list[Callable[[Collection[int]], None]] = []
+        self._chain_lock = threading.Lock()
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.settings.catalog_file)
+
+    @cached_property
+    def notice_config(self) -> NoticeConfig:
+        settings = self.settings
+        return NoticeConfig(
+            catalog=self.catalog,
+            domain=settings.mail_domain,
+            portal_url=settings.portal_url,
+            organisation=settings.organisation,
+            default_time_zone=settings.default_time_zone,
+        )
+
+    def bus(self) -> EventBus:
+        settings = self.settings
+        return build_bus(
+            self.notice_config,
+            webhook_url=settings.webhook_url,
+            enforce=configured(settings),
+            enforce_resource=settings.enforce_resource,
+        )
+
+    @contextmanager
+    def uow(
+        self, at: datetime, *, actor: str | None = None, write: bool = True
+    ) -> Iterator[UnitOfWork]:
+        """A unit of work at logical time `at`. After a writing one commits, the devices whose
+        decisions it wrote are announced and the audit entries it recorded are chained."""
+        audited = False
+        with unit_of_work(self.engine, now=at, bus=self.bus(), actor=actor, write=write) as uow:
+            written = written_devices(uow)
+            if write:
+
+                def _saw_audit(session: Session, *_: Any) -> None:
+                    nonlocal audited
+                    audited = audited or any(isinstance(o, AuditEntry) for o in session.new)
+
+                event.listen(uow.session, "before_flush", _saw_audit)
+            yield uow
+        if write and written:
+            for callback in self.on_decisions_written:
+                callback(written)
+        if audited:
+            self.chain_audit(at)
+
+    def chain_audit(self, at: datetime) -> None:
+        """Chain pending audit entries. One appender per process; if another process chains
+        at the same moment, the loser leaves its entries for the next chain (nothing is lost:
+        unchained entries stay in insertion order)."""
+        with self._chain_lock:
+            try:
+                with unit_of_work(self.engine, now=at) as chainer:
+                    chain(chainer.session)
+            except DBAPIError:
+                log.warning("audit chaining deferred: another appender was chaining")

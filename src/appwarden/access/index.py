@@ -68,15 +68,15 @@ class _Tables:
     """Every map of the copy; replaced whole by a full reload, patched by a partial one."""
 
     device_by_identifier: dict[tuple[str, str], int] = field(default_factory=dict)
-    identifiers_of: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+    identifiers_of: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     owner_of: dict[int, int | None] = field(default_factory=dict)
-    devices_of: dict[int, set[int]] = field(default_factory=dict)
+    devices_of: dict[int, tuple[int, ...]] = field(default_factory=dict)
     people: dict[int, PersonRef] = field(default_factory=dict)
     person_by_email: dict[str, int] = field(default_factory=dict)
     person_by_alias: dict[str, int] = field(default_factory=dict)
-    people_by_local_part: dict[str, set[int]] = field(default_factory=dict)
+    people_by_local_part: dict[str, tuple[int, ...]] = field(default_factory=dict)
     decisions: dict[tuple[int, str], DecisionRef] = field(default_factory=dict)
-    resources_of: dict[int, set[str]] = field(default_factory=dict)
+    resources_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,11 @@ class _Loaded:
 
 
 class DecisionIndex:
-    def __init__(self) -> None:
+    """`namespaces`: the identifier namespaces the gate looks devices up by (only those are held:
+    a device's other identifiers would cost memory in every process for nothing)."""
+
+    def __init__(self, namespaces: Collection[str]) -> None:
+        self.namespaces = tuple(sorted(namespaces))
         self._tables = _Tables()
         self._lock = threading.Lock()
         self.loaded = False
@@ -138,7 +142,7 @@ class DecisionIndex:
 
     def load_all(self, connection: Connection) -> None:
         """Replace the whole copy with what the store holds now."""
-        loaded = _read(connection, None)
+        loaded = _read(connection, None, self.namespaces)
         fresh = _Tables()
         _apply(fresh, loaded)
         with self._lock:
@@ -149,7 +153,7 @@ class DecisionIndex:
         """Replace what the copy holds about these devices (and their owners) with the store's."""
         ids = sorted(set(device_ids))
         for start in range(0, len(ids), CHUNK):
-            loaded = _read(connection, ids[start : start + CHUNK])
+            loaded = _read(connection, ids[start : start + CHUNK], self.namespaces)
             with self._lock:
                 _apply(self._tables, loaded)
 
@@ -163,10 +167,12 @@ def changed_since(connection: Connection, since: datetime) -> set[int]:
     return {device_id for (device_id,) in rows}
 
 
-def _read(connection: Connection, device_ids: Sequence[int] | None) -> _Loaded:
+def _read(
+    connection: Connection, device_ids: Sequence[int] | None, namespaces: Sequence[str]
+) -> _Loaded:
     identifiers = select(
         DeviceIdentifier.namespace, DeviceIdentifier.value, DeviceIdentifier.device_id
-    )
+    ).where(DeviceIdentifier.namespace.in_(namespaces))
     owners = select(Device.id, Device.owner_id)
     decisions = select(
         DecisionRecord.device_id,
@@ -245,7 +251,7 @@ def _apply(t: _Tables, loaded: _Loaded) -> None:
                 del t.device_by_identifier[key]
         old_owner = t.owner_of.pop(device_id, None)
         if old_owner is not None:
-            t.devices_of.get(old_owner, set()).discard(device_id)
+            _drop(t.devices_of, old_owner, device_id)
         for resource in t.resources_of.pop(device_id, ()):
             t.decisions.pop((device_id, resource), None)
     for person in loaded.people:
@@ -253,19 +259,22 @@ def _apply(t: _Tables, loaded: _Loaded) -> None:
         t.people[person.id] = person
         t.person_by_email[person.email] = person.id
         local_part = person.email.split("@", 1)[0]
-        t.people_by_local_part.setdefault(local_part, set()).add(person.id)
+        t.people_by_local_part[local_part] = (
+            *t.people_by_local_part.get(local_part, ()),
+            person.id,
+        )
         for alias in person.aliases:
             t.person_by_alias[alias] = person.id
     for namespace, value, device_id in loaded.identifiers:
         t.device_by_identifier[(namespace, value)] = device_id
-        t.identifiers_of.setdefault(device_id, set()).add((namespace, value))
+        t.identifiers_of[device_id] = (*t.identifiers_of.get(device_id, ()), (namespace, value))
     for device_id, owner_id in loaded.owners:
         t.owner_of[device_id] = owner_id
         if owner_id is not None:
-            t.devices_of.setdefault(owner_id, set()).add(device_id)
+            t.devices_of[owner_id] = (*t.devices_of.get(owner_id, ()), device_id)
     for device_id, resource, decision in loaded.decisions:
         t.decisions[(device_id, resource)] = decision
-        t.resources_of.setdefault(device_id, set()).add(resource)
+        t.resources_of[device_id] = (*t.resources_of.get(device_id, ()), sys.intern(resource))
 
 
 def _forget_person(t: _Tables, person_id: int) -> None:
@@ -274,9 +283,17 @@ def _forget_person(t: _Tables, person_id: int) -> None:
         return
     if t.person_by_email.get(old.email) == person_id:
         del t.person_by_email[old.email]
-    ids = t.people_by_local_part.get(old.email.split("@", 1)[0])
-    if ids is not None:
-        ids.discard(person_id)
+    _drop(t.people_by_local_part, old.email.split("@", 1)[0], person_id)
     for alias in old.aliases:
         if t.person_by_alias.get(alias) == person_id:
             del t.person_by_alias[alias]
+
+
+def _drop(mapping: dict[Any, tuple[int, ...]], key: Any, member: int) -> None:
+    """Remove `member` from the tuple at `key` (tuples, not sets: most hold one member, and a
+    set costs four times the memory in every process)."""
+    rest = tuple(m for m in mapping.get(key, ()) if m != member)
+    if rest:
+        mapping[key] = rest
+    else:
+        mapping.pop(key, None)

@@ -11,21 +11,18 @@ from functools import cached_property
 
 from sqlalchemy import Engine
 
-from appwarden.audit.service import chain
-from appwarden.catalog.loader import load_catalog
 from appwarden.catalog.model import Catalog
 from appwarden.clock import Clock, clock_from_spec
 from appwarden.db.engine import make_engine
 from appwarden.db.migrate import is_current
-from appwarden.db.uow import UnitOfWork, unit_of_work
+from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict, InvalidInput
 from appwarden.notifications.templates import templates_digest
 from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
 from appwarden.usecases.deliver import Delivery, delivery_from_settings
-from appwarden.usecases.enforce import configured
 from appwarden.usecases.notices import NoticeConfig
-from appwarden.wiring import build_bus
+from appwarden.wiring import Services
 
 
 @dataclass
@@ -47,19 +44,16 @@ class AppContext:
         return clock_from_spec(self.settings.clock, env=self.settings.env)
 
     @cached_property
-    def catalog(self) -> Catalog:
-        return load_catalog(self.settings.catalog_file)
+    def services(self) -> Services:
+        return Services(self.settings, self.engine)
 
-    @cached_property
+    @property
+    def catalog(self) -> Catalog:
+        return self.services.catalog
+
+    @property
     def notice_config(self) -> NoticeConfig:
-        settings = self.settings
-        return NoticeConfig(
-            catalog=self.catalog,
-            domain=settings.mail_domain,
-            portal_url=settings.portal_url,
-            organisation=settings.organisation,
-            default_time_zone=settings.default_time_zone,
-        )
+        return self.services.notice_config
 
     def delivery(self) -> Delivery:
         """Channels from the settings: SMTP when a host is set, else the local maildir."""
@@ -93,17 +87,7 @@ class AppContext:
     def uow(
         self, at: datetime, *, actor: str | None = None, write: bool = True
     ) -> Iterator[UnitOfWork]:
+        """A unit of work at logical time `at` (`wiring.Services.uow`), as `--as` or `actor`."""
         self.require_schema()
-        bus = build_bus(
-            self.notice_config,
-            webhook_url=self.settings.webhook_url,
-            enforce=configured(self.settings),
-            enforce_resource=self.settings.enforce_resource,
-        )
-        with unit_of_work(
-            self.engine, now=at, bus=bus, actor=actor or self.actor, write=write
-        ) as uow:
+        with self.services.uow(at, actor=actor or self.actor, write=write) as uow:
             yield uow
-        if write:
-            with unit_of_work(self.engine, now=at) as chainer:
-                chain(chainer.session)

@@ -14,7 +14,7 @@ from appwarden.exemptions.models import Exemption
 from appwarden.notifications import service as outbox
 from appwarden.policies.service import document_of, live_version
 from appwarden.usecases.ingest import reevaluate_device
-from appwarden.usecases.notices import NoticeConfig, _render, released
+from appwarden.usecases.notices import NoticeConfig, released, render_notice
 
 EXPIRY_WARNING = timedelta(days=7)
 
@@ -42,7 +42,7 @@ def _tell(
     if version is None or person is None or not released(version):
         return False  # announced at release (usecases.notices), never before
     doc = document_of(version)
-    rendered = _render(
+    rendered = render_notice(
         config,
         person,
         version,

@@ -196,7 +196,7 @@ def _lines(
     return tuple(lines)
 
 
-def _render(
+def render_notice(
     config: NoticeConfig,
     person: Person,
     version: PolicyVersion,
@@ -207,6 +207,8 @@ def _render(
     devices: tuple[DeviceLine, ...],
     **extra: Any,
 ) -> outbox.Rendered:
+    """One notice of `kind` for `person` about `version`, rendered with its template (text and
+    HTML), in the person's time zone. Used by every use case that writes to people."""
     context = NoticeContext(
         kind=kind,
         template=template,
@@ -315,7 +317,7 @@ def reminders_for(
             if offset.total_seconds() % 86400 == 0
             else str(int(offset.total_seconds())) + "S"
         )
-        rendered = _render(
+        rendered = render_notice(
             config, person, version, doc, kind="reminder", template="reminder", devices=devices
         )
         planned.append(
@@ -364,7 +366,7 @@ def plan_release(
         entries = [(d, e) for d, e in audience.by_person[pid] if e.state in AUDIENCE_STATES]
         devices = _lines(uow, entries, apps)
         if pid not in told:
-            rendered = _render(
+            rendered = render_notice(
                 config,
                 person,
                 version,
@@ -386,7 +388,7 @@ def plan_release(
             )
             diff["announce"].append(person.email)
         elif changes:
-            rendered = _render(
+            rendered = render_notice(
                 config,
                 person,
                 version,
@@ -416,7 +418,7 @@ def plan_release(
         leaver = uow.session.get(Person, pid)
         assert leaver is not None
         person = leaver
-        rendered = _render(
+        rendered = render_notice(
             config, person, version, doc, kind="update", template="no-longer-affected", devices=()
         )
         notices.append(
@@ -464,7 +466,7 @@ def _exemption_notices(
             uow, person.id, version.policy_id, "exemption", f"granted:{exemption.id}"
         ):
             continue
-        rendered = _render(
+        rendered = render_notice(
             config,
             person,
             version,
@@ -584,7 +586,7 @@ def announce_entrant(
     if not entries:
         return []
     devices = _lines(uow, entries, app_names(doc, config.catalog))
-    rendered = _render(
+    rendered = render_notice(
         config,
         person,
         version,
@@ -654,7 +656,7 @@ def refresh_reminder(uow: UnitOfWork, notice: Notice, config: NoticeConfig) -> b
         outbox.cancel(uow, notice, "no_longer_required")
         return False
     devices = _lines(uow, entries, app_names(doc, config.catalog))
-    rendered = _render(
+    rendered = render_notice(
         config, person, version, doc, kind="reminder", template="reminder", devices=devices
     )
     notice.subject, notice.body_text, notice.body_html = (
@@ -693,7 +695,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             if kind == NoticeKind.BLOCKED
             else "compliant",
         )
-        rendered = _render(
+        rendered = render_notice(
             config,
             person,
             version,

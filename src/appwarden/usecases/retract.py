@@ -27,7 +27,7 @@ from appwarden.policies.lifecycle import next_state
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import document_of, get_policy, versions_of
 from appwarden.usecases.ingest import reevaluate_device
-from appwarden.usecases.notices import NoticeConfig, _render
+from appwarden.usecases.notices import NoticeConfig, render_notice
 from appwarden.vocabulary import NoticeKind, Permission, VersionState
 
 
@@ -102,7 +102,7 @@ def enqueue_correction(
     person = uow.session.get(Person, first.person_id)
     assert person is not None
     doc = document_of(version)
-    rendered = _render(
+    rendered = render_notice(
         config,
         person,
         version,

@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from appwarden.access.index import DecisionIndex, changed_since
 from appwarden.access.service import CHANGES_CHANNEL
+from appwarden.vocabulary import DeviceNamespace
 
 log = logging.getLogger("appwarden.web")
 OVERLAP = timedelta(seconds=5)
@@ -89,10 +90,16 @@ class _DataVersion:
 
 
 class LiveIndex:
-    def __init__(self, engine: Engine, *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        interval: float = 1.0,
+        namespaces: Collection[str] = (DeviceNamespace.EAS_DEVICE_ID,),
+    ) -> None:
         self.engine = engine
         self.interval = interval
-        self.index = DecisionIndex()
+        self.index = DecisionIndex(namespaces)
         self._load_lock = threading.Lock()  # one loader at a time
         self._since: datetime | None = None  # the next catch-up reads what was written after this
         self._full_at = 0.0  # monotonic time of the last full load
