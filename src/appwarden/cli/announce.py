@@ -23,12 +23,12 @@ from appwarden.identity.service import get_person, require
 from appwarden.notifications.models import Notice
 from appwarden.policies import service as policies
 from appwarden.timeutil import iso
-from appwarden.usecases.deliver import Delivery, deliver_due, retry_failed
+from appwarden.usecases.deliver import Delivery, retry_failed
 from appwarden.usecases.enforcement import exchange_state
-from appwarden.usecases.exemptions import after_decision, warn_expiring
+from appwarden.usecases.exemptions import after_decision
 from appwarden.usecases.notices import plan_release
-from appwarden.usecases.release import refresh_expired, release_due
 from appwarden.usecases.retract import retract
+from appwarden.usecases.worker import worker_pass
 from appwarden.vocabulary import Permission
 
 notices_app = typer.Typer(help="Notices sent and queued.", invoke_without_command=True)
@@ -225,14 +225,11 @@ def worker(
 def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool) -> None:
     while True:
         now = context.at(at)
-        with context.uow(now) as uow:
-            changes = release_due(uow, context.notice_config)
-            changes += refresh_expired(uow)
-            warn_expiring(uow, context.notice_config)
-        stats = deliver_due(partial(context.uow, now), delivery)
+        result = worker_pass(partial(context.uow, now), context.notice_config, delivery, now)
+        stats = result.delivery
         if once:
             errors.print(
-                f"{len(changes)} decision change(s); {stats.sent} notice(s) sent, "
+                f"{result.decision_changes} decision change(s); {stats.sent} notice(s) sent, "
                 f"{stats.retried} to retry, {stats.failed} failed, {stats.cancelled} cancelled, "
                 f"{stats.webhooks} webhook(s)"
             )

@@ -3,7 +3,7 @@ and recompute the decisions whose `valid_until` has come, without scanning the f
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from appwarden.access.models import DecisionRecord
 from appwarden.compliance.fleet import fleet_rows
@@ -39,16 +39,31 @@ def release_due(uow: UnitOfWork, config: NoticeConfig | None = None) -> list[Dec
     return _reevaluate(uow, device_ids)
 
 
-def refresh_expired(uow: UnitOfWork) -> list[DecisionChanged]:
-    """Decisions whose valid_until has come (a deadline, a grace period, an exemption's end)."""
-    due = set(
-        uow.session.scalars(
-            select(DecisionRecord.device_id).where(
+def refresh_expired(uow: UnitOfWork, *, limit: int | None = None) -> list[DecisionChanged]:
+    """Decisions whose valid_until has come (a deadline, a grace period, an exemption's end):
+    all of them, or the `limit` devices due longest (see `usecases.worker`, which commits a
+    large deadline in batches)."""
+    query = (
+        select(DecisionRecord.device_id)
+        .where(DecisionRecord.valid_until.is_not(None), DecisionRecord.valid_until <= uow.now)
+        .group_by(DecisionRecord.device_id)
+        .order_by(func.min(DecisionRecord.valid_until), DecisionRecord.device_id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return _reevaluate(uow, set(uow.session.scalars(query)))
+
+
+def expired_count(uow: UnitOfWork) -> int:
+    """Devices with a decision whose valid_until has come."""
+    return (
+        uow.session.scalar(
+            select(func.count(func.distinct(DecisionRecord.device_id))).where(
                 DecisionRecord.valid_until.is_not(None), DecisionRecord.valid_until <= uow.now
             )
         )
+        or 0
     )
-    return _reevaluate(uow, due)
 
 
 def _reevaluate(uow: UnitOfWork, device_ids: set[int]) -> list[DecisionChanged]:

@@ -26,7 +26,8 @@ import ipaddress
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from datetime import datetime
+from typing import Final
 
 import orjson
 from fastapi import FastAPI, Request
@@ -130,7 +131,7 @@ class Gate:
             return self._without_store(mode, request, now)
 
     def _without_store(
-        self, mode: str, request: GateRequest, now: Any
+        self, mode: str, request: GateRequest, now: datetime
     ) -> tuple[GateAnswer, str | None]:
         if mode == "last_known" and self.live.index.loaded:
             facts = IndexFacts(self.live.index, now, authoritative=True)

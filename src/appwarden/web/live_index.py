@@ -148,7 +148,9 @@ class LiveIndex:
                     # The copy is large and long-lived, and holds no reference cycles: keep the
                     # cyclic garbage collector from walking it again and again (its full passes
                     # would show as the gate's tail latency). Memory is still freed by reference
-                    # counting when a later full load replaces it.
+                    # counting when a later full load replaces it; garbage already waiting is
+                    # collected first, or freezing would keep it for good.
+                    gc.collect()
                     gc.freeze()
                 else:
                     changed = changed_since(connection, self._since - OVERLAP)

@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 
-from appwarden.usecases.deliver import (
-    Delivery,
-    DeliveryStats,
-    deliver_due,
-    delivery_from_settings,
-)
-from appwarden.usecases.exemptions import warn_expiring
-from appwarden.usecases.release import refresh_expired, release_due
+from appwarden.usecases.deliver import Delivery, delivery_from_settings
+from appwarden.usecases.worker import PassResult, worker_pass
 from appwarden.web import Runtime
 
 log = logging.getLogger("appwarden.worker")
-
-
-@dataclass(frozen=True)
-class PassResult:
-    at: datetime
-    decision_changes: int
-    delivery: DeliveryStats
 
 
 class EmbeddedWorker:
@@ -60,14 +45,10 @@ class EmbeddedWorker:
         """One pass at the clock's now."""
         runtime = self.runtime
         now = runtime.now()
-        with runtime.uow(now) as uow:
-            changes = release_due(uow, runtime.notice_config)
-            changes += refresh_expired(uow)
-            warn_expiring(uow, runtime.notice_config)
-        stats = deliver_due(partial(runtime.uow, now), self.delivery)
+        result = worker_pass(partial(runtime.uow, now), runtime.notice_config, self.delivery, now)
         runtime.chain_audit(now)
         self.passes += 1
-        return PassResult(now, len(changes), stats)
+        return result
 
     def _loop(self) -> None:
         while not self._stop.is_set():
