@@ -674,6 +674,27 @@ def test_exemption_ending_exactly_at_t_has_ended(store):
     assert evaluation.valid_until == ends + DAY
 
 
+def test_a_renewal_is_one_exempt_period_and_other_devices_windows_do_not_join_it(store):
+    """Windows that touch (a renewal from the instant the old one ends) are one exempt period:
+    `since` is the first start, `valid_until` the last end. Another device's window that
+    touches it is not part of it (the SQL once joined every device's windows)."""
+    renewed = (RELEASE, BASE - DAY), (BASE - DAY, BASE + DAY)
+    spec = FleetSpec(
+        policy=tie_policy(),
+        devices=(DeviceSpec(), DeviceSpec()),
+        exemptions=(
+            *(ExemptionSpec(POLICY_ID, None, 0, "approved", a, b) for a, b in renewed),
+            ExemptionSpec(POLICY_ID, None, 1, "approved", BASE + DAY, BASE + 2 * DAY),
+            ExemptionSpec(POLICY_ID, None, 1, "approved", RELEASE - DAY, RELEASE),
+        ),
+    )
+    version_id = load(store.engine, spec)
+    single = assert_agree(store.engine, version_id, BASE)
+    renewal, _other = (single[d] for d in sorted(single))
+    assert renewal.state == ComplianceState.EXEMPT
+    assert (renewal.since, renewal.valid_until) == (RELEASE, BASE + DAY)
+
+
 def test_proof_exactly_at_the_freshness_cutoff_counts(store):
     proof = BASE - 7 * DAY  # T - max_evidence_age
     spec = FleetSpec(

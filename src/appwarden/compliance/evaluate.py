@@ -314,14 +314,33 @@ def evaluate(
         horizon = [t for t in (base.valid_until, *starts) if t is not None]
         return replace(base, since=since, valid_until=min(horizon, default=None))
     window = max(active, key=lambda e: (e.ends_at, e.exemption_id))
+    period_start, period_end = exempt_period(windows, now)
     return Evaluation(
         State.EXEMPT,
-        since=max(rules.release_at, min(e.starts_at for e in active)),
+        since=max(rules.release_at, period_start),
         due=base.due,
         first_seen=base.first_seen,
         reasons=(f"exemption:{window.exemption_id}", f"underlying:{base.state}", *base.reasons),
-        valid_until=window.ends_at,
+        valid_until=period_end,
     )
+
+
+def exempt_period(windows: list[ExemptionWindow], now: datetime) -> tuple[datetime, datetime]:
+    """The continuous exempt period around `now` (some window is active): windows that overlap
+    or touch (a renewal starting when the old one ends) are one period. It starts at the latest
+    window start not covered or touched by another window, and ends at the earliest window end
+    after `now` that no other window covers (`fleet.py` computes the same in SQL)."""
+    starts = max(
+        w.starts_at
+        for w in windows
+        if w.starts_at <= now and not any(o.starts_at < w.starts_at <= o.ends_at for o in windows)
+    )
+    ends = min(
+        w.ends_at
+        for w in windows
+        if w.ends_at > now and not any(o.starts_at <= w.ends_at < o.ends_at for o in windows)
+    )
+    return starts, ends
 
 
 IN_SCOPE_STATES = frozenset(State) - {State.NOT_APPLICABLE}

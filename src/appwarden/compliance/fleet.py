@@ -22,6 +22,7 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from appwarden.compliance.evaluate import PolicyRules
@@ -52,7 +53,7 @@ class FleetRow:
     never_proven: int  # unknown: carried identifiers that never had an absence proof
     oldest_fresh_proof: datetime | None  # compliant: the proof that expires first
     exemption_id: int | None
-    exemption_starts_at: datetime | None  # earliest start among the active windows
+    exemption_starts_at: datetime | None  # the continuous exempt period around now
     exemption_ends_at: datetime | None
     exemption_ended_at: datetime | None
     next_exemption_at: datetime | None
@@ -276,20 +277,24 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         .group_by(facts.c.device_id)
         .cte("per_device")
     )
-    ends = case(
-        (
-            and_(Exemption.revoked_at.is_not(None), Exemption.revoked_at < Exemption.ends_at),
-            Exemption.revoked_at,
-        ),
-        else_=Exemption.ends_at,
-    )
-    covering = and_(
-        Exemption.policy_id == rules.policy_id,
-        Exemption.status.in_(["approved", "revoked"]),
-        Exemption.starts_at.is_not(None),
-        Exemption.ends_at.is_not(None),
-        or_(Exemption.device_id == scoped.c.device_id, Exemption.person_id == scoped.c.person_id),
-    )
+
+    def ends_of(e: Any) -> ColumnElement[Any]:
+        """A window's end: its revocation when it was revoked early."""
+        return case(
+            (and_(e.revoked_at.is_not(None), e.revoked_at < e.ends_at), e.revoked_at),
+            else_=e.ends_at,
+        )
+
+    def covering_of(e: Any) -> ColumnElement[bool]:
+        return and_(
+            e.policy_id == rules.policy_id,
+            e.status.in_(["approved", "revoked"]),
+            e.starts_at.is_not(None),
+            e.ends_at.is_not(None),
+            or_(e.device_id == scoped.c.device_id, e.person_id == scoped.c.person_id),
+        )
+
+    ends, covering = ends_of(Exemption), covering_of(Exemption)
     active = (
         select(Exemption.id)
         .where(covering, Exemption.starts_at <= _at(now), ends > _at(now))
@@ -298,9 +303,36 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         .scalar_subquery()
     )
     ended = select(func.max(ends)).where(covering, ends <= _at(now)).scalar_subquery()
-    active_start = (
-        select(func.min(Exemption.starts_at))
-        .where(covering, Exemption.starts_at <= _at(now), ends > _at(now))
+    # The continuous exempt period around now (evaluate.exempt_period): touching or overlapping
+    # windows are one period. Its start is the latest start no other window covers or touches,
+    # its end the earliest end after now that no other window covers.
+    other = aliased(Exemption)
+    period_start = (
+        select(func.max(Exemption.starts_at))
+        .where(
+            covering,
+            Exemption.starts_at <= _at(now),
+            ~select(other.id)
+            .where(
+                covering_of(other),
+                other.starts_at < Exemption.starts_at,
+                ends_of(other) >= Exemption.starts_at,
+            )
+            .correlate_except(other)  # the device (two levels up) and the window in question
+            .exists(),
+        )
+        .scalar_subquery()
+    )
+    period_end = (
+        select(func.min(ends))
+        .where(
+            covering,
+            ends > _at(now),
+            ~select(other.id)
+            .where(covering_of(other), other.starts_at <= ends, ends < ends_of(other))
+            .correlate_except(other)
+            .exists(),
+        )
         .scalar_subquery()
     )
     upcoming = select(func.min(Exemption.starts_at)).where(covering, Exemption.starts_at > _at(now))
@@ -326,7 +358,8 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         per_device.c.live_idents,
         per_device.c.unproven_idents,
         active.label("exemption_id"),
-        active_start.label("exemption_starts_at"),
+        case((active.is_not(None), period_start)).label("exemption_starts_at"),
+        case((active.is_not(None), period_end)).label("exemption_ends_at"),
         ended.label("exemption_ended_at"),
         upcoming.scalar_subquery().label("next_exemption_at"),
     ).select_from(scoped.outerjoin(per_device, per_device.c.device_id == scoped.c.device_id))
@@ -364,11 +397,6 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         case((base.c.exemption_id.is_not(None), "exempt"), else_=underlying).label("state"),
     ).order_by(base.c.device_id)
     rows = uow.session.execute(final).mappings().all()
-    exemption_ids = {r["exemption_id"] for r in rows if r["exemption_id"] is not None}
-    windows = {
-        e.id: min(e.ends_at, e.revoked_at) if e.revoked_at and e.ends_at else e.ends_at
-        for e in uow.session.scalars(select(Exemption).where(Exemption.id.in_(exemption_ids)))
-    }
     return [
         FleetRow(
             device_id=r["device_id"],
@@ -381,7 +409,7 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
             oldest_fresh_proof=_utc(r["oldest_fresh_proof"]),
             exemption_id=r["exemption_id"],
             exemption_starts_at=_utc(r["exemption_starts_at"]),
-            exemption_ends_at=windows[r["exemption_id"]] if r["exemption_id"] else None,
+            exemption_ends_at=_utc(r["exemption_ends_at"]),
             exemption_ended_at=_utc(r["exemption_ended_at"]),
             next_exemption_at=_utc(r["next_exemption_at"]),
             underlying=ComplianceState(r["underlying"]),

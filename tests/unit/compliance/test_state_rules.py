@@ -781,16 +781,40 @@ def test_rule2_since_of_overlapping_exemptions_is_the_earliest_active_start() ->
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="back-to-back exemptions (a renewal starting when the old one ends) are one exempt "
-    "period, but `since` is the start of the window active now, not of the continuous period",
+@pytest.mark.parametrize(
+    ("windows", "now", "since", "until"),
+    [
+        pytest.param(
+            [(1, jul(2), jul(6)), (2, jul(6), jul(15))], jul(8), jul(2), jul(15), id="renewal"
+        ),
+        pytest.param(
+            [(1, jul(2), jul(6)), (2, jul(6), jul(15))],
+            jul(3),
+            jul(2),
+            jul(15),
+            id="before-renewal",
+        ),
+        pytest.param(
+            [(1, jul(2), jul(6)), (2, jul(4), jul(9)), (3, jul(9), jul(12))],
+            jul(10),
+            jul(2),
+            jul(12),
+            id="overlap-then-touch",
+        ),
+        pytest.param(
+            [(1, jul(2), jul(5)), (2, jul(6), jul(15))], jul(8), jul(6), jul(15), id="a-gap-splits"
+        ),
+        pytest.param(
+            [(1, jul(2), jul(20)), (2, jul(4), jul(6))], jul(5), jul(2), jul(20), id="nested"
+        ),
+    ],
 )
-def test_rule2_since_of_back_to_back_exemptions_is_the_first_start() -> None:
-    windows = [ExemptionWindow(1, jul(2), jul(6)), ExemptionWindow(2, jul(6), jul(15))]
-    result = evaluate(BASE_RULES, device(), now=jul(8), exemptions=windows)
-    assert (result.state, result.since, result.valid_until) == (S.EXEMPT, jul(2), jul(15))
+def test_rule2_touching_or_overlapping_exemptions_are_one_exempt_period(
+    windows, now, since, until
+) -> None:
+    exemptions = [ExemptionWindow(i, start, end) for i, start, end in windows]
+    result = evaluate(BASE_RULES, device(), now=now, exemptions=exemptions)
+    assert (result.state, result.since, result.valid_until) == (S.EXEMPT, since, until)
 
 
 @pytest.mark.parametrize(
