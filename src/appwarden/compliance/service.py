@@ -25,7 +25,7 @@ from appwarden.compliance.rules import (
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.policies.models import PolicyFirstSeen, PolicyVersion
-from appwarden.policies.service import effective_versions
+from appwarden.policies.service import in_effect, released_versions
 from appwarden.vocabulary import ComplianceState
 
 
@@ -61,6 +61,7 @@ class DeviceEvaluator:
         self.uow = uow
         self.device = device
         self._view: DeviceView | None = None
+        self._released: list[PolicyVersion] | None = None
         self._rules: dict[int, PolicyRules] = {}
         self._windows: dict[str, list[ExemptionWindow]] = {}
         self._outcomes: dict[datetime, list[Outcome]] = {}
@@ -73,8 +74,10 @@ class DeviceEvaluator:
         if self._view is None:
             self._view = device_views(uow, [device.id])[device.id]
         view = self._view
+        if self._released is None:
+            self._released = released_versions(uow)
         outcomes = []
-        for version in effective_versions(uow, instant):
+        for version in in_effect(self._released, instant):
             rules = self._rules.get(version.id)
             if rules is None:
                 rules = self._rules[version.id] = rules_of(uow, version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -423,6 +424,15 @@ def _open_or_fail(uow: UnitOfWork, policy_id: str) -> PolicyVersion:
     return version
 
 
+_RELEASED_STATES = (
+    VersionState.SCHEDULED,
+    VersionState.ACTIVE,
+    VersionState.SUPERSEDED,
+    VersionState.RETRACTED,
+    VersionState.RETIRED,
+)
+
+
 def effective_versions(uow: UnitOfWork, at: datetime) -> list[PolicyVersion]:
     """Per policy id, the version in effect at `at`: the newest released one that had not ended.
 
@@ -435,22 +445,35 @@ def effective_versions(uow: UnitOfWork, at: datetime) -> list[PolicyVersion]:
         .where(
             PolicyVersion.release_at.is_not(None),
             PolicyVersion.release_at <= at,
-            PolicyVersion.state.in_(
-                [
-                    VersionState.SCHEDULED,
-                    VersionState.ACTIVE,
-                    VersionState.SUPERSEDED,
-                    VersionState.RETRACTED,
-                    VersionState.RETIRED,
-                ]
-            ),
+            PolicyVersion.state.in_(_RELEASED_STATES),
             or_(PolicyVersion.ended_at.is_(None), PolicyVersion.ended_at > at),
         )
         .order_by(PolicyVersion.policy_id, PolicyVersion.number)
     ).all()
+    return in_effect(candidates, at)
+
+
+def released_versions(uow: UnitOfWork) -> list[PolicyVersion]:
+    """Every version that was ever released, for `in_effect` at several instants."""
+    return list(
+        uow.session.scalars(
+            select(PolicyVersion)
+            .where(
+                PolicyVersion.release_at.is_not(None),
+                PolicyVersion.state.in_(_RELEASED_STATES),
+            )
+            .order_by(PolicyVersion.policy_id, PolicyVersion.number)
+        )
+    )
+
+
+def in_effect(released: Sequence[PolicyVersion], at: datetime) -> list[PolicyVersion]:
+    """`effective_versions` among `released` (ordered by policy id and number)."""
     newest: dict[str, PolicyVersion] = {}
-    for version in candidates:
-        newest[version.policy_id] = version
+    for version in released:
+        started = version.release_at is not None and version.release_at <= at
+        if started and (version.ended_at is None or version.ended_at > at):
+            newest[version.policy_id] = version
     return list(newest.values())
 
 
