@@ -195,11 +195,37 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         .select_from(scoped.join(pi, literal(True)))
         .cte("pairs")
     )
-    same = and_(
-        proofs.c.device_id == pairs.c.device_id,
-        proofs.c.namespace == pairs.c.namespace,
-        proofs.c.value == pairs.c.value,
+    # Per (device, identifier): the newest proof, and the first proof after the latest sighting.
+    # Grouped once and joined, not asked per pair: a correlated subquery over the `proofs` CTE
+    # scans all of it for every pair (SQLite cannot index a CTE for it), quadratic in the fleet.
+    key = (proofs.c.device_id, proofs.c.namespace, proofs.c.value)
+    newest = (
+        select(*key, func.max(proofs.c.observed_at).label("newest_proof"))
+        .group_by(*key)
+        .cte("newest")
     )
+    clears = (
+        select(*key, func.min(proofs.c.observed_at).label("first_clear"))
+        .join(
+            presence,
+            and_(
+                presence.c.device_id == proofs.c.device_id,
+                presence.c.namespace == proofs.c.namespace,
+                presence.c.value == proofs.c.value,
+                proofs.c.observed_at > presence.c.last_seen,
+            ),
+        )
+        .group_by(*key)
+        .cte("clears")
+    )
+
+    def same_pair(table: Any) -> ColumnElement[bool]:
+        return and_(
+            table.c.device_id == pairs.c.device_id,
+            table.c.namespace == pairs.c.namespace,
+            table.c.value == pairs.c.value,
+        )
+
     facts = (
         select(
             pairs.c.device_id,
@@ -211,7 +237,10 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
                 (
                     and_(
                         presence.c.last_seen.is_not(None),
-                        ~exists().where(same, proofs.c.observed_at > presence.c.last_seen),
+                        or_(
+                            newest.c.newest_proof.is_(None),
+                            newest.c.newest_proof <= presence.c.last_seen,
+                        ),
                     ),
                     1,
                 ),
@@ -221,31 +250,20 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
                 (
                     and_(
                         _carries(pairs.c.platform, pairs.c.namespace),
-                        ~exists().where(same, proofs.c.observed_at >= cutoff),
+                        or_(newest.c.newest_proof.is_(None), newest.c.newest_proof < cutoff),
                     ),
                     1,
                 ),
                 else_=0,
             ).label("unproven"),
             _carries(pairs.c.platform, pairs.c.namespace).label("carried"),
-            select(func.max(proofs.c.observed_at))
-            .where(same)
-            .scalar_subquery()
-            .label("newest_proof"),
-            select(func.min(proofs.c.observed_at))
-            .where(same, proofs.c.observed_at > presence.c.last_seen)
-            .scalar_subquery()
-            .label("first_clear"),
+            newest.c.newest_proof,
+            clears.c.first_clear,
         )
         .select_from(
-            pairs.outerjoin(
-                presence,
-                and_(
-                    presence.c.device_id == pairs.c.device_id,
-                    presence.c.namespace == pairs.c.namespace,
-                    presence.c.value == pairs.c.value,
-                ),
-            )
+            pairs.outerjoin(presence, same_pair(presence))
+            .outerjoin(newest, same_pair(newest))
+            .outerjoin(clears, same_pair(clears))
         )
         .cte("facts")
     )
