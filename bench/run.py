@@ -197,6 +197,20 @@ def table_rows(result: dict[str, Any], name: str) -> list[str]:
             f"| | W2 gate = API on {sample['sample']} phones | {len(sample['mismatches'])} "
             f"mismatches | identical | {_ok(bars['sample_matches_api']['pass'])} |"
         )
+    elif result["workload"] == "W4":
+        bars = result["bars"]
+        lat = result["latency"]
+        full = result["full_evaluation"]
+        rows.append(
+            f"| {label} | W4 one device's report, ingest to commit: {result['measured']} reports, "
+            f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms (a full "
+            f"evaluation: {full['seconds_best_of_3']} s, {full['times_the_p50']:,.0f}x the p50) "
+            f"| p99 {lat['p99_ms']} ms | <= 10 ms | {_ok(bars['p99']['pass'])} |"
+        )
+        rows.append(
+            f"| | W4 decisions committed as allow | {len(result['not_allowed_after'])} wrong | "
+            f"0 wrong | {_ok(bars['committed']['pass'])} |"
+        )
     else:
         bars = result["bars"]
         same = result["same_process"]
@@ -256,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--workload", choices=["W2", "W6", "ALL"], default="ALL", type=str.upper)
+    parser.add_argument(
+        "--workload", choices=["W2", "W4", "W6", "ALL"], default="ALL", type=str.upper
+    )
     parser.add_argument("--quick", action="store_true", help="1,000 extra devices, short runs")
     parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
     parser.add_argument(
@@ -266,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-readme", action="store_true", help="do not refresh bench/README.md")
     args = parser.parse_args(argv)
-    workloads = ["W2", "W6"] if args.workload == "ALL" else [args.workload]
+    workloads = ["W2", "W6", "W4"] if args.workload == "ALL" else [args.workload]
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
         return 2
@@ -274,14 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("bench: warning: one core; server and load generator will share it")
 
     from bench import fleet as fleets
-    from bench import w2_gate, w6_flip
+    from bench import w2_gate, w4_ingest, w6_flip
 
     access_log = not args.no_access_log
     w2_params = w2_gate.Params.of(quick=args.quick, access_log=access_log)
     w6_params = w6_flip.Params.of(quick=args.quick, access_log=access_log)
+    w4_params = w4_ingest.Params.of(quick=args.quick)
     extra = max(
         w2_params.extra_devices if "W2" in workloads else 0,
         w6_params.extra_devices if "W6" in workloads else 0,
+        w4_params.extra_devices if "W4" in workloads else 0,
     )
     reporter = Reporter()
     written: list[tuple[str, dict[str, Any]]] = []
@@ -306,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 reporter.phase("W6: report -> flip", total=w6_params.iterations)
                 result = w6_flip.run(fleet, w6_params, reporter.note, reporter.advance)
                 name = result_name("W6", fleet.backend, args.quick)
+                written.append((name, _finish(result, info, args.quick, started)))
+                write_result(*written[-1])
+            if "W4" in workloads:
+                reporter.phase("W4: one report -> commit", total=w4_params.iterations)
+                result = w4_ingest.run(fleet, w4_params, reporter.note, reporter.advance)
+                name = result_name("W4", fleet.backend, args.quick)
                 written.append((name, _finish(result, info, args.quick, started)))
                 write_result(*written[-1])
     if not args.no_readme:

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appwarden.clock import Clock, clock_from_spec
-from appwarden.db.engine import make_engine
+from appwarden.db.engine import Checkpointer, make_engine
 from appwarden.db.migrate import is_current
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
@@ -52,7 +52,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     clocks only in the test and demo environments); `worker` runs the embedded worker thread
     while the application is up (the SQLite default of `appwarden serve`)."""
     clock = clock or clock_from_spec(settings.clock, env=settings.env)
-    runtime = Runtime(settings=settings, engine=make_engine(settings.database_url), clock=clock)
+    engine = make_engine(settings.database_url, background_checkpoints=True)
+    runtime = Runtime(settings=settings, engine=engine, clock=clock)
+    checkpointer = Checkpointer(engine)
     metrics = Metrics(runtime.engine)
     embedded = EmbeddedWorker(runtime) if worker else None
     live = LiveIndex(runtime.engine, interval=settings.gate_index_seconds)
@@ -62,6 +64,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_guarded(app)  # again: routes may have been added after create_app returned
+        checkpointer.start()
         await run_in_threadpool(live.start)
         if embedded is not None:
             embedded.start()
@@ -71,6 +74,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
             await run_in_threadpool(live.stop)
+            await run_in_threadpool(checkpointer.stop)
             runtime.close()
 
     app = _Application(
