@@ -141,13 +141,9 @@ def test_a_deadline_flips_the_gate_without_the_store_or_the_worker(store, demo, 
     clock.write_text(BEFORE)
     settings = _settings(store, tmp_path, BEFORE).model_copy(update={"clock": f"file:{clock}"})
     app = create_app(settings)
-    engine = app.state.runtime.engine
-    statements: list[str] = []
-    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    statements = _statements(app)
     with TestClient(app) as client:
-        deadline = time.monotonic() + 10
-        while not app.state.live_index.fresh() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_until_current(app)
         ask = lambda device, user: client.get("/gate/forward", headers=_gate_headers(device, user))  # noqa: E731
         assert ask(ALICE, "alice").status_code == 200
         clock.write_text(AFTER)
@@ -175,6 +171,23 @@ def _gate_headers(device: str, user: str) -> dict[str, str]:
     return {"X-Appwarden-Proxy-Key": KEY, "X-Original-URI": uri}
 
 
+def _wait_until_current(app) -> None:
+    """Until the server's gate copy has loaded and is current (its start-up load is a thread)."""
+    deadline = time.monotonic() + 10
+    while not app.state.live_index.fresh() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.live_index.fresh()
+
+
+def _statements(app) -> list[str]:
+    """Every SQL statement the application's engine runs from now on."""
+    statements: list[str] = []
+    event.listen(
+        app.state.runtime.engine, "before_cursor_execute", lambda *a: statements.append(a[2])
+    )
+    return statements
+
+
 def _settings(store, tmp_path: Path, clock: str) -> Settings:
     return Settings(
         database_url=store.url,
@@ -189,13 +202,9 @@ def _settings(store, tmp_path: Path, clock: str) -> Settings:
 def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
     assert cli("worker", "--once", "--at", AFTER).code == 0
     app = create_app(_settings(store, tmp_path, AFTER))
-    engine = app.state.runtime.engine
-    statements: list[str] = []
-    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    statements = _statements(app)
     with TestClient(app) as client:
-        deadline = time.monotonic() + 10
-        while not app.state.live_index.fresh() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_until_current(app)
         statements.clear()
         for _ in range(20):
             assert (
@@ -215,16 +224,13 @@ def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
 
 def test_another_process_commit_is_seen_before_the_next_answer(store, demo, cli, tmp_path):
     """Retracting in another process (the CLI, with its own engine): the server notices it
-    before its next answer on SQLite (data_version), within the notification's time on
+    before its next answer on SQLite (the WAL-index header), within the notification's time on
     PostgreSQL (LISTEN/NOTIFY; DESIGN §9 W6 allows 1 s)."""
     assert cli("worker", "--once", "--at", AFTER).code == 0
     app = create_app(_settings(store, tmp_path, AFTER))
     with TestClient(app) as client:
         live: LiveIndex = app.state.live_index
-        deadline = time.monotonic() + 10
-        while not live.fresh() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert live.fresh()
+        _wait_until_current(app)
         assert client.get("/gate/forward", headers=_gate_headers(CAROL, "carol")).status_code == 403
 
         retracted = cli(
@@ -282,9 +288,7 @@ def test_which_gate_answers_are_logged(store, demo, cli, tmp_path, caplog, setti
     settings = _settings(store, tmp_path, AFTER).model_copy(update={"gate_access_log": setting})
     app = create_app(settings)
     with TestClient(app) as client:
-        deadline = time.monotonic() + 10
-        while not app.state.live_index.fresh() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_until_current(app)
         caplog.clear()
         denied = client.get(
             "/gate/forward", headers={**_gate_headers(ALICE, "alice"), "X-Request-Id": "nginx-1"}
