@@ -29,11 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
-from appwarden.notifications.channels import DeliveryError
+from appwarden.notifications.channels import DeliveryError, origin
 
 __all__ = [
     "CachingTokenSource",
@@ -252,14 +251,3 @@ def _error_detail(response: httpx.Response) -> tuple[str, set[str]]:
             parts.append(description)
     text = " ".join(" ".join(parts).split())
     return text[:_MAX_DETAIL_CHARS], reasons
-
-
-def origin(url: str) -> str:
-    """scheme://host[:port] of a URL, for messages."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparseable url>"
-    return f"{parts.scheme or '?'}://{host}{port}"

@@ -39,7 +39,8 @@ from urllib.parse import quote
 
 import httpx
 
-from appwarden.enforcement import CachingTokenSource, TokenSource, origin, send_authorized
+from appwarden.enforcement import CachingTokenSource, TokenSource, send_authorized
+from appwarden.notifications.channels import origin
 
 __all__ = [
     "EXCHANGE_ADMIN_BASE_URL",

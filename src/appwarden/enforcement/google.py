@@ -33,8 +33,8 @@ from urllib.parse import quote
 
 import httpx
 
-from appwarden.enforcement import CachingTokenSource, TokenSource, origin, send_authorized
-from appwarden.notifications.channels import DeliveryError
+from appwarden.enforcement import CachingTokenSource, TokenSource, send_authorized
+from appwarden.notifications.channels import DeliveryError, origin
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey

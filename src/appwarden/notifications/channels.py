@@ -152,7 +152,7 @@ def _wrong_item(channel: str, item: object) -> DeliveryError:
     )
 
 
-def _origin(url: str) -> str:
+def origin(url: str) -> str:
     """scheme://host[:port] of a URL: webhook paths and queries often carry a token."""
     try:
         parts = urlsplit(url)
@@ -465,7 +465,7 @@ class WebhookChannel:
     def send(self, item: OutgoingEmail | OutgoingWebhook) -> None:
         if not isinstance(item, OutgoingWebhook):
             raise _wrong_item(self.name, item)
-        where = _origin(item.url)
+        where = origin(item.url)
         if _scheme(item.url) not in ("http", "https"):
             raise DeliveryError(f"webhook URL must be http or https: {where}", permanent=True)
         timestamp = int(self._clock())
@@ -583,7 +583,7 @@ class MaildirChannel:
     def _write_webhook(self, item: OutgoingWebhook) -> None:
         record: dict[str, object] = {
             "event_id": item.event_id,
-            "destination": _origin(item.url),
+            "destination": origin(item.url),
         }
         try:
             record["body"] = json.loads(item.body)

@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import select
@@ -28,6 +27,7 @@ from appwarden.notifications.channels import (
     SmtpSettings,
     WebhookChannel,
     backoff_delay,
+    origin,
 )
 from appwarden.notifications.messages import RenderedMessage, build_email
 from appwarden.notifications.models import Notice, OutboxEvent
@@ -254,7 +254,7 @@ def _send_webhook(
                 object_type="outbox_event",
                 object_id=event.event_id,
                 after={
-                    "url": _origin(event.url),
+                    "url": origin(event.url),  # paths often carry a token
                     "error": event.last_error,
                     "attempts": event.attempts,
                 },
@@ -263,12 +263,6 @@ def _send_webhook(
             event.status, event.last_error = NoticeStatus.PENDING, str(error)[:2000]
             event.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(event.attempts))
             stats.retried += 1
-
-
-def _origin(url: str) -> str:
-    """Only scheme://host:port of a URL reaches the audit log: paths often carry a token."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def retry_failed(uow: UnitOfWork, *, notice_ids: list[int] | None = None) -> int:
