@@ -50,10 +50,24 @@ class Settings(BaseSettings):
 
     # The forward-auth gate (docs/gates.md).
     gate_proxy_key: SecretStr | None = None  # the proxy's credential (X-Appwarden-Proxy-Key)
-    gate_trust_loopback: bool = False  # or: trust proxies on 127.0.0.0/8 and ::1 without a key
+    gate_trust_loopback: bool = False  # or: trust a proxy whose socket peer is 127.0.0.0/8 or ::1
+    # Which proxy asks: only the headers it sets are read (unset: all of them, and a request whose
+    # copies disagree is refused). The header lists override its defaults.
+    gate_proxy: Literal["nginx", "caddy", "traefik", "envoy"] | None = None
+    gate_uri_headers: list[str] | None = None
+    gate_method_headers: list[str] | None = None
+    gate_user_header: str | None = (
+        None  # the proxy's authenticated-user header (nginx $remote_user)
+    )
     gate_device_header: str | None = None  # take the device id from this header instead of EAS
+    gate_mode: Literal["enforce", "report"] = (
+        "enforce"  # report: allow, and record what enforce would
+    )
+    gate_webmail_rule: Literal["device_header", "person"] = "device_header"
+    gate_store_concurrency: int = Field(default=4, ge=1, le=64)  # store lookups at once
     unseen_device: Literal["allow", "deny"] = "allow"
     unseen_device_of_blocked_person: Literal["allow", "deny"] = "deny"
+    unseen_device_of_unknown_person: Literal["allow", "deny"] = "deny"
     # When the store cannot be reached: answer from each process's in-memory copy of the
     # decisions (the gate's index, web/live_index.py), or allow, or deny everything.
     on_store_failure: Literal["last_known", "allow", "deny"] = "last_known"

@@ -19,6 +19,12 @@ Parameter tags (2.2.1.1.1.1.3): 0 AttachmentName, 1 CollectionId, 3 ItemId, 4 Lo
 6 Occurrence, 7 Options (a one-byte bit mask), 8 User. docs/gates.md says which parts of this
 were checked against the specification and which are assumed.
 
+Who is asking (`Identity`) comes from what the mail server will itself verify, never from the
+ActiveSync `User=` parameter, which is only the client's word: the proxy's authenticated-user
+header when one is configured, else the request's credentials — the Basic user name (the password
+is dropped unread) or a bearer token's `upn` / `unique_name` (read without verifying the
+signature: a forged token fails at the mail server). docs/gates.md has the whole rule.
+
 Everything here is hostile input. `parse_gate_request` never raises: a value it cannot trust (too
 long, control characters, invalid UTF-8, conflicting duplicates, a malformed base64 query) is
 reported as absent (`None`). `decode_eas_base64_query` raises `ValueError` for its direct callers.
@@ -29,9 +35,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import json
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, unquote_plus
@@ -44,8 +51,28 @@ MAX_URI_LENGTH = 8192
 MAX_VALUE_LENGTH = 512
 #: The request path under which Envoy's `path_prefix` mode delivers the original path.
 FORWARD_PATH = "/gate/forward"
-#: Where the original URI may be found, first match wins (case-insensitive header names).
-DEFAULT_URI_HEADERS: tuple[str, ...] = ("X-Original-URI", "X-Forwarded-Uri")
+#: The largest `Authorization` value read (a bearer token of Entra is 1-3 KB).
+MAX_CREDENTIALS_LENGTH = 16384
+
+Proxy = Literal["nginx", "caddy", "traefik", "envoy"]
+
+#: Which headers each proxy sets to the original URI and method (lower case). Envoy's
+#: `path_prefix` mode sends neither: the original path and query follow `/gate/forward`.
+PROXY_URI_HEADERS: Mapping[Proxy, tuple[str, ...]] = {
+    "nginx": ("x-original-uri",),
+    "caddy": ("x-forwarded-uri",),
+    "traefik": ("x-forwarded-uri",),
+    "envoy": (),
+}
+PROXY_METHOD_HEADERS: Mapping[Proxy, tuple[str, ...]] = {
+    "nginx": ("x-original-method",),
+    "caddy": ("x-forwarded-method",),
+    "traefik": ("x-forwarded-method",),
+    "envoy": (),
+}
+#: With no proxy named, every place is read and they must agree.
+ANY_URI_HEADERS: tuple[str, ...] = ("x-original-uri", "x-forwarded-uri")
+ANY_METHOD_HEADERS: tuple[str, ...] = ("x-original-method", "x-forwarded-method")
 
 #: [MS-ASHTTP] 2.2.1.1.1.1.2 command codes.
 EAS_COMMANDS: Mapping[int, str] = {
@@ -93,22 +120,43 @@ _PROTOCOL_VERSION = re.compile(r"(\d{1,2})\.(\d)")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+IdentitySource = Literal["header", "basic", "bearer", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the request says it is, from what the mail server will itself verify."""
+
+    name: str | None  # case-folded account name or address; None: no credentials at all
+    source: IdentitySource
+    problem: str | None = None  # set: credentials that cannot be used; the request is refused
+
+
+NO_IDENTITY = Identity(None, "none")
+
+
 @dataclass(frozen=True, slots=True)
 class GateRequest:
     """What the proxy asks about: which device wants which resource, for whom."""
 
     device_id: str | None  # the ActiveSync DeviceId (as sent; callers normalise)
     device_type: str | None
-    user: str | None  # the proxy's user header, else ActiveSync User= ("DOMAIN\\user" or an email)
+    user: str | None  # ActiveSync User=, case-folded: the client's claim, checked against identity
     command: str | None  # Cmd
     resource: str | None  # from the path mapping; None = not a gated path
     path: str  # original path without the query, percent-decoded and dot-segment-resolved
     encoding: Encoding  # where device_id came from; "none" when device_id is None
+    method: str = "GET"  # the original request's method, upper case
+    identity: Identity = NO_IDENTITY
+    user_conflict: bool = False  # User= given twice with different values
+    problem: str | None = None  # set: the request cannot be read with certainty; refuse it
 
 
 @dataclass(frozen=True, slots=True)
 class GateConfig:
-    """How to read a proxy's request. The defaults fit Exchange/OWA behind nginx."""
+    """How to read a proxy's request. The defaults fit Exchange/OWA; `for_proxy` picks the
+    headers a named proxy sets, so that a client's own copy of another proxy's header is never
+    read."""
 
     # path prefix → resource; case-insensitive prefix match, longest wins; a prefix ending in "/"
     # also matches the path without that slash ("/owa" is the same application as "/owa/").
@@ -120,14 +168,41 @@ class GateConfig:
     # e.g. "X-Client-Cert-Fingerprint": the device id comes from this header instead of the query
     # (and only from it: a request without the header has no device id).
     device_header: str | None = None
-    # headers the proxy sets to the authenticated user; they win over the ActiveSync User= value.
-    user_headers: tuple[str, ...] = ("X-Forwarded-User", "X-Remote-User")
-    # where the original URI is read from, first present wins (see `original_uri`).
-    uri_headers: tuple[str, ...] = DEFAULT_URI_HEADERS
+    # the header the proxy sets to the authenticated user (nginx: $remote_user); None: the
+    # identity comes from the request's credentials only.
+    user_header: str | None = None
+    # where the original URI and method are read (lower-case header names); `path_form`: also
+    # from the gate request's own path after /gate/forward (Envoy). More than one place present
+    # and disagreeing: the request is refused.
+    uri_headers: tuple[str, ...] = ANY_URI_HEADERS
+    method_headers: tuple[str, ...] = ANY_METHOD_HEADERS
+    path_form: bool = True
+
+    @classmethod
+    def for_proxy(
+        cls,
+        proxy: Proxy | None,
+        *,
+        uri_headers: Sequence[str] | None = None,
+        method_headers: Sequence[str] | None = None,
+        **others: str | None,
+    ) -> GateConfig:
+        """The reading of one proxy's requests (None: any of them, refusing disagreement)."""
+        uri = PROXY_URI_HEADERS[proxy] if proxy else ANY_URI_HEADERS
+        method = PROXY_METHOD_HEADERS[proxy] if proxy else ANY_METHOD_HEADERS
+        return cls(
+            uri_headers=tuple(h.lower() for h in (uri_headers if uri_headers is not None else uri)),
+            method_headers=tuple(
+                h.lower() for h in (method_headers if method_headers is not None else method)
+            ),
+            path_form=proxy in (None, "envoy"),
+            device_header=others.get("device_header"),
+            user_header=others.get("user_header"),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
-# Headers and the original URI
+# Headers, the original URI and method
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
@@ -145,31 +220,50 @@ def header_value(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def _path_form(raw_path: str, query: str) -> str | None:
+    """Envoy's `path_prefix` form: the original raw path (percent-encoding untouched) and query
+    after `/gate/forward`. None for any other path (`/gate/forward?q` is Caddy's own request)."""
+    if not raw_path.startswith(FORWARD_PATH + "/"):
+        return None
+    rest = raw_path[len(FORWARD_PATH) :]
+    return f"{rest}?{query}" if query else rest
+
+
+def _one_of(
+    headers: Mapping[str, str], names: Sequence[str], duplicated: Collection[str]
+) -> tuple[str | None, bool]:
+    """The single value the named headers agree on; (None, True) when they disagree or one of
+    them was sent twice, (None, False) when none is present. Empty values count as absent."""
+    found: str | None = None
+    for name in names:
+        if name in duplicated:
+            return None, True
+        value = headers.get(name)
+        if not value:
+            continue
+        if found is not None and value != found:
+            return None, True
+        found = value
+    return found, False
+
+
 def original_uri(
     headers: Mapping[str, str],
-    path: str,
+    raw_path: str,
+    query: str = "",
     *,
-    uri_headers: Sequence[str] = DEFAULT_URI_HEADERS,
-) -> str:
-    """The URI the client asked the proxy for (path and query).
-
-    `X-Original-URI` (nginx), else `X-Forwarded-Uri` (Traefik), else the gate request's own path
-    with a leading `/gate/forward` removed (Envoy `path_prefix` mode, where the gate is called at
-    `path_prefix + original path`). Empty header values count as absent.
-    """
-    for name in uri_headers:
-        value = header_value(headers, name)
-        if value:
-            return value
-    if path.startswith(FORWARD_PATH):
-        rest = path[len(FORWARD_PATH) :]
-        if not rest:
-            return "/"
-        if rest[0] == "/":
-            return rest
-        if rest[0] == "?":
-            return "/" + rest
-    return path
+    config: GateConfig = GateConfig(),
+    duplicated: Collection[str] = (),
+) -> tuple[str | None, bool]:
+    """The URI the client asked the proxy for (raw path and query), and whether the places it
+    may come from disagree (then the request is refused). None when it is nowhere."""
+    value, conflict = _one_of(headers, config.uri_headers, duplicated)
+    if conflict:
+        return None, True
+    from_path = _path_form(raw_path, query) if config.path_form else None
+    if value is not None and from_path is not None and value != from_path:
+        return None, True
+    return value if value is not None else from_path, False
 
 
 def normalise_path(raw: str) -> str:
@@ -223,18 +317,87 @@ def _clean(value: str | None) -> str | None:
     return value
 
 
-def normalise_user(user: str | None) -> str | None:
-    """`DOMAIN\\alice` → `alice`; `Alice@Example.com` → `alice@example.com`; stripped, lower-cased.
-
-    None for nothing usable (absent, blank, a bare `DOMAIN\\`, control characters).
-    """
-    if user is None:
+def account_name(value: str | None) -> str | None:
+    """A name as the gate matches it to people: stripped and case-folded, nothing else (no
+    domain removed, no `+tag` dropped: a name that is not exactly a person's matches nobody).
+    None for nothing usable (absent, blank, over-long, control characters)."""
+    if value is None:
         return None
-    text = user.strip()
-    if "\\" in text:
-        text = text.rsplit("\\", 1)[1].strip()
-    cleaned = _clean(text)
-    return None if cleaned is None else cleaned.lower()
+    cleaned = _clean(value.strip())
+    return None if cleaned is None else cleaned.casefold()
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials ([RFC 7617] Basic, [RFC 6750] Bearer with a JWT access token)
+
+
+def basic_user(credentials: str) -> str | None:
+    """The user name of Basic credentials (the part before the first `:`); the password is
+    never kept. None when they cannot be read."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        text = decoded.decode("latin-1")  # RFC 7617: the charset is the server's choice
+    user, colon, _ = text.partition(":")
+    return account_name(user) if colon else None
+
+
+def bearer_user(token: str) -> str | None:
+    """The `upn` (else `unique_name`) claim of a JWT access token, read WITHOUT verifying its
+    signature: the mail server verifies the token and refuses a forged one. Never
+    `preferred_username`, which Entra documents as mutable. None when it is not such a token."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:  # an opaque token or an encrypted (5-part) one names nobody we can read
+        return None
+    payload = parts[1]
+    try:
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        claims = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for claim in ("upn", "unique_name"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            return account_name(value)
+    return None
+
+
+def identity_of(
+    headers: Mapping[str, str], config: GateConfig, duplicated: Collection[str] = ()
+) -> Identity:
+    """Who the request is from: the proxy's user header when configured and present (present
+    but unusable: refused), else the `Authorization` credentials. A header sent twice means no
+    identity and is refused: the gate and the mail server could read different ones."""
+    if config.user_header is not None:
+        name = config.user_header.lower()
+        if name in duplicated:
+            return Identity(None, "header", "duplicate_user_header")
+        value = headers.get(name)
+        if value:
+            user = account_name(value)
+            return Identity(user, "header", None if user else "invalid_user_header")
+    if "authorization" in duplicated:
+        return Identity(None, "none", "duplicate_credentials")
+    value = headers.get("authorization")
+    if not value:
+        return NO_IDENTITY
+    if len(value) > MAX_CREDENTIALS_LENGTH:
+        return Identity(None, "none", "unreadable_credentials")
+    scheme, _, credentials = value.strip().partition(" ")
+    scheme = scheme.casefold()
+    if scheme == "basic":
+        user = basic_user(credentials)
+        return Identity(user, "basic", None if user else "unreadable_credentials")
+    if scheme == "bearer":
+        user = bearer_user(credentials)
+        return Identity(user, "bearer", None if user else "unreadable_credentials")
+    return Identity(None, "none", "unsupported_credentials")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +575,8 @@ def _plain_fields(query: str) -> dict[str, str | None]:
     """DeviceId, DeviceType, User, Cmd from `name=value&…` (names case-insensitive).
 
     A field given twice with different values is ambiguous (the gate and the mail server could
-    read different ones), so it is reported as None; so is one that fails `_clean` or is not UTF-8.
+    read different ones), so it is reported as None and named in `CONFLICTS`; so is one that fails
+    `_clean` or is not UTF-8.
     """
     found: dict[str, str | None] = {}
     for pair in query.split("&"):
@@ -432,9 +596,14 @@ def _plain_fields(query: str) -> dict[str, str | None]:
             value = None
         if field in found and found[field] != value:
             found[field] = None
+            found[CONFLICTS + field] = ""
         else:
             found[field] = value
     return found
+
+
+#: Prefix of the marker `_plain_fields` leaves for a field given twice with different values.
+CONFLICTS = "conflict:"
 
 
 def _is_base64_query(query: str) -> bool:
@@ -460,12 +629,21 @@ def _query_fields(query: str) -> tuple[dict[str, str | None], Encoding]:
 
 def parse_gate_request(
     headers: Mapping[str, str],
-    path: str,
+    raw_path: str = FORWARD_PATH,
     config: GateConfig = GateConfig(),
     *,
+    query: str = "",
+    method: str = "GET",
+    duplicated: Collection[str] = (),
     lower_cased: bool = False,
 ) -> GateRequest:
-    """The gate request a proxy forwarded. Never raises; untrusted values come back as None.
+    """The gate request a proxy forwarded. Never raises; untrusted values come back as None, and
+    a request that cannot be read with certainty carries a `problem` (then it is refused).
+
+    `raw_path` and `query`: the gate request's own path, percent-encoding untouched (ASGI
+    `raw_path`), and query (a `?` in `raw_path` is split off when `query` is not given).
+    `method`: the gate request's own method (Envoy forwards the original one). `duplicated`: the
+    lower-case names of headers that arrived more than once (a mapping keeps only one value).
     Header names are matched case-insensitively (`lower_cased=True`: the caller promises they
     are lower case already, as an ASGI server gives them).
 
@@ -474,39 +652,53 @@ def parse_gate_request(
     """
     if not lower_cased and any(name != name.lower() for name in headers):
         headers = {name.lower(): value for name, value in headers.items()}
-    return _parse(headers, path, config)
+    if not query and "?" in raw_path:
+        raw_path, _, query = raw_path.partition("?")
+    return _parse(headers, raw_path, query, method, frozenset(duplicated), config)
 
 
-def _parse(headers: Mapping[str, str], path: str, config: GateConfig) -> GateRequest:
-    uri = original_uri(headers, path, uri_headers=config.uri_headers)
+def _parse(
+    headers: Mapping[str, str],
+    raw_path: str,
+    query: str,
+    method: str,
+    duplicated: frozenset[str],
+    config: GateConfig,
+) -> GateRequest:
+    uri, uri_conflict = original_uri(headers, raw_path, query, config=config, duplicated=duplicated)
+    original_method, method_conflict = _one_of(headers, config.method_headers, duplicated)
+    if uri is None:
+        problem = "conflicting_uri" if uri_conflict else "no_original_uri"
+        path = normalise_path(raw_path)
+        return GateRequest(None, None, None, None, None, path, "none", problem=problem)
     parts = _uri_parts(uri, config.locations) if len(uri) <= _CACHED_URI_LENGTH else None
     if parts is None:
         parts = _read_uri(uri, config.locations)
-    device_id, device_type, user, command, normal, resource, encoding = parts
+    device_id, device_type, user, command, normal, resource, encoding, user_conflict = parts
     if config.device_header is not None:
-        device_id = _clean(headers.get(config.device_header.lower()))
+        name = config.device_header.lower()
+        device_id = None if name in duplicated else _clean(headers.get(name))
         encoding = "header"
     if device_id is None:
         encoding = "none"
-    for name in config.user_headers:
-        from_header = _clean(headers.get(name.lower()))
-        if from_header is not None:
-            user = from_header
-            break
     return GateRequest(
         device_id=device_id,
         device_type=device_type,
-        user=user,
+        user=account_name(user),
         command=command,
         resource=resource,
         path=normal,
         encoding=encoding,
+        method=(original_method or method).upper() if not method_conflict else "",
+        identity=identity_of(headers, config, duplicated),
+        user_conflict=user_conflict,
+        problem="conflicting_method" if method_conflict else None,
     )
 
 
 _UriParts = tuple[
-    str | None, str | None, str | None, str | None, str, str | None, Encoding
-]  # device id, device type, user, command, normalised path, resource, encoding
+    str | None, str | None, str | None, str | None, str, str | None, Encoding, bool
+]  # device id, device type, user, command, normalised path, resource, encoding, User= conflict
 
 #: A phone asks with the same URI again and again (Sync, Ping every few minutes), so what a URI
 #: says is remembered; only short URIs, so that the cache stays small whatever callers send.
@@ -525,6 +717,7 @@ def _read_uri(uri: str, locations: tuple[tuple[str, str], ...]) -> _UriParts:
         normal,
         resource_for(normal, locations),
         encoding,
+        CONFLICTS + "User" in fields,
     )
 
 

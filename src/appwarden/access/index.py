@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select
 
 from appwarden.access.models import DecisionRecord
 from appwarden.devices.models import Device, DeviceIdentifier
-from appwarden.identity.models import Person, PersonAlias
+from appwarden.identity.models import Person, PersonAccount, PersonAlias
 from appwarden.vocabulary import Decision
 
 #: Devices per IN (...) list when loading a set of devices.
@@ -54,7 +54,7 @@ class DecisionRef:
 class PersonRef:
     id: int
     email: str
-    aliases: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()  # aliases and account names, case-folded (the primary is `email`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +72,8 @@ class _Tables:
     owner_of: dict[int, int | None] = field(default_factory=dict)
     devices_of: dict[int, tuple[int, ...]] = field(default_factory=dict)
     people: dict[int, PersonRef] = field(default_factory=dict)
-    person_by_email: dict[str, int] = field(default_factory=dict)
-    person_by_alias: dict[str, int] = field(default_factory=dict)
-    people_by_local_part: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # every name a person answers to (primary address, aliases, account names) → who has it
+    people_by_name: dict[str, tuple[int, ...]] = field(default_factory=dict)
     decisions: dict[tuple[int, str], DecisionRef] = field(default_factory=dict)
     resources_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
@@ -112,20 +111,19 @@ class DecisionIndex:
             owner_id = t.owner_of.get(device_id)
             return DeviceRef(device_id, t.people.get(owner_id) if owner_id is not None else None)
 
-    def person_by_email(self, email: str) -> PersonRef | None:
-        """By primary address, then by alias (the store's order)."""
+    def people_named(self, name: str) -> list[PersonRef] | None:
+        """Everyone who answers to `name` exactly (a case-folded address, alias or account
+        name); None when the copy knows no one by it."""
         with self._lock:
             t = self._tables
-            person_id = t.person_by_email.get(email)
-            if person_id is None:
-                person_id = t.person_by_alias.get(email)
-            return t.people.get(person_id) if person_id is not None else None
+            ids = t.people_by_name.get(name)
+            return None if ids is None else [t.people[i] for i in ids]
 
-    def people_with_local_part(self, local_part: str) -> list[PersonRef]:
-        """Everyone whose primary address is `local_part@…` (a bare account name)."""
+    def identifier_of(self, device_id: int) -> str | None:
+        """One identifier value of the device in the gate's namespaces (None: it has none)."""
         with self._lock:
-            t = self._tables
-            return [t.people[i] for i in t.people_by_local_part.get(local_part, ())]
+            keys = self._tables.identifiers_of.get(device_id, ())
+            return keys[0][1] if keys else None
 
     def decision(self, device_id: int, resource: str) -> DecisionRef | None:
         with self._lock:
@@ -211,7 +209,7 @@ def _read(
 
 
 def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterator[PersonRef]:
-    aliases: dict[int, list[str]] = {}
+    names: dict[int, list[str]] = {}
     chunks: Iterable[Sequence[int] | None] = (
         [None]
         if person_ids is None
@@ -219,14 +217,20 @@ def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterato
     )
     for chunk in chunks:
         people = select(Person.id, Person.email)
-        alias_rows = select(PersonAlias.person_id, PersonAlias.email)
+        other_names = [
+            select(PersonAlias.person_id, PersonAlias.email),
+            select(PersonAccount.person_id, PersonAccount.name),
+        ]
         if chunk is not None:
             people = people.where(Person.id.in_(chunk))
-            alias_rows = alias_rows.where(PersonAlias.person_id.in_(chunk))
-        for person_id, email in connection.execute(alias_rows):
-            aliases.setdefault(person_id, []).append(email)
+            other_names = [
+                query.where(query.selected_columns[0].in_(chunk)) for query in other_names
+            ]
+        for query in other_names:
+            for person_id, name in connection.execute(query):
+                names.setdefault(person_id, []).append(name)
         for person_id, email in connection.execute(people):
-            yield PersonRef(person_id, email, tuple(sorted(aliases.get(person_id, ()))))
+            yield PersonRef(person_id, email, tuple(sorted(names.get(person_id, ()))))
 
 
 def _decision(
@@ -257,14 +261,8 @@ def _apply(t: _Tables, loaded: _Loaded) -> None:
     for person in loaded.people:
         _forget_person(t, person.id)
         t.people[person.id] = person
-        t.person_by_email[person.email] = person.id
-        local_part = person.email.split("@", 1)[0]
-        t.people_by_local_part[local_part] = (
-            *t.people_by_local_part.get(local_part, ()),
-            person.id,
-        )
-        for alias in person.aliases:
-            t.person_by_alias[alias] = person.id
+        for name in {person.email, *person.names}:
+            t.people_by_name[name] = (*t.people_by_name.get(name, ()), person.id)
     for namespace, value, device_id in loaded.identifiers:
         t.device_by_identifier[(namespace, value)] = device_id
         t.identifiers_of[device_id] = (*t.identifiers_of.get(device_id, ()), (namespace, value))
@@ -281,12 +279,8 @@ def _forget_person(t: _Tables, person_id: int) -> None:
     old = t.people.pop(person_id, None)
     if old is None:
         return
-    if t.person_by_email.get(old.email) == person_id:
-        del t.person_by_email[old.email]
-    _drop(t.people_by_local_part, old.email.split("@", 1)[0], person_id)
-    for alias in old.aliases:
-        if t.person_by_alias.get(alias) == person_id:
-            del t.person_by_alias[alias]
+    for name in {old.email, *old.names}:
+        _drop(t.people_by_name, name, person_id)
 
 
 def _drop(mapping: dict[Any, tuple[int, ...]], key: Any, member: int) -> None:

@@ -28,6 +28,18 @@ class PersonAlias(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
 
 
+class PersonAccount(Base):
+    """An account name the mail server accepts for a person besides their addresses: a UPN
+    (`alice@corp.example`) or a down-level logon name (`EXAMPLE\\alice`). The gate matches the
+    name a request's credentials carry against these exactly (case-insensitively)."""
+
+    __tablename__ = "person_account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(254), unique=True)  # stored case-folded
+
+
 class PersonGroup(Base):
     __tablename__ = "person_group"
 

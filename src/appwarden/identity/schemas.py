@@ -13,6 +13,7 @@ class PersonFacts:
     email: str
     display_name: str | None = None
     aliases: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()  # account names the mail server accepts (UPN, DOMAIN\\sam)
     groups: tuple[str, ...] | None = None  # None: leave memberships as they are
     time_zone: str | None = None
     status: PersonStatus = PersonStatus.ACTIVE

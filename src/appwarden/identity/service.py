@@ -7,14 +7,90 @@ from collections.abc import Iterable
 from sqlalchemy import delete, select
 
 from appwarden.db.uow import UnitOfWork
-from appwarden.errors import NotFound, PermissionDenied
-from appwarden.identity.models import Person, PersonAlias, PersonGroup, RoleBinding
+from appwarden.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from appwarden.identity.models import (
+    Person,
+    PersonAccount,
+    PersonAlias,
+    PersonGroup,
+    RoleBinding,
+)
 from appwarden.identity.schemas import PersonFacts
 from appwarden.vocabulary import ROLE_PERMISSIONS, Permission, PersonStatus, Role
 
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
+
+
+#: The longest account name kept (an address's limit; a down-level name is far shorter).
+MAX_ACCOUNT_CHARS = 254
+
+
+def normalise_account(name: str) -> str:
+    """An account name as stored and matched: stripped and case-folded (Active Directory and
+    Entra compare logon names case-insensitively). Raises InvalidInput for a name the gate could
+    never match safely: empty, over-long, or with control characters."""
+    folded = name.strip().casefold()
+    if not folded or len(folded) > MAX_ACCOUNT_CHARS or not folded.isprintable():
+        raise InvalidInput(
+            f"account name {name[:80]!r}: expected 1 to {MAX_ACCOUNT_CHARS} printable characters, "
+            "e.g. EXAMPLE\\alice or alice@corp.example"
+        )
+    return folded
+
+
+def people_named(uow: UnitOfWork, name: str) -> list[int]:
+    """The ids of everyone an identity names exactly: by primary address, alias or account name
+    (case-insensitive, nothing else: no local-part or near-miss matching). More than one id means
+    the name is ambiguous, and the gate refuses it."""
+    folded = name.strip().casefold()
+    found: set[int] = set()
+    for column, key in (
+        (Person.id, Person.email),
+        (PersonAlias.person_id, PersonAlias.email),
+        (PersonAccount.person_id, PersonAccount.name),
+    ):
+        found.update(uow.session.scalars(select(column).where(key == folded).limit(2)))
+    return sorted(found)
+
+
+def set_account(uow: UnitOfWork, person: Person, name: str) -> None:
+    """Give `person` the account `name`; refused when it already belongs to someone else (two
+    people answering to one logon name would make the gate's identity ambiguous)."""
+    folded = normalise_account(name)
+    existing = uow.session.scalars(
+        select(PersonAccount).where(PersonAccount.name == folded)
+    ).first()
+    if existing is None:
+        uow.session.add(PersonAccount(person_id=person.id, name=folded))
+        uow.session.flush()
+    elif existing.person_id != person.id:
+        owner = uow.session.get(Person, existing.person_id)
+        raise Conflict(
+            f"the account name {folded!r} already belongs to {owner.email if owner else 'someone'}"
+        )
+
+
+def remove_account(uow: UnitOfWork, person: Person, name: str) -> bool:
+    """Take the account `name` from `person`; False when they did not have it."""
+    folded = normalise_account(name)
+    removed = uow.session.execute(
+        delete(PersonAccount).where(
+            PersonAccount.person_id == person.id, PersonAccount.name == folded
+        )
+    )
+    return bool(getattr(removed, "rowcount", 0))
+
+
+def accounts_of(uow: UnitOfWork, person_id: int) -> list[str]:
+    return list(
+        uow.session.scalars(
+            select(PersonAccount.name)
+            .where(PersonAccount.person_id == person_id)
+            .order_by(PersonAccount.name)
+        )
+    )
 
 
 def find_person(uow: UnitOfWork, email: str) -> Person | None:
@@ -62,6 +138,8 @@ def upsert_person(uow: UnitOfWork, facts: PersonFacts) -> Person:
         person.left_at = (facts.left_at or uow.now) if facts.status == PersonStatus.LEFT else None
     for alias in facts.aliases:
         _add_alias(uow, person, alias)
+    for account in facts.accounts:
+        set_account(uow, person, account)
     if facts.groups is not None:
         set_groups(uow, person, facts.groups)
     uow.session.flush()

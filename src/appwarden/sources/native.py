@@ -57,7 +57,7 @@ MAX_EMAIL_CHARS: Final = 254
 # The keys each object of the format accepts (the schema consistency test reads these).
 TOP_KEYS: Final = frozenset({"$schema", "format", "source", "people", "devices"})
 PERSON_KEYS: Final = frozenset(
-    {"email", "display_name", "aliases", "groups", "time_zone", "status", "left_at"}
+    {"email", "display_name", "aliases", "accounts", "groups", "time_zone", "status", "left_at"}
 )
 DEVICE_KEYS: Final = frozenset(
     {
@@ -208,6 +208,14 @@ def check_instant(value: str) -> datetime:
         return parse_instant(value)
     except ValueError as exc:
         raise FieldError(str(exc)) from None
+
+
+def check_account(value: str) -> str:
+    """An account name the mail server accepts (`EXAMPLE\\alice`, a UPN); case-folded."""
+    text = clean_text(value, max_chars=MAX_EMAIL_CHARS).casefold()
+    if not text:
+        raise FieldError("an account name must not be empty")
+    return text
 
 
 def check_identifier_value(value: str) -> str:
@@ -366,6 +374,12 @@ def _person(entry: _Entry, value: object, path: Path) -> PersonFacts | None:
             alias = entry.run((*path, "aliases", i), check_email, item)
             if alias is not None and alias != email:
                 aliases.append(alias)
+    accounts: list[str] = []
+    if obj.get("accounts") is not None:
+        for i, item in enumerate(entry.list_of(obj["accounts"], (*path, "accounts"))):
+            account = entry.run((*path, "accounts", i), check_account, item)
+            if account is not None:
+                accounts.append(account)
     groups: list[str] | None = None
     if obj.get("groups") is not None:
         groups = []
@@ -390,6 +404,7 @@ def _person(entry: _Entry, value: object, path: Path) -> PersonFacts | None:
         email=email,
         display_name=display_name,
         aliases=dedupe(aliases),
+        accounts=dedupe(accounts),
         groups=None if groups is None else dedupe(groups),
         time_zone=time_zone,
         status=status,

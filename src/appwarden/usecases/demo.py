@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from appwarden.catalog.model import Catalog
@@ -88,8 +88,10 @@ def policy_text(base: datetime) -> str:
 
 
 def _people() -> tuple[PersonFacts, ...]:
+    """The staff; each also signs in to mail as `EXAMPLE\\<local part>` (the account names the
+    gate matches credentials against)."""
     pacific = "America/Los_Angeles"
-    return (
+    people = (
         PersonFacts("alice@example.com", "Alice Adams", time_zone=pacific, groups=("sales",)),
         PersonFacts("bob@example.com", "Bob Baker", time_zone=pacific, groups=("engineering",)),
         PersonFacts(
@@ -100,6 +102,10 @@ def _people() -> tuple[PersonFacts, ...]:
         PersonFacts("frank@example.com", "Frank Fischer", time_zone=pacific, groups=("executive",)),
         PersonFacts(AUTHOR, "Sam Security", time_zone=pacific, groups=("it",)),
         PersonFacts(APPROVER, "Chris CISO", time_zone=pacific, groups=("it",)),
+    )
+    return tuple(
+        replace(person, accounts=(f"example\\{person.email.split('@', 1)[0]}",))
+        for person in people
     )
 
 

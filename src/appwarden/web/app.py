@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
             await run_in_threadpool(live.stop)
+            await run_in_threadpool(gate_.store_path.stop)
             await run_in_threadpool(checkpointer.stop)
             runtime.close()
 
@@ -101,6 +103,23 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     app.install_fast_path(gate_, metrics)
     check_guarded(app)
     return app
+
+
+def server_config(app: ASGIApp, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """How `appwarden serve` runs the application. The client address is the socket's peer:
+    uvicorn's proxy-header handling is off (whatever FORWARDED_ALLOW_IPS says), because the gate
+    trusts a loopback peer (APPWARDEN_GATE_TRUST_LOOPBACK) and an X-Forwarded-For: 127.0.0.1
+    from anyone must not make them one."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        log_config=None,
+        access_log=False,
+        **options,
+    )
 
 
 class _Application(FastAPI):

@@ -2,10 +2,16 @@
 Envoy ext_authz (HTTP service), and `/gate/explain`, the body nginx fetches for a 403.
 
 Its credential is the proxy's, not an API token: `X-Appwarden-Proxy-Key` compared in constant
-time with `APPWARDEN_GATE_PROXY_KEY`, or (when `APPWARDEN_GATE_TRUST_LOOPBACK` is set) a caller on
-the loopback interface. With neither configured the gate refuses every call (fail closed).
-Allow = 200 (Envoy treats any other 2xx as a deny) with `X-Appwarden-Device` and
-`X-Appwarden-Person`; deny = 403 with a problem+json body naming the policy and the portal.
+time with `APPWARDEN_GATE_PROXY_KEY` (at least 32 bytes, or the server refuses to start), or (when
+`APPWARDEN_GATE_TRUST_LOOPBACK` is set) a caller whose socket peer is on the loopback interface —
+`appwarden serve` never lets forwarded headers rewrite the peer. With neither configured the gate
+refuses every call (fail closed). Allow = 200 (Envoy treats any other 2xx as a deny) with
+`X-Appwarden-Device` and, when the asking person was identified, `X-Appwarden-Person`; deny = 403
+with a problem+json body naming the policy and the portal, never another person.
+
+Unknown callers cost a bounded amount: answers that need the store run on the gate's own few
+threads (`StorePath`), never the pool that serves /healthz and /v1, and what the store said it does
+not know is remembered for a second (`NotFoundCache`).
 
 Two paths give the same answer (`usecases.gate.answer` over two sources of facts):
 
@@ -20,24 +26,33 @@ Two paths give the same answer (`usecases.gate.answer` over two sources of facts
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import ipaddress
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appwarden.access.gate import GateConfig, GateRequest, parse_gate_request
+from appwarden.access.index import DeviceRef, PersonRef
+from appwarden.db.uow import UnitOfWork
+from appwarden.errors import AppwardenError
+from appwarden.settings import Settings
 from appwarden.usecases.gate import (
+    EXPLANATIONS,
+    BlockingDevice,
     GateAnswer,
     GatePolicy,
     IndexFacts,
@@ -50,13 +65,141 @@ from appwarden.vocabulary import Decision
 from appwarden.web import Runtime
 from appwarden.web.errors import PROBLEM_JSON, ServiceUnavailable, Unauthenticated
 from appwarden.web.live_index import LiveIndex
-from appwarden.web.observability import REQUEST_ID_HEADER, Metrics, log_request, request_id_from
+from appwarden.web.observability import (
+    REQUEST_ID_HEADER,
+    Metrics,
+    log_request,
+    method_label,
+    request_id_from,
+)
 
 log = logging.getLogger("appwarden.web")
 PROXY_KEY_HEADER: Final = "x-appwarden-proxy-key"
 METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 FORWARD_PATH: Final = "/gate/forward"
 EXPLAIN_PATH: Final = "/gate/explain"
+#: The shortest proxy key accepted (a 256-bit secret; `openssl rand -hex 32` gives 64 bytes).
+MIN_PROXY_KEY_BYTES: Final = 32
+#: How long "the store does not know this DeviceId / name" is believed: the bound within which
+#: another process's write must reach this one's gate (docs/gates.md).
+NOT_FOUND_SECONDS: Final = 1.0
+NOT_FOUND_ENTRIES: Final = 100_000
+
+T = TypeVar("T")
+#: The reasons a metric label may take (a closed set, whatever callers send).
+_REASONS: Final = {reason: reason for reason in EXPLANATIONS}
+
+
+class GateMisconfigured(AppwardenError):
+    """A gate setting that would make the gate unsafe: the server refuses to start."""
+
+    exit_code = 2
+
+
+def check_gate_settings(settings: Settings) -> None:
+    """Refuse to start with a proxy key anyone could guess (an unset variable in a compose file
+    gives an empty one) or a webmail rule that cannot know the person."""
+    key = settings.gate_proxy_key
+    if key is not None and len(key.get_secret_value().encode()) < MIN_PROXY_KEY_BYTES:
+        raise GateMisconfigured(
+            f"APPWARDEN_GATE_PROXY_KEY is {len(key.get_secret_value().encode())} bytes long; the "
+            f"gate needs at least {MIN_PROXY_KEY_BYTES} (e.g. `openssl rand -hex 32`), or leave it "
+            "unset to refuse every proxy call"
+        )
+    if settings.gate_webmail_rule == "person" and not settings.gate_user_header:
+        raise GateMisconfigured(
+            "APPWARDEN_GATE_WEBMAIL_RULE=person needs APPWARDEN_GATE_USER_HEADER: webmail's forms "
+            "sign-in sends no credentials the gate can read, so the proxy must name the user"
+        )
+
+
+def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], frozenset[str]]:
+    """ASGI headers as a mapping, and the names that came more than once (a mapping keeps one
+    value; for credentials and the proxy's headers the gate must know there were two)."""
+    headers: dict[str, str] = {}
+    duplicated: set[str] | None = None
+    for key, value in raw:
+        name = key.decode("latin-1")
+        if name in headers:
+            duplicated = duplicated or set()
+            duplicated.add(name)
+        headers[name] = value.decode("latin-1")
+    return headers, frozenset(duplicated) if duplicated else frozenset()
+
+
+class NotFoundCache:
+    """DeviceIds and names the store said it does not know, believed for `NOT_FOUND_SECONDS`, so a
+    flood of made-up ones that repeat costs a dictionary lookup. Emptied when this process writes
+    devices (a new eas_device_id must not be answered as unseen); another process's write is
+    seen within the lifetime of an entry."""
+
+    def __init__(self, seconds: float = NOT_FOUND_SECONDS, size: int = NOT_FOUND_ENTRIES) -> None:
+        self.seconds = seconds
+        self.size = size
+        self._entries: OrderedDict[object, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, key: object) -> None:
+        with self._lock:
+            self._entries[key] = time.monotonic() + self.seconds
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def knows(self, key: object) -> bool:
+        expires = self._entries.get(key)
+        return expires is not None and time.monotonic() < expires
+
+    def clear(self, _written: object = None) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class _RecordingStoreFacts(StoreFacts):
+    """The store's facts, remembering what it does not know."""
+
+    def __init__(self, uow: UnitOfWork, namespace: str, not_found: NotFoundCache) -> None:
+        super().__init__(uow, namespace)
+        self.not_found = not_found
+
+    def people(self, name: str) -> Sequence[PersonRef]:
+        found = super().people(name)
+        if not found:
+            self.not_found.add(name)
+        return found
+
+    def device(self, namespace: str, value: str) -> DeviceRef | None:
+        found = super().device(namespace, value)
+        if found is None:
+            self.not_found.add((namespace, value))
+        return found
+
+
+class Busy(Exception):
+    """The gate's store path is full: the request is answered 503 at once."""
+
+
+class StorePath:
+    """The gate's own threads for answers that need the store, with a bounded queue: a flood of
+    unknown DeviceIds waits here (or is turned away), not in the pool that serves everything
+    else."""
+
+    def __init__(self, workers: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-store")
+        self._limit = workers * 8
+        self._outstanding = 0
+
+    async def run(self, work: Callable[..., T], *args: object) -> T:
+        if self._outstanding >= self._limit:
+            raise Busy
+        self._outstanding += 1  # only on the event loop: no lock needed
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+        finally:
+            self._outstanding -= 1
+
+    def stop(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def is_gate_path(path: str) -> bool:
@@ -68,29 +211,53 @@ class Gate:
 
     def __init__(self, runtime: Runtime, live: LiveIndex, metrics: Metrics) -> None:
         settings = runtime.settings
+        check_gate_settings(settings)
         self.runtime = runtime
         self.live = live
         self.policy = GatePolicy(
             unseen_device=settings.unseen_device,
             unseen_device_of_blocked_person=settings.unseen_device_of_blocked_person,
+            unseen_device_of_unknown_person=settings.unseen_device_of_unknown_person,
+            webmail_rule=settings.gate_webmail_rule,
             portal_url=settings.portal_url,
         )
-        self.config = GateConfig(device_header=settings.gate_device_header)
+        self.config = GateConfig.for_proxy(
+            settings.gate_proxy,
+            uri_headers=settings.gate_uri_headers,
+            method_headers=settings.gate_method_headers,
+            device_header=settings.gate_device_header,
+            user_header=settings.gate_user_header,
+        )
         key = settings.gate_proxy_key
         self._key = key.get_secret_value().encode() if key is not None else None
         self._trust_loopback = settings.gate_trust_loopback
+        self._report_only = settings.gate_mode == "report"
         self._counters = {d: metrics.decisions.labels(str(d)) for d in Decision}
+        self._would_deny = metrics.gate_would_deny
         self._problem = functools.lru_cache(maxsize=4096)(self._render_problem)
+        self.not_found = NotFoundCache()
+        self.store_path = StorePath(settings.gate_store_concurrency)
+        runtime.on_decisions_written.append(self.not_found.clear)
 
-    def _render_problem(self, reason: str, device: str | None, policies: tuple[str, ...]) -> bytes:
+    def _render_problem(
+        self,
+        reason: str,
+        device: str | None,
+        policies: tuple[str, ...],
+        blocking: tuple[BlockingDevice, ...],
+    ) -> bytes:
         """The 403 body (a blocked phone asks again and again: remembered)."""
-        denied = GateAnswer(Decision.DENY, reason, device=device, policies=policies)
+        denied = GateAnswer(
+            Decision.DENY, reason, device=device, policies=policies, blocking=blocking
+        )
         return orjson.dumps(problem_body(denied, self.policy))
 
     def trusted(self, headers: Mapping[str, str], client: tuple[str, int] | None) -> bool:
+        """The proxy's key, or a loopback socket peer. `client` must be the socket's peer: the
+        server must not rewrite it from X-Forwarded-For (`appwarden serve` does not)."""
         offered = headers.get(PROXY_KEY_HEADER)
         if self._key is not None and offered is not None:
-            return hmac.compare_digest(offered.encode(), self._key)
+            return hmac.compare_digest(offered.encode("latin-1"), self._key)
         if self._trust_loopback and client is not None:
             try:
                 return ipaddress.ip_address(client[0]).is_loopback
@@ -98,33 +265,48 @@ class Gate:
                 return False
         return False
 
-    def from_memory(self, headers: Mapping[str, str], path: str) -> GateAnswer | None:
+    def parse(
+        self, scope: Scope, headers: Mapping[str, str], duplicated: frozenset[str]
+    ) -> GateRequest:
+        raw_path = scope.get("raw_path")
+        return parse_gate_request(
+            headers,
+            raw_path.decode("latin-1") if raw_path else scope["path"],
+            self.config,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            method=scope["method"],
+            duplicated=duplicated,
+            lower_cased=True,
+        )
+
+    def from_memory(self, request: GateRequest) -> GateAnswer | None:
         """The answer from the current in-memory copy, or None when it cannot give one."""
         if not self.live.fresh():
             return None
-        request = parse_gate_request(headers, path, self.config, lower_cased=True)
-        facts = IndexFacts(self.live.index, self.runtime.now(), authoritative=False)
+        facts = IndexFacts(
+            self.live.index, self.runtime.now(), authoritative=False, not_found=self.not_found
+        )
         try:
             return answer(facts, request, self.policy)
         except NeedStore:
             return None
 
-    def decide(self, headers: Mapping[str, str], path: str) -> tuple[GateAnswer, str | None]:
-        """Blocking (run it in a thread): catch up, ask the copy, then the store; with the store
-        down, `on_store_failure`. Returns the answer and where it came from when that was not
-        the current facts (`last_known`, `store_unavailable`)."""
-        request = parse_gate_request(headers, path, self.config, lower_cased=True)
+    def decide(self, request: GateRequest) -> tuple[GateAnswer, str | None]:
+        """Blocking (run it on `store_path`): catch up, ask the copy, then the store; with the
+        store down, `on_store_failure`. Returns the answer and where it came from when that was
+        not the current facts (`last_known`, `store_unavailable`)."""
         now = self.runtime.now()
         try:
             if not self.live.fresh():
                 self.live.catch_up()
-            memory = IndexFacts(self.live.index, now, authoritative=False)
+            memory = IndexFacts(self.live.index, now, authoritative=False, not_found=self.not_found)
             try:
                 return answer(memory, request, self.policy), None
             except NeedStore:
                 pass
             with self.runtime.uow(now, write=False) as uow:
-                return answer(StoreFacts(uow), request, self.policy), None
+                facts = _RecordingStoreFacts(uow, self.policy.device_namespace, self.not_found)
+                return answer(facts, request, self.policy), None
         except (DBAPIError, ServiceUnavailable):
             mode = self.runtime.settings.on_store_failure
             log.warning("gate: the store is not reachable; answering %s", mode)
@@ -136,7 +318,7 @@ class Gate:
         if mode == "last_known" and self.live.index.loaded:
             facts = IndexFacts(self.live.index, now, authoritative=True)
             return answer(facts, request, self.policy), "last_known"
-        if request.resource is None:
+        if request.resource is None and request.problem is None:
             return GateAnswer(Decision.ALLOW, "not_gated"), None
         decision = Decision.ALLOW if mode == "allow" else Decision.DENY
         return GateAnswer(decision, "store_unavailable"), "store_unavailable"
@@ -144,18 +326,24 @@ class Gate:
     def render(
         self, result: GateAnswer, source: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Status, headers and body of the answer; counts it."""
+        """Status, headers and body of the answer; counts it. In report mode a denial is
+        counted and logged as what enforcing would have done, and allowed."""
         self._counters[result.decision].inc()
         headers: list[tuple[bytes, bytes]] = []
         if result.device:
             headers.append((b"x-appwarden-device", result.device.encode()))
-        if result.person:
-            headers.append((b"x-appwarden-person", result.person.encode()))
         if source is not None:
             headers.append((b"x-appwarden-source", source.encode()))
-        if result.allowed:
+        if not result.allowed and self._report_only:
+            self._would_deny.labels(_REASONS.get(result.reason, "other")).inc()
+            log.info("gate (report mode) would deny %s: %s", result.device, result.reason)
+            headers.append((b"x-appwarden-would-deny", result.reason.encode()))
             return 200, [*headers, (b"content-length", b"0")], b""
-        body = self._problem(result.reason, result.device, tuple(result.policies))
+        if result.allowed:
+            if result.person:  # the asking person, never a device's owner
+                headers.append((b"x-appwarden-person", result.person.encode()))
+            return 200, [*headers, (b"content-length", b"0")], b""
+        body = self._problem(result.reason, result.device, tuple(result.policies), result.blocking)
         headers += [
             (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
@@ -190,7 +378,7 @@ class GateFastPath:
                 request_id, status, headers, body = answered
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
-                latency = self._latency(scope["method"], str(status))
+                latency = self._latency(method_label(scope["method"]), str(status))
                 duration = time.perf_counter() - started
                 if not (self._log_allow if status == 200 else self._log_deny):
                     latency.observe(duration)
@@ -210,10 +398,10 @@ class GateFastPath:
     def _answer(
         self, scope: Scope
     ) -> tuple[str | None, int, list[tuple[bytes, bytes]], bytes] | None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers, duplicated = read_headers(scope["headers"])
         if not self.gate.trusted(headers, scope.get("client")):
             return None
-        result = self.gate.from_memory(headers, scope["path"])
+        result = self.gate.from_memory(self.gate.parse(scope, headers, duplicated))
         if result is None:
             return None
         status, response_headers, body = self.gate.render(result, None)
@@ -228,13 +416,17 @@ class GateFastPath:
 
 async def _gate(request: Request) -> Response:
     gate: Gate = request.app.state.gate
-    headers = dict(request.headers.items())
+    headers, duplicated = read_headers(request.scope["headers"])
     client = (request.client.host, request.client.port) if request.client else None
     if not gate.trusted(headers, client):
         raise Unauthenticated(
             "the gate answers only its proxy (X-Appwarden-Proxy-Key)", invalid_token=True
         )
-    result, source = await run_in_threadpool(gate.decide, headers, request.scope["path"])
+    parsed = gate.parse(request.scope, headers, duplicated)
+    try:
+        result, source = await gate.store_path.run(gate.decide, parsed)
+    except Busy:
+        raise ServiceUnavailable("the gate is busy with unknown devices; retry") from None
     status, response_headers, body = gate.render(result, source)
     response = Response(body, status_code=status)
     response.raw_headers = response_headers

@@ -96,6 +96,15 @@ class OutboxDepth(Collector):
         yield family
 
 
+#: The methods a metric label may name; anything else a client sends is counted as "other" (a
+#: label per made-up method would grow the registry without bound).
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHODS else "other"
+
+
 class Metrics:
     def __init__(self, engine: Engine) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -110,6 +119,12 @@ class Metrics:
             "appwarden_decisions",
             "Decisions answered over the API, by outcome",
             ["decision"],
+            registry=self.registry,
+        )
+        self.gate_would_deny = Counter(
+            "appwarden_gate_would_deny",
+            "Gate answers allowed in report mode that enforce mode would have denied, by reason",
+            ["reason"],
             registry=self.registry,
         )
         self.ingest_reports = Counter(
@@ -253,7 +268,7 @@ class Observability:
         template = route_path(route) if route is not None else "unmatched"
         method = str(scope.get("method", ""))
         log_request(
-            self.metrics.request_seconds.labels(template, method, str(status)),
+            self.metrics.request_seconds.labels(template, method_label(method), str(status)),
             request_id=request_id,
             method=method,
             path=str(scope.get("path", "")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import struct
 
 import pytest
@@ -13,9 +14,12 @@ from hypothesis import strategies as st
 from appwarden.access.gate import (
     GateConfig,
     GateRequest,
+    Identity,
+    account_name,
+    basic_user,
+    bearer_user,
     decode_eas_base64_query,
     encode_eas_base64_query,
-    normalise_user,
     original_uri,
     parse_gate_request,
 )
@@ -113,7 +117,7 @@ def test_plain_and_base64_forms_of_one_request_give_the_same_gate_request(
     assert without_encoding(plain) == without_encoding(encoded)
     assert plain.device_id == fields["device_id"]
     assert plain.command == fields["command"]
-    assert plain.user == fields["user"]
+    assert plain.user == (fields["user"].casefold() if fields["user"] else None)
     assert plain.resource == "email"
 
 
@@ -221,7 +225,7 @@ def test_bad_base64_text_raises_value_error(token: str) -> None:
         pytest.param(
             "Cmd=Sync&User=DOMAIN%5Cjdoe&DeviceId=abc&DeviceType=x",
             "abc",
-            "DOMAIN\\jdoe",
+            "domain\\jdoe",
             id="domain-user",
         ),
         pytest.param(
@@ -290,7 +294,7 @@ def test_owa_has_webmail_resource_and_no_device() -> None:
     assert request == GateRequest(
         device_id=None,
         device_type=None,
-        user="alice@example.com",
+        user=None,  # X-Forwarded-User is read only when configured as the user header
         command=None,
         resource="webmail",
         path="/owa/",
@@ -314,35 +318,80 @@ def test_longest_location_prefix_wins() -> None:
 
 
 def test_original_uri_sources() -> None:
-    assert original_uri({"x-original-uri": "/a?b"}, "/gate/forward") == "/a?b"
-    assert original_uri({"X-Forwarded-Uri": "/t?u"}, "/gate/forward") == "/t?u"
-    both = {"X-Forwarded-Uri": "/traefik", "X-Original-URI": "/nginx"}
-    assert original_uri(both, "/gate/forward") == "/nginx"
-    assert original_uri(both, "/gate/forward", uri_headers=("X-Forwarded-Uri",)) == "/traefik"
-    assert original_uri({"X-Original-URI": ""}, "/gate/forward/e?q") == "/e?q"
-    assert original_uri({}, "/gate/forward") == "/"
-    assert original_uri({}, "/gate/forward?DeviceId=a") == "/?DeviceId=a"
-    assert original_uri({}, "/gate/forwarded/x") == "/gate/forwarded/x"
+    assert original_uri({"x-original-uri": "/a?b"}, "/gate/forward") == ("/a?b", False)
+    assert original_uri({"x-forwarded-uri": "/t?u"}, "/gate/forward") == ("/t?u", False)
+    # Envoy: the raw path after /gate/forward/, percent-encoding untouched, and the query
+    assert original_uri({}, "/gate/forward/e%2Fx", "q=1") == ("/e%2Fx?q=1", False)
+    assert original_uri({"x-original-uri": ""}, "/gate/forward/e", "q") == ("/e?q", False)
+    # Caddy calls /gate/forward?<query>: that is not Envoy's form, and alone it names nothing
+    assert original_uri({}, "/gate/forward", "DeviceId=a") == (None, False)
+    assert original_uri({}, "/gate/forwarded/x") == (None, False)
 
 
-def test_traefik_forwarded_uri() -> None:
-    request = parse_gate_request(
-        {"X-Forwarded-Uri": f"{EAS}?{PLAIN}", "X-Forwarded-Method": "POST"}, "/gate/forward"
+def test_with_no_proxy_named_disagreeing_uri_sources_are_a_conflict() -> None:
+    both = {"x-forwarded-uri": "/traefik", "x-original-uri": "/nginx"}
+    assert original_uri(both, "/gate/forward") == (None, True)
+    assert original_uri({"x-original-uri": "/a"}, "/gate/forward/b") == (None, True)
+    same = {"x-forwarded-uri": "/a?b", "x-original-uri": "/a?b"}
+    assert original_uri(same, "/gate/forward") == ("/a?b", False)
+    duplicated = original_uri(
+        {"x-original-uri": "/a"}, "/gate/forward", duplicated={"x-original-uri"}
     )
-    assert (request.device_id, request.resource, request.encoding) == (DEVICE, "email", "plain")
+    assert duplicated == (None, True)
+    request = parse_gate_request(both, "/gate/forward")
+    assert (request.problem, request.resource) == ("conflicting_uri", None)
 
 
-def test_envoy_path_prefix_form() -> None:
-    request = parse_gate_request({"Host": "mail.example.com"}, f"/gate/forward{EAS}?{PLAIN}")
-    assert request == nginx(f"{EAS}?{PLAIN}")
+@pytest.mark.parametrize(
+    ("proxy", "reads"),
+    [("nginx", "x-original-uri"), ("caddy", "x-forwarded-uri"), ("traefik", "x-forwarded-uri")],
+)
+def test_a_named_proxy_reads_only_its_own_uri_header(proxy: str, reads: str) -> None:
+    config = GateConfig.for_proxy(proxy)  # type: ignore[arg-type]
+    forged = {"x-original-uri": "/", "x-forwarded-uri": "/"}
+    headers = {**forged, reads: f"{EAS}?{PLAIN}"}
+    request = parse_gate_request(headers, "/gate/forward", config)
+    assert (request.resource, request.device_id, request.problem) == ("email", DEVICE, None)
+    # nor Envoy's path form: a client cannot smuggle a URI in the gate's own path either
+    assert parse_gate_request(headers, f"/gate/forward/owa/?{PLAIN}", config).resource == "email"
 
 
-def test_a_uri_header_not_configured_is_ignored() -> None:
-    # behind Traefik a client can send its own X-Original-URI; a Traefik deployment reads only
-    # X-Forwarded-Uri, which Traefik itself sets
-    config = GateConfig(uri_headers=("X-Forwarded-Uri",))
-    headers = {"X-Original-URI": "/owa/", "X-Forwarded-Uri": f"{EAS}?{PLAIN}"}
-    assert parse_gate_request(headers, "/gate/forward", config).resource == "email"
+def test_envoy_reads_the_raw_path_only() -> None:
+    config = GateConfig.for_proxy("envoy")
+    request = parse_gate_request(
+        {"x-original-uri": "/owa/"}, f"/gate/forward{EAS}", config, query=PLAIN, method="OPTIONS"
+    )
+    assert (request.resource, request.device_id, request.method) == ("email", DEVICE, "OPTIONS")
+    # decoded once, as the mail server decodes it: %252e%252e is no dot segment
+    sneaky = parse_gate_request({}, f"/gate/forward{EAS}/%252e%252e/owa/", config, query=PLAIN)
+    assert (sneaky.resource, sneaky.path) == ("email", f"{EAS}/%2e%2e/owa/")
+    dotted = parse_gate_request({}, f"/gate/forward{EAS}/%2e%2e/owa/", config, query=PLAIN)
+    assert dotted.resource == "webmail"
+
+
+def test_the_original_method() -> None:
+    nginx_config = GateConfig.for_proxy("nginx")
+    headers = {"x-original-uri": EAS, "x-original-method": "options"}
+    assert parse_gate_request(headers, "/gate/forward", nginx_config).method == "OPTIONS"
+    caddy = GateConfig.for_proxy("caddy")
+    headers = {"x-forwarded-uri": EAS, "x-forwarded-method": "OPTIONS", "x-original-method": "GET"}
+    assert parse_gate_request(headers, "/gate/forward", caddy).method == "OPTIONS"
+    # no proxy named: two different methods are a conflict
+    conflict = parse_gate_request(
+        {"x-original-uri": EAS, "x-original-method": "GET", "x-forwarded-method": "OPTIONS"}
+    )
+    assert conflict.problem == "conflicting_method"
+    # no header: the gate request's own method
+    assert parse_gate_request({"x-original-uri": EAS}, method="post").method == "POST"
+
+
+def test_uri_and_method_headers_can_be_configured() -> None:
+    config = GateConfig.for_proxy(
+        "nginx", uri_headers=["X-Real-URI"], method_headers=["X-Real-Method"]
+    )
+    headers = {"x-real-uri": f"{EAS}?{PLAIN}", "x-real-method": "PUT", "x-original-uri": "/"}
+    request = parse_gate_request(headers, "/gate/forward", config)
+    assert (request.resource, request.method) == ("email", "PUT")
 
 
 # --- headers: device and user ---------------------------------------------------------------------
@@ -363,30 +412,122 @@ def test_device_header_overrides_the_query() -> None:
     assert (missing.device_id, missing.encoding) == (None, "none")
 
 
-def test_proxy_user_header_wins_over_the_activesync_user_parameter() -> None:
-    assert nginx(f"{EAS}?{PLAIN}", **{"X-Forwarded-User": "CORP\\jdoe"}).user == "CORP\\jdoe"
-    assert nginx(f"{EAS}?{PLAIN}", **{"x-remote-user": "remote"}).user == "remote"
-    assert nginx(f"{EAS}?{PLAIN}", **{"X-Forwarded-User": ""}).user == "jdoe"
-    assert nginx(f"{EAS}?{PLAIN}", **{"X-Forwarded-User": "a\x00b"}).user == "jdoe"
+def _basic(user: str, password: str = "secret") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _jwt(claims: dict[str, object]) -> str:
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "expected"),
+    [
+        (None, Identity(None, "none")),
+        (_basic("EXAMPLE\\Bob"), Identity("example\\bob", "basic")),
+        (_basic("bob@example.com", "pa:ss:word"), Identity("bob@example.com", "basic")),
+        ("basic " + base64.b64encode(b"bob:x").decode(), Identity("bob", "basic")),
+        (
+            "Bearer " + _jwt({"upn": "Bob@Example.com", "unique_name": "x"}),
+            Identity("bob@example.com", "bearer"),
+        ),
+        ("Bearer " + _jwt({"unique_name": "EXAMPLE\\bob"}), Identity("example\\bob", "bearer")),
+        (
+            "Bearer " + _jwt({"preferred_username": "bob@example.com"}),
+            Identity(None, "bearer", "unreadable_credentials"),
+        ),
+        ("Bearer opaque-token", Identity(None, "bearer", "unreadable_credentials")),
+        ("Bearer a.b.c.d.e", Identity(None, "bearer", "unreadable_credentials")),
+        ("Basic !!!", Identity(None, "basic", "unreadable_credentials")),
+        (
+            "Basic " + base64.b64encode(b"no-colon").decode(),
+            Identity(None, "basic", "unreadable_credentials"),
+        ),
+        (_basic("bo\x00b"), Identity(None, "basic", "unreadable_credentials")),
+        ("NTLM TlRMTVNTUAAB", Identity(None, "none", "unsupported_credentials")),
+        ("Basic " + "A" * 20000, Identity(None, "none", "unreadable_credentials")),
+    ],
+)
+def test_identity_from_credentials(authorization: str | None, expected: Identity) -> None:
+    headers = {"x-original-uri": f"{EAS}?{PLAIN}"}
+    if authorization is not None:
+        headers["authorization"] = authorization
+    assert parse_gate_request(headers).identity == expected
+
+
+def test_the_password_is_never_kept() -> None:
+    request = parse_gate_request({"x-original-uri": EAS, "authorization": _basic("bob", "hunter2")})
+    assert "hunter2" not in repr(request)
+    assert basic_user(base64.b64encode(b"bob:hunter2").decode()) == "bob"
+
+
+def test_a_duplicated_authorization_header_is_refused() -> None:
+    headers = {"x-original-uri": EAS, "authorization": _basic("bob")}
+    request = parse_gate_request(headers, duplicated={"authorization"})
+    assert request.identity == Identity(None, "none", "duplicate_credentials")
+
+
+def test_the_proxy_user_header_when_configured() -> None:
+    config = GateConfig.for_proxy("nginx", user_header="X-Forwarded-User")
+    base = {"x-original-uri": f"{EAS}?{PLAIN}", "authorization": _basic("mallory")}
+
+    def identity(**extra: str) -> Identity:
+        return parse_gate_request({**base, **extra}, "/gate/forward", config).identity
+
+    assert identity(**{"x-forwarded-user": "EXAMPLE\\Bob"}) == Identity("example\\bob", "header")
+    # absent or empty (nginx's $remote_user without Basic): the credentials
+    assert identity() == Identity("mallory", "basic")
+    assert identity(**{"x-forwarded-user": ""}) == Identity("mallory", "basic")
+    # present but unusable: refused, never a fall back to anything the client says
+    assert identity(**{"x-forwarded-user": "a\tb"}).problem == "invalid_user_header"
+    assert identity(**{"x-forwarded-user": "a" * 513}).problem == "invalid_user_header"
+    doubled = parse_gate_request(
+        {**base, "x-forwarded-user": "bob"},
+        "/gate/forward",
+        config,
+        duplicated={"x-forwarded-user"},
+    )
+    assert doubled.identity.problem == "duplicate_user_header"
+    # not configured: a client's X-Forwarded-User is just another header
+    plain_config = GateConfig.for_proxy("nginx")
+    assert parse_gate_request(
+        {**base, "x-forwarded-user": "bob"}, "/gate/forward", plain_config
+    ).identity == Identity("mallory", "basic")
+
+
+def test_the_activesync_user_is_a_claim_and_a_doubled_one_is_flagged() -> None:
+    request = nginx(f"{EAS}?{PLAIN}")
+    assert (request.user, request.user_conflict, request.identity.name) == ("jdoe", False, None)
+    doubled = nginx(f"{EAS}?{PLAIN}&user=other")
+    assert (doubled.user, doubled.user_conflict) == (None, True)
+    same_twice = nginx(f"{EAS}?{PLAIN}&User=jdoe")
+    assert (same_twice.user, same_twice.user_conflict) == ("jdoe", False)
+
+
+def test_bearer_user_reads_no_signature() -> None:
+    assert bearer_user(_jwt({"upn": "a@b.c"})) == "a@b.c"
+    assert bearer_user(_jwt(["upn"])) is None  # type: ignore[arg-type]
+    assert bearer_user("e30.bm90IGpzb24.x") is None
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("DOMAIN\\alice", "alice"),
+        ("DOMAIN\\alice", "domain\\alice"),
         ("alice@example.com", "alice@example.com"),
         ("  Alice@Example.COM ", "alice@example.com"),
-        ("CORP\\Bob", "bob"),
-        ("a\\b\\Carol", "carol"),
-        ("DOMAIN\\", None),
+        ("alice+x@example.com", "alice+x@example.com"),
         ("   ", None),
         ("", None),
         (None, None),
         ("al\x00ice", None),
     ],
 )
-def test_normalise_user(raw: str | None, expected: str | None) -> None:
-    assert normalise_user(raw) == expected
+def test_account_name(raw: str | None, expected: str | None) -> None:
+    assert account_name(raw) == expected
 
 
 # --- encode validation ----------------------------------------------------------------------------
@@ -458,7 +599,7 @@ def test_encode_decode_round_trip(
     assert (request.device_id, request.device_type, request.user, request.command) == (
         device_id,
         device_type,
-        user,
+        user.casefold() if user else None,
         command,
     )
 
