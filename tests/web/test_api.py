@@ -248,6 +248,8 @@ def test_serve_runs_uvicorn_with_the_app_and_says_where_to_look(store, cli, monk
     assert kwargs["host"] == "127.0.0.1"
     assert kwargs["port"] == 8123
     assert kwargs["access_log"] is False
+    # the socket's peer is the client: forwarded headers never rewrite it (loopback trust)
+    assert (kwargs["proxy_headers"], kwargs["forwarded_allow_ips"]) == (False, "")
     assert "http://127.0.0.1:8123" in result.err
     assert "appwarden token create" in result.err
     # The embedded worker is the SQLite default; with PostgreSQL it runs beside the replicas.

@@ -40,7 +40,7 @@ def serve(
     """Serve the HTTP API (/v1/, /healthz, /readyz, /metrics, /openapi.json)."""
     import uvicorn
 
-    from appwarden.web.app import create_app, server_config
+    from appwarden.web.app import SERVER_OPTIONS, create_app
     from appwarden.web.observability import configure_logging
 
     context = ctx()
@@ -69,7 +69,7 @@ def serve(
         soft_wrap=True,  # keep the URLs and the command on one line each, for copying
     )
     configure_logging()
-    uvicorn.Server(server_config(app, host, port)).run()
+    uvicorn.run(app, host=host, port=port, **SERVER_OPTIONS)
 
 
 def _token_json(token: ApiToken) -> dict[str, Any]:

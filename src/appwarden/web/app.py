@@ -12,12 +12,11 @@ own, request ids, access log and the bare 500 (`web.observability`), the authori
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Final
 
-import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -105,21 +104,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     return app
 
 
-def server_config(app: ASGIApp, host: str, port: int, **options: Any) -> uvicorn.Config:
-    """How `appwarden serve` runs the application. The client address is the socket's peer:
-    uvicorn's proxy-header handling is off (whatever FORWARDED_ALLOW_IPS says), because the gate
-    trusts a loopback peer (APPWARDEN_GATE_TRUST_LOOPBACK) and an X-Forwarded-For: 127.0.0.1
-    from anyone must not make them one."""
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        proxy_headers=False,
-        forwarded_allow_ips="",
-        log_config=None,
-        access_log=False,
-        **options,
-    )
+#: How `appwarden serve` runs uvicorn (`uvicorn.run(app, host=…, port=…, **SERVER_OPTIONS)`).
+#: The client address is the socket's peer: uvicorn's proxy-header handling is off, whatever
+#: FORWARDED_ALLOW_IPS says, because the gate trusts a loopback peer
+#: (APPWARDEN_GATE_TRUST_LOOPBACK) and an `X-Forwarded-For: 127.0.0.1` from anyone must not make
+#: them one.
+SERVER_OPTIONS: Final[Mapping[str, Any]] = {
+    "proxy_headers": False,
+    "forwarded_allow_ips": "",
+    "log_config": None,
+    "access_log": False,
+}
 
 
 class _Application(FastAPI):
