@@ -15,7 +15,16 @@ from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, _state, ctx
-from appwarden.cli.render import console, emit_json, errors, explain, progress, short_time, table
+from appwarden.cli.render import (
+    bold,
+    console,
+    emit_json,
+    errors,
+    explain,
+    progress,
+    short_time,
+    table,
+)
 from appwarden.cli.serve import register as register_server
 from appwarden.db import migrate
 from appwarden.devices.models import Quarantine
@@ -288,7 +297,7 @@ def catalog_show(slug: str, json: Json = False, at: At = None) -> None:
             }
         )
         return
-    console.print(f"[bold]{entry.name}[/] ({entry.slug}, {entry.origin})")
+    console.print(bold(entry.name), f"({entry.slug}, {entry.origin})")
     if entry.notes:
         console.print(entry.notes)
     table(None, ["from app", "identifier"], [(r["app"], r["identifier"]) for r in resolved])
@@ -514,8 +523,9 @@ def policy_show(
         emit_json(out)
         return
     console.print(
-        f"[bold]{out['policy']}[/] v{out['version']} — {out['title']}\n"
-        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}"
+        bold(out["policy"]),
+        f"v{out['version']} — {out['title']}\n"
+        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}",
     )
     if not out["content_current"]:
         console.print("content changed since apply (catalog or templates): approvals are void")
@@ -586,7 +596,7 @@ def decide(
     if json:
         emit_json(row)
         return
-    console.print(f"{row['device']} {resource}: [bold]{row['decision']}[/]")
+    console.print(f"{row['device']} {resource}:", bold(row["decision"]))
     for reason in row["reasons"]:
         console.print(
             f"  {reason['policy']} v{reason['version']}: {reason['state']} ({reason['effect']})"
