@@ -19,6 +19,9 @@ from appwarden.errors import InputTooLarge, InvalidInput, Problem
 Path = tuple[str | int, ...]
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
+# Deeper than any real policy, catalog or inventory (they nest 5 or 6 levels), shallow enough that
+# nothing recursive downstream (the composer, the checks, repr in error messages) runs out of stack.
+MAX_DEPTH = 64
 
 _INT = re.compile(r"^[-+]?\d+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
@@ -74,7 +77,7 @@ def load_document(
             problems=[Problem(filename, f"not valid UTF-8 ({exc.reason})")],
         ) from exc
     try:
-        nodes = list(yaml.compose_all(decoded, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(decoded, Loader=_DepthLimitedLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
@@ -92,6 +95,58 @@ def load_document(
             f"{filename}: {len(builder.problems)} problem(s)", problems=builder.problems
         )
     return Document(filename=filename, value=value, marks=builder.marks)
+
+
+def too_deep(depth: int = MAX_DEPTH) -> str:
+    return f"nested deeper than {depth} levels"
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML's composer recurses once per level: refuse the level past MAX_DEPTH, located, long
+    before the interpreter's recursion limit turns a 200 kB file of `[[[[` into a traceback."""
+
+    _depth = 0
+
+    def _enter(self) -> None:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, too_deep(), mark)
+
+    def compose_sequence_node(self, anchor: Any) -> yaml.SequenceNode:
+        self._enter()
+        try:
+            return super().compose_sequence_node(anchor)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        self._enter()
+        try:
+            return super().compose_mapping_node(anchor)
+        finally:
+            self._depth -= 1
+
+
+# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def json_too_deep(text: str, depth: int = MAX_DEPTH) -> int | None:
+    """The offset of the first bracket nested deeper than `depth` in a JSON text, else None.
+
+    A scan without recursion, run before a recursive decoder (json, orjson) or the checks after
+    it see the value. Malformed text is left to the decoder to describe."""
+    level = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            level += 1
+            if level > depth:
+                return match.start()
+        elif token in ("]", "}"):
+            level -= 1
+    return None
 
 
 class _Builder:

@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 from zoneinfo import available_timezones
 
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, PersonFacts, ReportFacts
+from appwarden.documents import json_too_deep, too_deep
 from appwarden.errors import InputTooLarge, InvalidInput, Problem
 from appwarden.timeutil import parse_instant
 from appwarden.vocabulary import (
@@ -835,17 +836,16 @@ class _JsonFile:
     def load(self) -> tuple[object, dict[Path, list[Problem]]]:
         """The decoded value and problems found per entry (duplicate keys). Raises InvalidInput."""
         early: dict[Path, list[Problem]] = {}
+        deep = json_too_deep(self.text)
+        if deep is not None:
+            where, message = self.location(deep), too_deep()
+            raise InvalidInput(f"{where}: {message}", problems=[Problem(where, message)])
         try:
             value = self._top(early)
         except _NotJsonError as exc:
             where = self.location(exc.pos)
             raise InvalidInput(
                 f"{where}: {exc.message}", problems=[Problem(where, exc.message)]
-            ) from None
-        except RecursionError:
-            message = "the JSON is nested too deeply"
-            raise InvalidInput(
-                f"{self.filename}: {message}", problems=[Problem(self.filename, message)]
             ) from None
         return value, early
 

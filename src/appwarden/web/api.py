@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.schemas import InventoryBatch
+from appwarden.documents import json_too_deep, too_deep
 from appwarden.errors import AppwardenError, InputTooLarge, InvalidInput, Problem
 from appwarden.settings import Settings
 from appwarden.sources.native import FieldError, check_resource, json_path, parse_native_value
@@ -74,6 +75,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_json(body: bytes) -> Any:
     if not body.strip():
         raise InvalidInput("the request body is empty", problems=[Problem("$", "expected JSON")])
+    if json_too_deep(body.decode("utf-8", "replace")) is not None:
+        raise InvalidInput(f"the request body is {too_deep()}", problems=[Problem("$", too_deep())])
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -732,7 +732,7 @@ FILE_CASES: list[tuple[str, str | bytes, list[str]]] = [
     (
         "nested too deeply",
         '{"format": "appwarden.inventory/v1", "devices": [' + "[" * 100_000 + "]" * 100_000 + "]}",
-        ["inv.json: the JSON is nested too deeply"],
+        ["inv.json:1:112: nested deeper than 64 levels"],
     ),
 ]
 
