@@ -4,6 +4,11 @@ not one row changed."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -101,4 +106,71 @@ def test_a_deeply_nested_inventory_body_is_a_422(store):
             assert "nested deeper than 64 levels" in response.json()["detail"]
             # After the first request: authenticating records the token's last use.
             before = before or table_digest(store.engine)
+    assert table_digest(store.engine) == before
+
+
+# ── endless, huge and blocking files ──────────────────────────────────────────────────────────
+
+SPARSE_BYTES = 4 * 1024**3  # 4 GiB of holes: nothing on disk, everything in memory if read whole
+FILE_COMMANDS = {
+    "import native": ("import", "native", "{path}"),
+    "import native --strict": ("import", "native", "{path}", "--strict"),
+    "import csv": ("import", "csv", "{path}"),
+    "policy validate": ("policy", "validate", "{path}"),
+    "policy apply": ("policy", "apply", "{path}"),
+    "catalog": ("catalog", "list"),  # the file comes from APPWARDEN_CATALOG_FILE
+    "audit anchor": ("audit", "verify", "--anchor", "{path}"),
+}
+
+
+@contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still reading after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(params=["dev-zero", "sparse", "fifo"])
+def hostile(request, tmp_path) -> tuple[str, str]:
+    """(kind, path) of a file no command may read whole or wait on."""
+    if request.param == "dev-zero":
+        return request.param, "/dev/zero"
+    path = tmp_path / request.param
+    if request.param == "sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(SPARSE_BYTES)
+    else:
+        os.mkfifo(path)  # nobody will ever write to it
+    return request.param, str(path)
+
+
+@pytest.mark.parametrize("command", sorted(FILE_COMMANDS))
+def test_endless_huge_and_blocking_files_are_refused_quickly(
+    loaded, store, monkeypatch, hostile, command
+):
+    kind, path = hostile
+    assert loaded("admin", "create", "author@example.com", "--role", "author").code == 0
+    monkeypatch.setenv("APPWARDEN_ACTOR", "author@example.com")
+    args = [arg.format(path=path) for arg in FILE_COMMANDS[command]]
+    if command == "catalog":
+        monkeypatch.setenv("APPWARDEN_CATALOG_FILE", path)
+    before = table_digest(store.engine)
+    started = time.monotonic()
+    with _deadline(10):  # a FIFO opened the blocking way would wait for a writer forever
+        result = loaded(*args)
+    assert time.monotonic() - started < 10, "the file was read far past its limit"
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err
+    assert result.err.removeprefix("error: ").startswith(path), result.err  # the file, first
+    if kind == "sparse":
+        assert f"the file is {SPARSE_BYTES} bytes; the limit is" in result.err, result.err
+    elif kind == "dev-zero":
+        assert "the file is more than" in result.err, result.err
     assert table_digest(store.engine) == before

@@ -29,6 +29,7 @@ from appwarden.cli.serve import register as register_server
 from appwarden.db import migrate
 from appwarden.devices.models import Quarantine
 from appwarden.devices.schemas import InventoryBatch
+from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
 from appwarden.errors import AppwardenError, InvalidInput
 from appwarden.identity.service import grant_role
 from appwarden.policies import service as policies
@@ -157,10 +158,7 @@ def import_(
     results: list[dict[str, Any]] = []
     failed = False
     for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from exc
+        data = read_limited(path, context.settings.max_import_bytes)
         batch: InventoryBatch = parser(
             data, str(path), strict=strict, max_bytes=context.settings.max_import_bytes
         )
@@ -314,15 +312,12 @@ def policy_validate(files: list[Path], at: At = None) -> None:
     bad = False
     for path in files:
         try:
-            doc = parse_policy(path.read_bytes(), str(path), known_apps=catalog.slugs())
+            text = read_limited(path, MAX_DOCUMENT_BYTES)
+            doc = parse_policy(text, str(path), known_apps=catalog.slugs())
         except AppwardenError as exc:
             bad = True
             for line in exc.lines():
                 errors.print(line)
-            continue
-        except OSError as exc:
-            bad = True
-            errors.print(f"{path}: cannot read ({exc.strerror})")
             continue
         resolved = policies.resolve_identifiers(doc, catalog)
         errors.print(f"{path}: ok ({doc.policy_id}, {len(resolved)} identifiers)")
@@ -334,10 +329,7 @@ def policy_validate(files: list[Path], at: At = None) -> None:
 def policy_apply(file: Path, actor: As = None, at: At = None, json: Json = False) -> None:
     """Store a document as the policy's draft (identical content is a no-op)."""
     context = ctx(actor)
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{file}: cannot read ({exc})") from exc
+    text = read_limited(file, MAX_DOCUMENT_BYTES)
     with context.uow(context.at(at)) as uow:
         result = policies.apply(
             uow,

@@ -30,8 +30,8 @@ from typing import Any, Final, TypeVar
 from zoneinfo import available_timezones
 
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, PersonFacts, ReportFacts
-from appwarden.documents import json_too_deep, too_deep
-from appwarden.errors import InputTooLarge, InvalidInput, Problem
+from appwarden.documents import json_too_deep, too_deep, too_large
+from appwarden.errors import InvalidInput, Problem
 from appwarden.timeutil import parse_instant
 from appwarden.vocabulary import (
     AppNamespace,
@@ -736,13 +736,6 @@ def parse_native(
 
 # --------------------------------------------------------------------------------------------
 # Reading the file
-
-
-def too_large(filename: str, size: int, max_bytes: int) -> InputTooLarge:
-    return InputTooLarge(
-        f"{filename}: {size} bytes is over the limit of {max_bytes}",
-        problems=[Problem(filename, f"the file is {size} bytes; the limit is {max_bytes}")],
-    )
 
 
 def decode_input(text: str | bytes, filename: str, *, max_bytes: int) -> str:
