@@ -30,7 +30,7 @@ from appwarden.db import migrate
 from appwarden.devices.models import Quarantine
 from appwarden.devices.schemas import InventoryBatch
 from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
-from appwarden.errors import AppwardenError, InvalidInput
+from appwarden.errors import AppwardenError, InvalidInput, Problem
 from appwarden.identity.service import grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
@@ -155,14 +155,10 @@ def import_(
     if parser is None:
         raise InvalidInput(f"unknown source {source!r}; expected one of: {', '.join(PARSERS)}")
     now = context.at(at)
+    batches = _read_all(paths, parser, strict=strict, max_bytes=context.settings.max_import_bytes)
     results: list[dict[str, Any]] = []
     failed = False
-    for path in paths:
-        data = read_limited(path, context.settings.max_import_bytes)
-        batch: InventoryBatch = parser(
-            data, str(path), strict=strict, max_bytes=context.settings.max_import_bytes
-        )
-        result = _ingest_with_progress(context, batch, now, str(path))
+    for path, result in zip(paths, _ingest_with_progress(context, batches, now), strict=True):
         failed = failed or bool(result.skipped or result.quarantined)
         results.append(
             {
@@ -193,17 +189,47 @@ def import_(
         raise typer.Exit(1)
 
 
+def _read_all(
+    paths: list[Path], parser: Any, *, strict: bool, max_bytes: int
+) -> list[tuple[str, InventoryBatch]]:
+    """Read and check every file before anything is written: one bad file (unreadable, invalid
+    as a whole, or with a bad record under --strict) applies none, and every bad file is named."""
+    batches: list[tuple[str, InventoryBatch]] = []
+    problems: list[Problem] = []
+    bad: list[str] = []
+    for path in paths:
+        try:
+            batch = parser(
+                read_limited(path, max_bytes), str(path), strict=strict, max_bytes=max_bytes
+            )
+        except InvalidInput as exc:
+            bad.append(str(path))
+            problems += exc.problems or [Problem("", exc.message)]
+            continue
+        batches.append((str(path), batch))
+    if bad:
+        summary = f"{len(bad)} of {len(paths)} file(s) refused, nothing imported: {', '.join(bad)}"
+        raise InvalidInput(summary, problems=[*problems, Problem("", summary)])
+    return batches
+
+
 def _ingest_with_progress(
-    context: AppContext, batch: InventoryBatch, now: Any, label: str
-) -> IngestResult:
-    """One transaction for the whole file, so a crash or an error leaves nothing half-applied."""
-    with progress(f"importing {label}", len(batch.reports)) as advance, context.uow(now) as uow:
-        return ingest(
-            uow,
-            batch,
-            minimise_personal=context.settings.minimise_personal_data,
-            on_report=advance,
-        )
+    context: AppContext, batches: list[tuple[str, InventoryBatch]], now: Any
+) -> list[IngestResult]:
+    """One transaction for all the files, so a crash or an error leaves nothing half-applied."""
+    results = []
+    with context.uow(now) as uow:
+        for label, batch in batches:
+            with progress(f"importing {label}", len(batch.reports)) as advance:
+                results.append(
+                    ingest(
+                        uow,
+                        batch,
+                        minimise_personal=context.settings.minimise_personal_data,
+                        on_report=advance,
+                    )
+                )
+    return results
 
 
 @app.command()
