@@ -30,7 +30,7 @@ from appwarden.sources.csvfile import parse_csv
 from appwarden.sources.native import parse_native
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
-from appwarden.usecases.ingest import IngestResult, ingest
+from appwarden.usecases.ingest import IngestResult, Writer, ingest
 from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
 
@@ -196,6 +196,7 @@ def _ingest_with_progress(
             batch,
             minimise_personal=context.settings.minimise_personal_data,
             on_report=advance,
+            writer=Writer(fact_sources=context.settings.fact_sources),
         )
 
 
