@@ -85,7 +85,7 @@ def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
         maildir=tmp_path / "mail",
     )
     with unit_of_work(store.engine, now=parse_instant("2020-07-10T12:00:00-07:00")) as uow:
-        _, secret = create_token(uow, "mdm-push", ["inventory:write"])
+        _, secret = create_token(uow, "mdm-push", ["inventory:write"], source="mdm-export")
     port = free_port()
     with (
         Server(create_app(settings), port),

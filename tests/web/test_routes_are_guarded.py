@@ -36,11 +36,17 @@ NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 # (method, route template) -> the permission it must check. A new route must be added here.
 EXPECTED = {
     ("POST", "/v1/inventory"): Permission.INVENTORY_WRITE,
+    ("GET", "/v1/conflicts"): Permission.READ,
     ("GET", "/v1/decisions/{device:path}/{resource}"): Permission.DECISIONS_READ,
     ("POST", "/v1/decisions"): Permission.DECISIONS_READ,
     ("GET", "/metrics"): Permission.READ,
     ("GET", "/openapi.json"): Permission.READ,
 }
+
+
+def _source_for(permissions) -> str | None:
+    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
+    return "mdm-export" if Permission.INVENTORY_WRITE in permissions else None
 
 
 def _settings(store, **overrides) -> Settings:
@@ -51,7 +57,9 @@ def _settings(store, **overrides) -> Settings:
 
 def _token(store, *permissions: Permission, name: str = "t") -> str:
     with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(uow, name, [str(p) for p in permissions])
+        _, secret = create_token(
+            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
+        )
     return secret
 
 

@@ -40,7 +40,7 @@ from appwarden.sources.csvfile import parse_csv
 from appwarden.sources.native import parse_native
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
-from appwarden.usecases.ingest import IngestResult, ingest
+from appwarden.usecases.ingest import IngestResult, Writer, ingest
 from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
 
@@ -218,6 +218,7 @@ def _ingest_with_progress(
 ) -> list[IngestResult]:
     """One transaction for all the files, so a crash or an error leaves nothing half-applied."""
     results = []
+    writer = Writer(fact_sources=context.settings.fact_sources)
     with context.uow(now) as uow:
         for label, batch in batches:
             with progress(f"importing {label}", len(batch.reports)) as advance:
@@ -227,6 +228,7 @@ def _ingest_with_progress(
                         batch,
                         minimise_personal=context.settings.minimise_personal_data,
                         on_report=advance,
+                        writer=writer,
                     )
                 )
     return results
