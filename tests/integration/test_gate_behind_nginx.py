@@ -7,16 +7,14 @@ form gets the same answers; another user on alice's phone and a new phone of car
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from tests.nginx_harness import start_nginx, start_upstream
+from tests.nginx_harness import start_nginx
+from tests.proxy_harness import serve_app, start_upstream
 
 from appwarden.access.gate import encode_eas_base64_query
 from appwarden.db.uow import unit_of_work
@@ -42,35 +40,6 @@ def base64(user: str, device: str) -> str:
     return f"{EAS}?{query}"
 
 
-class Server:
-    def __init__(self, app, port: int) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.port = port
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise AssertionError("the appwarden server did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
     assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
@@ -86,9 +55,8 @@ def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
     )
     with unit_of_work(store.engine, now=parse_instant("2020-07-10T12:00:00-07:00")) as uow:
         _, secret = create_token(uow, "mdm-push", ["inventory:write"])
-    port = free_port()
     with (
-        Server(create_app(settings), port),
+        serve_app(create_app(settings)) as port,
         start_upstream() as upstream,
         start_nginx(tmp_path, upstream.port, port, KEY) as nginx,
         httpx.Client(base_url=nginx.url, timeout=10) as client,
