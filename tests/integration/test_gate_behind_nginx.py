@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.eas_requests import ALICE, CAROL, base64, plain
 from tests.nginx_harness import start_nginx
 from tests.proxy_harness import serve_app, start_upstream
 
-from appwarden.access.gate import encode_eas_base64_query
 from appwarden.db.uow import unit_of_work
 from appwarden.identity.tokens import create_token
 from appwarden.settings import Settings
@@ -24,20 +24,6 @@ from appwarden.timeutil import parse_instant
 from appwarden.web.app import create_app
 
 KEY = "gate-test-proxy-key-42"
-EAS = "/Microsoft-Server-ActiveSync"
-ALICE = "6F24CAD599A5BF1A690246B8C68FAE8D"
-CAROL = "CA201C0FFEE0000000000000000A2210"
-
-
-def plain(user: str, device: str) -> str:
-    return f"{EAS}?Cmd=Sync&User={user}&DeviceId={device}&DeviceType=SmartPhone"
-
-
-def base64(user: str, device: str) -> str:
-    query = encode_eas_base64_query(
-        command="Sync", device_id=device, device_type="SmartPhone", user=user
-    )
-    return f"{EAS}?{query}"
 
 
 @pytest.fixture
