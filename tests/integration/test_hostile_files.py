@@ -93,7 +93,7 @@ def test_nesting_within_the_limit_is_fine(loaded, tmp_path):
 def test_a_deeply_nested_inventory_body_is_a_422(store):
     settings = Settings(database_url=store.url, env="test", clock="fixed:2020-07-11T12:00:00Z")
     with unit_of_work(store.engine, now=datetime(2020, 7, 11, 12, tzinfo=UTC)) as uow:
-        _, secret = create_token(uow, "writer", ["inventory:write"])
+        _, secret = create_token(uow, "writer", ["inventory:write"], source="mdm-export")
     before = None
     with TestClient(create_app(settings)) as client:
         for depth in (100, 100, 2000, DEEP):
