@@ -286,7 +286,9 @@ def build_fleet(
             release_due(uow)
             refresh_expired(uow)
         with unit_of_work(engine, now=at, actor="bench") as uow:
-            _, secret = create_token(uow, "bench", ["inventory:write", "decisions:read"])
+            _, secret = create_token(
+                uow, "bench", ["inventory:write", "decisions:read"], source=SOURCE
+            )
     finally:
         engine.dispose()
     return Fleet(

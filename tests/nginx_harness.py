@@ -1,4 +1,5 @@
-"""A real nginx in front of a fake mail server, asking a gate via `auth_request` (test helper).
+"""A real nginx in front of a fake mail server, asking a gate via `auth_request` (test helper;
+the parts every proxy harness shares are in tests/proxy_harness.py).
 
     with start_upstream() as upstream, start_nginx(tmp_path, upstream.port, gate_port, key) as proxy:
         httpx.post(f"{proxy.url}/Microsoft-Server-ActiveSync?Cmd=Sync&DeviceId=…")
@@ -20,33 +21,24 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import NoReturn
 
-import pytest
+from tests.proxy_harness import (
+    ProxyProcess,
+    Upstream,
+    check_proxy_key,
+    start_proxy,
+    start_upstream,
+    unavailable,
+)
 
-REQUIRE_SERVICES = os.environ.get("APPWARDEN_REQUIRE_SERVICES") == "1"
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 PROTECTED_LOCATIONS = ("/Microsoft-Server-ActiveSync", "/owa/")
 AUTH_LOCATION = "/_appwarden_auth"
 DENIED_LOCATION = "@appwarden_denied"
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"nginx is required (APPWARDEN_REQUIRE_SERVICES=1): {reason}")
-    pytest.skip(reason)
 
 
 def nginx_binary() -> str:
@@ -56,9 +48,9 @@ def nginx_binary() -> str:
         (path for path in NGINX_CANDIDATES if os.access(path, os.X_OK)), None
     )
     if found is None:
-        _unavailable("nginx not installed (apt-get install -y nginx)")
+        unavailable("nginx", "nginx not installed (apt-get install -y nginx)")
     if "--with-http_auth_request_module" not in _build_info(found):
-        _unavailable(f"{found} was built without the auth_request module")
+        unavailable("nginx", f"{found} was built without the auth_request module")
     return found
 
 
@@ -72,13 +64,6 @@ def _build_info(binary: str) -> str:
 def _version(build_info: str) -> tuple[int, ...]:
     match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", build_info)
     return tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (start_nginx retries on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,8 +81,7 @@ def render_nginx_config(
 ) -> str:
     """The nginx.conf: two protected locations in front of the upstream, the gate subrequest and
     the named location that fetches the gate's explanation for a 403."""
-    if not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", proxy_key):
-        raise ValueError("proxy key must be a plain token (no quotes, spaces or semicolons)")
+    check_proxy_key(proxy_key)
     temp_paths = "\n".join(
         f"    {module}_temp_path {prefix / (module + '_temp')};"
         for module in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -194,70 +178,11 @@ http {{
 # The nginx process
 
 
-class NginxProxy:
-    """A running nginx (`url`, `stop()`); also a context manager that stops it on exit."""
+class NginxProxy(ProxyProcess):
+    """A running nginx; a QUIT signal lets it finish the requests in flight."""
 
-    def __init__(
-        self,
-        prefix: Path,
-        port: int,
-        process: subprocess.Popen[bytes] | None = None,
-        config: str = "",
-    ) -> None:
-        self.prefix = Path(prefix)
-        self.port = port
-        self.process = process
-        self.config = config
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def error_log(self) -> str:
-        path = self.prefix / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        """Graceful stop (SIGQUIT), then SIGTERM, then SIGKILL; idempotent."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGKILL):
-            if process.poll() is not None:
-                break
-            process.send_signal(sig)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                continue
-        if process.stdout is not None:
-            process.stdout.close()
-
-    def __enter__(self) -> NginxProxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            time.sleep(0.05)
-        else:
-            return True
-    return False
+    log_name = "error.log"
+    graceful = (signal.SIGQUIT, signal.SIGTERM)
 
 
 def start_nginx(
@@ -277,9 +202,8 @@ def start_nginx(
     prefix = Path(tmp_path) / "nginx"
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    problem = ""
-    for _ in range(attempts):
-        port = free_port()
+
+    def launch(port: int) -> NginxProxy:
         config = render_nginx_config(
             prefix=prefix,
             port=port,
@@ -297,128 +221,9 @@ def start_nginx(
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        proxy = NginxProxy(prefix, port, process, config)
-        if _wait_until_listening(process, port):
-            return proxy
-        proxy.stop()
-        problem = proxy.error_log[-4000:]
-        if "Address already in use" not in problem:
-            break
-    pytest.fail(f"nginx did not start; its error log:\n{problem}")
+        return NginxProxy(prefix, port, process, config)
 
-
-# ---------------------------------------------------------------------------------------------
-# A stand-in mail server
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str  # as received: path and query
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-
-@dataclass
-class Upstream:
-    """A threaded HTTP server that answers 200 "mail upstream" to anything and records it."""
-
-    server: ThreadingHTTPServer
-    thread: threading.Thread
-    requests: list[RecordedRequest] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.server.shutdown()
-            self.thread.join(timeout=STOP_TIMEOUT)
-        self.server.server_close()
-
-    def __enter__(self) -> Upstream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def start_upstream(body: bytes = b"mail upstream") -> Upstream:
-    """Start the stand-in mail server on a free 127.0.0.1 port; stop it (or use `with`)."""
-    recorded: list[RecordedRequest] = []
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                payload = _read_chunked(self)
-            else:
-                payload = self.rfile.read(length) if length else b""
-            with lock:
-                recorded.append(
-                    RecordedRequest(
-                        method=self.command,
-                        path=self.path,
-                        headers={key.lower(): value for key, value in self.headers.items()},
-                        body=payload,
-                    )
-                )
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            self._answer()
-
-        def do_POST(self) -> None:
-            self._answer()
-
-        def do_OPTIONS(self) -> None:
-            self._answer()
-
-        def do_HEAD(self) -> None:
-            self._answer()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.05},
-        name="mail-upstream",
-        daemon=True,
-    )
-    thread.start()
-    return Upstream(server=server, thread=thread, requests=recorded)
-
-
-def _read_chunked(handler: BaseHTTPRequestHandler) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            handler.rfile.readline()  # the blank line after the last chunk (no trailers)
-            return b"".join(chunks)
-        chunks.append(handler.rfile.read(size))
-        handler.rfile.readline()
+    return start_proxy(launch, service="nginx", attempts=attempts)
 
 
 @contextmanager

@@ -8,8 +8,11 @@ strings; the field that expects an instant decides whether they carry an offset.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Any
 
 import yaml
@@ -19,6 +22,9 @@ from appwarden.errors import InputTooLarge, InvalidInput, Problem
 Path = tuple[str | int, ...]
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
+# Deeper than any real policy, catalog or inventory (they nest 5 or 6 levels), shallow enough that
+# nothing recursive downstream (the composer, the checks, repr in error messages) runs out of stack.
+MAX_DEPTH = 64
 
 _INT = re.compile(r"^[-+]?\d+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
@@ -62,10 +68,7 @@ def load_document(
     """Load one YAML (or JSON) document strictly; InvalidInput lists every problem found."""
     raw = text.encode() if isinstance(text, str) else text
     if len(raw) > max_bytes:
-        raise InputTooLarge(
-            f"{filename}: {len(raw)} bytes is over the limit of {max_bytes}",
-            problems=[Problem(filename, f"document is {len(raw)} bytes; the limit is {max_bytes}")],
-        )
+        raise too_large(filename, len(raw), max_bytes)
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -74,7 +77,7 @@ def load_document(
             problems=[Problem(filename, f"not valid UTF-8 ({exc.reason})")],
         ) from exc
     try:
-        nodes = list(yaml.compose_all(decoded, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(decoded, Loader=_DepthLimitedLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
@@ -92,6 +95,109 @@ def load_document(
             f"{filename}: {len(builder.problems)} problem(s)", problems=builder.problems
         )
     return Document(filename=filename, value=value, marks=builder.marks)
+
+
+def too_large(filename: str, size: int | None, max_bytes: int) -> InputTooLarge:
+    """The located "too large" error; `size` None: a stream that went on past the limit."""
+    amount = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
+    return InputTooLarge(
+        f"{filename}: {amount} is over the limit of {max_bytes}",
+        problems=[Problem(filename, f"the file is {amount}; the limit is {max_bytes}")],
+    )
+
+
+def read_limited(path: str | FilePath, max_bytes: int, *, what: str = "") -> bytes:
+    """Read a file the user named, refusing it once it is known to be over `max_bytes`.
+
+    Reads at most max_bytes + 1 bytes whatever the file is: a regular file is refused by its size
+    before reading (a sparse 1 TB file costs nothing); a device or pipe (/dev/zero, /dev/stdin,
+    `<(cmd)`) is read up to the limit, never to exhaustion. The open does not wait for a FIFO's
+    writer, and a FIFO without one reads as empty. Errors are InvalidInput naming the path."""
+    name = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _unreadable(name, what, exc) from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
+            raise too_large(name, info.st_size, max_bytes)
+        os.set_blocking(fd, True)  # a pipe with a writer: wait for its data as a plain read does
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(max_bytes + 1 - size, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _unreadable(name, what, exc) from exc
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise too_large(name, None, max_bytes)
+    return b"".join(chunks)
+
+
+def _unreadable(name: str, what: str, exc: OSError) -> InvalidInput:
+    reason = exc.strerror or type(exc).__name__
+    cannot = f"cannot read {what}" if what else "cannot read"
+    return InvalidInput(
+        f"{name}: {cannot} ({reason})", problems=[Problem(name, f"{cannot}: {reason}")]
+    )
+
+
+def too_deep(depth: int = MAX_DEPTH) -> str:
+    return f"nested deeper than {depth} levels"
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML's composer recurses once per level: refuse the level past MAX_DEPTH, located, long
+    before the interpreter's recursion limit turns a 200 kB file of `[[[[` into a traceback."""
+
+    _depth = 0
+
+    def _enter(self) -> None:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, too_deep(), mark)
+
+    def compose_sequence_node(self, anchor: Any) -> yaml.SequenceNode:
+        self._enter()
+        try:
+            return super().compose_sequence_node(anchor)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        self._enter()
+        try:
+            return super().compose_mapping_node(anchor)
+        finally:
+            self._depth -= 1
+
+
+# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def json_too_deep(text: str, depth: int = MAX_DEPTH) -> int | None:
+    """The offset of the first bracket nested deeper than `depth` in a JSON text, else None.
+
+    A scan without recursion, run before a recursive decoder (json, orjson) or the checks after
+    it see the value. Malformed text is left to the decoder to describe."""
+    level = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            level += 1
+            if level > depth:
+                return match.start()
+        elif token in ("]", "}"):
+            level -= 1
+    return None
 
 
 class _Builder:

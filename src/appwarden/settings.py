@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from appwarden.vocabulary import SOURCE_NAME, Fact
 
 DEFAULT_DB_URL = "sqlite:///appwarden.db"
 
@@ -26,6 +28,10 @@ class Settings(BaseSettings):
     required_approvals: int = 1
     minimise_personal_data: bool = True
     max_import_bytes: int = 64 * 1024 * 1024
+    # Which source is authoritative for a fact, e.g. {"owner": "intune", "person_status":
+    # "workday"}; a fact not named here belongs to the device's MDM of record (the source that
+    # first reported it) or the source that first created the person (docs/inventory-native.md).
+    fact_sources: dict[str, str] = Field(default_factory=dict)
     fault: str | None = None
 
     # Notices and their delivery (docs/delivery.md).
@@ -91,3 +97,16 @@ class Settings(BaseSettings):
     exchange_client_secret: SecretStr | None = None
     exchange_api_base: str = "https://outlook.office365.com"
     exchange_token_url: str | None = None  # default: the tenant's Entra token endpoint
+
+    @field_validator("fact_sources")
+    @classmethod
+    def _known_facts(cls, value: dict[str, str]) -> dict[str, str]:
+        facts = {f.value for f in Fact}
+        for fact, source in value.items():
+            if fact not in facts:
+                raise ValueError(
+                    f"{fact!r} is not a fact; expected one of: {', '.join(sorted(facts))}"
+                )
+            if not SOURCE_NAME.match(source):
+                raise ValueError(f"{source!r} is not a source name: use 1 to 64 of a-z 0-9 . _ -")
+        return value

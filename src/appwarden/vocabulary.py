@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Final
+
+# A source name (`intune`, `mdm-export`): the native format, CSV, tokens and settings share it.
+SOURCE_NAME: Final = re.compile(r"^[a-z0-9._-]{1,64}$")
 
 
 class Platform(StrEnum):
@@ -122,6 +127,23 @@ class PersonStatus(StrEnum):
 class DeviceStatus(StrEnum):
     ACTIVE = "active"
     RETIRED = "retired"
+
+
+class Fact(StrEnum):
+    """Facts applied only from the source authoritative for them (docs/inventory-native.md)."""
+
+    OWNER = "owner"
+    PERSON_STATUS = "person_status"
+    DEVICE_STATUS = "device_status"
+    PLATFORM = "platform"
+    FORM_FACTOR = "form_factor"
+    OWNERSHIP = "ownership"
+    RESOURCES = "resources"
+
+
+class ConflictStatus(StrEnum):
+    OPEN = "open"
+    SETTLED = "settled"
 
 
 class Permission(StrEnum):

@@ -157,3 +157,33 @@ def test_a_naive_at_is_refused(loaded):
     result = loaded("status", "--at", "2020-07-10T12:00:00")
     assert result.code == 2
     assert "--at: expected an RFC 3339 time with an offset" in result.err
+
+
+@pytest.mark.parametrize(
+    ("source", "good", "bads", "strict"),
+    [
+        ("native", "valid.json", ["not-json.json"], False),
+        ("native", "valid.json", ["wrong-format.json", "missing.json", "not-json.json"], False),
+        ("native", "valid.json", ["bad-entries.json"], True),
+        ("csv", "valid.csv", ["bad-header.csv"], False),
+        ("csv", "valid.csv", ["bad-rows.csv", "missing.csv"], True),
+    ],
+)
+def test_a_multi_file_import_checks_every_file_before_applying_any(
+    loaded, store, source, good, bads, strict
+):
+    """`import native good.json bad.json` used to commit good.json and then report bad.json."""
+    before = table_digest(store.engine)
+    files = [str(FIXTURES / good), *(str(FIXTURES / bad) for bad in bads)]
+    flags = ["--strict"] if strict else []
+    result = loaded("import", source, *files, *flags, "--at", "2030-01-01T00:00:00Z")
+    assert result.code == 2, result.err
+    for bad in bads:
+        assert f"{FIXTURES / bad}:" in result.err, bad  # every bad file is named
+    assert f"{len(bads)} of {len(files)} file(s) refused, nothing imported" in result.err
+    assert table_digest(store.engine) == before
+    # The same good file alone still imports, in one go with another good file.
+    twice = loaded("import", source, str(FIXTURES / good), str(FIXTURES / good), "--json")
+    assert twice.code == 0, twice.err
+    assert [r["file"] for r in twice.json()] == [str(FIXTURES / good)] * 2
+    assert table_digest(store.engine) != before

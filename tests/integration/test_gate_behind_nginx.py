@@ -7,18 +7,16 @@ form gets the same answers; another user on alice's phone and a new phone of car
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from tests.nginx_harness import start_nginx, start_upstream
+from tests.eas_requests import ALICE, CAROL, base64, plain
+from tests.nginx_harness import start_nginx
+from tests.proxy_harness import serve_app, start_upstream
 
-from appwarden.access.gate import encode_eas_base64_query
 from appwarden.db.uow import unit_of_work
 from appwarden.identity.tokens import create_token
 from appwarden.settings import Settings
@@ -26,49 +24,6 @@ from appwarden.timeutil import parse_instant
 from appwarden.web.app import create_app
 
 KEY = "gate-test-proxy-key-42"
-EAS = "/Microsoft-Server-ActiveSync"
-ALICE = "6F24CAD599A5BF1A690246B8C68FAE8D"
-CAROL = "CA201C0FFEE0000000000000000A2210"
-
-
-def plain(user: str, device: str) -> str:
-    return f"{EAS}?Cmd=Sync&User={user}&DeviceId={device}&DeviceType=SmartPhone"
-
-
-def base64(user: str, device: str) -> str:
-    query = encode_eas_base64_query(
-        command="Sync", device_id=device, device_type="SmartPhone", user=user
-    )
-    return f"{EAS}?{query}"
-
-
-class Server:
-    def __init__(self, app, port: int) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.port = port
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise AssertionError("the appwarden server did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -85,10 +40,9 @@ def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
         maildir=tmp_path / "mail",
     )
     with unit_of_work(store.engine, now=parse_instant("2020-07-10T12:00:00-07:00")) as uow:
-        _, secret = create_token(uow, "mdm-push", ["inventory:write"])
-    port = free_port()
+        _, secret = create_token(uow, "mdm-push", ["inventory:write"], source="mdm-export")
     with (
-        Server(create_app(settings), port),
+        serve_app(create_app(settings)) as port,
         start_upstream() as upstream,
         start_nginx(tmp_path, upstream.port, port, KEY) as nginx,
         httpx.Client(base_url=nginx.url, timeout=10) as client,

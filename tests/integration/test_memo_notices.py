@@ -9,12 +9,16 @@ retracted. The mailbox is then checked message by message, by the X-Appwarden-* 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, select
 
+from appwarden.cli.main import run
+from appwarden.notifications.models import Notice
 from appwarden.timeutil import parse_instant
 from appwarden.usecases.demo import APPROVER, AUTHOR, TIKTOK_LITE, inventory
 
@@ -260,3 +264,22 @@ def test_cancel_inside_the_undo_window_sends_nothing(
     assert cli("worker", "--once", "--at", "2020-07-02T09:00:00-07:00").code == 0
     assert smtp_server.messages == []
     assert cli("notices", "--json").json() == []
+
+
+def test_two_installations_never_share_a_message_id(sqlite_template, tmp_path, monkeypatch):
+    """Gmail silently drops a message whose Message-ID it has seen: two installations (or one
+    after a database reset) planning the same memo for the same people must not repeat ids."""
+    monkeypatch.setenv("APPWARDEN_MAILDIR", str(tmp_path / "mail"))
+    ids = []
+    for name in ("first", "second"):
+        path = tmp_path / f"{name}.db"
+        shutil.copy(sqlite_template, path)
+        url = f"sqlite:///{path}"
+        assert run(["--db", url, "demo", "--base-time", "2020-07-10T09:00:00-07:00"]) == 0
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            ids.append(set(connection.scalars(select(Notice.message_id)).all()))
+        engine.dispose()
+    assert ids[0]
+    assert len(ids[0]) == len(ids[1])
+    assert not ids[0] & ids[1]

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.nginx_harness import (
-    AUTH_LOCATION,
-    PROTECTED_LOCATIONS,
-    NginxProxy,
-    Upstream,
-    free_port,
-    start_nginx,
-    start_upstream,
-)
+from tests.nginx_harness import AUTH_LOCATION, PROTECTED_LOCATIONS, NginxProxy, start_nginx
+from tests.proxy_harness import ThreadedServer, Upstream, free_port, serve_http, start_upstream
 
 KEY = "test-proxy-key-0123456789"
 EAS = "/Microsoft-Server-ActiveSync"
@@ -42,16 +34,10 @@ class GateCall:
 
 
 @dataclass
-class FakeGate:
-    server: ThreadingHTTPServer
-    thread: threading.Thread
+class FakeGate(ThreadedServer):
     calls: list[GateCall] = field(default_factory=list)
     explain_status: int = 403
     device_header: bool = True
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
 
     def calls_to(self, path: str) -> list[GateCall]:
         return [call for call in self.calls if call.path.split("?")[0] == path]
@@ -100,23 +86,15 @@ def start_fake_gate() -> FakeGate:
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gate", daemon=True
-    )
+    server, thread = serve_http(Handler, "fake-gate")
     gate = FakeGate(server=server, thread=thread)
-    thread.start()
     return gate
 
 
 @pytest.fixture
 def gate() -> Iterator[FakeGate]:
-    fake = start_fake_gate()
-    yield fake
-    fake.server.shutdown()
-    fake.thread.join(timeout=5)
-    fake.server.server_close()
+    with start_fake_gate() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -28,6 +28,11 @@ AFTER_DEADLINE = "2020-07-11T12:00:00-07:00"
 NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 
 
+def _source_for(permissions) -> str | None:
+    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
+    return "mdm-export" if Permission.INVENTORY_WRITE in permissions else None
+
+
 def _settings(store, tmp_path: Path, clock: str = AFTER_DEADLINE) -> Settings:
     return Settings(
         database_url=store.url, env="test", clock=f"fixed:{clock}", maildir=tmp_path / "mail"
@@ -36,7 +41,9 @@ def _settings(store, tmp_path: Path, clock: str = AFTER_DEADLINE) -> Settings:
 
 def _token(store, *permissions: Permission, name: str = "gate") -> str:
     with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(uow, name, [str(p) for p in permissions])
+        _, secret = create_token(
+            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
+        )
     return secret
 
 
@@ -178,7 +185,12 @@ def test_tokens_from_the_cli_are_hashed_audited_and_revocable(store, cli, tmp_pa
         assert all(len(r.token_hash) == 64 and secret not in r.token_hash for r in rows)
         entries = uow.session.scalars(select(AuditEntry)).all()
         assert [e.action for e in entries] == ["token.create", "token.create"]
-        assert entries[0].after == {"name": "nginx-gate", "permissions": ["decisions:read"]}
+        assert entries[0].after == {
+            "name": "nginx-gate",
+            "permissions": ["decisions:read"],
+            "source": None,
+            "namespaces": None,
+        }
         assert all(secret not in orjson.dumps([e.before, e.after]).decode() for e in entries)
 
     assert cli("token", "create", "x", "-p", "superuser").code == 2
@@ -214,6 +226,7 @@ def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
         doc = client.get("/openapi.json", headers=_auth(reader)).json()
     assert set(doc["paths"]) == {
         "/v1/inventory",
+        "/v1/conflicts",
         "/v1/decisions",
         "/v1/decisions/{device}/{resource}",
         "/healthz",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi import Depends
 from fastapi.testclient import TestClient
+from tests.conftest import as_one_source
 
 from appwarden.db.uow import unit_of_work
 from appwarden.identity.tokens import create_token
@@ -23,6 +24,12 @@ VALID = Path(__file__).parent.parent / "fixtures" / "inventory" / "valid.json"
 NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 
 
+def _source_for(permissions) -> str | None:
+    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
+    writes = {Permission.INVENTORY_WRITE, Permission.ADMIN} & set(permissions)
+    return "mdm-export" if writes else None
+
+
 def _settings(url: str, **overrides) -> Settings:
     return Settings(
         database_url=url, env="test", clock="fixed:2020-07-11T12:00:00-07:00", **overrides
@@ -31,7 +38,9 @@ def _settings(url: str, **overrides) -> Settings:
 
 def _secret(store, *permissions: Permission, name: str = "ops") -> str:
     with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(uow, name, [str(p) for p in permissions])
+        _, secret = create_token(
+            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
+        )
     return secret
 
 
@@ -71,7 +80,9 @@ def test_metrics_expose_requests_decisions_ingest_and_outbox(store):
     headers = {"Authorization": f"Bearer {secret}"}
     with TestClient(create_app(_settings(store.url))) as client:
         assert client.get("/metrics").status_code == 401
-        assert client.post("/v1/inventory", content=VALID.read_bytes(), headers=headers).is_success
+        assert client.post(
+            "/v1/inventory", content=as_one_source(VALID), headers=headers
+        ).is_success
         decided = client.get("/v1/decisions/serial:C02XK1ABJGH5/email", headers=headers)
         assert decided.json()["decision"] == "allow"
         client.get("/v1/decisions/udid:NOPE/email", headers=headers)

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import table_digest
+from tests.conftest import as_one_source, table_digest
 
 from appwarden.db.uow import unit_of_work
 from appwarden.identity.tokens import create_token
@@ -26,6 +26,11 @@ ALICE_PHONE = "udid:00008110-000A1B2C3D4E801E"
 NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 
 
+def _source_for(permissions) -> str | None:
+    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
+    return "mdm-export" if Permission.INVENTORY_WRITE in permissions else None
+
+
 def _settings(store, tmp_path: Path, **overrides) -> Settings:
     return Settings(
         database_url=store.url,
@@ -38,7 +43,9 @@ def _settings(store, tmp_path: Path, **overrides) -> Settings:
 
 def _token(store, *permissions: Permission, name: str = "mdm") -> dict[str, str]:
     with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(uow, name, [str(p) for p in permissions])
+        _, secret = create_token(
+            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
+        )
     return {"Authorization": f"Bearer {secret}"}
 
 
@@ -57,7 +64,7 @@ def writer(store, client) -> dict[str, str]:
 
 
 def test_a_valid_document_is_applied_and_counted(client, writer):
-    response = client.post("/v1/inventory", content=VALID.read_bytes(), headers=writer)
+    response = client.post("/v1/inventory", content=as_one_source(VALID), headers=writer)
     assert response.status_code == 200, response.text
     # The same counts as `appwarden import native` of this file: the managed_only and `none`
     # reports of personal devices keep nothing while no policy exists, so they count as stale.
@@ -82,7 +89,7 @@ def test_malformed_json_is_422_and_changes_nothing(store, client, writer):
 
 
 def test_an_invalid_item_rejects_the_batch_naming_its_path(store, client, writer):
-    doc = orjson.loads(VALID.read_bytes())
+    doc = orjson.loads(as_one_source(VALID))
     bad = copy.deepcopy(doc)
     bad["devices"][1]["report"]["apps"][0]["namespace"] = "apple_bundle"
     bad["devices"][3]["platform"] = "nokia"
@@ -99,7 +106,7 @@ def test_an_invalid_item_rejects_the_batch_naming_its_path(store, client, writer
 
 def test_a_report_the_store_refuses_rejects_the_whole_batch(store, client, writer):
     """Problems found only while applying (here a placeholder serial) roll back everything."""
-    doc = orjson.loads(VALID.read_bytes())
+    doc = orjson.loads(as_one_source(VALID))
     doc["devices"].append(
         {
             "identifiers": [{"namespace": "serial", "value": "To be filled by O.E.M."}],

@@ -22,7 +22,7 @@ from typing import Any
 
 from appwarden.catalog.matching import namespaces, rule_key
 from appwarden.catalog.model import ORIGINS, AppIdentifier, Catalog, CatalogApp
-from appwarden.documents import Document, load_document
+from appwarden.documents import MAX_DOCUMENT_BYTES, Document, load_document, read_limited
 from appwarden.errors import InvalidInput, Problem
 
 API_VERSION = "appwarden/v1"
@@ -402,13 +402,6 @@ def load_catalog(org_file: Path | None = None) -> Catalog:
     if org_file is None:
         return Catalog(dict(shipped))
     path = Path(org_file)
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InvalidInput(
-            f"{path}: cannot read the organisation catalog ({reason})",
-            problems=[Problem(str(path), f"cannot read the organisation catalog: {reason}")],
-        ) from exc
+    text = read_limited(path, MAX_DOCUMENT_BYTES, what="the organisation catalog")
     org = parse_catalog(text, str(path), origin="organisation", base=shipped)
     return Catalog({**shipped, **org})

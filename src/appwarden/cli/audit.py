@@ -16,7 +16,10 @@ import typer
 from appwarden.audit.verify import Anchor, anchor, verify
 from appwarden.cli.options import At, Json, ctx
 from appwarden.cli.render import emit_json, errors
+from appwarden.documents import read_limited
 from appwarden.errors import InvalidInput
+
+MAX_ANCHOR_BYTES = 64 * 1024  # an anchor is one small JSON object
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="The audit trail: verify the hash chain, export anchors."
@@ -24,10 +27,7 @@ audit_app = typer.Typer(
 
 
 def read_anchor(path: Path) -> Anchor:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from exc
+    data = read_limited(path, MAX_ANCHOR_BYTES)
     try:
         return Anchor.from_json(data)
     except ValueError as exc:

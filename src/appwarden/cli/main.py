@@ -15,12 +15,22 @@ from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, _state, ctx
-from appwarden.cli.render import console, emit_json, errors, explain, progress, short_time, table
+from appwarden.cli.render import (
+    bold,
+    console,
+    emit_json,
+    errors,
+    explain,
+    progress,
+    short_time,
+    table,
+)
 from appwarden.cli.serve import register as register_server
 from appwarden.db import migrate
 from appwarden.devices.models import Quarantine
 from appwarden.devices.schemas import InventoryBatch
-from appwarden.errors import AppwardenError, InvalidInput
+from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
+from appwarden.errors import AppwardenError, InvalidInput, Problem
 from appwarden.identity.service import grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
@@ -30,7 +40,7 @@ from appwarden.sources.csvfile import parse_csv
 from appwarden.sources.native import parse_native
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
-from appwarden.usecases.ingest import IngestResult, ingest
+from appwarden.usecases.ingest import IngestResult, Writer, ingest
 from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
 
@@ -145,17 +155,10 @@ def import_(
     if parser is None:
         raise InvalidInput(f"unknown source {source!r}; expected one of: {', '.join(PARSERS)}")
     now = context.at(at)
+    batches = _read_all(paths, parser, strict=strict, max_bytes=context.settings.max_import_bytes)
     results: list[dict[str, Any]] = []
     failed = False
-    for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from exc
-        batch: InventoryBatch = parser(
-            data, str(path), strict=strict, max_bytes=context.settings.max_import_bytes
-        )
-        result = _ingest_with_progress(context, batch, now, str(path))
+    for path, result in zip(paths, _ingest_with_progress(context, batches, now), strict=True):
         failed = failed or bool(result.skipped or result.quarantined)
         results.append(
             {
@@ -186,17 +189,49 @@ def import_(
         raise typer.Exit(1)
 
 
+def _read_all(
+    paths: list[Path], parser: Any, *, strict: bool, max_bytes: int
+) -> list[tuple[str, InventoryBatch]]:
+    """Read and check every file before anything is written: one bad file (unreadable, invalid
+    as a whole, or with a bad record under --strict) applies none, and every bad file is named."""
+    batches: list[tuple[str, InventoryBatch]] = []
+    problems: list[Problem] = []
+    bad: list[str] = []
+    for path in paths:
+        try:
+            batch = parser(
+                read_limited(path, max_bytes), str(path), strict=strict, max_bytes=max_bytes
+            )
+        except InvalidInput as exc:
+            bad.append(str(path))
+            problems += exc.problems or [Problem("", exc.message)]
+            continue
+        batches.append((str(path), batch))
+    if bad:
+        summary = f"{len(bad)} of {len(paths)} file(s) refused, nothing imported: {', '.join(bad)}"
+        raise InvalidInput(summary, problems=[*problems, Problem("", summary)])
+    return batches
+
+
 def _ingest_with_progress(
-    context: AppContext, batch: InventoryBatch, now: Any, label: str
-) -> IngestResult:
-    """One transaction for the whole file, so a crash or an error leaves nothing half-applied."""
-    with progress(f"importing {label}", len(batch.reports)) as advance, context.uow(now) as uow:
-        return ingest(
-            uow,
-            batch,
-            minimise_personal=context.settings.minimise_personal_data,
-            on_report=advance,
-        )
+    context: AppContext, batches: list[tuple[str, InventoryBatch]], now: Any
+) -> list[IngestResult]:
+    """One transaction for all the files, so a crash or an error leaves nothing half-applied."""
+    results = []
+    writer = Writer(fact_sources=context.settings.fact_sources)
+    with context.uow(now) as uow:
+        for label, batch in batches:
+            with progress(f"importing {label}", len(batch.reports)) as advance:
+                results.append(
+                    ingest(
+                        uow,
+                        batch,
+                        minimise_personal=context.settings.minimise_personal_data,
+                        on_report=advance,
+                        writer=writer,
+                    )
+                )
+    return results
 
 
 @app.command()
@@ -288,7 +323,7 @@ def catalog_show(slug: str, json: Json = False, at: At = None) -> None:
             }
         )
         return
-    console.print(f"[bold]{entry.name}[/] ({entry.slug}, {entry.origin})")
+    console.print(bold(entry.name), f"({entry.slug}, {entry.origin})")
     if entry.notes:
         console.print(entry.notes)
     table(None, ["from app", "identifier"], [(r["app"], r["identifier"]) for r in resolved])
@@ -305,15 +340,12 @@ def policy_validate(files: list[Path], at: At = None) -> None:
     bad = False
     for path in files:
         try:
-            doc = parse_policy(path.read_bytes(), str(path), known_apps=catalog.slugs())
+            text = read_limited(path, MAX_DOCUMENT_BYTES)
+            doc = parse_policy(text, str(path), known_apps=catalog.slugs())
         except AppwardenError as exc:
             bad = True
             for line in exc.lines():
                 errors.print(line)
-            continue
-        except OSError as exc:
-            bad = True
-            errors.print(f"{path}: cannot read ({exc.strerror})")
             continue
         resolved = policies.resolve_identifiers(doc, catalog)
         errors.print(f"{path}: ok ({doc.policy_id}, {len(resolved)} identifiers)")
@@ -325,10 +357,7 @@ def policy_validate(files: list[Path], at: At = None) -> None:
 def policy_apply(file: Path, actor: As = None, at: At = None, json: Json = False) -> None:
     """Store a document as the policy's draft (identical content is a no-op)."""
     context = ctx(actor)
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{file}: cannot read ({exc})") from exc
+    text = read_limited(file, MAX_DOCUMENT_BYTES)
     with context.uow(context.at(at)) as uow:
         result = policies.apply(
             uow,
@@ -514,8 +543,9 @@ def policy_show(
         emit_json(out)
         return
     console.print(
-        f"[bold]{out['policy']}[/] v{out['version']} — {out['title']}\n"
-        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}"
+        bold(out["policy"]),
+        f"v{out['version']} — {out['title']}\n"
+        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}",
     )
     if not out["content_current"]:
         console.print("content changed since apply (catalog or templates): approvals are void")
@@ -586,7 +616,7 @@ def decide(
     if json:
         emit_json(row)
         return
-    console.print(f"{row['device']} {resource}: [bold]{row['decision']}[/]")
+    console.print(f"{row['device']} {resource}:", bold(row["decision"]))
     for reason in row["reasons"]:
         console.print(
             f"  {reason['policy']} v{reason['version']}: {reason['state']} ({reason['effect']})"

@@ -1,19 +1,59 @@
-"""Output: JSON for machines (`--json`), rich tables for people, quiet when piped."""
+"""Output: JSON for machines (`--json`), rich tables for people, quiet when piped.
+
+Almost everything printed holds text we do not control: names from inventory files, titles from
+policy files, values quoted by error messages, file names. So the consoles never interpret a
+string as rich markup or emoji codes, and show control characters escaped: a device named
+`[link=https://evil.example]x[/link]` is printed as those characters, not as a terminal hyperlink.
+Our own emphasis is built as `Text` objects (`bold`, `styled`), never as markup in a string.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+# C0 and C1 controls (but tab and newline), DEL, and the bidirectional overrides that can make
+# text read differently from what it is: shown as Python escapes (`\x1b`), never sent raw.
+_UNSAFE: Final = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (
+        *range(0x00, 0x09),
+        *range(0x0B, 0x20),
+        *range(0x7F, 0xA0),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
+
+
+def plain(text: str) -> str:
+    """`text` with every control character escaped: safe to hand to a terminal."""
+    return text.translate(_UNSAFE)
+
+
+class PlainConsole(Console):
+    """A console on which every string is literal text: no markup, no emoji codes, no controls.
+
+    Every string rich prints (a message, a table cell or title) goes through `render_str`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(highlight=False, markup=False, emoji=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        kwargs.update(markup=False, emoji=False)
+        return super().render_str(plain(text), **kwargs)
+
+
+console = PlainConsole()
+errors = PlainConsole(stderr=True)
 
 STATE_STYLE = {
     "non_compliant": "bold red",
@@ -41,15 +81,18 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     if console.is_terminal:
         console.print(grid)
     else:  # piped output has no width to fit: keep each row on one line for grep and less
-        Console(highlight=False, width=240, file=console.file).print(grid)
+        PlainConsole(width=240, file=console.file).print(grid)
 
 
-def styled(cell: Any) -> str:
-    if cell is None:
-        return ""
-    text = str(cell)
-    style = STATE_STYLE.get(text)
-    return f"[{style}]{text}[/]" if style and console.is_terminal else text.replace("[", "\\[")
+def styled(cell: Any) -> Text:
+    """A table cell: a state or decision in its colour, anything else as literal text."""
+    text = plain("" if cell is None else str(cell))
+    return Text(text, style=STATE_STYLE.get(text, ""))
+
+
+def bold(text: str) -> Text:
+    """Emphasis for a value we print (literal text, whatever it contains)."""
+    return Text(plain(text), style="bold")
 
 
 @contextmanager
@@ -59,7 +102,7 @@ def progress(description: str, total: int) -> Iterator[Any]:
         yield lambda _advance=1: None
         return
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

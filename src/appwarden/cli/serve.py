@@ -10,18 +10,23 @@ from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, short_time, table
 from appwarden.db.engine import make_engine
 from appwarden.db.migrate import is_current
-from appwarden.errors import Conflict
+from appwarden.errors import Conflict, InvalidInput
 from appwarden.identity import tokens
 from appwarden.identity.models import ApiToken
 from appwarden.timeutil import iso
+from appwarden.usecases.conflicts import conflict_rows, settle_conflict
 from appwarden.vocabulary import Permission
 
 token_app = typer.Typer(no_args_is_help=True, help="Scoped API tokens for the HTTP API.")
+conflicts_app = typer.Typer(
+    help="Facts offered by a source that is not authoritative for them, held for an admin."
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.add_typer(token_app, name="token")
+    app.add_typer(conflicts_app, name="conflicts")
 
 
 def serve(
@@ -77,6 +82,8 @@ def _token_json(token: ApiToken) -> dict[str, Any]:
         "id": token.id,
         "name": token.name,
         "permissions": list(token.permissions),
+        "source": token.source,
+        "namespaces": None if token.namespaces is None else list(token.namespaces),
         "created_by": token.created_by,
         "created_at": iso(token.created_at),
         "revoked_at": iso(token.revoked_at),
@@ -95,6 +102,21 @@ def token_create(
             help="Repeatable: " + ", ".join(p.value for p in Permission) + ".",
         ),
     ],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="The one source an inventory:write token writes as (required for it).",
+        ),
+    ] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            help="Repeatable: the only device identifier namespaces the token may name "
+            "devices by (default: any).",
+        ),
+    ] = None,
     actor: As = None,
     at: At = None,
     json: Json = False,
@@ -102,14 +124,17 @@ def token_create(
     """Create a token and print its secret, once: only its hash is stored."""
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
-        token, secret = tokens.create_token(uow, name, permission)
+        token, secret = tokens.create_token(
+            uow, name, permission, source=source, namespaces=namespace
+        )
         out = {**_token_json(token), "token": secret}
     if json:
         emit_json(out)
         return
     print(secret)
+    bound = f"; writes as {out['source']}" if out["source"] else ""
     errors.print(
-        f"token {out['id']} ({out['name']}: {', '.join(out['permissions'])}) created. "
+        f"token {out['id']} ({out['name']}: {', '.join(out['permissions'])}{bound}) created. "
         "This is the only time the secret is shown; use it as "
         "`Authorization: Bearer <token>`.",
         markup=False,
@@ -144,12 +169,13 @@ def token_list(at: At = None, json: Json = False) -> None:
         return
     table(
         "API tokens",
-        ["id", "name", "permissions", "created", "last used", "revoked"],
+        ["id", "name", "permissions", "source", "created", "last used", "revoked"],
         [
             (
                 r["id"],
                 r["name"],
                 ", ".join(r["permissions"]),
+                r["source"] or "",
                 short_time(r["created_at"]),
                 short_time(r["last_used_at"]),
                 short_time(r["revoked_at"]),
@@ -157,3 +183,71 @@ def token_list(at: At = None, json: Json = False) -> None:
             for r in rows
         ],
     )
+
+
+# ── fact conflicts ────────────────────────────────────────────────────────────────────────────
+
+
+@conflicts_app.callback(invoke_without_command=True)
+def conflicts_list(
+    typer_context: typer.Context,
+    settled: Annotated[bool, typer.Option("--all", help="Include settled conflicts.")] = False,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Open fact conflicts: which source offered what value for which fact, and what is stored."""
+    if typer_context.invoked_subcommand is not None:
+        return
+    context = ctx()
+    with context.uow(context.at(at), write=False) as uow:
+        rows = conflict_rows(uow, include_settled=settled)
+    if json:
+        emit_json(rows)
+        return
+    table(
+        "Fact conflicts",
+        ["id", "fact", "device / person", "stored", "offered", "source", "last offered", "status"],
+        [
+            (
+                r["id"],
+                r["fact"],
+                r["person"] or " ".join(r["device"] or []),
+                str(r["stored_value"]),
+                str(r["offered_value"]),
+                r["source"],
+                short_time(r["last_offered_at"]),
+                r["resolution"] or r["status"],
+            )
+            for r in rows
+        ],
+    )
+
+
+@conflicts_app.command("settle")
+def conflicts_settle(
+    conflict_id: Annotated[int, typer.Argument(help="The conflict's id (see `conflicts`).")],
+    accept: Annotated[
+        bool | None,
+        typer.Option(
+            "--accept/--reject",
+            help="Apply the offered value now, or discard it.",
+            show_default=False,
+        ),
+    ] = None,
+    actor: As = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Settle an open conflict (needs the admin role): --accept applies it, --reject drops it."""
+    if accept is None:
+        raise InvalidInput("say --accept (apply the offered value) or --reject (discard it)")
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        out, changes = settle_conflict(uow, conflict_id, accept=accept)
+    if json:
+        emit_json({**out, "decision_changes": len(changes)})
+    else:
+        errors.print(
+            f"conflict {out['id']} ({out['fact']}: {out['offered_value']!r} from "
+            f"{out['source']}) {out['resolution']}; {len(changes)} decision change(s)"
+        )

@@ -22,6 +22,8 @@ class Device(Base):
     retired_at: Mapped[datetime | None]
     first_report_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    # The MDM of record: the source that first reported the device, authoritative by default.
+    mdm_source: Mapped[str | None] = mapped_column(String(64))
 
 
 class DeviceOwnerHistory(Base):
@@ -83,6 +85,7 @@ class Report(Base):
     coverage_hash: Mapped[str | None] = mapped_column(String(64))
     app_count: Mapped[int] = mapped_column(default=0)
     applied: Mapped[bool] = mapped_column(default=True)  # False: older than what is stored
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_token.id"))  # None: CLI import
 
 
 class Coverage(Base):
@@ -120,3 +123,30 @@ class Observation(Base):
     name: Mapped[str | None] = mapped_column(String(1000))
     first_seen_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+
+
+class FactConflict(Base):
+    """A value for a fact offered by a source that is not authoritative for it: held, changing
+    nothing, until an admin accepts (applies) or rejects (discards) it."""
+
+    __tablename__ = "fact_conflict"
+    __table_args__ = (Index("ix_fact_conflict_open", "status", "fact"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fact: Mapped[str] = mapped_column(String(32))
+    device_id: Mapped[int | None] = mapped_column(
+        ForeignKey("device.id", ondelete="CASCADE"), index=True
+    )
+    person_id: Mapped[int | None] = mapped_column(
+        ForeignKey("person.id", ondelete="CASCADE"), index=True
+    )
+    stored_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    offered_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    source: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_token.id"))
+    first_offered_at: Mapped[datetime]
+    last_offered_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    resolution: Mapped[str | None] = mapped_column(String(16))  # accepted / rejected
+    settled_at: Mapped[datetime | None]
+    settled_by: Mapped[str | None] = mapped_column(String(254))

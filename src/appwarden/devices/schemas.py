@@ -63,6 +63,9 @@ class ReportFacts:
 
 @dataclass(frozen=True, slots=True)
 class InventoryBatch:
+    """`source` is the top-level source: the one people and device entries are written as."""
+
+    source: str | None = None
     people: tuple[PersonFacts, ...] = ()
     devices: tuple[DeviceFacts, ...] = ()
     reports: tuple[ReportFacts, ...] = ()

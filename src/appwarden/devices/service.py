@@ -13,16 +13,24 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from appwarden.catalog.matching import key_matches, match_key
 from appwarden.db.uow import UnitOfWork
+from appwarden.devices.facts import (
+    DEVICE_ATTRIBUTES,
+    Authority,
+    owner_email,
+    set_device_status,
+    set_owner,
+    set_resources,
+    stored_resources,
+)
 from appwarden.devices.identifiers import is_placeholder, join_rank, normalise
 from appwarden.devices.models import (
     Coverage,
     Device,
     DeviceIdentifier,
-    DeviceOwnerHistory,
     DeviceResource,
     Observation,
     Quarantine,
@@ -30,12 +38,13 @@ from appwarden.devices.models import (
 )
 from appwarden.devices.schemas import DeviceFacts, ReportFacts
 from appwarden.errors import Ambiguous, IdentifierConflict, InvalidInput, NotFound
-from appwarden.identity.service import ensure_person
+from appwarden.identity.service import find_person, normalise_email
 from appwarden.vocabulary import (
     PLATFORM_NAMESPACES,
     DeviceNamespace,
     DeviceStatus,
     EvidenceKind,
+    Fact,
     Platform,
 )
 
@@ -104,6 +113,7 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> Devic
             ownership="unknown",
             status=DeviceStatus.ACTIVE,
             created_at=uow.now,
+            mdm_source=source,  # the MDM of record: authoritative for its facts by default
         )
         uow.session.add(device)
         uow.session.flush()
@@ -126,26 +136,44 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> Devic
     return device
 
 
-def apply_device_facts(uow: UnitOfWork, device: Device, facts: DeviceFacts) -> None:
-    for attribute in ("platform", "form_factor", "ownership", "name"):
+def apply_device_facts(
+    uow: UnitOfWork, device: Device, facts: DeviceFacts, authority: Authority
+) -> None:
+    """Apply what `facts` say about the device; a fact from a source that is not authoritative
+    for it is held as a conflict instead (devices/facts.py)."""
+    for fact, attribute in DEVICE_ATTRIBUTES.items():
         value = getattr(facts, attribute)
-        if value is not None:
+        stored = getattr(device, attribute)
+        if value is not None and authority.admits(
+            uow, fact, stored=stored, offered=str(value), device=device
+        ):
             setattr(device, attribute, str(value))
-    if facts.status is not None and facts.status != device.status:
-        device.status = facts.status
-        device.retired_at = uow.now if facts.status == DeviceStatus.RETIRED else None
+    if facts.name is not None:
+        device.name = facts.name
+    if facts.status is not None and authority.admits(
+        uow, Fact.DEVICE_STATUS, stored=device.status, offered=str(facts.status), device=device
+    ):
+        set_device_status(uow, device, facts.status)
     if facts.owner_email is not None:
-        owner = ensure_person(uow, facts.owner_email)
-        if device.owner_id != owner.id:
-            device.owner_id = owner.id
-            uow.session.add(
-                DeviceOwnerHistory(device_id=device.id, person_id=owner.id, since=uow.now)
-            )
+        _apply_owner(uow, device, facts.owner_email, authority)
     if facts.resources is not None:
-        uow.session.execute(delete(DeviceResource).where(DeviceResource.device_id == device.id))
-        for resource in sorted(set(facts.resources)):
-            uow.session.add(DeviceResource(device_id=device.id, resource=resource))
+        offered = sorted(set(facts.resources))
+        stored_list = stored_resources(uow, device)
+        if authority.admits(
+            uow, Fact.RESOURCES, stored=stored_list, offered=offered, device=device
+        ):
+            set_resources(uow, device, offered)
     uow.session.flush()
+
+
+def _apply_owner(uow: UnitOfWork, device: Device, email: str, authority: Authority) -> None:
+    current = owner_email(uow, device)
+    named = find_person(uow, email)
+    if named is not None and named.id == device.owner_id:
+        return  # the same person, perhaps by an alias
+    offered = named.email if named is not None else normalise_email(email)
+    if authority.admits(uow, Fact.OWNER, stored=current, offered=offered, device=device):
+        set_owner(uow, device, authority.person(uow, email))
 
 
 def _coverage_of(report: ReportFacts, platform: str) -> list[tuple[str, str]]:
@@ -171,6 +199,7 @@ def apply_report(
     report: ReportFacts,
     *,
     minimise: MinimisationSet | None = None,
+    token_id: int | None = None,
 ) -> bool:
     """Store one report's facts. Returns False when every part of it was older than what is
     stored (nothing changed). With `minimise`, only identifiers of some live policy are kept and
@@ -201,6 +230,7 @@ def apply_report(
         coverage_namespaces=sorted({ns for ns, _ in covered}),
         coverage_hash=coverage_hash(covered) if covered else None,
         app_count=len(apps),
+        token_id=token_id,
     )
     uow.session.add(row)
     uow.session.flush()

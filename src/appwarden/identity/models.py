@@ -18,6 +18,8 @@ class Person(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     left_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    # The source that first wrote this person: authoritative for its status by default.
+    source: Mapped[str | None] = mapped_column(String(64))
 
 
 class PersonAlias(Base):
@@ -71,6 +73,10 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64))
     permissions: Mapped[list[str]] = mapped_column(JSON)
+    # The one source an inventory:write token writes as (None: it may not write inventory), and
+    # the device identifier namespaces it may name devices by (None: any).
+    source: Mapped[str | None] = mapped_column(String(64))
+    namespaces: Mapped[list[str] | None] = mapped_column(JSON)
     created_by: Mapped[str | None] = mapped_column(String(254))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]

@@ -23,7 +23,7 @@ from appwarden.db.uow import UnitOfWork
 from appwarden.errors import InvalidInput, NotFound, Problem
 from appwarden.identity.models import ApiToken
 from appwarden.timeutil import iso
-from appwarden.vocabulary import Permission
+from appwarden.vocabulary import SOURCE_NAME, DeviceNamespace, Permission
 
 PREFIX: Final = "aw"
 MAX_NAME_CHARS: Final = 100
@@ -65,7 +65,45 @@ def allows(token: ApiToken, permission: Permission) -> bool:
     return permission in granted or Permission.ADMIN in granted
 
 
-def create_token(uow: UnitOfWork, name: str, permissions: Iterable[str]) -> tuple[ApiToken, str]:
+def parse_binding(
+    granted: list[str], source: str | None, namespaces: Iterable[str] | None
+) -> tuple[str | None, list[str] | None]:
+    """The source an inventory writer is bound to and the device identifier namespaces it may
+    use (None: all). An inventory:write token must name its source: without one, a token could
+    write as any source and so change any fact (docs/permissions.md)."""
+    namespaces = list(namespaces or [])
+    if source is None:
+        if Permission.INVENTORY_WRITE in granted:
+            raise InvalidInput(
+                "an inventory:write token writes as exactly one source: add --source NAME "
+                "(e.g. --source intune)"
+            )
+        if namespaces:
+            raise InvalidInput("--namespace limits an inventory writer: give --source too")
+        return None, None
+    source = source.strip()
+    if not SOURCE_NAME.match(source):
+        raise InvalidInput(f"{source!r} is not a source name: use 1 to 64 of a-z 0-9 . _ -")
+    if Permission.INVENTORY_WRITE not in granted and Permission.ADMIN not in granted:
+        raise InvalidInput("--source binds an inventory writer: grant inventory:write too")
+    bad = [n for n in namespaces if n.strip() not in DeviceNamespace.__members__.values()]
+    if bad:
+        choices = ", ".join(n.value for n in DeviceNamespace)
+        raise InvalidInput(
+            "unknown device identifier namespace",
+            problems=[Problem("namespaces", f"{n!r} is not one of: {choices}") for n in bad],
+        )
+    return source, sorted({n.strip() for n in namespaces}) or None
+
+
+def create_token(
+    uow: UnitOfWork,
+    name: str,
+    permissions: Iterable[str],
+    *,
+    source: str | None = None,
+    namespaces: Iterable[str] | None = None,
+) -> tuple[ApiToken, str]:
     """A new token and its secret. The secret is returned once and never stored."""
     name = name.strip()
     if not _NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
@@ -74,10 +112,13 @@ def create_token(uow: UnitOfWork, name: str, permissions: Iterable[str]) -> tupl
             "space . _ : @ / - (starting with a letter or digit)"
         )
     granted = parse_permissions(permissions)
+    source, allowed = parse_binding(granted, source, namespaces)
     token = ApiToken(
         name=name,
         token_hash="",  # set below, once the id that is part of the secret is known
         permissions=granted,
+        source=source,
+        namespaces=allowed,
         created_by=uow.actor,
         created_at=uow.now,
     )
@@ -91,7 +132,12 @@ def create_token(uow: UnitOfWork, name: str, permissions: Iterable[str]) -> tupl
         action="token.create",
         object_type="api_token",
         object_id=str(token.id),
-        after={"name": token.name, "permissions": granted},
+        after={
+            "name": token.name,
+            "permissions": granted,
+            "source": source,
+            "namespaces": allowed,
+        },
     )
     return token, secret
 

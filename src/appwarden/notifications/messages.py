@@ -13,8 +13,8 @@ Every instant is shown in the recipient's own time zone with its abbreviation ("
 
 from __future__ import annotations
 
-import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.message import EmailMessage
@@ -418,13 +418,16 @@ def _device_view(device: DeviceLine, context: NoticeContext, person_due: datetim
 # The email
 
 
-def make_message_id(notice_key: str, domain: str) -> str:
-    """The Message-ID of a notice: the same key always gives the same id, so a redelivery after
-    a crash carries the one the first attempt did."""
+def new_message_id(domain: str) -> str:
+    """A fresh, globally unique Message-ID: 128 random bits at the mail domain.
+
+    Random, not derived from the notice: a derived id repeats across installations and after a
+    database reset, and a mailbox (Gmail) silently drops a message whose id it has seen. Call it
+    once, when the notice is queued, and store the result: a redelivery after a crash re-sends
+    the stored id, and a correction threads to it (In-Reply-To, References)."""
     if not _DOMAIN.fullmatch(domain):
         raise ValueError(f"expected a host name for the Message-ID domain, got {domain!r}")
-    digest = hashlib.sha256(notice_key.encode("utf-8")).hexdigest()[:32]
-    return f"<{digest}@{domain}>"
+    return f"<{secrets.token_hex(16)}@{domain}>"
 
 
 def build_email(

@@ -1,7 +1,8 @@
 """The notice outbox: enqueue in the cause's transaction, claim, and record outcomes.
 
 A notice is unique per (person, policy, kind, due slot), so the same cause never queues it twice,
-and its Message-ID is fixed when it is queued, so a redelivery after a crash carries the same one.
+and its Message-ID (random, globally unique) is fixed when it is queued, so a redelivery after a
+crash carries the same one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy import and_, or_, select, update
 
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
+from appwarden.notifications.messages import new_message_id
 from appwarden.notifications.models import Notice, OutboxEvent
 from appwarden.vocabulary import NoticeStatus
 
@@ -24,10 +26,6 @@ class Rendered:
     subject: str
     text: str
     html: str
-
-
-def message_id_for(key: str, domain: str) -> str:
-    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@{domain}>"
 
 
 def find(
@@ -70,7 +68,7 @@ def enqueue(
         channel="email",
         address=address,
         status=NoticeStatus.PENDING,
-        message_id=message_id_for(f"{person_id}/{policy_id}/{kind}/{due_slot}", domain),
+        message_id=new_message_id(domain),  # stored: every (re)delivery sends this one
         in_reply_to=in_reply_to,
         subject=rendered.subject if rendered else None,
         body_text=rendered.text if rendered else None,

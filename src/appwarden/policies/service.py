@@ -172,7 +172,7 @@ def _store_identifiers(
 def apply(
     uow: UnitOfWork,
     *,
-    text: str,
+    text: str | bytes,
     filename: str,
     catalog: Catalog,
     templates_digest: str,
@@ -181,6 +181,7 @@ def apply(
     edits the open version back to draft (voiding its approvals) or starts a new version."""
     author = require(uow, Permission.POLICIES_AUTHOR)
     doc = parse_policy(text, filename, known_apps=catalog.slugs())
+    source = text.decode("utf-8") if isinstance(text, bytes) else text  # parsed: it is UTF-8
     resolved = resolve_identifiers(doc, catalog)
     hash_ = content_hash(doc, resolved, templates_digest)
     policy = uow.session.get(Policy, doc.policy_id)
@@ -205,7 +206,7 @@ def apply(
         current.author_id = author.id
         current.proposed_at = current.approved_at = None
         _void_approvals(uow, current, "the content changed")
-        _fill_version(current, doc, text, filename, hash_)
+        _fill_version(current, doc, source, filename, hash_)
         version = current
         action = "policy.edit"
     else:
@@ -217,7 +218,7 @@ def apply(
             author_id=author.id,
             created_at=uow.now,
         )
-        _fill_version(version, doc, text, filename, hash_)
+        _fill_version(version, doc, source, filename, hash_)
         uow.session.add(version)
         action = "policy.apply"
     uow.session.flush()

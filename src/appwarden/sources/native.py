@@ -30,9 +30,11 @@ from typing import Any, Final, TypeVar
 from zoneinfo import available_timezones
 
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, PersonFacts, ReportFacts
-from appwarden.errors import InputTooLarge, InvalidInput, Problem
+from appwarden.documents import json_too_deep, too_deep, too_large
+from appwarden.errors import InvalidInput, Problem
 from appwarden.timeutil import parse_instant
 from appwarden.vocabulary import (
+    SOURCE_NAME,
     AppNamespace,
     DeviceNamespace,
     DeviceStatus,
@@ -82,7 +84,6 @@ APP_KEYS: Final = frozenset({"namespace", "value", "version", "name"})
 # Evidence kinds whose coverage is the list of identifiers the device answered for.
 ANSWER_KINDS: Final = frozenset({EvidenceKind.TARGETED_CHECK, EvidenceKind.ATTESTATION})
 
-SOURCE_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
 RESOURCE_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _JSON_WS = re.compile(r"[ \t\n\r]*")
@@ -657,14 +658,17 @@ class _Outcome:
     reports: list[ReportFacts] = field(default_factory=list)
     file_problems: list[Problem] = field(default_factory=list)
     entry_problems: list[Problem] = field(default_factory=list)
+    source: str | None = None
 
 
 def _validate(
     value: object,
     where: Where,
     early: Mapping[Path, list[Problem]] | None = None,
+    writer_source: str | None = None,
 ) -> _Outcome:
-    """Check a decoded document; `early` holds problems found while decoding, by entry path."""
+    """Check a decoded document; `early` holds problems found while decoding, by entry path.
+    `writer_source` (an API token's source) stands in for a top-level source the document omits."""
     early = early or {}
     out = _Outcome()
     top = _Entry(where)
@@ -677,9 +681,10 @@ def _validate(
         top.fail(("format",), f"format must be {FORMAT!r}, not {show(fmt)}")
     if obj.get("$schema") is not None:
         top.string(obj["$schema"], ("$schema",))
-    default_source = None
+    default_source = writer_source
     if obj.get("source") is not None:
         default_source = top.run(("source",), check_source_name, obj["source"])
+    out.source = default_source
     entries: dict[str, list[Any]] = {}
     for key in ("people", "devices"):
         entries[key] = [] if obj.get(key) is None else top.list_of(obj[key], (key,))
@@ -722,6 +727,7 @@ def _finish(out: _Outcome, *, strict: bool, label: str) -> InventoryBatch:
         problems = out.file_problems + out.entry_problems
         raise InvalidInput(f"{label}: {len(problems)} problem(s)", problems=problems)
     return InventoryBatch(
+        source=out.source,
         people=tuple(out.people),
         devices=tuple(out.devices),
         reports=tuple(out.reports),
@@ -730,7 +736,7 @@ def _finish(out: _Outcome, *, strict: bool, label: str) -> InventoryBatch:
 
 
 def parse_native_value(value: object, where: Where, *, strict: bool = False) -> InventoryBatch:
-    """Validate an already decoded native document (an HTTP body).
+    """Validate an already decoded native document.
 
     `where(path)` names a location for a path like ("devices", 3, "report", "apps", 0); `json_path`
     is a ready-made one. Raises InvalidInput for top-level problems (and, when strict, for any).
@@ -738,30 +744,96 @@ def parse_native_value(value: object, where: Where, *, strict: bool = False) -> 
     return _finish(_validate(value, where), strict=strict, label="inventory")
 
 
+@dataclass(frozen=True, slots=True)
+class NativeDocument:
+    """A native inventory read by `read_native`: its decoded value, how to locate a path in it,
+    and the problems found while decoding one entry (a duplicate key skips just that entry)."""
+
+    label: str
+    value: object
+    where: Where
+    early: Mapping[Path, list[Problem]]
+
+
+def read_native(
+    text: str | bytes, label: str, *, max_bytes: int = MAX_BYTES, by_path: bool = False
+) -> NativeDocument:
+    """The one JSON reader of native inventory, for files (`appwarden import native`) and HTTP
+    bodies (`POST /v1/inventory`) alike: UTF-8 with an optional byte order mark, duplicate keys
+    refused naming their JSON path, every problem located. Files are located as FILE:LINE:COL;
+    with `by_path` (HTTP bodies) as JSON paths like `$.devices[3].report`."""
+    decoded = decode_input(text, label, max_bytes=max_bytes, by_path=by_path)
+    doc = _JsonFile(decoded, label, by_path=by_path)
+    value, early = doc.load()
+    return NativeDocument(label, value, doc.where, early)
+
+
+def parse_document(
+    doc: NativeDocument, *, strict: bool = False, writer_source: str | None = None
+) -> InventoryBatch:
+    """Validate a document read by `read_native` into the neutral records."""
+    out = _validate(doc.value, doc.where, doc.early, writer_source)
+    return _finish(out, strict=strict, label=doc.label)
+
+
 def parse_native(
     text: str | bytes, filename: str, *, strict: bool = False, max_bytes: int = MAX_BYTES
 ) -> InventoryBatch:
     """Parse and validate a native inventory file; problems are located as FILE:LINE:COL."""
-    decoded = decode_input(text, filename, max_bytes=max_bytes)
-    doc = _JsonFile(decoded, filename)
-    value, early = doc.load()
-    return _finish(_validate(value, doc.where, early), strict=strict, label=filename)
+    return parse_document(read_native(text, filename, max_bytes=max_bytes), strict=strict)
+
+
+def writer_problems(
+    doc: NativeDocument, *, source: str, namespaces: Iterable[str] | None
+) -> list[Problem]:
+    """What a writer bound to `source` (and, when given, to these device identifier namespaces)
+    may not write in this document: a top-level or report `source` naming another source, or a
+    device named by another namespace. Run on a document that validates."""
+    allowed = None if namespaces is None else frozenset(namespaces)
+    problems: list[Problem] = []
+    top = doc.value if isinstance(doc.value, dict) else {}
+
+    def check_source(value: object, path: Path) -> None:
+        if isinstance(value, str) and value.strip() != source:
+            problems.append(
+                Problem(
+                    doc.where(path),
+                    f"this token writes as the source {source!r}, not {value.strip()!r}",
+                )
+            )
+
+    check_source(top.get("source"), ("source",))
+    devices = top.get("devices")
+    for i, device in enumerate(devices if isinstance(devices, list) else []):
+        if not isinstance(device, dict):
+            continue
+        report = device.get("report")
+        if isinstance(report, dict):
+            check_source(report.get("source"), ("devices", i, "report", "source"))
+        identifiers = device.get("identifiers")
+        if allowed is None or not isinstance(identifiers, list):
+            continue
+        for j, identifier in enumerate(identifiers):
+            namespace = identifier.get("namespace") if isinstance(identifier, dict) else None
+            if isinstance(namespace, str) and namespace.strip() not in allowed:
+                problems.append(
+                    Problem(
+                        doc.where(("devices", i, "identifiers", j, "namespace")),
+                        f"this token may not name devices by {namespace.strip()!r}; "
+                        f"it may use: {', '.join(sorted(allowed))}",
+                    )
+                )
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
 # Reading the file
 
 
-def too_large(filename: str, size: int, max_bytes: int) -> InputTooLarge:
-    return InputTooLarge(
-        f"{filename}: {size} bytes is over the limit of {max_bytes}",
-        problems=[Problem(filename, f"the file is {size} bytes; the limit is {max_bytes}")],
-    )
-
-
-def decode_input(text: str | bytes, filename: str, *, max_bytes: int) -> str:
+def decode_input(text: str | bytes, filename: str, *, max_bytes: int, by_path: bool = False) -> str:
     """Enforce the size limit and decode UTF-8. A leading byte order mark is dropped (editors do
-    not count it as a column either)."""
+    not count it as a column either). With `by_path`, a bad byte is located at `$`, with its
+    line and column in the message."""
     if isinstance(text, str):
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
@@ -778,6 +850,8 @@ def decode_input(text: str | bytes, filename: str, *, max_bytes: int) -> str:
             col = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
             where = f"{filename}:{line}:{col}"
             message = f"not valid UTF-8 ({exc.reason})"
+            if by_path:
+                where, message = "$", f"{message} at line {line}, column {col}"
             raise InvalidInput(f"{where}: {message}", problems=[Problem(where, message)]) from exc
     if decoded.startswith("\ufeff"):
         decoded = decoded[1:]
@@ -811,9 +885,10 @@ class _JsonFile:
     Positions inside an entry are found on demand by re-reading just that entry.
     """
 
-    def __init__(self, text: str, filename: str) -> None:
+    def __init__(self, text: str, filename: str, *, by_path: bool = False) -> None:
         self.text = text
         self.filename = filename
+        self.by_path = by_path
         self.offsets: dict[Path, int] = {}
         self._entry_offsets: dict[Path, dict[Path, int]] = {}
         self._newlines: list[int] | None = None
@@ -826,8 +901,25 @@ class _JsonFile:
         start = self._newlines[line - 1] + 1 if line else 0
         return f"{self.filename}:{line + 1}:{offset - start + 1}"
 
+    def problem_at(self, offset: int, message: str) -> Problem:
+        """A problem found at a text offset (a syntax error): FILE:LINE:COL, or `$` with the line
+        and column in the message when locating by JSON path."""
+        where = self.location(offset)
+        if not self.by_path:
+            return Problem(where, message)
+        line, column = where.rsplit(":", 2)[1:]
+        return Problem("$", f"{message} at line {line}, column {column}")
+
+    def duplicate(self, offset: int, path: Path, key: str) -> Problem:
+        """A duplicate key: refused rather than letting the last (or first) value win, since a
+        repeated `apps` could hide what the first one listed."""
+        where = json_path((*path, key)) if self.by_path else self.location(offset)
+        return Problem(where, f"duplicate key {key!r} in {json_path(path)}")
+
     def where(self, path: Path) -> str:
         path = tuple(path)
+        if self.by_path:
+            return json_path(path)
         if len(path) > 2 and path[:2] in self.offsets:
             entry = path[:2]
             if entry not in self._entry_offsets:
@@ -850,18 +942,15 @@ class _JsonFile:
     def load(self) -> tuple[object, dict[Path, list[Problem]]]:
         """The decoded value and problems found per entry (duplicate keys). Raises InvalidInput."""
         early: dict[Path, list[Problem]] = {}
+        deep = json_too_deep(self.text)
+        if deep is not None:
+            problem = self.problem_at(deep, too_deep())
+            raise InvalidInput(f"{self.filename}: {problem}", problems=[problem])
         try:
             value = self._top(early)
         except _NotJsonError as exc:
-            where = self.location(exc.pos)
-            raise InvalidInput(
-                f"{where}: {exc.message}", problems=[Problem(where, exc.message)]
-            ) from None
-        except RecursionError:
-            message = "the JSON is nested too deeply"
-            raise InvalidInput(
-                f"{self.filename}: {message}", problems=[Problem(self.filename, message)]
-            ) from None
+            problem = self.problem_at(exc.pos, exc.message)
+            raise InvalidInput(f"{self.filename}: {problem}", problems=[problem]) from None
         return value, early
 
     def _syntax(self, pos: int) -> _NotJsonError:
@@ -921,9 +1010,8 @@ class _JsonFile:
                 if problems:  # a duplicate key inside a top-level value
                     raise InvalidInput(f"{self.filename}: {problems[0]}", problems=problems)
                 if key in result:
-                    where = self.location(key_pos)
-                    message = f"duplicate key {key!r}"
-                    raise InvalidInput(f"{where}: {message}", problems=[Problem(where, message)])
+                    problem = self.duplicate(key_pos, (), key)
+                    raise InvalidInput(f"{self.filename}: {problem}", problems=[problem])
                 result[key] = value
                 pos = self._ws(pos)
                 if text.startswith(",", pos):
@@ -983,7 +1071,7 @@ class _JsonFile:
                     raise self._syntax(pos)
                 pos = self._ws(pos + 1)
                 if key in result:
-                    problems.append(Problem(self.location(key_pos), f"duplicate key {key!r}"))
+                    problems.append(self.duplicate(key_pos, path, key))
                     _, pos = self._read(pos, (*path, key, "#duplicate"), {}, problems)
                 else:
                     result[key], pos = self._read(pos, (*path, key), marks, problems)

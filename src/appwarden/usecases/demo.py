@@ -195,7 +195,7 @@ def inventory(observed_at: datetime) -> InventoryBatch:
         )
         for d in _devices()
     )
-    return InventoryBatch(people=_people(), reports=reports)
+    return InventoryBatch(source=SOURCE, people=_people(), reports=reports)
 
 
 OpenUnitOfWork = Callable[[datetime, str | None], AbstractContextManager[UnitOfWork]]
@@ -219,7 +219,7 @@ def load_demo(
         if uow.session.get(Policy, POLICY_ID) is not None:
             raise Conflict("the reference organisation is already loaded in this database")
         for person in _people():
-            ingest(uow, InventoryBatch(people=(person,)))
+            ingest(uow, InventoryBatch(source=SOURCE, people=(person,)))
         grant_role(uow, AUTHOR, Role.AUTHOR)
         grant_role(uow, APPROVER, Role.APPROVER)
     with open_uow(draft_at, AUTHOR) as uow:

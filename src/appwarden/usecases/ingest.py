@@ -3,13 +3,15 @@ device is re-evaluated and its decisions updated in the same transaction (read-y
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from appwarden.access.service import refresh_decisions
+from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
 from appwarden.compliance.service import DeviceEvaluator, record_outcomes
 from appwarden.db.uow import UnitOfWork
+from appwarden.devices.facts import Authority
 from appwarden.devices.models import Device
 from appwarden.devices.schemas import InventoryBatch, ReportFacts
 from appwarden.devices.service import (
@@ -20,9 +22,10 @@ from appwarden.devices.service import (
 )
 from appwarden.errors import IdentifierConflict, InvalidInput
 from appwarden.events import DecisionChanged, DeviceEvaluated
+from appwarden.identity.schemas import PersonFacts
 from appwarden.identity.service import upsert_person
 from appwarden.policies.service import live_identifier_keys
-from appwarden.vocabulary import Ownership
+from appwarden.vocabulary import Fact, Ownership, PersonStatus
 
 
 @dataclass
@@ -50,29 +53,63 @@ def _check_values(report: ReportFacts) -> str | None:
     return None
 
 
+# The source of people and device entries of a file that names none (CLI imports only: an API
+# token always writes as its own source).
+IMPORT_SOURCE = "import"
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who writes a batch: the API token (None: a CLI import or the demo) and its source."""
+
+    token_id: int | None = None
+    source: str | None = None  # a token's source; entries naming no source are written as it
+    fact_sources: Mapping[str, str] = field(default_factory=dict)  # APPWARDEN_FACT_SOURCES
+
+    def authority(self, source: str) -> Authority:
+        return Authority(source, self.token_id, self.fact_sources)
+
+
+def _person(uow: UnitOfWork, facts: PersonFacts, authority: Authority) -> None:
+    person = authority.person(uow, facts.email, facts.display_name)
+    if not authority.admits(
+        uow,
+        Fact.PERSON_STATUS,
+        stored=person.status,
+        offered=str(facts.status),
+        person=person,
+    ):  # unchanged, or held as a conflict: keep the stored status and left_at
+        facts = replace(facts, status=PersonStatus(person.status), left_at=person.left_at)
+    upsert_person(uow, facts)
+
+
 def ingest(
     uow: UnitOfWork,
     batch: InventoryBatch,
     *,
     minimise_personal: bool = True,
     on_report: Callable[[], None] | None = None,
+    writer: Writer | None = None,
 ) -> IngestResult:
-    """Apply the batch; `on_report` is called after each report (to move a progress bar)."""
+    """Apply the batch; `on_report` is called after each report (to move a progress bar).
+    Facts are applied only from the source authoritative for them (devices/facts.py)."""
+    writer = writer or Writer()
+    entry_source = batch.source or writer.source or IMPORT_SOURCE
     result = IngestResult(skipped=list(batch.skipped))
     for person in batch.people:
-        upsert_person(uow, person)
+        _person(uow, person, writer.authority(entry_source))
         result.people += 1
     touched: dict[int, Device] = {}
     for facts in batch.devices:
         try:
-            device = resolve_device(uow, facts, source="import")
+            device = resolve_device(uow, facts, source=entry_source)
         except IdentifierConflict as exc:
             result.quarantined.append(exc.message)
             continue
         except InvalidInput as exc:
             result.skipped.append(exc.message)
             continue
-        apply_device_facts(uow, device, facts)
+        apply_device_facts(uow, device, facts, writer.authority(entry_source))
         touched[device.id] = device
     minimisation: MinimisationSet | None = None
     for report in batch.reports:
@@ -88,13 +125,13 @@ def ingest(
         except InvalidInput as exc:
             result.skipped.append(f"{report.where}: {exc.message}".lstrip(": "))
             continue
-        apply_device_facts(uow, device, report.device)
+        apply_device_facts(uow, device, report.device, writer.authority(report.source))
         minimise = None
         if minimise_personal and device.ownership == Ownership.PERSONAL:
             if minimisation is None:
                 minimisation = MinimisationSet(frozenset(live_identifier_keys(uow)))
             minimise = minimisation
-        if apply_report(uow, device, report, minimise=minimise):
+        if apply_report(uow, device, report, minimise=minimise, token_id=writer.token_id):
             result.reports_applied += 1
         else:
             result.reports_stale += 1
@@ -115,3 +152,15 @@ def reevaluate_device(uow: UnitOfWork, device: Device) -> list[DecisionChanged]:
     states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
     uow.publish(DeviceEvaluated(device.id, device.owner_id, states, uow.now))
     return changes
+
+
+def refuse_write(uow: UnitOfWork, token_id: int, reason: str, problems: list[str]) -> None:
+    """Audit an inventory write refused because of who wrote it (the write itself changed
+    nothing and is not audited: only refusals, held conflicts and token changes are)."""
+    record(
+        uow,
+        action="inventory.refuse",
+        object_type="api_token",
+        object_id=str(token_id),
+        after={"reason": reason, "problems": problems[:20]},
+    )

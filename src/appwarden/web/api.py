@@ -18,10 +18,18 @@ from starlette.concurrency import run_in_threadpool
 
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.schemas import InventoryBatch
-from appwarden.errors import AppwardenError, InputTooLarge, InvalidInput, Problem
+from appwarden.documents import json_too_deep, too_deep
+from appwarden.errors import AppwardenError, InputTooLarge, InvalidInput, PermissionDenied, Problem
 from appwarden.settings import Settings
-from appwarden.sources.native import FieldError, check_resource, json_path, parse_native_value
-from appwarden.usecases.ingest import IngestResult, ingest
+from appwarden.sources.native import (
+    FieldError,
+    check_resource,
+    parse_document,
+    read_native,
+    writer_problems,
+)
+from appwarden.usecases.conflicts import conflict_rows
+from appwarden.usecases.ingest import IngestResult, Writer, ingest, refuse_write
 from appwarden.usecases.status import decision_row
 from appwarden.vocabulary import Decision, Permission
 from appwarden.web import Runtime
@@ -74,6 +82,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_json(body: bytes) -> Any:
     if not body.strip():
         raise InvalidInput("the request body is empty", problems=[Problem("$", "expected JSON")])
+    if json_too_deep(body.decode("utf-8", "replace")) is not None:
+        raise InvalidInput(f"the request body is {too_deep()}", problems=[Problem("$", too_deep())])
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -104,10 +114,16 @@ def _skipped_problem(text: str) -> Problem:
     return Problem(match.group(1), match.group(2)) if match else Problem("", text)
 
 
-def _apply_inventory(runtime: Runtime, batch: InventoryBatch, actor: str) -> IngestResult:
+def _apply_inventory(runtime: Runtime, batch: InventoryBatch, principal: Principal) -> IngestResult:
     """One unit of work at the clock's now: all or nothing, committed before the reply."""
-    with runtime.uow(runtime.now(), actor=actor) as uow:
-        result = ingest(uow, batch, minimise_personal=runtime.settings.minimise_personal_data)
+    writer = Writer(principal.token_id, principal.source, runtime.settings.fact_sources)
+    with runtime.uow(runtime.now(), actor=principal.actor) as uow:
+        result = ingest(
+            uow,
+            batch,
+            minimise_personal=runtime.settings.minimise_personal_data,
+            writer=writer,
+        )
         if result.skipped:
             problems = [_skipped_problem(s) for s in result.skipped]
             raise InvalidInput(
@@ -139,6 +155,27 @@ _INVENTORY_BODY: Final[dict[str, Any]] = {
 }
 
 
+def _refuse(runtime: Runtime, principal: Principal, reason: str, problems: list[Problem]) -> None:
+    """Audit the refusal in its own transaction (the write itself changes nothing), then 403."""
+    with runtime.uow(runtime.now(), actor=principal.actor) as uow:
+        refuse_write(uow, principal.token_id, reason, [str(p) for p in problems])
+    raise PermissionDenied(reason, problems=problems)
+
+
+def _bound_source(runtime: Runtime, principal: Principal) -> str:
+    """The source this token writes as; a token without one (created before tokens were bound
+    to a source) may not write inventory at all: it could write as any source."""
+    if principal.source is not None:
+        return principal.source
+    reason = (
+        f"the token {principal.name!r} is not bound to a source, so it may not write inventory: "
+        "re-create it with `appwarden token create NAME --permission inventory:write "
+        "--source SOURCE` and revoke this one"
+    )
+    _refuse(runtime, principal, reason, [Problem("$", reason)])
+    raise AssertionError("unreachable")  # pragma: no cover - _refuse raises
+
+
 async def post_inventory(
     request: Request,
     principal: Annotated[Principal, Depends(require(Permission.INVENTORY_WRITE))],
@@ -147,10 +184,18 @@ async def post_inventory(
     batch with 422 naming every problem's JSON path. Each touched device is re-evaluated and its
     decisions updated in the same transaction, committed before the reply (read-your-writes)."""
     runtime = runtime_of(request)
-    body = await read_body(request, inventory_limit(runtime.settings))
-    value = decode_json(body)
-    batch = parse_native_value(value, json_path, strict=True)
-    result = await run_in_threadpool(_apply_inventory, runtime, batch, principal.actor)
+    source = await run_in_threadpool(_bound_source, runtime, principal)
+    limit = inventory_limit(runtime.settings)
+    body = await read_body(request, limit)
+    if not body.strip():
+        raise InvalidInput("the request body is empty", problems=[Problem("$", "expected JSON")])
+    doc = read_native(body, "request body", max_bytes=limit, by_path=True)
+    refused = writer_problems(doc, source=source, namespaces=principal.namespaces)
+    if refused:
+        reason = f"the token {principal.name!r} may not write this: {len(refused)} problem(s)"
+        await run_in_threadpool(_refuse, runtime, principal, reason, refused)
+    batch = parse_document(doc, strict=True, writer_source=source)
+    result = await run_in_threadpool(_apply_inventory, runtime, batch, principal)
     counter = metrics_of(request).ingest_reports
     counter.labels("applied").inc(result.reports_applied)
     counter.labels("stale").inc(result.reports_stale)
@@ -330,6 +375,26 @@ async def post_decisions(
     return {"results": rows}
 
 
+# ── conflicts ─────────────────────────────────────────────────────────────────────────────────
+
+
+def _conflicts(runtime: Runtime, include_settled: bool) -> list[dict[str, Any]]:
+    with runtime.uow(runtime.now(), write=False) as uow:
+        return conflict_rows(uow, include_settled=include_settled)
+
+
+async def get_conflicts(
+    request: Request,
+    _: Annotated[Principal, Depends(require(Permission.READ))],
+    include_settled: bool = False,
+) -> dict[str, Any]:
+    """Facts a source offered that it is not authoritative for: held, changing nothing, until an
+    admin settles them (`appwarden conflicts settle ID --accept|--reject`). Open ones only unless
+    `include_settled=true`."""
+    rows = await run_in_threadpool(_conflicts, runtime_of(request), include_settled)
+    return {"conflicts": rows}
+
+
 def install(app: FastAPI) -> None:
     """Add the /v1 routes to the application itself (not through an included router, so that
     `app.routes` lists each route with its dependencies for the guard check)."""
@@ -340,8 +405,16 @@ def install(app: FastAPI) -> None:
         tags=["inventory"],
         summary="Report inventory (native format)",
         response_model=InventoryResult,
-        responses=problem_responses(413, 422, 503),
+        responses=problem_responses(403, 413, 422, 503),
         openapi_extra=_INVENTORY_BODY,
+    )
+    app.add_api_route(
+        "/v1/conflicts",
+        get_conflicts,
+        methods=["GET"],
+        tags=["inventory"],
+        summary="Held fact conflicts",
+        responses=problem_responses(503),
     )
     app.add_api_route(
         "/v1/decisions/{device:path}/{resource}",

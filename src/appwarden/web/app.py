@@ -87,6 +87,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # Starlette would answer `/healthz/` with a redirect to `/healthz`: a response of no
+        # route that checked a permission, which the backstop blocks as a 500. A path is a route
+        # or a 404 problem; clients use the documented paths.
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     app.state.metrics = metrics

@@ -65,6 +65,8 @@ class Principal:
     token_id: int
     name: str
     permissions: frozenset[Permission]
+    source: str | None = None  # the one source an inventory writer writes as
+    namespaces: tuple[str, ...] | None = None  # device identifier namespaces it may use (all)
 
     @property
     def actor(self) -> str:
@@ -94,7 +96,13 @@ def authenticate(
     with unit_of_work(runtime.engine, now=now, write=False) as uow:
         token = tokens.authenticate(uow, credentials.credentials)
         principal = (
-            Principal(token.id, token.name, tokens.permissions_of(token))
+            Principal(
+                token.id,
+                token.name,
+                tokens.permissions_of(token),
+                token.source,
+                None if token.namespaces is None else tuple(token.namespaces),
+            )
             if token is not None
             else None
         )
