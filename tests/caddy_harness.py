@@ -70,8 +70,8 @@ def render_caddy_site(*, address: str, gate: str, upstream: str, proxy_key: str)
 \t\t\turi /gate/forward
 \t\t\t# the key goes to appwarden only, never to the mail server
 \t\t\theader_up X-Appwarden-Proxy-Key "{proxy_key}"
-\t\t\t# appwarden needs neither the mail password nor the webmail session
-\t\t\theader_up -Authorization
+\t\t\t# appwarden reads who asks from Authorization (a Basic user name, never its password;
+\t\t\t# a bearer token's upn) and never needs the webmail session
 \t\t\theader_up -Cookie
 \t\t\t# on a 2xx, set from appwarden's answer (removed when it names no device)
 \t\t\tcopy_headers X-Appwarden-Device

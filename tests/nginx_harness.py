@@ -104,8 +104,9 @@ def render_nginx_config(
         }}"""
         for location in PROTECTED_LOCATIONS
     )
-    # to the gate: only the headers named here (never the client's Authorization or cookies, nor
-    # a forged X-Remote-User), no body, a short timeout
+    # to the gate: only the headers named here (never cookies, a forged X-Forwarded-User, nor a
+    # Basic password: nginx reads the Basic user name into $remote_user, and only a bearer
+    # token, which names its user in a claim, is passed as it is), no body, a short timeout
     to_gate = f"""
             proxy_pass_request_headers off;
             proxy_pass_request_body off;
@@ -115,6 +116,7 @@ def render_nginx_config(
             proxy_set_header X-Original-Method $request_method;
             proxy_set_header X-Appwarden-Proxy-Key "{proxy_key}";
             proxy_set_header X-Forwarded-User $remote_user;
+            proxy_set_header Authorization $appwarden_bearer;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header User-Agent $http_user_agent;
             proxy_buffering on;
@@ -136,6 +138,12 @@ http {{
 {temp_paths}
     default_type application/octet-stream;
     server_tokens off;
+
+    # the client's bearer token for the gate (empty, so not sent, for any other scheme)
+    map $http_authorization $appwarden_bearer {{
+        "~*^bearer " $http_authorization;
+        default "";
+    }}
 
     upstream mail_upstream {{
         server 127.0.0.1:{upstream_port};

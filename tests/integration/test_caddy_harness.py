@@ -138,7 +138,7 @@ def client() -> Iterator[httpx.Client]:
         yield http
 
 
-def test_the_gate_receives_the_original_request_without_its_body_or_credentials(
+def test_the_gate_receives_the_original_request_with_its_credentials_but_no_body_or_cookie(
     proxy: CaddyProxy, upstream: Upstream, gate: FakeGate, client: httpx.Client
 ) -> None:
     response = client.post(
@@ -158,8 +158,9 @@ def test_the_gate_receives_the_original_request_without_its_body_or_credentials(
     assert asked.headers["x-forwarded-method"] == "POST"
     assert asked.headers["x-appwarden-proxy-key"] == KEY
     assert asked.headers["x-forwarded-for"] == "127.0.0.1"
-    assert "authorization" not in asked.headers  # not the mail password
-    assert "cookie" not in asked.headers  # nor the webmail session
+    # who asks: the gate reads the Basic user name (never keeping the password) or a token's upn
+    assert asked.headers["authorization"].startswith("Basic ")
+    assert "cookie" not in asked.headers  # never the webmail session
     for name in TRUSTED_ONLY:
         assert name not in asked.headers, name
 

@@ -21,7 +21,7 @@ from tests.proxy_harness import Upstream, serve_app, start_upstream
 from appwarden.settings import Settings
 from appwarden.web.app import create_app
 
-KEY = "caddy-gate-test-proxy-key-42"
+KEY = "caddy-gate-test-proxy-key-0123456789abcdef"
 BEFORE = "2020-07-10T12:00:00-07:00"
 AFTER = "2020-07-11T12:00:00-07:00"  # past the memo's deadline
 PORTAL = "https://appwarden.example.com/me/"
@@ -51,6 +51,7 @@ def settings(store, clock: Path, tmp_path: Path) -> Settings:
         gate_proxy_key=KEY,
         portal_url=PORTAL,
         maildir=tmp_path / "mail",
+        gate_proxy="caddy",
     )
 
 

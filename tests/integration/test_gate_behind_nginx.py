@@ -8,6 +8,7 @@ form gets the same answers; another user on alice's phone and a new phone of car
 from __future__ import annotations
 
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
 from appwarden.web.app import create_app
 
-KEY = "gate-test-proxy-key-42"
+KEY = "gate-test-proxy-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -38,6 +39,8 @@ def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
         gate_proxy_key=KEY,
         portal_url="https://appwarden.example.com/me/",
         maildir=tmp_path / "mail",
+        gate_proxy="nginx",
+        gate_user_header="X-Forwarded-User",
     )
     with unit_of_work(store.engine, now=parse_instant("2020-07-10T12:00:00-07:00")) as uow:
         _, secret = create_token(uow, "mdm-push", ["inventory:write"], source="mdm-export")
@@ -73,8 +76,10 @@ def test_mail_access_follows_the_policy(gate, cli):
             assert refused.json()["policies"] == ["tiktok-mobile-email"]
             assert refused.json()["portal_url"] == "https://appwarden.example.com/me/"
     assert client.get(plain("bob", ALICE)).status_code == 403  # not alice's phone's owner
+    signed_in = {"Authorization": "Basic " + b64encode(b"EXAMPLE\\carol:secret").decode()}
+    new_phone = plain("carol", "NEWPHONE0000000000000000000000001")
     assert (
-        client.get(plain("carol", "NEWPHONE0000000000000000000000001")).status_code == 403
+        client.get(new_phone, headers=signed_in).status_code == 403
     )  # a new DeviceId while blocked
     seen = len(upstream.requests)
 

@@ -23,7 +23,7 @@ from appwarden.db.engine import make_engine
 from appwarden.settings import Settings
 from appwarden.web.app import create_app
 
-KEY = "outage-test-proxy-key"
+KEY = "outage-test-proxy-key-0123456789abcdef"
 EAS = "/Microsoft-Server-ActiveSync"
 ALICE = "6F24CAD599A5BF1A690246B8C68FAE8D"  # denied after the deadline
 BOB = "B0B0A1D2E3F4A5B6C7D8E9F0A1B2C3D4"  # compliant

@@ -39,7 +39,7 @@ from appwarden.web.app import create_app
 from appwarden.web.live_index import LiveIndex, _DataVersion
 from appwarden.web.observability import BufferedLineHandler
 
-KEY = "index-test-proxy-key"
+KEY = "index-test-proxy-key-0123456789abcdef"
 EAS = "/Microsoft-Server-ActiveSync"
 ALICE = "6F24CAD599A5BF1A690246B8C68FAE8D"
 CAROL = "CA201C0FFEE0000000000000000A2210"

@@ -55,21 +55,29 @@ def people_named(uow: UnitOfWork, name: str) -> list[int]:
     return sorted(found)
 
 
+def _claim_name(uow: UnitOfWork, person: Person, name: str, what: str) -> None:
+    """Refuse to give `person` a name someone else already answers to (as address, alias or
+    account): the gate would find two people behind one sign-in name, and a source could take a
+    name from its owner."""
+    others = [i for i in people_named(uow, name) if i != person.id]
+    if others:
+        owner = uow.session.get(Person, others[0])
+        raise Conflict(
+            f"the {what} {name!r} already belongs to {owner.email if owner else 'someone'}; "
+            f"it cannot also name {person.email}"
+        )
+
+
 def set_account(uow: UnitOfWork, person: Person, name: str) -> None:
-    """Give `person` the account `name`; refused when it already belongs to someone else (two
-    people answering to one logon name would make the gate's identity ambiguous)."""
+    """Give `person` the account `name` (refused when someone else answers to it)."""
     folded = normalise_account(name)
+    _claim_name(uow, person, folded, "account name")
     existing = uow.session.scalars(
         select(PersonAccount).where(PersonAccount.name == folded)
     ).first()
     if existing is None:
         uow.session.add(PersonAccount(person_id=person.id, name=folded))
         uow.session.flush()
-    elif existing.person_id != person.id:
-        owner = uow.session.get(Person, existing.person_id)
-        raise Conflict(
-            f"the account name {folded!r} already belongs to {owner.email if owner else 'someone'}"
-        )
 
 
 def remove_account(uow: UnitOfWork, person: Person, name: str) -> bool:
@@ -150,11 +158,11 @@ def _add_alias(uow: UnitOfWork, person: Person, alias: str) -> None:
     alias = normalise_email(alias)
     if alias == person.email:
         return
+    _claim_name(uow, person, alias, "address")
     existing = uow.session.scalars(select(PersonAlias).where(PersonAlias.email == alias)).first()
     if existing is None:
         uow.session.add(PersonAlias(person_id=person.id, email=alias))
-    else:
-        existing.person_id = person.id
+        uow.session.flush()
 
 
 def set_groups(uow: UnitOfWork, person: Person, groups: Iterable[str]) -> None:

@@ -153,11 +153,22 @@ def _asking(facts: GateFacts, request: GateRequest) -> _Asking | GateAnswer:
     person = found[0] if found else None
     if request.user_conflict:
         return _deny("ambiguous_user")
-    if request.user is not None and request.user != identity.name:
+    if request.user is not None and request.user not in _logon_names(identity.name):
         claimed = facts.people(request.user)
         if person is None or len(claimed) != 1 or claimed[0].id != person.id:
             return _deny("user_mismatch")
     return _Asking(person, identified=True)
+
+
+def _logon_names(name: str) -> tuple[str, ...]:
+    """The forms of one signed-in name a client may put in `User=`: as it is, and without its
+    domain ([MS-ASHTTP] gives `User=jdoe` for the account `DOMAIN\\jdoe`). Only a check that
+    the request does not contradict itself: who asks is still `name`."""
+    if "\\" in name:
+        return name, name.rsplit("\\", 1)[1]
+    if "@" in name:
+        return name, name.split("@", 1)[0]
+    return (name,)
 
 
 def _without_device(

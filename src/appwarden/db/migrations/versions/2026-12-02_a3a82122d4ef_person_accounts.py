@@ -1,7 +1,7 @@
 """person accounts
 
 Revision ID: a3a82122d4ef
-Revises: 704a1caa635b
+Revises: 59284fa685b8
 Create Date: 2026-12-02 05:13:56.762224
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "a3a82122d4ef"
-down_revision = "704a1caa635b"
+down_revision = "59284fa685b8"
 branch_labels = None
 depends_on = None
 
