@@ -31,7 +31,7 @@ from appwarden.devices.models import Quarantine
 from appwarden.devices.schemas import InventoryBatch
 from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
 from appwarden.errors import AppwardenError, InvalidInput, Problem
-from appwarden.identity.service import grant_role
+from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
 from appwarden.policies.models import Policy, PolicyApproval
@@ -641,6 +641,33 @@ def admin_create(
     with context.uow(context.at(at)) as uow:
         grant_role(uow, email, role)
     errors.print(f"{email.lower()} is now {role}")
+
+
+account_app = typer.Typer(
+    no_args_is_help=True,
+    help="Account names a person signs in to mail with (UPN, DOMAIN\\sam): the gate matches "
+    "request credentials against them exactly.",
+)
+admin_app.add_typer(account_app, name="account")
+
+
+def _accounts(email: str, actor: str | None, at: Any, add: list[str], remove: list[str]) -> None:
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        names = change_accounts(uow, email, add=add, remove=remove)
+    errors.print(f"{email.lower()}: {', '.join(names) or 'no account names'}", markup=False)
+
+
+@account_app.command("add")
+def account_add(email: str, names: list[str], actor: As = None, at: At = None) -> None:
+    """Give EMAIL the account NAMES (refused when someone else answers to one)."""
+    _accounts(email, actor, at, names, [])
+
+
+@account_app.command("remove")
+def account_remove(email: str, names: list[str], actor: As = None, at: At = None) -> None:
+    """Take the account NAMES from EMAIL."""
+    _accounts(email, actor, at, [], names)
 
 
 register(app, policy_app)

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import delete, select
 
+from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from appwarden.identity.models import (
@@ -89,6 +90,31 @@ def remove_account(uow: UnitOfWork, person: Person, name: str) -> bool:
         )
     )
     return bool(getattr(removed, "rowcount", 0))
+
+
+def change_accounts(
+    uow: UnitOfWork, email: str, *, add: Iterable[str], remove: Iterable[str]
+) -> list[str]:
+    """An admin gives or takes a person's account names (audited); returns their names after."""
+    require(uow, Permission.ADMIN)
+    person = get_person(uow, email)
+    before = accounts_of(uow, person.id)
+    for name in add:
+        set_account(uow, person, name)
+    for name in remove:
+        if not remove_account(uow, person, name):
+            raise NotFound(f"{person.email} has no account name {normalise_account(name)!r}")
+    after = accounts_of(uow, person.id)
+    if after != before:
+        record(
+            uow,
+            action="person.accounts",
+            object_type="person",
+            object_id=person.email,
+            before={"accounts": before},
+            after={"accounts": after},
+        )
+    return after
 
 
 def accounts_of(uow: UnitOfWork, person_id: int) -> list[str]:
