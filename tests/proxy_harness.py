@@ -26,6 +26,8 @@ from typing import Any, NoReturn, Self, TypeVar
 import pytest
 import uvicorn
 
+from appwarden.web.app import SERVER_OPTIONS
+
 REQUIRE_SERVICES = os.environ.get("APPWARDEN_REQUIRE_SERVICES") == "1"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -285,9 +287,11 @@ def start_upstream(body: bytes = b"mail upstream") -> Upstream:
 
 @contextmanager
 def serve_app(app: Any) -> Iterator[int]:
-    """Serve the ASGI `app` with uvicorn on a free 127.0.0.1 port (yielded) from a thread."""
+    """Serve the ASGI `app` with uvicorn on a free 127.0.0.1 port (yielded) from a thread, as
+    `appwarden serve` runs it (`SERVER_OPTIONS`: the client is the socket's peer)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **SERVER_OPTIONS)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="appwarden", daemon=True)
     thread.start()
     try:

@@ -19,12 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
-from appwarden.access.gate import GateRequest
+from appwarden.access.gate import NO_IDENTITY, GateRequest, Identity, account_name
 from appwarden.access.models import DecisionRecord
 from appwarden.access.service import decide_for
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import Device, DeviceIdentifier
-from appwarden.identity.models import Person, PersonAlias
+from appwarden.identity.models import Person, PersonAccount, PersonAlias
 from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
 from appwarden.usecases.gate import (
@@ -55,6 +55,8 @@ def demo(cli):
 
 
 def _requests(store) -> list[GateRequest]:
+    """Every known and one unseen device, without one, for every name people answer to (and
+    near misses), signed in as that name with `User=` agreeing or absent, and unauthenticated."""
     with store.engine.connect() as connection:
         devices = [
             v
@@ -64,13 +66,20 @@ def _requests(store) -> list[GateRequest]:
         ]
         emails = [e for (e,) in connection.execute(select(Person.email))]
         aliases = [e for (e,) in connection.execute(select(PersonAlias.email))]
-    users: list[str | None] = [None, "nobody@example.com", "nobody", "EXAMPLE\\nobody"]
-    users += emails + aliases + [e.split("@")[0] for e in emails] + [e.upper() for e in emails[:2]]
+        accounts = [a for (a,) in connection.execute(select(PersonAccount.name))]
+    users: list[str] = ["nobody@example.com", "nobody", "EXAMPLE\\nobody"]
+    users += emails + aliases + accounts + [e.split("@")[0] for e in emails]
+    users += [e.upper() for e in emails[:2]]
     assert len(devices) >= 4
     assert len(emails) >= 5
+    assert accounts
+    asking = [(None, NO_IDENTITY)]
+    for user in users:
+        identity = Identity(account_name(user), "basic")
+        asking += [(account_name(user), identity), (None, identity)]
     requests = []
     for device in [*devices, "FFFF0000FFFF0000FFFF0000FFFF0000", None]:
-        for user in users:
+        for user, identity in asking:
             for resource in ("email", "webmail", None):
                 requests.append(
                     GateRequest(
@@ -81,6 +90,7 @@ def _requests(store) -> list[GateRequest]:
                         resource=resource,
                         path=EAS,
                         encoding="plain",
+                        identity=identity,
                     )
                 )
     return requests
