@@ -8,6 +8,7 @@ strings; the field that expects an instant decides whether they carry an offset.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -181,6 +182,31 @@ class _DepthLimitedLoader(yaml.SafeLoader):
 
 # A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        keys = [key for key, _ in pairs]
+        repeated = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"duplicate key {repeated!r}: refused rather than letting one value win")
+    return result
+
+
+def strict_json(body: bytes) -> Any:
+    """A small JSON body (an API request other than an inventory batch): UTF-8 with an optional
+    byte order mark, no key given twice in one object, no nesting past `MAX_DEPTH`. Raises
+    ValueError saying what is wrong."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not valid UTF-8 ({exc.reason})") from None
+    if json_too_deep(text) is not None:
+        raise ValueError(too_deep())
+    try:
+        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def json_too_deep(text: str, depth: int = MAX_DEPTH) -> int | None:

@@ -166,6 +166,15 @@ def test_batch_decisions_answer_each_query(store, demo, tmp_path):
         assert not_json.status_code == 422
         assert not_json.headers["content-type"] == "application/problem+json"
 
+        # a repeated key is refused, never won by its last value; a byte order mark is fine
+        query = f'{{"device": "{BOB_PHONE}", "resource": "email"}}'
+        doubled = f'{{"queries": [{query}], "queries": []}}'.encode()
+        refused = client.post("/v1/decisions", content=doubled, headers=_auth(admin))
+        assert refused.status_code == 422
+        assert "duplicate key 'queries'" in refused.json()["detail"]
+        marked = f'\ufeff{{"queries": [{query}]}}'.encode()
+        assert client.post("/v1/decisions", content=marked, headers=_auth(admin)).status_code == 200
+
 
 def test_tokens_from_the_cli_are_hashed_audited_and_revocable(store, cli, tmp_path):
     created = cli("token", "create", "nginx-gate", "--permission", "decisions:read", "--json")

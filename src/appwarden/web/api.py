@@ -11,14 +11,13 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Final, cast
 
-import orjson
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.schemas import InventoryBatch
-from appwarden.documents import json_too_deep, too_deep
+from appwarden.documents import strict_json
 from appwarden.errors import AppwardenError, InputTooLarge, InvalidInput, PermissionDenied, Problem
 from appwarden.settings import Settings
 from appwarden.sources.native import (
@@ -80,15 +79,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def decode_json(body: bytes) -> Any:
+    """A JSON request body, read as strictly as inventory: a repeated key is refused, not won
+    by its last value (`documents.strict_json`)."""
     if not body.strip():
         raise InvalidInput("the request body is empty", problems=[Problem("$", "expected JSON")])
-    if json_too_deep(body.decode("utf-8", "replace")) is not None:
-        raise InvalidInput(f"the request body is {too_deep()}", problems=[Problem("$", too_deep())])
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return strict_json(body)
+    except ValueError as exc:
         raise InvalidInput(
-            "the request body is not valid JSON", problems=[Problem("$", str(exc))]
+            f"the request body is not acceptable JSON: {exc}", problems=[Problem("$", str(exc))]
         ) from None
 
 

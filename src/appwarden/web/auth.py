@@ -42,7 +42,8 @@ log = logging.getLogger("appwarden.web")
 PUBLIC_ROUTES: Final[Mapping[str, str]] = {
     "/healthz": "none: liveness answers {status: ok} and reveals nothing else",
     "/readyz": "none: readiness answers ready or unavailable, without error details",
-    "/gate/forward": "the proxy's: X-Appwarden-Proxy-Key (constant time) or a loopback allowlist",
+    "/gate/forward": "the proxy's: X-Appwarden-Proxy-Key (32+ bytes, constant time) or a "
+    "loopback socket peer",
     "/gate/forward/{rest:path}": "the proxy's, as /gate/forward (Envoy's path_prefix form)",
     "/gate/explain": "the proxy's, as /gate/forward (nginx fetches the 403 explanation here)",
 }
