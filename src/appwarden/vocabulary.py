@@ -134,6 +134,7 @@ class Fact(StrEnum):
 
     OWNER = "owner"
     PERSON_STATUS = "person_status"
+    PERSON_GROUPS = "person_groups"  # a policy's scope can name groups: leaving one lifts a ban
     DEVICE_STATUS = "device_status"
     PLATFORM = "platform"
     FORM_FACTOR = "form_factor"

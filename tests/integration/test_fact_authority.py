@@ -22,7 +22,7 @@ from appwarden.db.uow import unit_of_work
 from appwarden.devices.facts import owner_email, stored_resources
 from appwarden.devices.models import Device, FactConflict, Report
 from appwarden.devices.service import find_device
-from appwarden.identity.service import get_person
+from appwarden.identity.service import get_person, groups_of
 from appwarden.identity.tokens import create_token
 from appwarden.sources.native import parse_native
 from appwarden.timeutil import parse_instant
@@ -64,6 +64,12 @@ ATTACKS = [
         "left",
         "active",
     ),
+    Attack(
+        "person_groups",
+        {"people": [{"email": "carol@example.com", "groups": []}]},
+        [],
+        ["sales"],
+    ),
     Attack("device_status", _device(status="retired"), "retired", "active"),
     Attack("platform", _device(platform="windows"), "windows", "android"),
     Attack("form_factor", _device(form_factor="laptop"), "laptop", "phone"),
@@ -78,6 +84,8 @@ def _stored(uow, fact: str) -> Any:
         return owner_email(uow, device)
     if fact == "person_status":
         return get_person(uow, "carol@example.com").status
+    if fact == "person_groups":
+        return sorted(groups_of(uow, get_person(uow, "carol@example.com").id))
     if fact == "resources":
         return stored_resources(uow, device)
     return getattr(device, {"device_status": "status"}.get(fact, fact))
@@ -125,7 +133,7 @@ def test_a_fact_from_a_source_not_authoritative_for_it_is_held(store, cli, organ
     assert conflict["token_id"] == organisation
     assert conflict["offered_value"] == attack.offered
     assert conflict["stored_value"] == attack.stored
-    if attack.fact == "person_status":
+    if attack.fact in ("person_status", "person_groups"):
         assert conflict["person"] == "carol@example.com"
     else:
         assert CAROL_PHONE in conflict["device"]
@@ -160,8 +168,9 @@ def test_a_configured_source_is_authoritative_instead_of_the_mdm_of_record(store
 
 
 def test_an_admin_settles_a_conflict_accept_applies_reject_discards(store, cli, organisation):
-    _write(store, "mail-agent", ATTACKS[6].entry, token_id=organisation)  # resources: []
-    _write(store, "mail-agent", ATTACKS[3].entry, token_id=organisation)  # platform: windows
+    attacks = {attack.fact: attack for attack in ATTACKS}
+    _write(store, "mail-agent", attacks["resources"].entry, token_id=organisation)  # []
+    _write(store, "mail-agent", attacks["platform"].entry, token_id=organisation)  # windows
     by_fact = {c["fact"]: c["id"] for c in cli("conflicts", "--json").json()}
 
     refused = cli("conflicts", "settle", str(by_fact["resources"]), "--accept")

@@ -1,12 +1,13 @@
 """Which source says what: a fact is applied only from the source authoritative for it.
 
-The seven facts of `vocabulary.Fact` (owner, person status, device status, platform, form factor,
-ownership, resources) decide who is blocked, so one source must not be able to rewrite another's:
-a token for a mail agent could otherwise mark a person `left` or empty a phone's resources and
-lift its block. The authority for a fact is the source named for it in the settings
-(`APPWARDEN_FACT_SOURCES`), else the record's own source: the MDM of record of a device (the source
-that first reported it) or the source that first created a person. A person created by an admin
-(or before sources were recorded) has no source: only a configured source may change it.
+The facts of `vocabulary.Fact` (owner, person status and groups, device status, platform, form
+factor, ownership, resources) decide who is blocked, so one source must not be able to rewrite
+another's: a token for a mail agent could otherwise mark a person `left`, take them out of a
+group a policy names, or empty a phone's resources, and so lift a block. The authority for a fact
+is the source named for it in the settings (`APPWARDEN_FACT_SOURCES`), else the record's own
+source: the MDM of record of a device (the source that first reported it) or the source that
+first created a person. A person created by an admin (or before sources were recorded) has no
+source: only a configured source may change it.
 
 A different value from any other source changes nothing: it is held as a `FactConflict` (one open
 conflict per fact, record and source), audited when first held, and applied or discarded when an
@@ -27,13 +28,14 @@ from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceOwnerHistory, DeviceResource, FactConflict
 from appwarden.errors import Conflict, InvalidInput, NotFound
 from appwarden.identity.models import Person
-from appwarden.identity.service import find_person, normalise_email
+from appwarden.identity.service import find_person, normalise_email, set_groups
 from appwarden.timeutil import iso
 from appwarden.vocabulary import ConflictStatus, DeviceStatus, Fact, PersonStatus
 
 # Stored values that mean "nobody said yet": the first source to report the fact sets it.
 UNSET_VALUES: Mapping[Fact, Any] = {
     Fact.OWNER: None,
+    Fact.PERSON_GROUPS: [],
     Fact.PLATFORM: "unknown",
     Fact.FORM_FACTOR: "unknown",
     Fact.OWNERSHIP: "unknown",
@@ -246,11 +248,14 @@ def settle(uow: UnitOfWork, conflict_id: int, *, accept: bool) -> FactConflict:
 
 def _apply(uow: UnitOfWork, conflict: FactConflict) -> None:
     fact, value = Fact(conflict.fact), conflict.offered_value
-    if fact == Fact.PERSON_STATUS:
+    if fact in (Fact.PERSON_STATUS, Fact.PERSON_GROUPS):
         person = uow.session.get(Person, conflict.person_id)
         if person is None:
             raise NotFound(f"the person of fact conflict {conflict.id} no longer exists")
-        set_person_status(uow, person, str(value))
+        if fact == Fact.PERSON_STATUS:
+            set_person_status(uow, person, str(value))
+        else:
+            set_groups(uow, person, [str(group) for group in value or []])
         return
     device = uow.session.get(Device, conflict.device_id)
     if device is None:

@@ -23,7 +23,7 @@ from appwarden.devices.service import (
 from appwarden.errors import IdentifierConflict, InvalidInput
 from appwarden.events import DecisionChanged, DeviceEvaluated
 from appwarden.identity.schemas import PersonFacts
-from appwarden.identity.service import upsert_person
+from appwarden.identity.service import groups_of, upsert_person
 from appwarden.policies.service import live_identifier_keys
 from appwarden.vocabulary import Fact, Ownership, PersonStatus
 
@@ -80,6 +80,14 @@ def _person(uow: UnitOfWork, facts: PersonFacts, authority: Authority) -> None:
         person=person,
     ):  # unchanged, or held as a conflict: keep the stored status and left_at
         facts = replace(facts, status=PersonStatus(person.status), left_at=person.left_at)
+    if facts.groups is not None and not authority.admits(
+        uow,
+        Fact.PERSON_GROUPS,
+        stored=sorted(groups_of(uow, person.id)),
+        offered=sorted(set(facts.groups)),
+        person=person,
+    ):  # unchanged, or held: memberships stay as they are
+        facts = replace(facts, groups=None)
     upsert_person(uow, facts)
 
 
