@@ -222,7 +222,7 @@ ENTRY_CASES = [
         problems=(
             (
                 '"P"',
-                "unknown key 'nickname' in a person; allowed: aliases, display_name, email, "
+                "unknown key 'nickname' in a person; allowed: accounts, aliases, display_name, email, "
                 "groups, left_at, status, time_zone",
             ),
         ),
