@@ -215,17 +215,18 @@ async def flood(port: int, seconds: float) -> FloodCounts:
 
 @dataclass
 class Probes:
-    """Every PROBE_EVERY seconds until stopped: `ask()`, recording (expected, status, seconds)."""
+    """Every PROBE_EVERY seconds until stopped: `ask()`, recording (expected, status, seconds,
+    when: seconds since the probes started)."""
 
     ask: Callable[[int], tuple[int, int, float]]
-    results: list[tuple[int, int, float]] = field(default_factory=list)
+    results: list[tuple[int, int, float, float]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        n = 0
+        n, first = 0, time.monotonic()
         while not self.stop.is_set():
             started = time.monotonic()
-            self.results.append(self.ask(n))
+            self.results.append((*self.ask(n), round(started - first, 2)))
             n += 1
             self.stop.wait(max(0.0, PROBE_EVERY - (time.monotonic() - started)))
 
@@ -249,8 +250,8 @@ def known_devices(port: int) -> Callable[[int], tuple[int, int, float]]:
     return ask
 
 
-def latency_summary(results: list[tuple[int, int, float]]) -> dict[str, float | int]:
-    ordered = sorted(seconds for _, _, seconds in results)
+def latency_summary(results: list[tuple[int, int, float, float]]) -> dict[str, float | int]:
+    ordered = sorted(seconds for _, _, seconds, _ in results)
 
     def at(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
@@ -299,7 +300,9 @@ def test_a_flood_of_made_up_device_ids_starves_nothing(cli, store, tmp_path: Pat
     print(json.dumps(report, indent=2))
 
     for kind, probes in kinds.items():
-        late = [(e, s, round(t, 3)) for e, s, t in probes.results if s != e or t > PROBE_TIMEOUT]
+        late = [
+            (e, s, round(t, 3), at) for e, s, t, at in probes.results if s != e or t > PROBE_TIMEOUT
+        ]
         assert probes.results, kind
         assert not late, f"{kind}: {len(late)} wrong or late: {late[:20]}"
     assert after["healthz"][0] == 200, after
