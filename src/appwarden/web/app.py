@@ -139,8 +139,9 @@ class _Application(FastAPI):
 
 def _operational_routes(app: FastAPI) -> None:
     @app.get("/healthz", tags=["operations"], summary="Liveness")
-    def healthz() -> dict[str, str]:
-        """Always 200 while the process serves requests."""
+    async def healthz() -> dict[str, str]:
+        """Always 200 while the process serves requests (on the event loop: no thread to wait
+        for, so a busy thread pool cannot make a live process look dead)."""
         return {"status": "ok"}
 
     @app.get(

@@ -10,18 +10,21 @@ refuses every call (fail closed). Allow = 200 (Envoy treats any other 2xx as a d
 with a problem+json body naming the policy and the portal, never another person.
 
 Unknown callers cost a bounded amount: answers that need the store run on the gate's own few
-threads (`StorePath`), never the pool that serves /healthz and /v1, and what the store said it does
-not know is remembered for a second (`NotFoundCache`).
+threads (`StorePath`, where a request past the queue waits before it is refused), never the pool
+that serves /v1, and what the store said it does not know is remembered for a second
+(`NotFoundCache`).
 
 Two paths give the same answer (`usecases.gate.answer` over two sources of facts):
 
 - `GateFastPath`, a thin ASGI layer in front of the whole application (it writes the same access
-  line and latency sample as `web.observability` does for every other request), answers from the
-  process's in-memory copy (`web.live_index`) on the event loop, when the copy is current and
-  knows everything the answer needs. That is nearly every request: a dictionary lookup.
-- Everything else reaches the `/gate/...` routes: an untrusted caller (401), a copy that must catch
-  up first, an unknown device or user, a decision whose time has come. They catch up, ask the
-  copy again, then the store; with the store down, `on_store_failure` decides.
+  line and latency sample as `web.observability` does for every other request), answers a trusted
+  request from the process's in-memory copy (`web.live_index`) on the event loop, when the copy
+  is current and knows everything the answer needs. That is nearly every request: a dictionary
+  lookup. Otherwise (a copy that must catch up first, an unknown device or user, a decision whose
+  time has come) it asks `Gate.decide` on the store path: catch up, ask the copy again, then the
+  store; with the store down, `on_store_failure` decides.
+- The `/gate/...` routes answer the rest: an untrusted caller (401), and any request the fast
+  path failed on (the same `Gate.decide`).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import functools
 import hmac
 import ipaddress
 import logging
+import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -63,7 +67,7 @@ from appwarden.usecases.gate import (
 )
 from appwarden.vocabulary import Decision
 from appwarden.web import Runtime
-from appwarden.web.errors import PROBLEM_JSON, ServiceUnavailable, Unauthenticated
+from appwarden.web.errors import PROBLEM_JSON, ServiceUnavailable, Unauthenticated, problem_dict
 from appwarden.web.live_index import LiveIndex
 from appwarden.web.observability import (
     REQUEST_ID_HEADER,
@@ -84,6 +88,11 @@ MIN_PROXY_KEY_BYTES: Final = 32
 #: another process's write must reach this one's gate (docs/gates.md).
 NOT_FOUND_SECONDS: Final = 1.0
 NOT_FOUND_ENTRIES: Final = 100_000
+#: How long a request that needs the store waits for a place on the gate's store path before it
+#: is answered 503 (`StorePath`); below the proxies' read timeouts in docs/gates.md (5 s).
+BUSY_WAIT_SECONDS: Final = 2.0
+BUSY_REPORT_SECONDS: Final = 10.0
+BUSY_DETAIL: Final = "the gate is busy with unknown devices; retry"
 
 T = TypeVar("T")
 #: The reasons a metric label may take (a closed set, whatever callers send).
@@ -182,24 +191,68 @@ class Busy(Exception):
 class StorePath:
     """The gate's own threads for answers that need the store, with a bounded queue: a flood of
     unknown DeviceIds waits here (or is turned away), not in the pool that serves everything
-    else."""
+    else.
 
-    def __init__(self, workers: int) -> None:
+    A request that finds the queue full waits, in arrival order, up to `BUSY_WAIT_SECONDS` for a
+    place, and only then is answered 503. Waiting costs nothing but the connection it holds,
+    whereas a refusal at once invites the next request at once: a flood client that asks again
+    as soon as it is answered then keeps the event loop busy doing nothing but refusing it, and
+    /healthz and known devices wait behind every connection it holds (each turn of the loop
+    answers all of them). Refusals come about once per connection per `BUSY_WAIT_SECONDS`. Each
+    wait is drawn between half and one and a half times that, so that requests which arrived
+    together (a flood opening its connections) are not all refused, and all ask again, at the
+    same instant."""
+
+    def __init__(self, workers: int, wait: float = BUSY_WAIT_SECONDS) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-store")
         self._limit = workers * 8
-        self._outstanding = 0
+        self._outstanding = 0  # touched only on the event loop: no lock needed
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self.wait = wait
 
     async def run(self, work: Callable[..., T], *args: object) -> T:
-        if self._outstanding >= self._limit:
-            raise Busy
-        self._outstanding += 1  # only on the event loop: no lock needed
+        await self._admit()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
         finally:
-            self._outstanding -= 1
+            self._release()
+
+    async def _admit(self) -> None:
+        """Take a place, or wait for one to be handed over; `Busy` after `wait` seconds."""
+        while self._waiting and self._waiting[0].done():  # expired waiters
+            self._waiting.popleft()
+        if self._outstanding < self._limit and not self._waiting:
+            self._outstanding += 1
+            return
+        loop = asyncio.get_running_loop()
+        place: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(place)
+        jitter = 0.5 + random.random()  # noqa: S311 - spreading timers, not a secret
+        expiry = loop.call_later(self.wait * jitter, _expire, place)
+        try:
+            await place
+        except BaseException:
+            if place.done() and not place.cancelled() and place.exception() is None:
+                self._release()  # handed a place just as the request went away: pass it on
+            raise
+        finally:
+            expiry.cancel()
+
+    def _release(self) -> None:
+        while self._waiting:
+            place = self._waiting.popleft()
+            if not place.done():
+                place.set_result(None)  # the place goes to the longest waiting request
+                return
+        self._outstanding -= 1
 
     def stop(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _expire(place: asyncio.Future[None]) -> None:
+    if not place.done():
+        place.set_exception(Busy())
 
 
 def is_gate_path(path: str) -> bool:
@@ -351,11 +404,16 @@ class Gate:
         return 403, headers, body
 
 
+Answered = tuple[str | None, int, list[tuple[bytes, bytes]], bytes]
+
+
 class GateFastPath:
-    """The outermost layer: answers a trusted gate request from memory on the event loop when it
-    can, with its own access line and latency sample (the same ones `Observability` writes);
-    every other request goes on, unchanged, to the application. Anything unexpected here is
-    logged and the request goes on too, so the full path answers it."""
+    """The outermost layer: answers a trusted gate request itself — from memory on the event loop
+    when it can, else on the gate's store path — with its own access line and latency sample (the
+    same ones `Observability` writes); every other request goes on, unchanged, to the application.
+    A flood of unknown DeviceIds thus costs the event loop only this layer, not the application's
+    whole stack. Anything unexpected here is logged and the request goes on too, so the full path
+    answers it."""
 
     def __init__(self, app: ASGIApp, gate: Gate, metrics: Metrics) -> None:
         self.app = app
@@ -365,46 +423,57 @@ class GateFastPath:
         self._latency = functools.cache(
             lambda method, status: metrics.request_seconds.labels(FORWARD_PATH, method, status)
         )
+        self._busy_reported = -BUSY_REPORT_SECONDS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_gate_path(scope["path"]):
             started = time.perf_counter()
             try:
-                answered = self._answer(scope)
+                answered = await self._answer(scope)
             except Exception:
                 log.exception("gate fast path failed; answering through the application")
                 answered = None
             if answered is not None:
-                request_id, status, headers, body = answered
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                latency = self._latency(method_label(scope["method"]), str(status))
-                duration = time.perf_counter() - started
-                if not (self._log_allow if status == 200 else self._log_deny):
-                    latency.observe(duration)
-                    return
-                log_request(
-                    latency,
-                    request_id=request_id or request_id_from(None),
-                    method=scope["method"],
-                    path=scope["path"],
-                    route=FORWARD_PATH if scope["path"] != EXPLAIN_PATH else EXPLAIN_PATH,
-                    status=status,
-                    duration=duration,
-                )
+                await self._send(scope, send, started, answered)
                 return
         await self.app(scope, receive, send)
 
-    def _answer(
-        self, scope: Scope
-    ) -> tuple[str | None, int, list[tuple[bytes, bytes]], bytes] | None:
+    async def _send(self, scope: Scope, send: Send, started: float, answered: Answered) -> None:
+        request_id, status, headers, body = answered
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        latency = self._latency(method_label(scope["method"]), str(status))
+        duration = time.perf_counter() - started
+        logged = self._log_allow if status == 200 else self._log_deny and status != 503
+        if not logged:  # a 503 (busy) is timed and counted, never a line each: see _report_busy
+            latency.observe(duration)
+            return
+        log_request(
+            latency,
+            request_id=request_id or request_id_from(None),
+            method=scope["method"],
+            path=scope["path"],
+            route=FORWARD_PATH if scope["path"] != EXPLAIN_PATH else EXPLAIN_PATH,
+            status=status,
+            duration=duration,
+        )
+
+    async def _answer(self, scope: Scope) -> Answered | None:
         headers, duplicated = read_headers(scope["headers"])
         if not self.gate.trusted(headers, scope.get("client")):
-            return None
-        result = self.gate.from_memory(self.gate.parse(scope, headers, duplicated))
-        if result is None:
-            return None
-        status, response_headers, body = self.gate.render(result, None)
+            return None  # the application's 401
+        request = self.gate.parse(scope, headers, duplicated)
+        result = self.gate.from_memory(request)
+        if result is not None:
+            status, response_headers, body = self.gate.render(result, None)
+        else:
+            try:
+                stored, source = await self.gate.store_path.run(self.gate.decide, request)
+            except Busy:
+                self._report_busy()
+                status, response_headers, body = _busy(scope["path"])
+            else:
+                status, response_headers, body = self.gate.render(stored, source)
         # The proxy's request id is echoed (and logged); without one, a new id goes only in the
         # log line, if there is one: the proxy would not read it.
         offered = headers.get(REQUEST_ID_HEADER)
@@ -412,6 +481,27 @@ class GateFastPath:
         if request_id is not None:
             response_headers.append((b"x-request-id", request_id.encode()))
         return request_id, status, response_headers, body
+
+    def _report_busy(self) -> None:
+        """A warning at most every `BUSY_REPORT_SECONDS` while the store path turns requests
+        away, instead of a line per refusal: a flood must not become a flood of log lines."""
+        now = time.monotonic()
+        if now - self._busy_reported >= BUSY_REPORT_SECONDS:
+            self._busy_reported = now
+            log.warning(
+                "gate: the store path is full; requests for unknown devices and people are "
+                'answered 503 (counted in appwarden_request_seconds{status="503"})'
+            )
+
+
+def _busy(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The 503 problem the application writes for `Busy` (see `_gate`)."""
+    body = orjson.dumps(problem_dict(503, "unavailable", BUSY_DETAIL, instance=path))
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return 503, headers, body
 
 
 async def _gate(request: Request) -> Response:
@@ -426,7 +516,7 @@ async def _gate(request: Request) -> Response:
     try:
         result, source = await gate.store_path.run(gate.decide, parsed)
     except Busy:
-        raise ServiceUnavailable("the gate is busy with unknown devices; retry") from None
+        raise ServiceUnavailable(BUSY_DETAIL) from None
     status, response_headers, body = gate.render(result, source)
     response = Response(body, status_code=status)
     response.raw_headers = response_headers
