@@ -8,6 +8,7 @@ it must notice another process's commit before it answers again.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import sqlite3
@@ -226,9 +227,16 @@ def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
                 == 403
             )
         assert statements == []
-        # A device nobody has seen is not in the copy: the store is asked.
+        # A device nobody has seen, without credentials: a current copy knows every device with
+        # a decision, and the mail server challenges the request itself: no store.
         unseen = client.get("/gate/forward", headers=_gate_headers("AAAA1111", "zed"))
-        assert unseen.status_code == 200
+        assert (unseen.status_code, statements) == (200, [])
+        # Signed in, the unseen device of a known person: the store is asked (all their devices).
+        signed_in = {
+            **_gate_headers("AAAA1111", "bob"),
+            "Authorization": "Basic " + base64.b64encode(b"EXAMPLE\\bob:pw").decode(),
+        }
+        assert client.get("/gate/forward", headers=signed_in).status_code == 200
         assert statements
 
 

@@ -93,6 +93,13 @@ class GateFacts(Protocol):
 
     def device(self, namespace: str, value: str) -> DeviceRef | None: ...
 
+    def device_for_anonymous(self, namespace: str, value: str) -> DeviceRef | None:
+        """`device`, for a request without credentials: the mail server answers such a request
+        with its own 401 and no mail data whatever the gate says, so "unseen" may come from
+        what is already at hand (a current copy knows every device it holds a decision of)
+        rather than the store. So a flood of made-up DeviceIds costs a lookup each."""
+        ...
+
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef: ...
 
     def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]: ...
@@ -121,7 +128,8 @@ def answer(facts: GateFacts, request: GateRequest, policy: GatePolicy) -> GateAn
         return _without_device(facts, request, asking, resource, policy)
     value = normalise(policy.device_namespace, request.device_id)
     label = f"{policy.device_namespace}:{value}"
-    device = facts.device(policy.device_namespace, value)
+    lookup = facts.device if asking.identified else facts.device_for_anonymous
+    device = lookup(policy.device_namespace, value)
     if device is None:
         return _unseen(facts, asking, resource, policy, label)
     person = asking.person
@@ -268,6 +276,9 @@ class StoreFacts:
         assert device is not None
         return self._ref(device)
 
+    def device_for_anonymous(self, namespace: str, value: str) -> DeviceRef | None:
+        return self.device(namespace, value)
+
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
         row = self.uow.session.get(Device, device.id)
         assert row is not None
@@ -351,6 +362,9 @@ class IndexFacts:
         if self.not_found is not None and self.not_found.knows((namespace, value)):
             return None
         raise NeedStore
+
+    def device_for_anonymous(self, namespace: str, value: str) -> DeviceRef | None:
+        return self.index.device(namespace, value)
 
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
         known = self.index.decision(device.id, resource)

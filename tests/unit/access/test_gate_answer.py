@@ -45,6 +45,9 @@ class Facts:
     def device(self, namespace: str, value: str) -> DeviceRef | None:
         return self.devices.get(value)
 
+    def device_for_anonymous(self, namespace: str, value: str) -> DeviceRef | None:
+        return self.devices.get(value)
+
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
         return self.decisions[device.id]
 
