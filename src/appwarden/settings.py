@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     )
     gate_webmail_rule: Literal["device_header", "person"] = "device_header"
     gate_store_concurrency: int = Field(default=4, ge=1, le=64)  # store lookups at once
+    # answers a second for callers the gate knows nothing about (unknown DeviceIds without
+    # credentials, anything that needs the store); the rest wait, then get 503
+    gate_unknown_per_second: float = Field(default=500.0, gt=0)
     unseen_device: Literal["allow", "deny"] = "allow"
     unseen_device_of_blocked_person: Literal["allow", "deny"] = "deny"
     unseen_device_of_unknown_person: Literal["allow", "deny"] = "deny"

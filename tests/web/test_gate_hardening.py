@@ -2,15 +2,14 @@
 Envoy's raw path read through the ASGI application exactly as Envoy sends it; a proxy key that
 is short or empty refuses to start; loopback trust judged on the socket's peer, never on
 forwarded headers; a doubled credential or proxy header refused; report mode; metric labels from
-a closed set; and the store path bounded so that unknown DeviceIds cannot take the server's
-threads."""
+a closed set; and what the store said it does not know, remembered (the store path's bounds:
+tests/web/test_gate_store_path.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import logging
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
 from appwarden.usecases.gate import IndexFacts, NeedStore
 from appwarden.web.app import SERVER_OPTIONS, create_app
-from appwarden.web.gate import Busy, GateMisconfigured, StorePath
+from appwarden.web.gate import GateMisconfigured
 
 KEY = "hardening-test-proxy-key-0123456789abcdef"
 EAS = "/Microsoft-Server-ActiveSync"
@@ -183,31 +182,17 @@ def test_metric_labels_take_only_known_methods(store, tmp_path):
     assert "other" in methods
 
 
-def test_the_store_path_is_bounded_and_answers_busy_at_once():
-    store_path = StorePath(workers=1)
-    release = threading.Event()
-
-    async def flood() -> tuple[int, int]:
-        blocked = [asyncio.ensure_future(store_path.run(release.wait, 5)) for _ in range(8)]
-        await asyncio.sleep(0.05)
-        with pytest.raises(Busy):
-            await store_path.run(lambda: None)
-        release.set()
-        done = await asyncio.gather(*blocked)
-        after = await store_path.run(lambda: 42)
-        return sum(done), after
-
-    assert asyncio.run(flood()) == (8, 42)
-    store_path.stop()
-
-
 def test_an_unknown_device_id_asks_the_store_once_a_second(store, demo, tmp_path):
     app = create_app(settings_for(store, tmp_path, gate_proxy="nginx"))
     unknown = ("eas_device_id", "FEEDFACE00000000000000000000BEEF")
     uri = f"{EAS}?Cmd=Sync&DeviceId={unknown[1]}&DeviceType=x"
-    headers = {"X-Appwarden-Proxy-Key": KEY, "X-Original-URI": uri}
+    headers = {
+        "X-Appwarden-Proxy-Key": KEY,
+        "X-Original-URI": uri,
+        "Authorization": basic("EXAMPLE\\bob"),  # signed in: the copy alone cannot say "unseen"
+    }
     with TestClient(app) as client:
-        assert client.get("/gate/forward", headers=headers).status_code == 200  # unauthenticated
+        assert client.get("/gate/forward", headers=headers).status_code == 200  # unseen_device
         gate = app.state.gate
         assert gate.not_found.knows(unknown)
         # remembered: the copy answers "unseen" without deferring to the store

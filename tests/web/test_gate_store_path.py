@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from appwarden.web.gate import Busy, StorePath
+from appwarden.web.gate import Busy, Pacer, StorePath
 
 
 async def _fill(path: StorePath, release: threading.Event) -> list[asyncio.Task[str]]:
@@ -66,3 +66,26 @@ def test_a_request_is_refused_only_after_its_wait_and_waiters_go_in_arrival_orde
     refused_after, order = asyncio.run(scenario())
     assert 0.4 * 0.5 <= refused_after <= 0.4 * 1.5 + 0.2  # the wait, with its spread
     assert order == ["first", "second"]
+
+
+def test_the_pacer_takes_turns_and_refuses_a_turn_too_far_away() -> None:
+    """Answers for unknown callers come one per interval; a caller whose turn is further away
+    than the wait is refused after waiting, and takes no turn from those behind it."""
+
+    async def scenario() -> list[str]:
+        pacer = Pacer(per_second=20, wait=0.12)  # a turn every 50 ms, at most ~120 ms away
+
+        async def ask() -> str:
+            try:
+                await pacer.turn()
+            except Busy:
+                return "busy"
+            return "served"
+
+        first = await asyncio.gather(*(ask() for _ in range(5)))
+        return [*first, await ask()]
+
+    outcomes = asyncio.run(scenario())
+    # turns at 0, 50 and 100 ms are within the wait; the next two are not; once those turns have
+    # passed, a new caller is served again
+    assert outcomes == ["served", "served", "served", "busy", "busy", "served"]

@@ -93,6 +93,8 @@ NOT_FOUND_ENTRIES: Final = 100_000
 BUSY_WAIT_SECONDS: Final = 2.0
 BUSY_REPORT_SECONDS: Final = 10.0
 BUSY_DETAIL: Final = "the gate is busy with unknown devices; retry"
+#: The reason of an answer for a DeviceId no device has, asked without credentials (paced).
+UNAUTHENTICATED: Final = "unauthenticated"
 
 T = TypeVar("T")
 #: The reasons a metric label may take (a closed set, whatever callers send).
@@ -250,6 +252,30 @@ class StorePath:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+class Pacer:
+    """At most `per_second` answers for callers the gate knows nothing about (a DeviceId no
+    device has, without credentials; anything that needs the store): each waits for its turn
+    (`asyncio.sleep`, costing the event loop nothing), and one whose turn is more than
+    `BUSY_WAIT_SECONDS` away is answered 503 after that wait instead. A flood client asks again
+    only when answered, so its 2,000 connections cost the loop `per_second` answers a second,
+    and /healthz and known devices — never paced — find the loop free."""
+
+    def __init__(self, per_second: float, wait: float = BUSY_WAIT_SECONDS) -> None:
+        self.interval = 1.0 / per_second
+        self.wait = wait
+        self._next = 0.0  # the loop time of the next free turn (touched only on the loop)
+
+    async def turn(self) -> None:
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next)
+        if slot - now > self.wait:
+            await asyncio.sleep(self.wait * (0.5 + random.random()))  # noqa: S311 - spreading
+            raise Busy
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 def _expire(place: asyncio.Future[None]) -> None:
     if not place.done():
         place.set_exception(Busy())
@@ -290,6 +316,7 @@ class Gate:
         self._problem = functools.lru_cache(maxsize=4096)(self._render_problem)
         self.not_found = NotFoundCache()
         self.store_path = StorePath(settings.gate_store_concurrency)
+        self.pacer = Pacer(settings.gate_unknown_per_second)
         runtime.on_decisions_written.append(self.not_found.clear)
 
     def _render_problem(
@@ -463,17 +490,13 @@ class GateFastPath:
         if not self.gate.trusted(headers, scope.get("client")):
             return None  # the application's 401
         request = self.gate.parse(scope, headers, duplicated)
-        result = self.gate.from_memory(request)
-        if result is not None:
-            status, response_headers, body = self.gate.render(result, None)
+        try:
+            result, source = await self._decide(request)
+        except Busy:
+            self._report_busy()
+            status, response_headers, body = _busy(scope["path"])
         else:
-            try:
-                stored, source = await self.gate.store_path.run(self.gate.decide, request)
-            except Busy:
-                self._report_busy()
-                status, response_headers, body = _busy(scope["path"])
-            else:
-                status, response_headers, body = self.gate.render(stored, source)
+            status, response_headers, body = self.gate.render(result, source)
         # The proxy's request id is echoed (and logged); without one, a new id goes only in the
         # log line, if there is one: the proxy would not read it.
         offered = headers.get(REQUEST_ID_HEADER)
@@ -481,6 +504,17 @@ class GateFastPath:
         if request_id is not None:
             response_headers.append((b"x-request-id", request_id.encode()))
         return request_id, status, response_headers, body
+
+    async def _decide(self, request: GateRequest) -> tuple[GateAnswer, str | None]:
+        """From memory when the copy can answer, else on the store path; what concerns callers
+        the gate knows nothing about is paced (`Pacer`). Raises Busy."""
+        remembered = self.gate.from_memory(request)
+        if remembered is None:
+            await self.gate.pacer.turn()
+            return await self.gate.store_path.run(self.gate.decide, request)
+        if remembered.reason == UNAUTHENTICATED:
+            await self.gate.pacer.turn()
+        return remembered, None
 
     def _report_busy(self) -> None:
         """A warning at most every `BUSY_REPORT_SECONDS` while the store path turns requests
