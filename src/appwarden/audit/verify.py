@@ -199,88 +199,8 @@ def check(rows: Iterable[AuditEntry], *, anchor: Anchor | None = None) -> Verify
     without a sequence number last).
     """
     entries = list(rows)
-    pending = sum(1 for e in entries if _is_pending(e))
-    problems: list[Problem] = []
-
-    for e in entries:
-        if e.seq is None and not _is_pending(e):
-            problems.append(
-                Problem(
-                    None,
-                    f"entry id {e.id} lost its sequence number but keeps its chain hash "
-                    f"{e.hash or e.prev_hash}: it was unchained after being chained",
-                )
-            )
-
     chained = sorted((e for e in entries if e.seq is not None), key=lambda e: e.seq or 0)
-    by_hash = {e.hash: e for e in chained if e.hash is not None}
-    depth = _link_depths(chained)
-    # First each entry against its own hash: an entry that matches it only at the position its
-    # links give it was moved there (reordered); one that matches nowhere was altered.
-    intact: set[int] = set()
-    moved: dict[int, int] = {}  # id(entry) → the seq it was chained with
-    for e in chained:
-        if e.hash is None or e.prev_hash is None:
-            continue
-        if entry_digest(e.prev_hash, e) == e.hash:
-            intact.add(id(e))
-            continue
-        original = depth.get(id(e))
-        if original is not None and original != e.seq and _matches_at(e, original):
-            moved[id(e)] = original
-
-    expected = 1
-    prev_hash = GENESIS
-    prev_seq = 0
-    prev_moved = False
-    for e in chained:
-        seq = e.seq
-        assert seq is not None
-        gap = seq != expected
-        if seq < expected:  # seq 0 or negative: unique constraint rules out duplicates
-            problems.append(Problem(seq, f"invalid sequence number (expected {expected} or more)"))
-        elif gap:
-            missing = f"{expected}" if seq == expected + 1 else f"{expected}–{seq - 1}"
-            problems.append(
-                Problem(expected, f"removed: seq {missing} missing (the chain jumps to {seq})")
-            )
-        if e.hash is None or e.prev_hash is None:
-            problems.append(Problem(seq, "has a sequence number but no hash"))
-        elif id(e) in moved:
-            problems.append(
-                Problem(seq, f"reordered: this entry was seq {moved[id(e)]}, now found at {seq}")
-            )
-        elif id(e) not in intact:
-            problems.append(Problem(seq, "altered: the entry does not match its hash"))
-        if not gap and e.prev_hash is not None and e.prev_hash != prev_hash:
-            predecessor = by_hash.get(e.prev_hash)
-            if (
-                prev_moved
-                or id(e) in moved
-                or (predecessor is not None and id(predecessor) in moved)
-            ):
-                pass  # a reorder reported at its own seq explains the broken link
-            elif predecessor is not None:
-                problems.append(
-                    Problem(
-                        seq,
-                        f"reordered: it follows seq {predecessor.seq} in the chain, "
-                        f"not seq {prev_seq}",
-                    )
-                )
-            else:
-                problems.append(
-                    Problem(
-                        seq,
-                        f"does not follow seq {prev_seq}: an entry before it was removed or "
-                        "rewritten (its prev_hash is no entry's hash)",
-                    )
-                )
-        expected = max(expected, seq + 1)
-        prev_hash = e.hash or ""
-        prev_seq = seq
-        prev_moved = id(e) in moved
-
+    problems = _unchained_problems(entries) + _chain_problems(chained)
     head = chained[-1] if chained else None
     if anchor is not None:
         anchor_problem = _check_anchor(chained, anchor)
@@ -293,8 +213,101 @@ def check(rows: Iterable[AuditEntry], *, anchor: Anchor | None = None) -> Verify
         head_seq=head.seq if head is not None else None,
         head_hash=head.hash if head is not None else None,
         problems=problems,
-        pending=pending,
+        pending=sum(1 for e in entries if _is_pending(e)),
         anchor=anchor,
+    )
+
+
+def _unchained_problems(entries: Iterable[AuditEntry]) -> list[Problem]:
+    """Entries that lost their sequence number but keep a chain hash: unchained after the fact."""
+    return [
+        Problem(
+            None,
+            f"entry id {e.id} lost its sequence number but keeps its chain hash "
+            f"{e.hash or e.prev_hash}: it was unchained after being chained",
+        )
+        for e in entries
+        if e.seq is None and not _is_pending(e)
+    ]
+
+
+def _own_hash_verdicts(chained: Sequence[AuditEntry]) -> tuple[set[int], dict[int, int]]:
+    """Each entry against its own hash: the ids of the intact ones, and for each moved one the
+    seq it was chained with. An entry that matches its hash only at the position its links give
+    it was moved there (reordered); one that matches nowhere was altered."""
+    depth = _link_depths(chained)
+    intact: set[int] = set()
+    moved: dict[int, int] = {}  # id(entry) → the seq it was chained with
+    for e in chained:
+        if e.hash is None or e.prev_hash is None:
+            continue
+        if entry_digest(e.prev_hash, e) == e.hash:
+            intact.add(id(e))
+            continue
+        original = depth.get(id(e))
+        if original is not None and original != e.seq and _matches_at(e, original):
+            moved[id(e)] = original
+    return intact, moved
+
+
+def _chain_problems(chained: Sequence[AuditEntry]) -> list[Problem]:
+    """Walk the chained entries in seq order: numbering, each entry's hash, and each link."""
+    by_hash = {e.hash: e for e in chained if e.hash is not None}
+    intact, moved = _own_hash_verdicts(chained)
+    problems: list[Problem] = []
+    expected = 1
+    prev_hash = GENESIS
+    prev_seq = 0
+    prev_moved = False
+    for e in chained:
+        seq = e.seq
+        assert seq is not None
+        gap = seq != expected
+        problems += _numbering_problems(seq, expected)
+        if e.hash is None or e.prev_hash is None:
+            problems.append(Problem(seq, "has a sequence number but no hash"))
+        elif id(e) in moved:
+            problems.append(
+                Problem(seq, f"reordered: this entry was seq {moved[id(e)]}, now found at {seq}")
+            )
+        elif id(e) not in intact:
+            problems.append(Problem(seq, "altered: the entry does not match its hash"))
+        if not gap and e.prev_hash is not None and e.prev_hash != prev_hash:
+            predecessor = by_hash.get(e.prev_hash)
+            explained = (  # a reorder reported at its own seq explains the broken link
+                prev_moved
+                or id(e) in moved
+                or (predecessor is not None and id(predecessor) in moved)
+            )
+            if not explained:
+                problems.append(_broken_link(seq, predecessor, prev_seq))
+        expected = max(expected, seq + 1)
+        prev_hash = e.hash or ""
+        prev_seq = seq
+        prev_moved = id(e) in moved
+    return problems
+
+
+def _numbering_problems(seq: int, expected: int) -> list[Problem]:
+    """A sequence number below the next one expected, or a jump past it (removed entries)."""
+    if seq < expected:  # seq 0 or negative: unique constraint rules out duplicates
+        return [Problem(seq, f"invalid sequence number (expected {expected} or more)")]
+    if seq != expected:
+        missing = f"{expected}" if seq == expected + 1 else f"{expected}–{seq - 1}"
+        return [Problem(expected, f"removed: seq {missing} missing (the chain jumps to {seq})")]
+    return []
+
+
+def _broken_link(seq: int, predecessor: AuditEntry | None, prev_seq: int) -> Problem:
+    """An entry whose prev_hash is not the hash of the entry numbered before it."""
+    if predecessor is not None:
+        return Problem(
+            seq, f"reordered: it follows seq {predecessor.seq} in the chain, not seq {prev_seq}"
+        )
+    return Problem(
+        seq,
+        f"does not follow seq {prev_seq}: an entry before it was removed or "
+        "rewritten (its prev_hash is no entry's hash)",
     )
 
 

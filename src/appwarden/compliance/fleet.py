@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import CTE
 
 from appwarden.compliance.evaluate import PolicyRules
 from appwarden.db.base import UTCDateTime
@@ -141,13 +142,33 @@ def _in_scope(rules: PolicyRules) -> Select[int, str, int]:
 
 def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[FleetRow]:
     """The state of every in-scope device under `rules` at `now`."""
-    version_id = rules.version_id
-    cutoff = _at(now - rules.max_evidence_age)
-    scoped = _in_scope(rules).cte("scoped")
-    pi = select(PolicyIdentifier).where(PolicyIdentifier.version_id == version_id).cte("pi")
+    rows = uow.session.execute(_fleet_query(rules, now)).mappings().all()
+    return [_fleet_row(r) for r in rows]
 
-    # Latest and first sighting of each policy identifier on each in-scope device, any feed.
-    presence = (
+
+def _fleet_query(rules: PolicyRules, now: datetime) -> Select[Any]:
+    """One statement: a chain of CTEs from scope to verdict, each built by a function below."""
+    scoped = _in_scope(rules).cte("scoped")
+    pi = _policy_identifiers(rules)
+    presence = _presence(scoped, pi)
+    proofs = _proofs(rules, scoped, pi)
+    pairs = _pairs(scoped, pi)
+    newest = _newest(proofs)
+    clears = _clears(proofs, presence)
+    facts = _facts(pairs, presence, newest, clears, cutoff=_at(now - rules.max_evidence_age))
+    per_device = _per_device(facts)
+    base = _base(rules, now, scoped, per_device)
+    return _verdict(rules, now, base)
+
+
+def _policy_identifiers(rules: PolicyRules) -> CTE:
+    """The identifiers of the policy version being evaluated."""
+    return select(PolicyIdentifier).where(PolicyIdentifier.version_id == rules.version_id).cte("pi")
+
+
+def _presence(scoped: CTE, pi: CTE) -> CTE:
+    """Latest and first sighting of each policy identifier on each in-scope device, any feed."""
+    return (
         select(
             Observation.device_id,
             pi.c.namespace,
@@ -160,8 +181,11 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         .group_by(Observation.device_id, pi.c.namespace, pi.c.value)
         .cte("presence")
     )
-    # Absence proofs: an allowed evidence kind covers the identifier and its own feed does not
-    # show it at that time.
+
+
+def _proofs(rules: PolicyRules, scoped: CTE, pi: CTE) -> CTE:
+    """Absence proofs: an allowed evidence kind covers the identifier and its own feed does not
+    show it at that time."""
     shown = select(Observation.id).where(
         Observation.device_id == Coverage.device_id,
         Observation.source == Coverage.source,
@@ -169,7 +193,7 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         _matches(pi.c),
         Observation.last_seen_at >= Coverage.observed_at,
     )
-    proofs = (
+    return (
         select(
             Coverage.device_id,
             pi.c.namespace,
@@ -189,22 +213,34 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         )
         .cte("proofs")
     )
-    # One row per (in-scope device, policy identifier).
-    pairs = (
+
+
+def _pairs(scoped: CTE, pi: CTE) -> CTE:
+    """One row per (in-scope device, policy identifier)."""
+    return (
         select(scoped.c.device_id, scoped.c.platform, pi.c.namespace, pi.c.value)
         .select_from(scoped.join(pi, literal(True)))
         .cte("pairs")
     )
-    # Per (device, identifier): the newest proof, and the first proof after the latest sighting.
-    # Grouped once and joined, not asked per pair: a correlated subquery over the `proofs` CTE
-    # scans all of it for every pair (SQLite cannot index a CTE for it), quadratic in the fleet.
+
+
+# Per (device, identifier): the newest proof, and the first proof after the latest sighting.
+# Grouped once and joined, not asked per pair: a correlated subquery over the `proofs` CTE
+# scans all of it for every pair (SQLite cannot index a CTE for it), quadratic in the fleet.
+def _newest(proofs: CTE) -> CTE:
+    """The newest absence proof of each (device, identifier)."""
     key = (proofs.c.device_id, proofs.c.namespace, proofs.c.value)
-    newest = (
+    return (
         select(*key, func.max(proofs.c.observed_at).label("newest_proof"))
         .group_by(*key)
         .cte("newest")
     )
-    clears = (
+
+
+def _clears(proofs: CTE, presence: CTE) -> CTE:
+    """The first absence proof after the latest sighting of each (device, identifier)."""
+    key = (proofs.c.device_id, proofs.c.namespace, proofs.c.value)
+    return (
         select(*key, func.min(proofs.c.observed_at).label("first_clear"))
         .join(
             presence,
@@ -219,43 +255,51 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         .cte("clears")
     )
 
-    def same_pair(table: Any) -> ColumnElement[bool]:
+
+def _facts(
+    pairs: CTE, presence: CTE, newest: CTE, clears: CTE, *, cutoff: ColumnElement[datetime]
+) -> CTE:
+    """Per (device, identifier): is it live, is it carried but unproven, and its instants."""
+
+    def same_pair(table: CTE) -> ColumnElement[bool]:
         return and_(
             table.c.device_id == pairs.c.device_id,
             table.c.namespace == pairs.c.namespace,
             table.c.value == pairs.c.value,
         )
 
-    facts = (
+    # live: seen, and no proof after the latest sighting
+    live = case(
+        (
+            and_(
+                presence.c.last_seen.is_not(None),
+                or_(
+                    newest.c.newest_proof.is_(None),
+                    newest.c.newest_proof <= presence.c.last_seen,
+                ),
+            ),
+            1,
+        ),
+        else_=0,
+    )
+    unproven = case(
+        (
+            and_(
+                _carries(pairs.c.platform, pairs.c.namespace),
+                or_(newest.c.newest_proof.is_(None), newest.c.newest_proof < cutoff),
+            ),
+            1,
+        ),
+        else_=0,
+    )
+    return (
         select(
             pairs.c.device_id,
             (pairs.c.namespace + ":" + pairs.c.value).label("ident"),
             presence.c.first_seen,
             presence.c.last_seen,
-            # live: seen, and no proof after the latest sighting
-            case(
-                (
-                    and_(
-                        presence.c.last_seen.is_not(None),
-                        or_(
-                            newest.c.newest_proof.is_(None),
-                            newest.c.newest_proof <= presence.c.last_seen,
-                        ),
-                    ),
-                    1,
-                ),
-                else_=0,
-            ).label("live"),
-            case(
-                (
-                    and_(
-                        _carries(pairs.c.platform, pairs.c.namespace),
-                        or_(newest.c.newest_proof.is_(None), newest.c.newest_proof < cutoff),
-                    ),
-                    1,
-                ),
-                else_=0,
-            ).label("unproven"),
+            live.label("live"),
+            unproven.label("unproven"),
             _carries(pairs.c.platform, pairs.c.namespace).label("carried"),
             newest.c.newest_proof,
             clears.c.first_clear,
@@ -267,7 +311,11 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         )
         .cte("facts")
     )
-    per_device = (
+
+
+def _per_device(facts: CTE) -> CTE:
+    """The facts of each device's identifiers folded into counts, instants and name lists."""
+    return (
         select(
             facts.c.device_id,
             func.sum(facts.c.live).label("live_count"),
@@ -296,23 +344,32 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         .cte("per_device")
     )
 
-    def ends_of(e: Any) -> ColumnElement[Any]:
-        """A window's end: its revocation when it was revoked early."""
-        return case(
-            (and_(e.revoked_at.is_not(None), e.revoked_at < e.ends_at), e.revoked_at),
-            else_=e.ends_at,
-        )
 
-    def covering_of(e: Any) -> ColumnElement[bool]:
-        return and_(
-            e.policy_id == rules.policy_id,
-            e.status.in_(["approved", "revoked"]),
-            e.starts_at.is_not(None),
-            e.ends_at.is_not(None),
-            or_(e.device_id == scoped.c.device_id, e.person_id == scoped.c.person_id),
-        )
+def _window_end(e: Any) -> ColumnElement[Any]:
+    """A window's end: its revocation when it was revoked early."""
+    return case(
+        (and_(e.revoked_at.is_not(None), e.revoked_at < e.ends_at), e.revoked_at),
+        else_=e.ends_at,
+    )
 
-    ends, covering = ends_of(Exemption), covering_of(Exemption)
+
+def _covering(e: Any, rules: PolicyRules, scoped: CTE) -> ColumnElement[bool]:
+    """Is exemption window `e` one of this policy's, granted to the scoped device or its owner?"""
+    return and_(
+        e.policy_id == rules.policy_id,
+        e.status.in_(["approved", "revoked"]),
+        e.starts_at.is_not(None),
+        e.ends_at.is_not(None),
+        or_(e.device_id == scoped.c.device_id, e.person_id == scoped.c.person_id),
+    )
+
+
+def _exemption_columns(
+    rules: PolicyRules, now: datetime, scoped: CTE
+) -> dict[str, ColumnElement[Any]]:
+    """Per scoped device: the window that exempts it now, the exempt period around now, the
+    latest end before now and the next start after it (correlated scalar subqueries)."""
+    ends, covering = _window_end(Exemption), _covering(Exemption, rules, scoped)
     active = (
         select(Exemption.id)
         .where(covering, Exemption.starts_at <= _at(now), ends > _at(now))
@@ -332,9 +389,9 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
             Exemption.starts_at <= _at(now),
             ~select(other.id)
             .where(
-                covering_of(other),
+                _covering(other, rules, scoped),
                 other.starts_at < Exemption.starts_at,
-                ends_of(other) >= Exemption.starts_at,
+                _window_end(other) >= Exemption.starts_at,
             )
             .correlate_except(other)  # the device (two levels up) and the window in question
             .exists(),
@@ -347,13 +404,28 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
             covering,
             ends > _at(now),
             ~select(other.id)
-            .where(covering_of(other), other.starts_at <= ends, ends < ends_of(other))
+            .where(
+                _covering(other, rules, scoped), other.starts_at <= ends, ends < _window_end(other)
+            )
             .correlate_except(other)
             .exists(),
         )
         .scalar_subquery()
     )
     upcoming = select(func.min(Exemption.starts_at)).where(covering, Exemption.starts_at > _at(now))
+    return {
+        "exemption_id": active.label("exemption_id"),
+        "exemption_starts_at": case((active.is_not(None), period_start)).label(
+            "exemption_starts_at"
+        ),
+        "exemption_ends_at": case((active.is_not(None), period_end)).label("exemption_ends_at"),
+        "exemption_ended_at": ended.label("exemption_ended_at"),
+        "next_exemption_at": upcoming.scalar_subquery().label("next_exemption_at"),
+    }
+
+
+def _base(rules: PolicyRules, now: datetime, scoped: CTE, per_device: CTE) -> CTE:
+    """Every scoped device with its folded facts, stored first sighting and exemption instants."""
     stored = (
         select(PolicyFirstSeen.first_seen_at)
         .where(
@@ -362,6 +434,7 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         )
         .scalar_subquery()
     )
+    exemption = _exemption_columns(rules, now, scoped)
     query = select(
         scoped.c.device_id,
         per_device.c.live_count,
@@ -375,13 +448,17 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         per_device.c.oldest_fresh_proof,
         per_device.c.live_idents,
         per_device.c.unproven_idents,
-        active.label("exemption_id"),
-        case((active.is_not(None), period_start)).label("exemption_starts_at"),
-        case((active.is_not(None), period_end)).label("exemption_ends_at"),
-        ended.label("exemption_ended_at"),
-        upcoming.scalar_subquery().label("next_exemption_at"),
+        exemption["exemption_id"],
+        exemption["exemption_starts_at"],
+        exemption["exemption_ends_at"],
+        exemption["exemption_ended_at"],
+        exemption["next_exemption_at"],
     ).select_from(scoped.outerjoin(per_device, per_device.c.device_id == scoped.c.device_id))
-    base = query.cte("base")
+    return query.cte("base")
+
+
+def _verdict(rules: PolicyRules, now: datetime, base: CTE) -> Select[Any]:
+    """The decision rule over `base`: first seen, the underlying state, and exempt over it."""
     first_seen = case(
         (
             and_(
@@ -408,34 +485,34 @@ def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[Fl
         (func.coalesce(base.c.unproven_count, 0) == 0, "compliant"),
         else_="unknown",
     )
-    final = select(
+    return select(
         base,
         first_seen.label("first_seen"),
         underlying.label("underlying"),
         case((base.c.exemption_id.is_not(None), "exempt"), else_=underlying).label("state"),
     ).order_by(base.c.device_id)
-    rows = uow.session.execute(final).mappings().all()
-    return [
-        FleetRow(
-            device_id=r["device_id"],
-            state=ComplianceState(r["state"]),
-            first_seen=_utc(r["first_seen"]) if r["live_count"] else None,
-            latest_presence=_utc(r["latest_presence"]),
-            cleared_at=_utc(r["cleared_at"]),
-            oldest_unproven_proof=_utc(r["oldest_unproven_proof"]),
-            never_proven=int(r["never_proven"] or 0),
-            oldest_fresh_proof=_utc(r["oldest_fresh_proof"]),
-            exemption_id=r["exemption_id"],
-            exemption_starts_at=_utc(r["exemption_starts_at"]),
-            exemption_ends_at=_utc(r["exemption_ends_at"]),
-            exemption_ended_at=_utc(r["exemption_ended_at"]),
-            next_exemption_at=_utc(r["next_exemption_at"]),
-            underlying=ComplianceState(r["underlying"]),
-            present=_split(r["live_idents"]),
-            unverified=_split(r["unproven_idents"]),
-        )
-        for r in rows
-    ]
+
+
+def _fleet_row(r: Any) -> FleetRow:
+    """One result row as a FleetRow, instants restored to aware UTC."""
+    return FleetRow(
+        device_id=r["device_id"],
+        state=ComplianceState(r["state"]),
+        first_seen=_utc(r["first_seen"]) if r["live_count"] else None,
+        latest_presence=_utc(r["latest_presence"]),
+        cleared_at=_utc(r["cleared_at"]),
+        oldest_unproven_proof=_utc(r["oldest_unproven_proof"]),
+        never_proven=int(r["never_proven"] or 0),
+        oldest_fresh_proof=_utc(r["oldest_fresh_proof"]),
+        exemption_id=r["exemption_id"],
+        exemption_starts_at=_utc(r["exemption_starts_at"]),
+        exemption_ends_at=_utc(r["exemption_ends_at"]),
+        exemption_ended_at=_utc(r["exemption_ended_at"]),
+        next_exemption_at=_utc(r["next_exemption_at"]),
+        underlying=ComplianceState(r["underlying"]),
+        present=_split(r["live_idents"]),
+        unverified=_split(r["unproven_idents"]),
+    )
 
 
 def _split(text: str | None) -> tuple[str, ...]:

@@ -193,6 +193,19 @@ def coverage_hash(pairs: Iterable[tuple[str, str]]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+Apps = dict[tuple[str, str], tuple[str, str | None, str | None]]  # (ns, key) → raw, version, name
+
+
+@dataclass(frozen=True, slots=True)
+class _Feed:
+    """Where one report's rows go: the device's feed (source, evidence kind) as of a time."""
+
+    device_id: int
+    source: str
+    kind: EvidenceKind
+    observed_at: datetime
+
+
 def apply_report(
     uow: UnitOfWork,
     device: Device,
@@ -204,14 +217,48 @@ def apply_report(
     """Store one report's facts. Returns False when every part of it was older than what is
     stored (nothing changed). With `minimise`, only identifiers of some live policy are kept and
     the coverage shrinks to exactly those identifiers."""
-    received_at = uow.now
-    observed_at = min(report.observed_at or received_at, received_at)
-    kind = report.evidence_kind
-    apps: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}
+    observed_at = min(report.observed_at or uow.now, uow.now)
+    feed = _Feed(device.id, report.source, report.evidence_kind, observed_at)
+    apps, covered = _reported(report, device.platform, minimise)
+    row = _record_report(uow, device, feed, covered, app_count=len(apps), token_id=token_id)
+    existing = {
+        (o.namespace, o.value): o
+        for o in uow.session.scalars(
+            select(Observation).where(
+                Observation.device_id == feed.device_id,
+                Observation.source == feed.source,
+                Observation.evidence_kind == feed.kind,
+            )
+        )
+    }
+    stored_coverage = {
+        (c.namespace, c.value): c
+        for c in uow.session.scalars(
+            select(Coverage).where(
+                Coverage.device_id == feed.device_id,
+                Coverage.source == feed.source,
+                Coverage.evidence_kind == feed.kind,
+            )
+        )
+    }
+    replaced = _replace_coverage(uow, feed, covered, stored_coverage, report_id=row.id)
+    observed = _apply_observations(uow, feed, apps, existing, stored_coverage, replaced)
+    applied_any = bool(replaced) or observed or feed.kind == EvidenceKind.NONE
+    row.applied = applied_any
+    uow.session.flush()
+    return applied_any
+
+
+def _reported(
+    report: ReportFacts, platform: str, minimise: MinimisationSet | None
+) -> tuple[Apps, list[tuple[str, str]]]:
+    """The apps the report saw, by match key, and the coverage it proves; with `minimise`, both
+    cut down to the identifiers of some live policy."""
+    apps: Apps = {}
     for app in report.apps:
         key = match_key(app.namespace, app.value)
         apps[(app.namespace, key)] = (app.value, app.version, app.name)
-    covered = _coverage_of(report, device.platform)
+    covered = _coverage_of(report, platform)
     if minimise is not None:
         apps = {k: v for k, v in apps.items() if minimise.keeps(*k)}
         covered = sorted(
@@ -221,81 +268,99 @@ def apply_report(
                 if any(c_ns == ns and c_value in ("", value) for c_ns, c_value in covered)
             }
         )
+    return apps, covered
+
+
+def _record_report(
+    uow: UnitOfWork,
+    device: Device,
+    feed: _Feed,
+    covered: list[tuple[str, str]],
+    *,
+    app_count: int,
+    token_id: int | None,
+) -> Report:
+    """The Report row (the delivery's receipt), and the device's first report moved earlier."""
     row = Report(
-        device_id=device.id,
-        source=report.source,
-        evidence_kind=kind,
-        observed_at=observed_at,
-        received_at=received_at,
+        device_id=feed.device_id,
+        source=feed.source,
+        evidence_kind=feed.kind,
+        observed_at=feed.observed_at,
+        received_at=uow.now,
         coverage_namespaces=sorted({ns for ns, _ in covered}),
         coverage_hash=coverage_hash(covered) if covered else None,
-        app_count=len(apps),
+        app_count=app_count,
         token_id=token_id,
     )
     uow.session.add(row)
     uow.session.flush()
-    if device.first_report_at is None or observed_at < device.first_report_at:
-        device.first_report_at = observed_at
+    if device.first_report_at is None or feed.observed_at < device.first_report_at:
+        device.first_report_at = feed.observed_at
+    return row
 
-    feed = (
-        (Observation.device_id == device.id)
-        & (Observation.source == report.source)
-        & (Observation.evidence_kind == kind)
-    )
-    existing = {
-        (o.namespace, o.value): o for o in uow.session.scalars(select(Observation).where(feed))
-    }
-    stored_coverage = {
-        (c.namespace, c.value): c
-        for c in uow.session.scalars(
-            select(Coverage).where(
-                Coverage.device_id == device.id,
-                Coverage.source == report.source,
-                Coverage.evidence_kind == kind,
-            )
-        )
-    }
-    applied_any = False
+
+def _replace_coverage(
+    uow: UnitOfWork,
+    feed: _Feed,
+    covered: list[tuple[str, str]],
+    stored: dict[tuple[str, str], Coverage],
+    *,
+    report_id: int,
+) -> list[tuple[str, str]]:
+    """Move the feed's coverage to this report wherever no newer report already spoke; returns
+    the parts it now speaks for."""
     replaced: list[tuple[str, str]] = []
     for namespace, value in covered:
-        current = stored_coverage.get((namespace, value))
-        if current is not None and current.observed_at > observed_at:
+        current = stored.get((namespace, value))
+        if current is not None and current.observed_at > feed.observed_at:
             continue  # a newer report already spoke for this part
-        applied_any = True
         replaced.append((namespace, value))
         if current is None:
             uow.session.add(
                 Coverage(
-                    device_id=device.id,
-                    source=report.source,
-                    evidence_kind=kind,
+                    device_id=feed.device_id,
+                    source=feed.source,
+                    evidence_kind=feed.kind,
                     namespace=namespace,
                     value=value,
-                    observed_at=observed_at,
-                    report_id=row.id,
+                    observed_at=feed.observed_at,
+                    report_id=report_id,
                 )
             )
         else:
-            current.observed_at = observed_at
-            current.report_id = row.id
+            current.observed_at = feed.observed_at
+            current.report_id = report_id
+    return replaced
 
-    def in_replaced(namespace: str, key: str) -> bool:
-        return any(ns == namespace and value in ("", key) for ns, value in replaced)
 
+def _apply_observations(
+    uow: UnitOfWork,
+    feed: _Feed,
+    apps: Apps,
+    existing: dict[tuple[str, str], Observation],
+    stored: dict[tuple[str, str], Coverage],
+    replaced: list[tuple[str, str]],
+) -> bool:
+    """Delete what the replaced coverage no longer shows, add or refresh what the report saw;
+    returns whether any sighting was newer than what is stored."""
+    observed_at = feed.observed_at
     for (namespace, key), gone in existing.items():
-        if (namespace, key) not in apps and in_replaced(namespace, key):
+        if (namespace, key) not in apps and any(
+            ns == namespace and value in ("", key) for ns, value in replaced
+        ):
             uow.session.delete(gone)
+    applied_any = False
     for (namespace, key), (raw, version, name) in apps.items():
         observation = existing.get((namespace, key))
         if observation is None:
-            if stale_part(stored_coverage, namespace, key, observed_at):
+            if stale_part(stored, namespace, key, observed_at):
                 continue
             applied_any = True
             uow.session.add(
                 Observation(
-                    device_id=device.id,
-                    source=report.source,
-                    evidence_kind=kind,
+                    device_id=feed.device_id,
+                    source=feed.source,
+                    evidence_kind=feed.kind,
                     namespace=namespace,
                     value=key,
                     raw_value=raw,
@@ -313,10 +378,6 @@ def apply_report(
             observation.first_seen_at = min(observation.first_seen_at, observed_at)
         elif observed_at < observation.first_seen_at:
             observation.first_seen_at = observed_at  # an older report proves an earlier sighting
-    if kind == EvidenceKind.NONE:
-        applied_any = True
-    row.applied = applied_any
-    uow.session.flush()
     return applied_any
 
 

@@ -238,6 +238,22 @@ def _header(cells: list[str], line: int, filename: str) -> list[str]:
     return names
 
 
+_Fail = Callable[[_Row, str, str], None]  # record a problem at (row, column)
+
+
+@dataclass
+class _DeviceValues:
+    """The checked device columns of one device: each value, the row it was first given on, and
+    the (column, cell) pairs that failed their check (reported once)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    given_on: dict[str, _Row] = field(default_factory=dict)
+    bad_cells: set[tuple[str, str]] = field(default_factory=set)
+
+    def bad(self, column: str) -> bool:
+        return any(c == column for c, _ in self.bad_cells)
+
+
 def _device(device: _Device, filename: str) -> tuple[ReportFacts | None, PersonFacts | None]:
     """Validate every row of one device; problems go to device.problems."""
     first = device.rows[0]
@@ -246,65 +262,15 @@ def _device(device: _Device, filename: str) -> tuple[ReportFacts | None, PersonF
         device.problems.append(Problem(f"{filename}:{row.line}:{column}", message))
 
     identifiers = _identifiers(first, fail)
-    values: dict[str, Any] = {}
-    where_set: dict[str, _Row] = {}
-    bad_cells: set[tuple[str, str]] = set()
-    for row in device.rows:
-        for column in DEVICE_COLUMNS:
-            cell = row.cells.get(column, "").strip()
-            if not cell or (column, cell) in bad_cells:
-                continue
-            try:
-                value = _CHECKS[column](cell)
-            except FieldError as bad:
-                bad_cells.add((column, cell))
-                fail(row, column, f"{column}: {bad.message}")
-                continue
-            if column not in values:
-                values[column], where_set[column] = value, row
-            elif values[column] != value:
-                fail(
-                    row,
-                    column,
-                    f"{column} {show(cell)} differs from {_shown(values[column])} on row "
-                    f"{where_set[column].line} of the same device",
-                )
-
-    apps: list[AppSeen] = []
-    first_app: _Row | None = None
-    for row in device.rows:
-        app = _app(row, fail)
-        if app is not None:
-            apps.append(app)
-            first_app = first_app or row
-            if len(apps) == MAX_APPS_PER_REPORT + 1:
-                fail(row, "app_value", too_many_apps(len(apps)) or "")
-
-    kind: EvidenceKind | None = values.get("evidence_kind")
-    for column in ("source", "evidence_kind"):
-        if column not in values and not any(c == column for c, _ in bad_cells):
-            fail(first, column, f"{column} is required")
-    if kind in ANSWER_KINDS:
-        fail(
-            where_set["evidence_kind"],
-            "evidence_kind",
-            f"{kind} reports cannot be written in CSV (they need the checked identifiers); "
-            "use the native format",
-        )
-    elif kind is not None:
-        for _, message in app_coverage_problems(
-            kind, apps=len(apps), has_coverage=False, checked=0
-        ):
-            fail(first_app or first, "app_namespace", message)
-    owner = values.get("owner_email")
-    if owner is None and "owner_email" not in {c for c, _ in bad_cells}:
-        for column in ("owner_name", "owner_time_zone"):
-            if column in values:
-                fail(where_set[column], column, f"{column} is given without an owner_email")
-
+    checked = _device_values(device.rows, fail)
+    apps, first_app = _device_apps(device.rows, fail)
+    _check_report(checked, first, apps=len(apps), app_row=first_app or first, fail=fail)
     device.problems.sort(key=lambda p: int(p.where.rsplit(":", 2)[-2]))  # by row, stably
+    kind: EvidenceKind | None = checked.values.get("evidence_kind")
     if device.problems or identifiers is None or kind is None:
         return None, None
+    values = checked.values
+    owner = values.get("owner_email")
     facts = DeviceFacts(
         identifiers=identifiers,
         platform=values.get("platform"),
@@ -332,6 +298,72 @@ def _device(device: _Device, filename: str) -> tuple[ReportFacts | None, PersonF
     return report, person
 
 
+def _device_values(rows: list[_Row], fail: _Fail) -> _DeviceValues:
+    """Check every device column on every row; a non-empty cell must agree with the others."""
+    checked = _DeviceValues()
+    for row in rows:
+        for column in DEVICE_COLUMNS:
+            cell = row.cells.get(column, "").strip()
+            if not cell or (column, cell) in checked.bad_cells:
+                continue
+            try:
+                value = _CHECKS[column](cell)
+            except FieldError as bad:
+                checked.bad_cells.add((column, cell))
+                fail(row, column, f"{column}: {bad.message}")
+                continue
+            if column not in checked.values:
+                checked.values[column], checked.given_on[column] = value, row
+            elif checked.values[column] != value:
+                fail(
+                    row,
+                    column,
+                    f"{column} {show(cell)} differs from {_shown(checked.values[column])} on row "
+                    f"{checked.given_on[column].line} of the same device",
+                )
+    return checked
+
+
+def _device_apps(rows: list[_Row], fail: _Fail) -> tuple[list[AppSeen], _Row | None]:
+    """The apps of the device's rows, at most MAX_APPS_PER_REPORT, and the row of the first."""
+    apps: list[AppSeen] = []
+    first_app: _Row | None = None
+    for row in rows:
+        app = _app(row, fail)
+        if app is not None:
+            apps.append(app)
+            first_app = first_app or row
+            if len(apps) == MAX_APPS_PER_REPORT + 1:
+                fail(row, "app_value", too_many_apps(len(apps)) or "")
+    return apps, first_app
+
+
+def _check_report(
+    checked: _DeviceValues, first: _Row, *, apps: int, app_row: _Row, fail: _Fail
+) -> None:
+    """The rules across columns: source and evidence kind given, a kind CSV can carry whose apps
+    agree with it, and owner attributes only with an owner."""
+    values = checked.values
+    kind: EvidenceKind | None = values.get("evidence_kind")
+    for column in ("source", "evidence_kind"):
+        if column not in values and not checked.bad(column):
+            fail(first, column, f"{column} is required")
+    if kind in ANSWER_KINDS:
+        fail(
+            checked.given_on["evidence_kind"],
+            "evidence_kind",
+            f"{kind} reports cannot be written in CSV (they need the checked identifiers); "
+            "use the native format",
+        )
+    elif kind is not None:
+        for _, message in app_coverage_problems(kind, apps=apps, has_coverage=False, checked=0):
+            fail(app_row, "app_namespace", message)
+    if values.get("owner_email") is None and not checked.bad("owner_email"):
+        for column in ("owner_name", "owner_time_zone"):
+            if column in values:
+                fail(checked.given_on[column], column, f"{column} is given without an owner_email")
+
+
 def _shown(value: object) -> str:
     if isinstance(value, tuple):
         return show(" ".join(value))
@@ -340,9 +372,7 @@ def _shown(value: object) -> str:
     return show(str(value))
 
 
-def _identifiers(
-    row: _Row, fail: Callable[[_Row, str, str], None]
-) -> tuple[tuple[str, str], ...] | None:
+def _identifiers(row: _Row, fail: _Fail) -> tuple[tuple[str, str], ...] | None:
     cell = row.cells.get("device_identifiers", "")
     tokens = cell.split()
     if not tokens:
@@ -365,7 +395,7 @@ def _identifiers(
     return dedupe(pairs) if ok else None
 
 
-def _app(row: _Row, fail: Callable[[_Row, str, str], None]) -> AppSeen | None:
+def _app(row: _Row, fail: _Fail) -> AppSeen | None:
     cells = {c: row.cells.get(c, "").strip() for c in APP_COLUMNS}
     if not cells["app_namespace"] and not cells["app_value"]:
         for column in ("app_version", "app_name"):

@@ -4,11 +4,11 @@
 shape as a JSON Schema. This module turns a file (or an already decoded HTTP body) into the neutral
 records of `appwarden.devices.schemas`, without touching the store.
 
-Error semantics (DESIGN.md §4.1): a problem in the top-level structure makes the whole input invalid
-(InvalidInput). A problem inside one person or one device entry skips that whole entry — never just
-the bad app inside it, which would fake absence — and is recorded as a located string in
-`InventoryBatch.skipped`; with `strict=True` any such problem raises InvalidInput listing every
-problem instead (all-or-nothing).
+Error semantics (docs/inventory-native.md; facts in docs/architecture.md): a problem in the
+top-level structure makes the whole input invalid (InvalidInput). A problem inside one person or
+one device entry skips that whole entry — never just the bad app inside it, which would fake
+absence — and is recorded as a located string in `InventoryBatch.skipped`; with `strict=True` any
+such problem raises InvalidInput listing every problem instead (all-or-nothing).
 
 Files are decoded with the standard library's C JSON scanner, one array element at a time, so that
 every person and device entry has a `FILE:LINE:COL` without building a position map of the whole
@@ -582,13 +582,7 @@ def _report(
         source = entry.run((*path, "source"), check_source_name, obj["source"])
     elif default_source is None:
         entry.fail(path, "a report needs a source: give report.source or a top-level source")
-    coverage: list[str] | None = None
-    if obj.get("coverage") is not None:
-        coverage = []
-        for i, item in enumerate(entry.list_of(obj["coverage"], (*path, "coverage"))):
-            ns = entry.run((*path, "coverage", i), lambda s: check_enum(s, AppNamespace), item)
-            if ns is not None:
-                coverage.append(str(ns))
+    coverage = _report_coverage(entry, obj, path)
     checked: list[tuple[str, str]] = []
     if obj.get("checked") is not None:
         checked = _pairs(
@@ -599,36 +593,9 @@ def _report(
             CHECKED_KEYS,
             AppNamespace,
         )
-    apps: list[AppSeen] = []
-    raw_apps: list[Any] = []
-    if obj.get("apps") is not None:
-        raw_apps = entry.list_of(obj["apps"], (*path, "apps"))
-    limit = too_many_apps(len(raw_apps))
-    if limit:  # past the limit, one problem says it all
-        entry.fail((*path, "apps"), limit)
-    else:
-        for i, item in enumerate(raw_apps):
-            app = _app(entry, item, (*path, "apps", i))
-            if app is not None:
-                apps.append(app)
+    apps, listed = _report_apps(entry, obj, path)
     if kind is not None:
-        raw_checked = obj.get("checked")
-        for key, message in app_coverage_problems(
-            kind,
-            apps=len(raw_apps),
-            has_coverage=obj.get("coverage") is not None,
-            checked=len(raw_checked) if isinstance(raw_checked, list) else 0,
-        ):
-            entry.fail((*path, key) if key in obj else path, message)
-        if kind in ANSWER_KINDS and checked:
-            answered = set(checked)
-            for i, app in enumerate(apps):
-                if (app.namespace, app.value) not in answered:
-                    entry.fail(
-                        (*path, "apps", i),
-                        f"{app.namespace}:{app.value} is not among the checked identifiers; "
-                        f"a {kind} report can only say which checked identifiers are present",
-                    )
+        _check_report_kind(entry, obj, path, kind, apps=apps, listed=listed, checked=checked)
     if entry.problems or device is None or kind is None or source is None:
         return None
     return ReportFacts(
@@ -641,6 +608,67 @@ def _report(
         checked=dedupe(checked),
         where=where(path[:-1]),
     )
+
+
+def _report_coverage(entry: _Entry, obj: dict[str, Any], path: Path) -> list[str] | None:
+    """The app namespaces the report lists completely (None: the kind's default)."""
+    if obj.get("coverage") is None:
+        return None
+    coverage: list[str] = []
+    for i, item in enumerate(entry.list_of(obj["coverage"], (*path, "coverage"))):
+        ns = entry.run((*path, "coverage", i), lambda s: check_enum(s, AppNamespace), item)
+        if ns is not None:
+            coverage.append(str(ns))
+    return coverage
+
+
+def _report_apps(entry: _Entry, obj: dict[str, Any], path: Path) -> tuple[list[AppSeen], int]:
+    """The valid apps of the report, and how many it listed; past the limit one problem says it
+    all and no app is read."""
+    raw_apps: list[Any] = []
+    if obj.get("apps") is not None:
+        raw_apps = entry.list_of(obj["apps"], (*path, "apps"))
+    apps: list[AppSeen] = []
+    limit = too_many_apps(len(raw_apps))
+    if limit:
+        entry.fail((*path, "apps"), limit)
+    else:
+        for i, item in enumerate(raw_apps):
+            app = _app(entry, item, (*path, "apps", i))
+            if app is not None:
+                apps.append(app)
+    return apps, len(raw_apps)
+
+
+def _check_report_kind(
+    entry: _Entry,
+    obj: dict[str, Any],
+    path: Path,
+    kind: EvidenceKind,
+    *,
+    apps: list[AppSeen],
+    listed: int,
+    checked: list[tuple[str, str]],
+) -> None:
+    """Apps, coverage and checked identifiers must fit the evidence kind; an answer kind may only
+    name checked identifiers as present."""
+    raw_checked = obj.get("checked")
+    for key, message in app_coverage_problems(
+        kind,
+        apps=listed,
+        has_coverage=obj.get("coverage") is not None,
+        checked=len(raw_checked) if isinstance(raw_checked, list) else 0,
+    ):
+        entry.fail((*path, key) if key in obj else path, message)
+    if kind in ANSWER_KINDS and checked:
+        answered = set(checked)
+        for i, app in enumerate(apps):
+            if (app.namespace, app.value) not in answered:
+                entry.fail(
+                    (*path, "apps", i),
+                    f"{app.namespace}:{app.value} is not among the checked identifiers; "
+                    f"a {kind} report can only say which checked identifiers are present",
+                )
 
 
 def dedupe_apps(apps: list[AppSeen]) -> tuple[AppSeen, ...]:

@@ -1,4 +1,4 @@
-"""Who is told what, and when (DESIGN.md §5). The preview and the release run this same code:
+"""Who is told what, and when (docs/notices.md). The preview and the release run this same code:
 `plan_release` decides every notice, `materialise` queues it.
 
     announce     people with a device in action_required, non_compliant or unknown at release
@@ -355,84 +355,22 @@ def plan_release(
         "no_longer_affected": [],
         "unchanged": [],
     }
-    members = {
-        pid
-        for pid, entries in audience.by_person.items()
-        if audience.people[pid].status == "active"
-        and any(e.state in AUDIENCE_STATES for _, e in entries)
-    }
+    members = _members(audience)
     for pid in sorted(members, key=lambda p: audience.people[p].email):
         person = audience.people[pid]
         entries = [(d, e) for d, e in audience.by_person[pid] if e.state in AUDIENCE_STATES]
         devices = _lines(uow, entries, apps)
-        if pid not in told:
-            rendered = render_notice(
-                config,
-                person,
-                version,
-                doc,
-                kind="announce",
-                template=doc.notices.announce_template,
-                devices=devices,
-            )
-            notices.append(
-                _planned(
-                    person,
-                    "announce",
-                    doc.notices.announce_template,
-                    "announce",
-                    release_at,
-                    devices,
-                    rendered,
-                )
-            )
-            diff["announce"].append(person.email)
-        elif changes:
-            rendered = render_notice(
-                config,
-                person,
-                version,
-                doc,
-                kind="update",
-                template="update",
-                devices=devices,
-                changes=changes,
-            )
-            notices.append(
-                _planned(
-                    person,
-                    "update",
-                    "update",
-                    f"v{version.number}",
-                    release_at,
-                    devices,
-                    rendered,
-                    changes=list(changes),
-                )
-            )
-            diff["update"].append(person.email)
-        else:
-            diff["unchanged"].append(person.email)
+        bucket, notice = _member_notice(
+            config, person, version, doc, devices, told=pid in told, changes=changes, at=release_at
+        )
+        diff[bucket].append(person.email)
+        notices += [notice] if notice is not None else []
         notices += reminders_for(config, person, version, doc, devices, release_at)
     for pid in sorted(told - members):
         leaver = uow.session.get(Person, pid)
         assert leaver is not None
-        person = leaver
-        rendered = render_notice(
-            config, person, version, doc, kind="update", template="no-longer-affected", devices=()
-        )
-        notices.append(
-            _planned(
-                person,
-                "update",
-                "no-longer-affected",
-                f"v{version.number}",
-                release_at,
-                (),
-                rendered,
-            )
-        )
-        diff["no_longer_affected"].append(person.email)
+        notices.append(_leaver_notice(config, leaver, version, doc, at=release_at))
+        diff["no_longer_affected"].append(leaver.email)
     notices += _exemption_notices(uow, config, version, doc, release_at)
     return ReleasePlan(
         policy_id=version.policy_id,
@@ -448,6 +386,74 @@ def plan_release(
         ],
         audience=diff,
     )
+
+
+def _members(audience: _Audience) -> set[int]:
+    """Active people with at least one device the release asks something of."""
+    return {
+        pid
+        for pid, entries in audience.by_person.items()
+        if audience.people[pid].status == "active"
+        and any(e.state in AUDIENCE_STATES for _, e in entries)
+    }
+
+
+def _member_notice(
+    config: NoticeConfig,
+    person: Person,
+    version: PolicyVersion,
+    doc: PolicyDocument,
+    devices: tuple[DeviceLine, ...],
+    *,
+    told: bool,
+    changes: tuple[str, ...],
+    at: datetime,
+) -> tuple[str, PlannedNotice | None]:
+    """What a member of the audience is sent at release, and the audience bucket they fall in:
+    an announcement if never told, an update if the version changed what they were told."""
+    if not told:
+        template = doc.notices.announce_template
+        rendered = render_notice(
+            config, person, version, doc, kind="announce", template=template, devices=devices
+        )
+        return "announce", _planned(person, "announce", template, "announce", at, devices, rendered)
+    if not changes:
+        return "unchanged", None
+    rendered = render_notice(
+        config,
+        person,
+        version,
+        doc,
+        kind="update",
+        template="update",
+        devices=devices,
+        changes=changes,
+    )
+    return "update", _planned(
+        person,
+        "update",
+        "update",
+        f"v{version.number}",
+        at,
+        devices,
+        rendered,
+        changes=list(changes),
+    )
+
+
+def _leaver_notice(
+    config: NoticeConfig,
+    person: Person,
+    version: PolicyVersion,
+    doc: PolicyDocument,
+    *,
+    at: datetime,
+) -> PlannedNotice:
+    """The "no longer affected" update to someone told before who left the audience."""
+    rendered = render_notice(
+        config, person, version, doc, kind="update", template="no-longer-affected", devices=()
+    )
+    return _planned(person, "update", "no-longer-affected", f"v{version.number}", at, (), rendered)
 
 
 def _exemption_notices(
