@@ -3,6 +3,7 @@ embedded worker."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,10 +251,33 @@ def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
     assert "security" not in doc["paths"]["/healthz"]["get"]
 
 
-def test_openapi_document_is_stable(store, tmp_path):
+OPENAPI_SNAPSHOT = Path(__file__).with_name("openapi.json")
+
+
+def _serialised_openapi(store, tmp_path: Path) -> str:
+    """A fresh application's document as canonical JSON; the package version is left out so a
+    release does not count as an API change."""
     app = create_app(_settings(store, tmp_path))
-    assert openapi_document(app) == openapi_document(app)
-    app.state.runtime.close()
+    try:
+        doc = openapi_document(app)
+    finally:
+        app.state.runtime.close()
+    doc["info"].pop("version")
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def test_openapi_document_is_stable(store, tmp_path):
+    """The document equals the committed snapshot, so any change to the API shows up as a failing
+    test and a reviewed diff. After an intended change, regenerate the snapshot with
+    `APPWARDEN_UPDATE_OPENAPI=1 pytest tests/web/test_api.py -k openapi_document_is_stable`."""
+    first = _serialised_openapi(store, tmp_path)
+    assert _serialised_openapi(store, tmp_path) == first  # two applications, one document
+    if os.environ.get("APPWARDEN_UPDATE_OPENAPI") == "1":
+        OPENAPI_SNAPSHOT.write_text(first)
+    assert first == OPENAPI_SNAPSHOT.read_text(), (
+        f"the OpenAPI document differs from {OPENAPI_SNAPSHOT.name}: review the API change, "
+        "then regenerate the snapshot (APPWARDEN_UPDATE_OPENAPI=1)"
+    )
 
 
 def test_serve_runs_uvicorn_with_the_app_and_says_where_to_look(store, cli, monkeypatch):

@@ -26,6 +26,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from appwarden.notifications.channels import (
     DeliveryError,
@@ -394,18 +398,11 @@ def test_outgoing_email_needs_a_message_id():
     assert item.message_id == "<notice-1.abc@appwarden.test>"
 
 
-# --- TLS (needs the optional `cryptography` package to make a certificate) ---------------------
+# --- TLS (a throwaway certificate made with `cryptography`, a required dependency) -------------
 
 
 @pytest.fixture
 def tls_files(tmp_path) -> tuple[Path, Path]:
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        pytest.skip("the cryptography package is not installed: no test certificate")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
