@@ -28,8 +28,7 @@ KEY = "gate-test-proxy-key-0123456789abcdef"
 
 
 @pytest.fixture
-def gate(cli, store, tmp_path: Path) -> Iterator[dict]:
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def gate(store, tmp_path: Path, demo) -> Iterator[dict]:
     clock = tmp_path / "clock"
     clock.write_text("2020-07-10T12:00:00-07:00")
     settings = Settings(

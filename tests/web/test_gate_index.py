@@ -48,12 +48,6 @@ BEFORE = "2020-07-10T12:00:00-07:00"
 AFTER = "2020-07-11T12:00:00-07:00"
 
 
-@pytest.fixture
-def demo(cli):
-    result = cli("demo", "--base-time", "2020-07-10T09:00:00-07:00")
-    assert result.code == 0, result.err
-
-
 def _requests(store) -> list[GateRequest]:
     """Every known and one unseen device, without one, for every name people answer to (and
     near misses), signed in as that name with `User=` agreeing or absent, and unauthenticated."""

@@ -17,9 +17,10 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Mount
+from tests.conftest import api_token, bearer
 
 from appwarden.db.uow import unit_of_work
-from appwarden.identity.tokens import create_token, revoke
+from appwarden.identity.tokens import revoke
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
 from appwarden.web.app import create_app
@@ -45,23 +46,10 @@ EXPECTED = {
 }
 
 
-def _source_for(permissions) -> str | None:
-    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
-    return "mdm-export" if Permission.INVENTORY_WRITE in permissions else None
-
-
 def _settings(store, **overrides) -> Settings:
     return Settings(
         database_url=store.url, env="test", clock="fixed:2020-07-11T12:00:00-07:00", **overrides
     )
-
-
-def _token(store, *permissions: Permission, name: str = "t") -> str:
-    with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(
-            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
-        )
-    return secret
 
 
 def _concrete(path: str) -> str:
@@ -95,20 +83,20 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
         for method in route.methods - {"HEAD"}:
             assert required_permissions(route) == [EXPECTED[(method, path)]]
 
-    revoked = _token(store, Permission.ADMIN, name="revoked")
+    revoked = api_token(store, Permission.ADMIN, name="revoked")
     with unit_of_work(store.engine, now=NOW) as uow:
         revoke(uow, int(revoked.split("_")[1]))
     wrong = {
-        needed: _token(
+        needed: api_token(
             store, *(set(Permission) - {needed, Permission.ADMIN}), name=f"all-but-{needed}"
         )
         for needed in set(EXPECTED.values())
     }
     # The brief's pairs as well: a read-only token on write routes, a writer on read routes.
     narrow = {
-        Permission.INVENTORY_WRITE: _token(store, Permission.READ, name="reader"),
-        Permission.DECISIONS_READ: _token(store, Permission.INVENTORY_WRITE, name="writer"),
-        Permission.READ: _token(
+        Permission.INVENTORY_WRITE: api_token(store, Permission.READ, name="reader"),
+        Permission.DECISIONS_READ: api_token(store, Permission.INVENTORY_WRITE, name="writer"),
+        Permission.READ: api_token(
             store, Permission.INVENTORY_WRITE, Permission.DECISIONS_READ, name="machine"
         ),
     }
@@ -127,7 +115,7 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
                 assert response.headers["www-authenticate"].startswith("Bearer")
 
             for token in (wrong[needed], narrow[needed]):
-                response = client.request(method, url, headers={"Authorization": f"Bearer {token}"})
+                response = client.request(method, url, headers=bearer(token))
                 assert response.status_code == 403, (method, url)
                 assert response.headers["content-type"] == "application/problem+json"
                 body = response.json()
@@ -247,7 +235,7 @@ def test_near_miss_paths_never_answer_5xx_or_redirect_around_the_check(store, ca
     (rightly) blocked as a 500. Every route, with a slash added or stripped and other odd forms,
     answers a 4xx problem (or the route itself): never 5xx, never a redirect, never an ERROR."""
     app = create_app(_settings(store))
-    token = _token(store, Permission.ADMIN, name="admin")
+    token = api_token(store, Permission.ADMIN, name="admin")
     paths = {_concrete(route_path(route)) for route in app.routes}
     paths |= {"/v1/decisions/", "/v1/decisions/%2F", "/v1/decisions/x/", "//healthz", "/"}
     # The gate is being rewritten elsewhere: only its forward route's trailing slash is in scope.
@@ -257,7 +245,7 @@ def test_near_miss_paths_never_answer_5xx_or_redirect_around_the_check(store, ca
         probes = sorted({v for p in paths for v in _path_variants(p)} | {"/gate/forward/"})
         for probe in probes:
             for method in ("GET", "POST", "PUT", "DELETE"):
-                for headers in ({}, {"Authorization": f"Bearer {token}"}):
+                for headers in ({}, bearer(token)):
                     response = client.request(method, probe, headers=headers)
                     assert response.status_code < 500, (method, probe, response.text)
                     assert not 300 <= response.status_code < 400, (method, probe)
@@ -265,7 +253,7 @@ def test_near_miss_paths_never_answer_5xx_or_redirect_around_the_check(store, ca
                         assert response.headers["content-type"] == "application/problem+json"
         # A trailing slash is simply not the route: a 404 problem, not the route's answer.
         for probe in ("/healthz/", "/metrics/", "/v1/decisions/", "/openapi.json/"):
-            response = client.get(probe, headers={"Authorization": f"Bearer {token}"})
+            response = client.get(probe, headers=bearer(token))
             assert response.status_code == 404, probe
             assert response.json()["code"] == "not_found"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

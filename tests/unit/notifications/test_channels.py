@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from tests.proxy_harness import free_port
 
 from appwarden.notifications.channels import (
     DeliveryError,
@@ -203,9 +204,7 @@ def smtp_server(smtp_server_factory) -> SmtpServer:
 
 @pytest.fixture
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port()  # nobody listens on it
 
 
 def send_expecting_error(channel, item) -> DeliveryError:
