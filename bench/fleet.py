@@ -88,7 +88,9 @@ def _android(i: int) -> bool:
     return i % 2 == 1
 
 
-def device_entry(i: int, *, tiktok: bool, observed_at: str, with_facts: bool = True) -> dict:
+def device_entry(
+    i: int, *, tiktok: bool, observed_at: str, with_facts: bool = True
+) -> dict[str, Any]:
     """The native-format device entry of extra device `i` with one inventory report."""
     android = _android(i)
     if android:
@@ -119,7 +121,9 @@ def device_entry(i: int, *, tiktok: bool, observed_at: str, with_facts: bool = T
     return entry
 
 
-def inventory_document(devices: list[dict], people: list[dict] | None = None) -> dict:
+def inventory_document(
+    devices: list[dict[str, Any]], people: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
         "format": "appwarden.inventory/v1",
         "source": SOURCE,

@@ -386,7 +386,8 @@ def _open_loop_in_child(
     subprocess.run(  # noqa: S603 - our own interpreter and module
         command, cwd=root, timeout=seconds + 120, check=True
     )
-    return json.loads(out.read_text())
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
 
 
 # ── correctness on a sample ───────────────────────────────────────────────────────────────────

@@ -149,7 +149,7 @@ def run(fleet: Fleet, params: Params, note: Note, advance: Advance) -> dict[str,
     other_p99 = other["p99_ms"] if other_s else float("inf")
     # Timeouts count as slower than any measured flip: the p99 must cover them too.
     other_ok = other_timeouts <= measured // 100 and other_p99 <= BAR_OTHER_P99_MS
-    bars = {
+    bars: dict[str, dict[str, Any]] = {
         "same_process_read_your_writes": {
             "bar": "0 failures",
             "value": len(same_failures),

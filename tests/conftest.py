@@ -13,6 +13,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -23,7 +24,11 @@ from sqlalchemy.engine import make_url
 from appwarden.cli.main import run
 from appwarden.db import migrate
 from appwarden.db.engine import make_engine
+from appwarden.db.uow import unit_of_work
+from appwarden.identity.tokens import create_token
+from appwarden.vocabulary import Permission
 from appwarden.wiring import metadata
+from tests.proxy_harness import free_port
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "APPWARDEN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -128,6 +133,31 @@ def cli(store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
     return invoke
 
 
+@pytest.fixture
+def demo(cli) -> None:
+    """The reference organisation (`appwarden demo`), made the day before the deadline."""
+    result = cli("demo", "--base-time", "2020-07-10T09:00:00-07:00")
+    assert result.code == 0, result.err
+
+
+TOKEN_CREATED_AT = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
+
+
+def api_token(store: Store, *permissions: Permission, name: str = "t") -> str:
+    """The secret of a new API token with `permissions`. A token that may write inventory is
+    bound to one source: it writes as the demo's MDM, `mdm-export`."""
+    writes = {Permission.INVENTORY_WRITE, Permission.ADMIN} & set(permissions)
+    with unit_of_work(store.engine, now=TOKEN_CREATED_AT) as uow:
+        _, secret = create_token(
+            uow, name, [str(p) for p in permissions], source="mdm-export" if writes else None
+        )
+    return secret
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
 def table_digest(engine: Engine, *, exclude: tuple[str, ...] = ()) -> str:
     """A digest of every row of every table (but those excluded): equal digests mean nothing
     changed."""
@@ -173,7 +203,6 @@ class SmtpServer:
 def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
     import email
     import email.policy
-    import socket
 
     from aiosmtpd.controller import Controller
 
@@ -184,9 +213,7 @@ def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
             received.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
             return "250 OK"
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     controller = Controller(Keep(), hostname="127.0.0.1", port=port)
     controller.start()
     monkeypatch.setenv("APPWARDEN_SMTP_HOST", "127.0.0.1")

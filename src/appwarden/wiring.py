@@ -36,7 +36,7 @@ from appwarden.policies import models as _policies_models  # noqa: F401
 from appwarden.policies.models import PolicyVersion
 from appwarden.settings import Settings
 from appwarden.timeutil import iso
-from appwarden.usecases.enforce import configured
+from appwarden.usecases.enforcement import configured
 from appwarden.usecases.notices import (
     AUDIENCE_STATES,
     NoticeConfig,

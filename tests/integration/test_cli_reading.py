@@ -33,8 +33,7 @@ def test_an_unknown_catalog_slug_suggests_the_right_one(cli):
     assert "tiktok" in result.err
 
 
-def test_status_table_explains_each_state_in_words(cli):
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def test_status_table_explains_each_state_in_words(cli, demo):
     table = cli("status", "--at", "2020-07-11T12:00:00-07:00")
     assert table.code == 0
     lines = {
@@ -63,8 +62,7 @@ def test_status_table_explains_each_state_in_words(cli):
     ]
 
 
-def test_status_of_an_unknown_policy_or_device_is_a_clear_error(cli):
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def test_status_of_an_unknown_policy_or_device_is_a_clear_error(cli, demo):
     missing = cli("status", "--policy", "nope")
     assert missing.code == 3
     assert "no policy 'nope'" in missing.err
@@ -101,8 +99,7 @@ def test_a_schema_that_is_not_current_is_refused(cli, tmp_path):
     assert code == 4
 
 
-def test_the_exchange_script_sets_each_device_to_its_current_decision(cli):
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def test_the_exchange_script_sets_each_device_to_its_current_decision(cli, demo):
     assert cli("worker", "--once", "--at", "2020-07-11T12:00:00-07:00").code == 0
     script = cli("enforcement", "exchange-script", "--at", "2020-07-11T12:00:00-07:00")
     assert script.code == 0

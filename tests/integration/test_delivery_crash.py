@@ -14,7 +14,6 @@ import email.parser
 import email.policy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from tests.proxy_harness import free_port
 
 from appwarden.db.uow import unit_of_work
 from appwarden.identity.models import Person
@@ -66,9 +66,7 @@ class KillingSmtpServer:
 def killing_smtp() -> Iterator[KillingSmtpServer]:
     from aiosmtpd.controller import Controller
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = KillingSmtpServer("127.0.0.1", port, KILL_AT)
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
 

@@ -74,8 +74,9 @@ def google(tmp_path, monkeypatch):
     thread.join(timeout=10)
 
 
-def test_block_after_the_deadline_and_approve_after_the_retraction(cli, store, google, tmp_path):
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def test_block_after_the_deadline_and_approve_after_the_retraction(
+    cli, store, google, tmp_path, demo
+):
     known = tmp_path / "google.json"
     known.write_text(
         json.dumps(

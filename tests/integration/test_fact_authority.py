@@ -104,9 +104,8 @@ def _decision(store) -> str:
 
 
 @pytest.fixture
-def organisation(store, cli) -> int:
+def organisation(store, cli, demo) -> int:
     """The reference organisation, an admin, and a token bound to another source (its id)."""
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
     assert cli("admin", "create", ADMIN, "--role", "admin").code == 0
     with unit_of_work(store.engine, now=NOW) as uow:
         token, _ = create_token(uow, "mail-agent", ["inventory:write"], source="mail-agent")

@@ -56,8 +56,7 @@ def settings(store, clock: Path, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def gate(cli, settings: Settings, clock: Path, tmp_path: Path) -> Iterator[Gate]:
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def gate(settings: Settings, clock: Path, tmp_path: Path, demo) -> Iterator[Gate]:
     with (
         serve_app(create_app(settings)) as port,
         start_upstream() as upstream,

@@ -14,9 +14,9 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy.engine import make_url
 from tests.conftest import _empty_postgres
+from tests.proxy_harness import free_port, serve_app
 
 from appwarden.cli.main import run
 from appwarden.db.engine import make_engine
@@ -28,12 +28,6 @@ EAS = "/Microsoft-Server-ActiveSync"
 ALICE = "6F24CAD599A5BF1A690246B8C68FAE8D"  # denied after the deadline
 BOB = "B0B0A1D2E3F4A5B6C7D8E9F0A1B2C3D4"  # compliant
 AT = "2020-07-11T12:00:00-07:00"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Forwarder:
@@ -94,27 +88,6 @@ class Forwarder:
             self._sockets.clear()
 
 
-class Server:
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not self.server.started:
-            time.sleep(0.05)
-        assert self.server.started
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
 @pytest.fixture
 def organisation(postgres_database: str, capsys) -> str:
     engine = make_engine(postgres_database)
@@ -160,8 +133,8 @@ def test_on_store_failure(organisation, tmp_path, mode, alice, bob, source):
         gate_index_seconds=0.2,
         maildir=tmp_path / "mail",
     )
-    with Server(create_app(settings)) as server:
-        base = f"http://127.0.0.1:{server.port}"
+    with serve_app(create_app(settings)) as port:
+        base = f"http://127.0.0.1:{port}"
         assert ask(base, ALICE, "alice").status_code == 403
         assert ask(base, BOB, "bob").status_code == 200
         assert "x-appwarden-source" not in ask(base, BOB, "bob").headers

@@ -19,8 +19,7 @@ BEFORE = "2020-07-10T12:00:00-07:00"
 AFTER = "2020-07-11T12:00:00-07:00"
 
 
-def test_a_deadline_is_refreshed_in_batches(store, cli, tmp_path):
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def test_a_deadline_is_refreshed_in_batches(store, cli, tmp_path, demo):
     assert cli("worker", "--once", "--at", BEFORE).code == 0
     context = AppContext(Settings(database_url=store.url, maildir=tmp_path / "mail"))
     now = parse_instant(AFTER)

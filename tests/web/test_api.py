@@ -3,6 +3,7 @@ embedded worker."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,11 +13,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests.conftest import api_token, bearer
 
 from appwarden.audit.models import AuditEntry
 from appwarden.db.uow import unit_of_work
 from appwarden.identity.models import ApiToken
-from appwarden.identity.tokens import create_token
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
 from appwarden.web.app import create_app, openapi_document
@@ -28,40 +29,17 @@ AFTER_DEADLINE = "2020-07-11T12:00:00-07:00"
 NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 
 
-def _source_for(permissions) -> str | None:
-    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
-    return "mdm-export" if Permission.INVENTORY_WRITE in permissions else None
-
-
 def _settings(store, tmp_path: Path, clock: str = AFTER_DEADLINE) -> Settings:
     return Settings(
         database_url=store.url, env="test", clock=f"fixed:{clock}", maildir=tmp_path / "mail"
     )
 
 
-def _token(store, *permissions: Permission, name: str = "gate") -> str:
-    with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(
-            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
-        )
-    return secret
-
-
-def _auth(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-@pytest.fixture
-def demo(cli):
-    result = cli("demo", "--base-time", "2020-07-10T09:00:00-07:00")
-    assert result.code == 0, result.err
-
-
 def test_single_decisions_on_the_reference_memo(store, demo, tmp_path):
-    secret = _token(store, Permission.DECISIONS_READ)
-    writer = _token(store, Permission.INVENTORY_WRITE, name="mdm")
+    secret = api_token(store, Permission.DECISIONS_READ, name="gate")
+    writer = api_token(store, Permission.INVENTORY_WRITE, name="mdm")
     with TestClient(create_app(_settings(store, tmp_path))) as client:
-        alice = client.get(f"/v1/decisions/{ALICE_PHONE}/email", headers=_auth(secret))
+        alice = client.get(f"/v1/decisions/{ALICE_PHONE}/email", headers=bearer(secret))
         assert alice.status_code == 200, alice.text
         body = alice.json()
         assert body["decision"] == "deny"
@@ -78,16 +56,16 @@ def test_single_decisions_on_the_reference_memo(store, demo, tmp_path):
 
         # URL-encoded, and a bare value that names one device.
         encoded = client.get(
-            f"/v1/decisions/{quote(ALICE_PHONE, safe='')}/email", headers=_auth(secret)
+            f"/v1/decisions/{quote(ALICE_PHONE, safe='')}/email", headers=bearer(secret)
         )
         assert encoded.json()["decision"] == "deny"
-        bob = client.get("/v1/decisions/BOB-PIXEL-7731/email", headers=_auth(secret))
+        bob = client.get("/v1/decisions/BOB-PIXEL-7731/email", headers=bearer(secret))
         assert bob.status_code == 200
         assert bob.json()["decision"] == "allow"
         assert bob.json()["remediation_url"] is None
         assert bob.json()["person"] == "bob@example.com"
 
-        unknown = client.get("/v1/decisions/udid:NO-SUCH-DEVICE/email", headers=_auth(secret))
+        unknown = client.get("/v1/decisions/udid:NO-SUCH-DEVICE/email", headers=bearer(secret))
         assert unknown.status_code == 404
         assert unknown.headers["content-type"] == "application/problem+json"
         problem = unknown.json()
@@ -96,7 +74,7 @@ def test_single_decisions_on_the_reference_memo(store, demo, tmp_path):
         assert problem["instance"] == "/v1/decisions/udid:NO-SUCH-DEVICE/email"
         assert "NO-SUCH-DEVICE" in problem["detail"]
 
-        bad_resource = client.get(f"/v1/decisions/{ALICE_PHONE}/E%20MAIL", headers=_auth(secret))
+        bad_resource = client.get(f"/v1/decisions/{ALICE_PHONE}/E%20MAIL", headers=bearer(secret))
         assert bad_resource.status_code == 422
         assert bad_resource.json()["errors"][0]["where"] == "path:resource"
 
@@ -111,9 +89,9 @@ def test_single_decisions_on_the_reference_memo(store, demo, tmp_path):
                 }
             ],
         }
-        added = client.post("/v1/inventory", content=orjson.dumps(doc), headers=_auth(writer))
+        added = client.post("/v1/inventory", content=orjson.dumps(doc), headers=bearer(writer))
         assert added.status_code == 200, added.text
-        ambiguous = client.get("/v1/decisions/BOB-PIXEL-7731/email", headers=_auth(secret))
+        ambiguous = client.get("/v1/decisions/BOB-PIXEL-7731/email", headers=bearer(secret))
         assert ambiguous.status_code == 422
         assert ambiguous.json()["code"] == "ambiguous"
         assert "serial:BOB-PIXEL-7731" in ambiguous.json()["detail"]
@@ -121,7 +99,7 @@ def test_single_decisions_on_the_reference_memo(store, demo, tmp_path):
 
 
 def test_batch_decisions_answer_each_query(store, demo, tmp_path):
-    admin = _token(store, Permission.ADMIN, name="ops")  # admin implies decisions:read
+    admin = api_token(store, Permission.ADMIN, name="ops")  # admin implies decisions:read
     queries = [
         {"device": ALICE_PHONE, "resource": "email"},
         {"device": "udid:NO-SUCH-DEVICE", "resource": "email"},
@@ -129,7 +107,7 @@ def test_batch_decisions_answer_each_query(store, demo, tmp_path):
         {"device": ALICE_PHONE, "resource": "not a resource"},
     ]
     with TestClient(create_app(_settings(store, tmp_path))) as client:
-        response = client.post("/v1/decisions", json={"queries": queries}, headers=_auth(admin))
+        response = client.post("/v1/decisions", json={"queries": queries}, headers=bearer(admin))
         assert response.status_code == 200, response.text
         alice, unknown, bob, bad = response.json()["results"]
         assert alice["decision"] == "deny"
@@ -150,30 +128,32 @@ def test_batch_decisions_answer_each_query(store, demo, tmp_path):
         too_many = client.post(
             "/v1/decisions",
             json={"queries": [{"device": BOB_PHONE, "resource": "email"}] * 1001},
-            headers=_auth(admin),
+            headers=bearer(admin),
         )
         assert too_many.status_code == 422
         assert too_many.json()["errors"][0]["where"] == "$.queries"
 
         shapeless = client.post(
-            "/v1/decisions", json={"queries": [{"device": 3}], "extra": 1}, headers=_auth(admin)
+            "/v1/decisions", json={"queries": [{"device": 3}], "extra": 1}, headers=bearer(admin)
         )
         assert shapeless.status_code == 422
         wheres = {e["where"] for e in shapeless.json()["errors"]}
         assert wheres == {"$.queries[0].device", "$.queries[0].resource", "$.extra"}
 
-        not_json = client.post("/v1/decisions", content=b"{", headers=_auth(admin))
+        not_json = client.post("/v1/decisions", content=b"{", headers=bearer(admin))
         assert not_json.status_code == 422
         assert not_json.headers["content-type"] == "application/problem+json"
 
         # a repeated key is refused, never won by its last value; a byte order mark is fine
         query = f'{{"device": "{BOB_PHONE}", "resource": "email"}}'
         doubled = f'{{"queries": [{query}], "queries": []}}'.encode()
-        refused = client.post("/v1/decisions", content=doubled, headers=_auth(admin))
+        refused = client.post("/v1/decisions", content=doubled, headers=bearer(admin))
         assert refused.status_code == 422
         assert "duplicate key 'queries'" in refused.json()["detail"]
         marked = f'\ufeff{{"queries": [{query}]}}'.encode()
-        assert client.post("/v1/decisions", content=marked, headers=_auth(admin)).status_code == 200
+        assert (
+            client.post("/v1/decisions", content=marked, headers=bearer(admin)).status_code == 200
+        )
 
 
 def test_tokens_from_the_cli_are_hashed_audited_and_revocable(store, cli, tmp_path):
@@ -207,9 +187,9 @@ def test_tokens_from_the_cli_are_hashed_audited_and_revocable(store, cli, tmp_pa
 
     app = create_app(_settings(store, tmp_path))
     with TestClient(app) as client:
-        first = client.get("/v1/decisions/udid:NONE/email", headers=_auth(secret))
+        first = client.get("/v1/decisions/udid:NONE/email", headers=bearer(secret))
         assert first.status_code == 404  # authenticated and authorised: the device is unknown
-        client.get("/v1/decisions/udid:NONE/email", headers=_auth(secret))
+        client.get("/v1/decisions/udid:NONE/email", headers=bearer(secret))
         with unit_of_work(store.engine, now=NOW, write=False) as uow:
             token = uow.session.get(ApiToken, out["id"])
             assert token is not None
@@ -222,17 +202,17 @@ def test_tokens_from_the_cli_are_hashed_audited_and_revocable(store, cli, tmp_pa
         revoked = cli("token", "revoke", str(out["id"]), "--json")
         assert revoked.code == 0
         assert revoked.json()["revoked_at"] is not None
-        after = client.get("/v1/decisions/udid:NONE/email", headers=_auth(secret))
+        after = client.get("/v1/decisions/udid:NONE/email", headers=bearer(secret))
         assert after.status_code == 401
         assert 'error="invalid_token"' in after.headers["www-authenticate"]
     assert cli("token", "revoke", "999").code == 3
 
 
 def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
-    reader = _token(store, Permission.READ, name="reader")
+    reader = api_token(store, Permission.READ, name="reader")
     with TestClient(create_app(_settings(store, tmp_path))) as client:
         assert client.get("/openapi.json").status_code == 401
-        doc = client.get("/openapi.json", headers=_auth(reader)).json()
+        doc = client.get("/openapi.json", headers=bearer(reader)).json()
     assert set(doc["paths"]) == {
         "/v1/inventory",
         "/v1/conflicts",
@@ -250,10 +230,33 @@ def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
     assert "security" not in doc["paths"]["/healthz"]["get"]
 
 
-def test_openapi_document_is_stable(store, tmp_path):
+OPENAPI_SNAPSHOT = Path(__file__).with_name("openapi.json")
+
+
+def _serialised_openapi(store, tmp_path: Path) -> str:
+    """A fresh application's document as canonical JSON; the package version is left out so a
+    release does not count as an API change."""
     app = create_app(_settings(store, tmp_path))
-    assert openapi_document(app) == openapi_document(app)
-    app.state.runtime.close()
+    try:
+        doc = openapi_document(app)
+    finally:
+        app.state.runtime.close()
+    doc["info"].pop("version")
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def test_openapi_document_is_stable(store, tmp_path):
+    """The document equals the committed snapshot, so any change to the API shows up as a failing
+    test and a reviewed diff. After an intended change, regenerate the snapshot with
+    `APPWARDEN_UPDATE_OPENAPI=1 pytest tests/web/test_api.py -k openapi_document_is_stable`."""
+    first = _serialised_openapi(store, tmp_path)
+    assert _serialised_openapi(store, tmp_path) == first  # two applications, one document
+    if os.environ.get("APPWARDEN_UPDATE_OPENAPI") == "1":
+        OPENAPI_SNAPSHOT.write_text(first)
+    assert first == OPENAPI_SNAPSHOT.read_text(), (
+        f"the OpenAPI document differs from {OPENAPI_SNAPSHOT.name}: review the API change, "
+        "then regenerate the snapshot (APPWARDEN_UPDATE_OPENAPI=1)"
+    )
 
 
 def test_serve_runs_uvicorn_with_the_app_and_says_where_to_look(store, cli, monkeypatch):

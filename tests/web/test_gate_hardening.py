@@ -30,11 +30,6 @@ BOB = "B0B0A1D2E3F4A5B6C7D8E9F0A1B2C3D4"
 AFTER = "2020-07-11T12:00:00-07:00"
 
 
-@pytest.fixture
-def demo(cli):
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
-
-
 def settings_for(store, tmp_path: Path, **extra) -> Settings:
     values = {
         "database_url": store.url,

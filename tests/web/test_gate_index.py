@@ -49,12 +49,6 @@ BEFORE = "2020-07-10T12:00:00-07:00"
 AFTER = "2020-07-11T12:00:00-07:00"
 
 
-@pytest.fixture
-def demo(cli):
-    result = cli("demo", "--base-time", "2020-07-10T09:00:00-07:00")
-    assert result.code == 0, result.err
-
-
 def _requests(store) -> list[GateRequest]:
     """Every known and one unseen device, without one, for every name people answer to (and
     near misses), signed in as that name with `User=` agreeing or absent, and unauthenticated."""
@@ -243,7 +237,7 @@ def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
 def test_another_process_commit_is_seen_before_the_next_answer(store, demo, cli, tmp_path):
     """Retracting in another process (the CLI, with its own engine): the server notices it
     before its next answer on SQLite (the WAL-index header), within the notification's time on
-    PostgreSQL (LISTEN/NOTIFY; DESIGN §9 W6 allows 1 s)."""
+    PostgreSQL (LISTEN/NOTIFY: up to 1 s, benchmark W6; docs/architecture.md)."""
     assert cli("worker", "--once", "--at", AFTER).code == 0
     app = create_app(_settings(store, tmp_path, AFTER))
     with TestClient(app) as client:

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi import Depends
 from fastapi.testclient import TestClient
-from tests.conftest import as_one_source
+from tests.conftest import api_token, as_one_source, bearer
 
-from appwarden.db.uow import unit_of_work
-from appwarden.identity.tokens import create_token
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
 from appwarden.web.app import create_app
@@ -21,27 +18,12 @@ from appwarden.web.auth import require
 from appwarden.web.observability import JsonFormatter
 
 VALID = Path(__file__).parent.parent / "fixtures" / "inventory" / "valid.json"
-NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
-
-
-def _source_for(permissions) -> str | None:
-    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
-    writes = {Permission.INVENTORY_WRITE, Permission.ADMIN} & set(permissions)
-    return "mdm-export" if writes else None
 
 
 def _settings(url: str, **overrides) -> Settings:
     return Settings(
         database_url=url, env="test", clock="fixed:2020-07-11T12:00:00-07:00", **overrides
     )
-
-
-def _secret(store, *permissions: Permission, name: str = "ops") -> str:
-    with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(
-            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
-        )
-    return secret
 
 
 def test_healthz_and_readyz_on_a_migrated_store(store):
@@ -76,8 +58,8 @@ def test_readyz_is_503_when_the_store_is_unreachable():
 
 
 def test_metrics_expose_requests_decisions_ingest_and_outbox(store):
-    secret = _secret(store, Permission.ADMIN)
-    headers = {"Authorization": f"Bearer {secret}"}
+    secret = api_token(store, Permission.ADMIN, name="ops")
+    headers = bearer(secret)
     with TestClient(create_app(_settings(store.url))) as client:
         assert client.get("/metrics").status_code == 401
         assert client.post(
@@ -114,7 +96,7 @@ def test_each_app_has_its_own_registry(store):
 
 
 def test_request_ids_and_access_logs_never_carry_secrets(store, caplog):
-    secret = _secret(store, Permission.DECISIONS_READ, name="nginx-gate")
+    secret = api_token(store, Permission.DECISIONS_READ, name="nginx-gate")
     wrong = "aw_99_" + "s3cr3t" * 8
     caplog.set_level(logging.INFO, logger="appwarden")
     with TestClient(create_app(_settings(store.url))) as client:
@@ -128,9 +110,7 @@ def test_request_ids_and_access_logs_never_carry_secrets(store, caplog):
         )
         assert given.status_code == 404
         assert given.headers["x-request-id"] == "req-abc.123"
-        refused = client.get(
-            "/v1/decisions/udid:NOPE/email", headers={"Authorization": f"Bearer {wrong}"}
-        )
+        refused = client.get("/v1/decisions/udid:NOPE/email", headers=bearer(wrong))
         assert refused.status_code == 401
         generated = client.get("/healthz", headers={"X-Request-Id": "bad id\twith spaces"})
         assert generated.headers["x-request-id"] != "bad id\twith spaces"
@@ -159,7 +139,7 @@ def test_request_ids_and_access_logs_never_carry_secrets(store, caplog):
 
 
 def test_an_unhandled_error_is_a_bare_500_with_the_request_id(store, caplog):
-    secret = _secret(store, Permission.READ)
+    secret = api_token(store, Permission.READ, name="ops")
     app = create_app(_settings(store.url))
 
     @app.get("/v1/boom", dependencies=[Depends(require(Permission.READ))])

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import as_one_source, table_digest
+from tests.conftest import api_token, as_one_source, bearer, table_digest
 
-from appwarden.db.uow import unit_of_work
-from appwarden.identity.tokens import create_token
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
 from appwarden.web.api import MAX_HTTP_BODY_BYTES, inventory_limit
@@ -23,12 +20,6 @@ from appwarden.web.worker import EmbeddedWorker
 
 VALID = Path(__file__).parent.parent / "fixtures" / "inventory" / "valid.json"
 ALICE_PHONE = "udid:00008110-000A1B2C3D4E801E"
-NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
-
-
-def _source_for(permissions) -> str | None:
-    """An inventory writer is bound to one source; the fixtures write as the demo's MDM."""
-    return "mdm-export" if Permission.INVENTORY_WRITE in permissions else None
 
 
 def _settings(store, tmp_path: Path, **overrides) -> Settings:
@@ -41,14 +32,6 @@ def _settings(store, tmp_path: Path, **overrides) -> Settings:
     )
 
 
-def _token(store, *permissions: Permission, name: str = "mdm") -> dict[str, str]:
-    with unit_of_work(store.engine, now=NOW) as uow:
-        _, secret = create_token(
-            uow, name, [str(p) for p in permissions], source=_source_for(permissions)
-        )
-    return {"Authorization": f"Bearer {secret}"}
-
-
 @pytest.fixture
 def client(store, tmp_path) -> Iterator[TestClient]:
     with TestClient(create_app(_settings(store, tmp_path, max_import_bytes=4096))) as c:
@@ -57,7 +40,7 @@ def client(store, tmp_path) -> Iterator[TestClient]:
 
 @pytest.fixture
 def writer(store, client) -> dict[str, str]:
-    headers = _token(store, Permission.INVENTORY_WRITE)
+    headers = bearer(api_token(store, Permission.INVENTORY_WRITE, name="mdm"))
     # The first use records last_used_at; later ones within the minute write nothing.
     assert client.post("/v1/inventory", content=b"", headers=headers).status_code == 422
     return headers
@@ -145,11 +128,12 @@ def test_an_oversized_body_is_413_before_it_is_read(store, client, writer):
     assert table_digest(store.engine) == before
 
 
-def test_read_your_writes_after_the_deadline(store, cli, tmp_path):
+def test_read_your_writes_after_the_deadline(store, tmp_path, demo):
     """Alice removes TikTok after the deadline: her next check-in is committed before the reply,
     and the very next decision is allow."""
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
-    headers = _token(store, Permission.INVENTORY_WRITE, Permission.DECISIONS_READ)
+    headers = bearer(
+        api_token(store, Permission.INVENTORY_WRITE, Permission.DECISIONS_READ, name="mdm")
+    )
     app = create_app(_settings(store, tmp_path))
     EmbeddedWorker(app.state.runtime).run_once()  # the deadline flipped the stored decision
     report = {

@@ -73,8 +73,7 @@ def _refusals(store) -> list[AuditEntry]:
 
 
 @pytest.fixture
-def app(store, cli, tmp_path):
-    assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
+def app(store, tmp_path, demo):
     return create_app(_settings(store, tmp_path))
 
 

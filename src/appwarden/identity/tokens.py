@@ -2,8 +2,8 @@
 
 Only the SHA-256 of the secret is stored. A request finds its token by the id inside the secret
 and compares hashes in constant time, so neither the secret nor a guessable prefix of it is ever
-looked up in the database. A token carries a named subset of the permissions of DESIGN.md §3;
-`admin` implies all of them.
+looked up in the database. A token carries a named subset of the permissions (the vocabulary in
+docs/architecture.md); `admin` implies all of them (checked in `web.auth`).
 """
 
 from __future__ import annotations
@@ -58,11 +58,6 @@ def permissions_of(token: ApiToken) -> frozenset[Permission]:
     return frozenset(
         Permission(p) for p in token.permissions if p in Permission.__members__.values()
     )
-
-
-def allows(token: ApiToken, permission: Permission) -> bool:
-    granted = permissions_of(token)
-    return permission in granted or Permission.ADMIN in granted
 
 
 def parse_binding(

@@ -32,7 +32,7 @@ from appwarden.notifications.channels import (
 from appwarden.notifications.messages import RenderedMessage, build_email
 from appwarden.notifications.models import Notice, OutboxEvent
 from appwarden.settings import Settings
-from appwarden.usecases.enforce import Enforcers, Send, enforcers_from_settings, prepare
+from appwarden.usecases.enforcement import Enforcers, Send, enforcers_from_settings, prepare
 from appwarden.usecases.notices import NoticeConfig, refresh_reminder
 from appwarden.usecases.retract import correction_after_late_delivery
 from appwarden.vocabulary import NoticeKind, NoticeStatus

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from tests.proxy_harness import free_port
 
 from appwarden.enforcement.google import (
     JWT_BEARER_GRANT,
@@ -501,9 +501,7 @@ def test_errors_are_mapped_to_permanent_or_temporary(google, make_client, status
 
 
 def test_a_network_failure_is_temporary(http, tokens, google):
-    with socket.socket() as probe:  # a port with nobody listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     client = GoogleWorkspaceClient(http, tokens, base_url=f"http://127.0.0.1:{port}")
     with pytest.raises(DeliveryError) as caught:
         client.action("rid-1", "block")  # the token endpoint still answers

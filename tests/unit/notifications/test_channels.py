@@ -26,6 +26,11 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tests.proxy_harness import free_port
 
 from appwarden.notifications.channels import (
     DeliveryError,
@@ -199,9 +204,7 @@ def smtp_server(smtp_server_factory) -> SmtpServer:
 
 @pytest.fixture
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port()  # nobody listens on it
 
 
 def send_expecting_error(channel, item) -> DeliveryError:
@@ -394,18 +397,11 @@ def test_outgoing_email_needs_a_message_id():
     assert item.message_id == "<notice-1.abc@appwarden.test>"
 
 
-# --- TLS (needs the optional `cryptography` package to make a certificate) ---------------------
+# --- TLS (a throwaway certificate made with `cryptography`, a required dependency) -------------
 
 
 @pytest.fixture
 def tls_files(tmp_path) -> tuple[Path, Path]:
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        pytest.skip("the cryptography package is not installed: no test certificate")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
