@@ -17,6 +17,7 @@ from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import (
     bold,
     console,
+    emit_document,
     emit_json,
     errors,
     explain,
@@ -38,7 +39,7 @@ from appwarden.sources.native import parse_native
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
 from appwarden.usecases.ingest import IngestResult, Writer, ingest, quarantine_rows
-from appwarden.usecases.policies import policy_rows, version_view
+from appwarden.usecases.policies import policy_rows, stored_document, version_view
 from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
 
@@ -480,11 +481,26 @@ def policy_list(at: At = None, json: Json = False) -> None:
 def policy_show(
     policy_id: str,
     version: Annotated[int | None, typer.Option("--version", help="Version number.")] = None,
+    document: Annotated[
+        bool,
+        typer.Option(
+            "--document",
+            help="Print only the stored document, byte for byte as applied (and approved): "
+            "edit the next version from it.",
+        ),
+    ] = False,
     at: At = None,
     json: Json = False,
 ) -> None:
-    """A version: state, approvals, and the resolved identifier set."""
+    """A version: state, content hash, approvals, and the resolved identifier set."""
+    if document and json:
+        raise InvalidInput("--document prints the document itself: leave out --json")
     context = ctx()
+    if document:
+        with context.uow(context.at(at), write=False) as uow:
+            text = stored_document(uow, policy_id, version)
+        emit_document(text)
+        return
     with context.uow(context.at(at), write=False) as uow:
         out = version_view(
             uow,
@@ -496,13 +512,26 @@ def policy_show(
     if json:
         emit_json(out)
         return
+    _print_version(out)
+
+
+def _print_version(out: dict[str, Any]) -> None:
     console.print(
         bold(out["policy"]),
         f"v{out['version']} — {out['title']}\n"
-        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}",
+        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}\n"
+        f"content hash {out['content_hash']}",
     )
     if not out["content_current"]:
         console.print("content changed since apply (catalog or templates): approvals are void")
+    for approval in out["approvals"]:
+        standing = "valid" if approval["valid"] else f"void: {approval['void_reason'] or 'stale'}"
+        console.print(
+            f"approved by {approval['approver']} at {approval['at']} "
+            f"(content hash {approval['content_hash']}; {standing})"
+        )
+    if not out["approvals"]:
+        console.print("no approvals")
     table(
         f"Resolved identifiers ({len(out['identifiers'])})",
         ["namespace", "value", "from app"],

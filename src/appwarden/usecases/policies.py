@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from appwarden.catalog.model import Catalog
 from appwarden.db.uow import UnitOfWork
+from appwarden.identity.models import Person
 from appwarden.policies import service as policies
 from appwarden.policies.models import Policy, PolicyApproval
 from appwarden.timeutil import iso
@@ -41,12 +42,16 @@ def version_view(
     catalog: Catalog,
     templates_digest: str,
 ) -> dict[str, Any]:
-    """A version (`policies.get_version` picks it): state, times, approvals, whether its content
-    still hashes the same with today's catalog and templates, and its resolved identifiers."""
+    """A version (`policies.get_version` picks it): state, times, its content hash, who approved
+    which content hash, whether its content still hashes the same with today's catalog and
+    templates, and its resolved identifiers."""
     row = policies.get_version(uow, policy_id, number)
     identifiers = policies.identifiers_of(uow, row.id)
-    approvals = uow.session.scalars(
-        select(PolicyApproval).where(PolicyApproval.version_id == row.id)
+    approvals = uow.session.execute(
+        select(PolicyApproval, Person.email)
+        .join(Person, Person.id == PolicyApproval.approver_id)
+        .where(PolicyApproval.version_id == row.id)
+        .order_by(PolicyApproval.created_at, PolicyApproval.id)
     ).all()
     current_hash = policies.current_content_hash(row, catalog, templates_digest)
     return {
@@ -60,14 +65,23 @@ def version_view(
         "content_current": current_hash == row.content_hash,
         "approvals": [
             {
+                "approver": email,
                 "approver_id": a.approver_id,
                 "at": iso(a.created_at),
+                "content_hash": a.content_hash,
                 "valid": a.voided_at is None and a.content_hash == current_hash,
+                "void_reason": a.void_reason,
             }
-            for a in approvals
+            for a, email in approvals
         ],
         "identifiers": [
             {"namespace": i.namespace, "value": i.value, "app": i.app_slug} for i in identifiers
         ],
         "document": row.document,
     }
+
+
+def stored_document(uow: UnitOfWork, policy_id: str, number: int | None) -> str:
+    """The document of a version exactly as it was applied: the text its approvals bound
+    (editing an approved version makes it a draft again, voiding them)."""
+    return policies.get_version(uow, policy_id, number).source_text
