@@ -23,6 +23,7 @@ from sqlalchemy import event, select
 from appwarden.access.gate import NO_IDENTITY, GateRequest, Identity, account_name
 from appwarden.access.models import DecisionRecord
 from appwarden.access.service import decide_for
+from appwarden.db.changes import DataVersion
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import Device, DeviceIdentifier
 from appwarden.identity.models import Person, PersonAccount, PersonAlias
@@ -37,7 +38,7 @@ from appwarden.usecases.gate import (
     current_decision,
 )
 from appwarden.web.app import create_app
-from appwarden.web.live_index import LiveIndex, _DataVersion
+from appwarden.web.live_index import LiveIndex
 from appwarden.web.observability import BufferedLineHandler
 
 KEY = "index-test-proxy-key-0123456789abcdef"
@@ -269,7 +270,7 @@ def test_any_commit_to_the_sqlite_file_is_noticed(tmp_path, mapped):
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("PRAGMA journal_mode=WAL")
     writer.execute("CREATE TABLE t (x)")
-    probe = _DataVersion(str(path))
+    probe = DataVersion(str(path))
     assert (probe._map is not None) is True
     if not mapped:
         probe._map.close()

@@ -8,7 +8,6 @@ from functools import partial
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, ctx
@@ -17,15 +16,13 @@ from appwarden.devices.service import find_device
 from appwarden.enforcement.exchange import current_state_script
 from appwarden.errors import InvalidInput
 from appwarden.exemptions import service as exemptions
-from appwarden.exemptions.models import Exemption
-from appwarden.identity.models import Person
 from appwarden.identity.service import get_person, require
-from appwarden.notifications.models import Notice
 from appwarden.policies import service as policies
 from appwarden.timeutil import iso
+from appwarden.usecases import outbox
 from appwarden.usecases.deliver import Delivery, retry_failed
 from appwarden.usecases.enforcement import exchange_state
-from appwarden.usecases.exemptions import after_decision
+from appwarden.usecases.exemptions import after_decision, exemption_row
 from appwarden.usecases.notices import plan_release
 from appwarden.usecases.retract import retract
 from appwarden.usecases.worker import worker_pass
@@ -138,35 +135,7 @@ def notices_list(
         return
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
-        query = (
-            select(Notice, Person.email)
-            .join(Person, Person.id == Notice.person_id)
-            .order_by(Notice.id)
-        )
-        if policy:
-            query = query.where(Notice.policy_id == policy)
-        if status:
-            query = query.where(Notice.status == status)
-        rows: list[dict[str, Any]] = [
-            {
-                "id": n.id,
-                "kind": n.kind,
-                "person": email,
-                "address": n.address,
-                "policy": n.policy_id,
-                "status": n.status,
-                "message_id": n.message_id,
-                "in_reply_to": n.in_reply_to,
-                "subject": n.subject,
-                "due_at": iso(n.due_at),
-                "created_at": iso(n.created_at),
-                "sent_at": iso(n.sent_at),
-                "attempts": n.attempts,
-                "last_error": n.last_error,
-                "cancelled_reason": n.cancelled_reason,
-            }
-            for n, email in uow.session.execute(query)
-        ]
+        rows = outbox.notice_rows(uow, policy=policy, status=status)
     if json:
         emit_json(rows)
         return
@@ -252,19 +221,6 @@ def _target(uow: Any, person: str | None, device: str | None) -> dict[str, Any]:
     )
 
 
-def _exemption_json(e: Exemption) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "policy": e.policy_id,
-        "person_id": e.person_id,
-        "device_id": e.device_id,
-        "status": e.status,
-        "starts_at": iso(e.starts_at),
-        "ends_at": iso(e.ends_at),
-        "reason": e.reason,
-    }
-
-
 @exemption_app.command("request")
 def exemption_request(
     policy: Annotated[str, typer.Option("--policy")],
@@ -288,7 +244,7 @@ def exemption_request(
             ends_at=context.at(until) if until else None,
             **_target(uow, person, device),
         )
-        out = _exemption_json(e)
+        out = exemption_row(e)
     emit_json(out) if json else errors.print(f"exemption {out['id']} requested")
 
 
@@ -320,7 +276,7 @@ def exemption_grant(
             **target,
         )
         after_decision(uow, e, context.notice_config)
-        out = _exemption_json(e)
+        out = exemption_row(e)
     emit_json(out) if json else errors.print(
         f"exemption {out['id']} granted until {out['ends_at']}"
     )
@@ -364,7 +320,7 @@ def exemption_list(
     """Exemptions, requested and decided."""
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
-        rows = [_exemption_json(e) for e in exemptions.list_exemptions(uow, policy)]
+        rows = [exemption_row(e) for e in exemptions.list_exemptions(uow, policy)]
     if json:
         emit_json(rows)
         return

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
@@ -18,6 +17,7 @@ from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import (
     bold,
     console,
+    emit_document,
     emit_json,
     errors,
     explain,
@@ -27,20 +27,19 @@ from appwarden.cli.render import (
 )
 from appwarden.cli.serve import register as register_server
 from appwarden.db import migrate
-from appwarden.devices.models import Quarantine
 from appwarden.devices.schemas import InventoryBatch
 from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
 from appwarden.errors import AppwardenError, InvalidInput, Problem
 from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
-from appwarden.policies.models import Policy, PolicyApproval
 from appwarden.settings import Settings
 from appwarden.sources.csvfile import parse_csv
 from appwarden.sources.native import parse_native
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
-from appwarden.usecases.ingest import IngestResult, Writer, ingest
+from appwarden.usecases.ingest import IngestResult, Writer, ingest, quarantine_rows
+from appwarden.usecases.policies import policy_rows, stored_document, version_view
 from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
 
@@ -239,17 +238,7 @@ def quarantine(json: Json = False, at: At = None) -> None:
     """Reports held back because their identifiers pointed at more than one device."""
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
-        rows: list[dict[str, Any]] = [
-            {
-                "id": q.id,
-                "source": q.source,
-                "received_at": iso(q.received_at),
-                "identifiers": q.identifiers,
-                "candidate_device_ids": q.candidate_device_ids,
-                "reason": q.reason,
-            }
-            for q in uow.session.scalars(select(Quarantine).order_by(Quarantine.id))
-        ]
+        rows = quarantine_rows(uow)
     if json:
         emit_json(rows)
         return
@@ -468,20 +457,7 @@ def policy_list(at: At = None, json: Json = False) -> None:
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
-        live = {v.policy_id: v for v in policies.effective_versions(uow, now)}
-        rows: list[dict[str, Any]] = []
-        for policy in uow.session.scalars(select(Policy).order_by(Policy.id)):
-            versions = policies.versions_of(uow, policy.id)
-            current = live.get(policy.id)
-            rows.append(
-                {
-                    "policy": policy.id,
-                    "title": policy.title,
-                    "in_effect": current.number if current else None,
-                    "deadline": iso(current.deadline) if current else iso(versions[-1].deadline),
-                    "versions": [{"version": v.number, "state": v.state} for v in versions],
-                }
-            )
+        rows = policy_rows(uow, now)
     if json:
         emit_json(rows)
         return
@@ -505,52 +481,59 @@ def policy_list(at: At = None, json: Json = False) -> None:
 def policy_show(
     policy_id: str,
     version: Annotated[int | None, typer.Option("--version", help="Version number.")] = None,
+    document: Annotated[
+        bool,
+        typer.Option(
+            "--document",
+            help="Print only the stored document, byte for byte as applied (and approved): "
+            "edit the next version from it.",
+        ),
+    ] = False,
     at: At = None,
     json: Json = False,
 ) -> None:
-    """A version: state, approvals, and the resolved identifier set."""
+    """A version: state, content hash, approvals, and the resolved identifier set."""
+    if document and json:
+        raise InvalidInput("--document prints the document itself: leave out --json")
     context = ctx()
+    if document:
+        with context.uow(context.at(at), write=False) as uow:
+            text = stored_document(uow, policy_id, version)
+        emit_document(text)
+        return
     with context.uow(context.at(at), write=False) as uow:
-        row = policies.get_version(uow, policy_id, version)
-        identifiers = policies.identifiers_of(uow, row.id)
-        approvals = uow.session.scalars(
-            select(PolicyApproval).where(PolicyApproval.version_id == row.id)
-        ).all()
-        current_hash = policies.current_content_hash(row, context.catalog, context.templates_digest)
-        out: dict[str, Any] = {
-            "policy": row.policy_id,
-            "version": row.number,
-            "state": row.state,
-            "title": row.document["metadata"]["title"],
-            "deadline": iso(row.deadline),
-            "release_at": iso(row.release_at),
-            "content_hash": row.content_hash,
-            "content_current": current_hash == row.content_hash,
-            "approvals": [
-                {
-                    "approver_id": a.approver_id,
-                    "at": iso(a.created_at),
-                    "valid": a.voided_at is None and a.content_hash == current_hash,
-                }
-                for a in approvals
-            ],
-            "identifiers": [
-                {"namespace": i.namespace, "value": i.value, "app": i.app_slug} for i in identifiers
-            ],
-            "document": row.document,
-        }
+        out = version_view(
+            uow,
+            policy_id,
+            version,
+            catalog=context.catalog,
+            templates_digest=context.templates_digest,
+        )
     if json:
         emit_json(out)
         return
+    _print_version(out)
+
+
+def _print_version(out: dict[str, Any]) -> None:
     console.print(
         bold(out["policy"]),
         f"v{out['version']} — {out['title']}\n"
-        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}",
+        f"state {out['state']}, deadline {out['deadline']}, release {out['release_at'] or '—'}\n"
+        f"content hash {out['content_hash']}",
     )
     if not out["content_current"]:
         console.print("content changed since apply (catalog or templates): approvals are void")
+    for approval in out["approvals"]:
+        standing = "valid" if approval["valid"] else f"void: {approval['void_reason'] or 'stale'}"
+        console.print(
+            f"approved by {approval['approver']} at {approval['at']} "
+            f"(content hash {approval['content_hash']}; {standing})"
+        )
+    if not out["approvals"]:
+        console.print("no approvals")
     table(
-        f"Resolved identifiers ({len(identifiers)})",
+        f"Resolved identifiers ({len(out['identifiers'])})",
         ["namespace", "value", "from app"],
         [(i["namespace"], i["value"], i["app"] or "explicit") for i in out["identifiers"]],
     )

@@ -72,6 +72,18 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def emit_document(text: str) -> None:
+    """A document a person wrote, exactly as stored. Piped or redirected (`> next.yaml`, to edit
+    the next version from it) it is written byte for byte; on a terminal it goes through the
+    plain console, so nothing in it is read as markup and no control character reaches the
+    terminal."""
+    if console.is_terminal:
+        console.out(text, end="")
+        return
+    sys.stdout.buffer.write(text.encode())
+    sys.stdout.flush()
+
+
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     grid = Table(title=title, title_justify="left", show_lines=False, expand=False)
     for column in columns:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, short_time, table
-from appwarden.db.engine import make_engine
-from appwarden.db.migrate import is_current
-from appwarden.errors import Conflict, InvalidInput
-from appwarden.identity import tokens
-from appwarden.identity.models import ApiToken
-from appwarden.timeutil import iso
+from appwarden.errors import InvalidInput
+from appwarden.usecases import tokens
 from appwarden.usecases.conflicts import conflict_rows, settle_conflict
 from appwarden.vocabulary import Permission
 
@@ -50,14 +46,11 @@ def serve(
 
     context = ctx()
     settings = context.settings
-    engine = make_engine(settings.database_url)
     try:
-        current = is_current(engine)
-        backend = engine.url.get_backend_name()
+        context.require_schema()
+        backend = context.engine.url.get_backend_name()
     finally:
-        engine.dispose()
-    if not current:
-        raise Conflict("the database schema is not current: run `appwarden db upgrade` first")
+        context.close()  # the application builds its own engine
     embedded = worker if worker is not None else backend == "sqlite"
     app = create_app(settings, worker=embedded)
     base = f"http://{host}:{port}"
@@ -75,20 +68,6 @@ def serve(
     )
     configure_logging()
     uvicorn.run(app, host=host, port=port, **SERVER_OPTIONS)
-
-
-def _token_json(token: ApiToken) -> dict[str, Any]:
-    return {
-        "id": token.id,
-        "name": token.name,
-        "permissions": list(token.permissions),
-        "source": token.source,
-        "namespaces": None if token.namespaces is None else list(token.namespaces),
-        "created_by": token.created_by,
-        "created_at": iso(token.created_at),
-        "revoked_at": iso(token.revoked_at),
-        "last_used_at": iso(token.last_used_at),
-    }
 
 
 @token_app.command("create")
@@ -124,10 +103,8 @@ def token_create(
     """Create a token and print its secret, once: only its hash is stored."""
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
-        token, secret = tokens.create_token(
-            uow, name, permission, source=source, namespaces=namespace
-        )
-        out = {**_token_json(token), "token": secret}
+        row, secret = tokens.create(uow, name, permission, source=source, namespaces=namespace)
+        out = {**row, "token": secret}
     if json:
         emit_json(out)
         return
@@ -151,7 +128,7 @@ def token_revoke(
     """Revoke a token: requests carrying it are refused from now on."""
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
-        out = _token_json(tokens.revoke(uow, token_id))
+        out = tokens.revoke(uow, token_id)
     if json:
         emit_json(out)
     else:
@@ -163,7 +140,7 @@ def token_list(at: At = None, json: Json = False) -> None:
     """Every token: id, name, permissions, when it was created, last used and revoked."""
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
-        rows = [_token_json(t) for t in tokens.list_tokens(uow)]
+        rows = tokens.token_rows(uow)
     if json:
         emit_json(rows)
         return

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -13,6 +14,7 @@ from appwarden.exemptions import service as exemptions
 from appwarden.exemptions.models import Exemption
 from appwarden.notifications import service as outbox
 from appwarden.policies.service import document_of, live_version
+from appwarden.timeutil import iso
 from appwarden.usecases.ingest import reevaluate_device
 from appwarden.usecases.notices import NoticeConfig, released, render_notice
 
@@ -76,3 +78,17 @@ def warn_expiring(uow: UnitOfWork, config: NoticeConfig) -> int:
         slot = f"expiring:{exemption.id}"
         warned += _tell(uow, exemption, config, template="exemption-expiring", slot=slot)
     return warned
+
+
+def exemption_row(exemption: Exemption) -> dict[str, Any]:
+    """An exemption as the fronts print it."""
+    return {
+        "id": exemption.id,
+        "policy": exemption.policy_id,
+        "person_id": exemption.person_id,
+        "device_id": exemption.device_id,
+        "status": exemption.status,
+        "starts_at": iso(exemption.starts_at),
+        "ends_at": iso(exemption.ends_at),
+        "reason": exemption.reason,
+    }

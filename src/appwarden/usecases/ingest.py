@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import select
 
 from appwarden.access.service import refresh_decisions
 from appwarden.audit.service import record
@@ -12,7 +15,7 @@ from appwarden.catalog.matching import match_key
 from appwarden.compliance.service import DeviceEvaluator, record_outcomes
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import Authority
-from appwarden.devices.models import Device
+from appwarden.devices.models import Device, Quarantine
 from appwarden.devices.schemas import InventoryBatch, ReportFacts
 from appwarden.devices.service import (
     MinimisationSet,
@@ -25,6 +28,7 @@ from appwarden.events import DecisionChanged, DeviceEvaluated
 from appwarden.identity.schemas import PersonFacts
 from appwarden.identity.service import groups_of, upsert_person
 from appwarden.policies.service import live_identifier_keys
+from appwarden.timeutil import iso
 from appwarden.vocabulary import Fact, Ownership, PersonStatus
 
 
@@ -172,3 +176,18 @@ def refuse_write(uow: UnitOfWork, token_id: int, reason: str, problems: list[str
         object_id=str(token_id),
         after={"reason": reason, "problems": problems[:20]},
     )
+
+
+def quarantine_rows(uow: UnitOfWork) -> list[dict[str, Any]]:
+    """Reports held back because their identifiers pointed at more than one device."""
+    return [
+        {
+            "id": q.id,
+            "source": q.source,
+            "received_at": iso(q.received_at),
+            "identifiers": q.identifiers,
+            "candidate_device_ids": q.candidate_device_ids,
+            "reason": q.reason,
+        }
+        for q in uow.session.scalars(select(Quarantine).order_by(Quarantine.id))
+    ]

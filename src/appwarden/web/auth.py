@@ -1,8 +1,10 @@
 """Who is calling, and may they? Bearer tokens, the permission check, and the closed allowlist.
 
+`Principal` (the caller) and how a bearer secret becomes one live in `usecases.tokens`.
+
 Every route is declared with `Depends(require(Permission.X))`, except the routes of
-`PUBLIC_ROUTES`, each of which names the credential it relies on instead (DESIGN.md §6). Two
-backstops make forgetting the check fail closed rather than open:
+`PUBLIC_ROUTES`, each of which names the credential it relies on instead (docs/architecture.md).
+Two backstops make forgetting the check fail closed rather than open:
 
 1. `check_guarded(app)` walks every route when the application is built and again at start-up,
    and refuses to run if a route outside the allowlist has no `require` dependency (a Mount, a
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Final, cast
 
 from fastapi import Depends, FastAPI, Request
@@ -27,9 +28,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appwarden.db.uow import unit_of_work
 from appwarden.errors import PermissionDenied
-from appwarden.identity import tokens
+from appwarden.usecases import tokens
+from appwarden.usecases.tokens import Principal as Principal  # the routes' dependency type
 from appwarden.vocabulary import Permission
 from appwarden.web import Runtime
 from appwarden.web.errors import Unauthenticated, send_problem
@@ -37,8 +38,9 @@ from appwarden.web.errors import Unauthenticated, send_problem
 log = logging.getLogger("appwarden.web")
 
 # The closed allowlist: route path -> the credential it relies on instead of an API token.
-# Adding an entry means naming its credential (DESIGN.md §6); test_routes_are_guarded enumerates
-# every route so nothing escapes. /metrics and /openapi.json are NOT here: they need `read`.
+# Adding an entry means naming its credential (docs/architecture.md); test_routes_are_guarded
+# enumerates every route so nothing escapes. /metrics and /openapi.json are NOT here: they need
+# `read`.
 PUBLIC_ROUTES: Final[Mapping[str, str]] = {
     "/healthz": "none: liveness answers {status: ok} and reveals nothing else",
     "/readyz": "none: readiness answers ready or unavailable, without error details",
@@ -59,24 +61,6 @@ _bearer = HTTPBearer(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller: an API token (never its secret)."""
-
-    token_id: int
-    name: str
-    permissions: frozenset[Permission]
-    source: str | None = None  # the one source an inventory writer writes as
-    namespaces: tuple[str, ...] | None = None  # device identifier namespaces it may use (all)
-
-    @property
-    def actor(self) -> str:
-        return f"token:{self.name}"
-
-    def allows(self, permission: Permission) -> bool:
-        return permission in self.permissions or Permission.ADMIN in self.permissions
-
-
 def runtime_of(request: Request) -> Runtime:
     return cast(Runtime, request.app.state.runtime)
 
@@ -92,26 +76,14 @@ def authenticate(
             "this route needs an API token: Authorization: Bearer <token>", invalid_token=False
         )
     runtime = runtime_of(request)
-    runtime.require_schema()
     now = runtime.now()
-    with unit_of_work(runtime.engine, now=now, write=False) as uow:
-        token = tokens.authenticate(uow, credentials.credentials)
-        principal = (
-            Principal(
-                token.id,
-                token.name,
-                tokens.permissions_of(token),
-                token.source,
-                None if token.namespaces is None else tuple(token.namespaces),
-            )
-            if token is not None
-            else None
-        )
-        stale = token is not None and tokens.needs_touch(token, now)
-    if principal is None:
+    with runtime.uow(now, write=False) as uow:
+        caller = tokens.authenticate(uow, credentials.credentials)
+    if caller is None:
         raise Unauthenticated("the token is unknown or revoked", invalid_token=True)
-    if stale:
-        with unit_of_work(runtime.engine, now=now) as uow:
+    principal = caller.principal
+    if caller.stale:
+        with runtime.uow(now) as uow:
             tokens.touch(uow, principal.token_id)
     request.scope[TOKEN_KEY] = principal.name
     return principal

@@ -29,12 +29,11 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appwarden.notifications.models import Notice, OutboxEvent
-from appwarden.vocabulary import NoticeStatus
+from appwarden.usecases import outbox
 from appwarden.web.auth import TOKEN_KEY, route_path
 from appwarden.web.errors import send_problem
 
@@ -59,7 +58,6 @@ _LATENCY_BUCKETS: Final = (
     5.0,
     10.0,
 )
-_WAITING: Final = (NoticeStatus.PENDING, NoticeStatus.SENDING)
 
 
 class OutboxDepth(Collector):
@@ -79,20 +77,12 @@ class OutboxDepth(Collector):
             "appwarden_outbox_depth", "Outbox rows waiting to be delivered", labels=["kind"]
         )
         try:
-            with self.engine.connect().execution_options(appwarden_write=False) as connection:
-                notices = connection.execute(
-                    select(func.count()).select_from(Notice).where(Notice.status.in_(_WAITING))
-                ).scalar_one()
-                webhooks = connection.execute(
-                    select(func.count())
-                    .select_from(OutboxEvent)
-                    .where(OutboxEvent.status.in_(_WAITING))
-                ).scalar_one()
+            waiting = outbox.depth(self.engine)
         except SQLAlchemyError:
             log.warning("outbox depth not available: the store did not answer")
             return
-        family.add_metric(["notice"], notices)
-        family.add_metric(["webhook"], webhooks)
+        for kind, count in waiting.items():
+            family.add_metric([kind], count)
         yield family
 
 

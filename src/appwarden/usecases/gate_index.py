@@ -1,0 +1,35 @@
+"""Filling the gate's in-memory copy (`access.index.DecisionIndex`) from the store.
+
+Each load reads on a connection of its own, outside any unit of work: the copy is read far from
+any request's transaction, by the thread that keeps it current (`web.live_index`)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine
+
+from appwarden.access.index import DecisionIndex, changed_since
+
+
+def _reading(engine: Engine) -> Connection:
+    return engine.connect().execution_options(appwarden_write=False)
+
+
+def load_all(engine: Engine, index: DecisionIndex) -> None:
+    """Replace the whole copy with what the store holds now."""
+    with _reading(engine) as connection:
+        index.load_all(connection)
+
+
+def load_changed(engine: Engine, index: DecisionIndex, since: datetime) -> None:
+    """Reload the devices whose decisions were written after `since`."""
+    with _reading(engine) as connection:
+        index.load_devices(connection, changed_since(connection, since))
+
+
+def load_devices(engine: Engine, index: DecisionIndex, device_ids: Collection[int]) -> None:
+    """Reload these devices (after this process committed decisions for them)."""
+    with _reading(engine) as connection:
+        index.load_devices(connection, device_ids)
