@@ -1,4 +1,4 @@
-"""Run the HTTP benchmarks of DESIGN.md §9 and record them.
+"""Run the HTTP benchmarks of docs/architecture.md ("Performance bars") and record them.
 
     python -m bench.run [--workload W2|W6|all] [--quick] [--db URL] [--no-access-log]
 

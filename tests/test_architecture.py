@@ -1,4 +1,4 @@
-"""The layer rules of DESIGN.md §6 hold (import-linter), and the migrations match the models."""
+"""The layer rules of docs/architecture.md hold (import-linter), and the migrations match the models."""
 
 from __future__ import annotations
 

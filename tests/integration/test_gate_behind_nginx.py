@@ -125,8 +125,8 @@ def test_mail_access_follows_the_policy(gate, cli):
     )
     assert retracted.code == 0, retracted.err
     # The CLI is another writer than the server: SQLite's data_version tells the server before
-    # its next answer; PostgreSQL's NOTIFY travels on its own connection, which DESIGN §9 (W6)
-    # allows up to a second.
+    # its next answer; PostgreSQL's NOTIFY travels on its own connection, which W6
+    # (docs/architecture.md, performance bars) allows up to a second.
     allowed = client.get(plain("carol", CAROL)).status_code == 200
     if gate["backend"] == "postgresql":
         deadline = time.monotonic() + 1.0

@@ -235,7 +235,7 @@ def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
 def test_another_process_commit_is_seen_before_the_next_answer(store, demo, cli, tmp_path):
     """Retracting in another process (the CLI, with its own engine): the server notices it
     before its next answer on SQLite (the WAL-index header), within the notification's time on
-    PostgreSQL (LISTEN/NOTIFY; DESIGN §9 W6 allows 1 s)."""
+    PostgreSQL (LISTEN/NOTIFY; W6 in docs/architecture.md allows 1 s)."""
     assert cli("worker", "--once", "--at", AFTER).code == 0
     app = create_app(_settings(store, tmp_path, AFTER))
     with TestClient(app) as client:

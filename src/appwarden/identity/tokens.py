@@ -2,7 +2,7 @@
 
 Only the SHA-256 of the secret is stored. A request finds its token by the id inside the secret
 and compares hashes in constant time, so neither the secret nor a guessable prefix of it is ever
-looked up in the database. A token carries a named subset of the permissions of DESIGN.md §3;
+looked up in the database. A token carries a named subset of the permissions of docs/permissions.md;
 `admin` implies all of them.
 """
 
