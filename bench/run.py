@@ -1,11 +1,12 @@
-"""Run the HTTP benchmarks of DESIGN.md §9 and record them.
+"""Run the HTTP benchmarks of docs/architecture.md ("Performance bars") and record them.
 
     python -m bench.run [--workload W2|W6|all] [--quick] [--db URL] [--no-access-log]
 
 Each run builds its own fleet in a scratch store (a SQLite file in a temporary directory, or a
 scratch database on the PostgreSQL server `--db` names), runs the workloads against uvicorn
 processes pinned to core 0 with the load generators on core 1, writes
-`bench/results/<workload>[-postgresql][-quick].json` and refreshes the table in bench/README.md.
+`bench/results/<workload>[-postgresql][-quick].json` and regenerates the tables of README.md and
+bench/README.md from every results file (`bench.report`).
 A progress bar is shown on a terminal; piped, only the summary is printed.
 """
 
@@ -16,7 +17,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -32,9 +32,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-README = BENCH / "README.md"
-TABLE_START = "<!-- results:start -->"
-TABLE_END = "<!-- results:end -->"
 PACKAGES = (
     "appwarden",
     "fastapi",
@@ -167,89 +164,6 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def _ok(flag: bool) -> str:
-    return "pass" if flag else "FAIL"
-
-
-def table_rows(result: dict[str, Any], name: str) -> list[str]:
-    when = result.get("finished_at", "")[:16].replace("T", " ")
-    store = result["machine"]["store"].split(" (")[0].split(",")[0]
-    mode = "quick" if result.get("quick") else "full"
-    label = f"`{name}` ({mode}, {store}, {when}Z)"
-    rows = []
-    if result["workload"] == "W2":
-        bars = result["bars"]
-        c, g = result["max_rps"]["constant"], result["max_rps"]["gate"]
-        gate_lat = result["open_loop"]["gate"]["latency_from_scheduled_start"]
-        const_lat = result["open_loop"]["constant"]["latency_from_scheduled_start"]
-        rows.append(
-            f"| {label} | W2 max req/s: gate {g:,.0f} / constant {c:,.0f} | ratio "
-            f"{result['ratio']:.3f} | >= 0.70 | {_ok(bars['throughput_ratio']['pass'])} |"
-        )
-        rows.append(
-            f"| | W2 open loop at {result['open_loop']['rate_per_s']:,.0f}/s: gate p50 "
-            f"{gate_lat['p50_ms']} / p99 {gate_lat['p99_ms']} ms (constant p50 "
-            f"{const_lat['p50_ms']} / p99 {const_lat['p99_ms']} ms) | p99 {gate_lat['p99_ms']} ms "
-            f"| <= 5 ms | {_ok(bars['gate_p99_at_half_max']['pass'])} |"
-        )
-        sample = result["sample"]
-        rows.append(
-            f"| | W2 gate = API on {sample['sample']} phones | {len(sample['mismatches'])} "
-            f"mismatches | identical | {_ok(bars['sample_matches_api']['pass'])} |"
-        )
-    elif result["workload"] == "W4":
-        bars = result["bars"]
-        lat = result["latency"]
-        full = result["full_evaluation"]
-        rows.append(
-            f"| {label} | W4 one device's report, ingest to commit: {result['measured']} reports, "
-            f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms (a full "
-            f"evaluation: {full['seconds_best_of_3']} s, {full['times_the_p50']:,.0f}x the p50) "
-            f"| p99 {lat['p99_ms']} ms | <= 10 ms | {_ok(bars['p99']['pass'])} |"
-        )
-        rows.append(
-            f"| | W4 decisions committed as allow | {len(result['not_allowed_after'])} wrong | "
-            f"0 wrong | {_ok(bars['committed']['pass'])} |"
-        )
-    else:
-        bars = result["bars"]
-        same = result["same_process"]
-        other = result["other_process"]["latency"]
-        rows.append(
-            f"| {label} | W6 same process: {result['measured']} flips, p50 "
-            f"{same['latency']['p50_ms']} / p99 {same['latency']['p99_ms']} ms | "
-            f"{len(same['failures'])} failures | 0 failures | "
-            f"{_ok(bars['same_process_read_your_writes']['pass'])} |"
-        )
-        rows.append(
-            f"| | W6 other process: p50 {other['p50_ms']} / p99 {other['p99_ms']} / max "
-            f"{other['max_ms']} ms ({result['other_process']['timeouts']} timeouts) | p99 "
-            f"{other['p99_ms']} ms | <= 1000 ms | {_ok(bars['other_process_p99']['pass'])} |"
-        )
-    return rows
-
-
-def refresh_readme() -> None:
-    """Rewrite the table between the markers in bench/README.md from bench/results/*.json."""
-    if not README.exists():
-        return
-    lines = [
-        "| run | measured | value | bar | |",
-        "|---|---|---|---|---|",
-    ]
-    for path in sorted(RESULTS.glob("*.json")):
-        try:
-            result = json.loads(path.read_text())
-            lines += table_rows(result, path.name)
-        except (KeyError, ValueError, TypeError):
-            lines.append(f"| `{path.name}` | unreadable | | | |")
-    text = README.read_text()
-    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.DOTALL)
-    block = f"{TABLE_START}\n" + "\n".join(lines) + f"\n{TABLE_END}"
-    if pattern.search(text):
-        README.write_text(pattern.sub(lambda _m: block, text))
-
-
 # ── the run ───────────────────────────────────────────────────────────────────────────────────
 
 
@@ -280,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="servers without appwarden's JSON access log (on by default, as `appwarden serve`)",
     )
-    parser.add_argument("--no-readme", action="store_true", help="do not refresh bench/README.md")
+    parser.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="do not regenerate the tables of README.md and bench/README.md",
+    )
     args = parser.parse_args(argv)
     workloads = ["W2", "W6", "W4"] if args.workload == "ALL" else [args.workload]
     if "W2" in workloads and shutil.which("wrk") is None:
@@ -290,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("bench: warning: one core; server and load generator will share it")
 
     from bench import fleet as fleets
-    from bench import w2_gate, w4_ingest, w6_flip
+    from bench import report, w2_gate, w4_ingest, w6_flip
 
     access_log = not args.no_access_log
     w2_params = w2_gate.Params.of(quick=args.quick, access_log=access_log)
@@ -333,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 written.append((name, _finish(result, info, args.quick, started)))
                 write_result(*written[-1])
     if not args.no_readme:
-        refresh_readme()
+        report.refresh()
     for name, result in written:
-        for row in table_rows(result, name):
+        for row in report.detail_rows(report.Result(name, result)):
             stdout.print(row, markup=False, soft_wrap=True)
     return 0 if all(r["pass"] for _, r in written) else 1
 

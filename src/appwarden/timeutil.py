@@ -1,4 +1,4 @@
-"""Instants and durations exactly as DESIGN.md §4.1-4.2 allow them: RFC 3339 with an offset, and
+"""Instants and durations exactly as docs/policy.md allows them: RFC 3339 with an offset, and
 durations made only of W, D, H, M, S (a day is 24 h). Pure, standard library only."""
 
 from __future__ import annotations

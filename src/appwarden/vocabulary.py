@@ -1,4 +1,5 @@
-"""The exact words of DESIGN.md §3. API, CLI --json, database enums and tests use these values."""
+"""The exact words of docs/architecture.md (Vocabulary). API, CLI --json, database enums and tests
+use these values."""
 
 from __future__ import annotations
 

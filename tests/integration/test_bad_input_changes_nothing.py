@@ -1,5 +1,5 @@
 """Malformed policy and inventory files: a located message, a non-zero exit, and not one row
-changed in any table (DESIGN.md: bad input gets a clear error and changes nothing)."""
+changed in any table (docs/architecture.md: bad input gets a clear error and changes nothing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The set-based fleet evaluation agrees with the per-device `evaluate`, row for row (DESIGN.md §4.3).
+"""The set-based fleet evaluation agrees with the per-device `evaluate`, row for row (docs/architecture.md).
 
 Hypothesis generates small fleets (one policy version, a few people and devices, observations and
 coverage from several feeds, exemptions, stored first-seen times) whose instants mostly come from a
@@ -10,7 +10,7 @@ both sides are computed at one or more instants T in a read-only unit of work an
 * for each of them `evaluation_from_row` and `evaluate` give the same state, since, due,
   first_seen, reasons and valid_until.
 
-A few hand-written tests pin the tricky ties to the state §4.3 asks for, on both sides.
+A few hand-written tests pin the tricky ties to the state the rules ask for, on both sides.
 """
 
 from __future__ import annotations
@@ -593,7 +593,7 @@ def test_fleet_rows_match_evaluate_for_generated_fleets(store):
 
 
 # ---------------------------------------------------------------------------------------------
-# Ties, by hand: both sides must agree and give the state §4.3 asks for
+# Ties, by hand: both sides must agree and give the state the rules ask for
 
 RELEASE = BASE - 2 * DAY
 DEADLINE = BASE - DAY

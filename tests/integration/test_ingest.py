@@ -1,5 +1,5 @@
 """Ingest on both stores: joining devices, replacing observations within coverage, out-of-order
-reports, quarantine, placeholder serials and data minimisation (DESIGN.md §4.1)."""
+reports, quarantine, placeholder serials and data minimisation (docs/architecture.md, Facts)."""
 
 from __future__ import annotations
 

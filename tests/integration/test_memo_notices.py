@@ -1,4 +1,4 @@
-"""The memo, announced and taken back, against a real SMTP server (DESIGN.md §5, issue 3).
+"""The memo, announced and taken back, against a real SMTP server (docs/notices.md).
 
 The reference organisation starts with the policy as a draft and frank's exemption already
 granted; devices report daily; the author proposes, a second person approves, the memo is

@@ -1,4 +1,4 @@
-"""Decision for (device, resource, T): DESIGN.md §4.3. Pure.
+"""Decision for (device, resource, T): docs/architecture.md, "the decision". Pure.
 
 deny iff some active policy with the resource in `enforcement.deny` has the device
 `non_compliant`, or has it `unknown` with `unknown: deny` and T ≥ max(deadline, first report +

@@ -1,7 +1,7 @@
 """The gate's in-memory copy of what it needs to answer: which device an identifier names, who
 owns it, the owner's addresses, and the materialised decisions.
 
-The gate answers most requests from here without touching the store (DESIGN.md §9 W2). This
+The gate answers most requests from here without touching the store (W2 in bench/README.md). This
 module only holds and loads the copy; keeping it fresh (after a commit in this process, on a
 change made by another process, periodically in full) is the job of its owner, `web.live_index`.
 

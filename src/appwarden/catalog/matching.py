@@ -2,7 +2,7 @@
 
 Every identifier is stored and compared as its *match key*: the form `match_key` returns. The same
 function normalises what the catalog declares and what a source observes, so equality of keys is
-equality of identifiers. Rules per namespace (DESIGN.md §3 names the namespaces):
+equality of identifiers. Rules per namespace (vocabulary.AppNamespace names the namespaces):
 
 - `apple_bundle_id`: stripped, casefolded (Apple treats bundle ids case-insensitively).
 - `android_package`, `flatpak_app`: stripped only (these ids are case-sensitive).
@@ -51,7 +51,7 @@ _NOT_LITERAL = re.compile(r"[*|.\-\s]")
 
 
 def namespaces() -> frozenset[str]:
-    """Every app identifier namespace (DESIGN.md §3)."""
+    """Every app identifier namespace (`vocabulary.AppNamespace`)."""
     return _NAMESPACES
 
 

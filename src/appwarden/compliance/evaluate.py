@@ -1,4 +1,5 @@
-"""The state of (policy version, device, T): DESIGN.md §4.3, the first rule that matches wins.
+"""The state of (policy version, device, T); the first rule that matches wins (docs/architecture.md,
+"State rules and the decision rule").
 
 Pure: plain data in, an Evaluation out, no I/O. The set-based fleet evaluation in
 `compliance.fleet` must agree with this module row for row (a property-based test checks it).

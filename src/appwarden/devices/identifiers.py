@@ -1,4 +1,5 @@
-"""Device identifiers: normalisation, placeholder serials, and the join order of DESIGN.md §4.1."""
+"""Device identifiers: normalisation, placeholder serials, and the join order (docs/architecture.md,
+Facts)."""
 
 from __future__ import annotations
 

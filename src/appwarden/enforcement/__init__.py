@@ -6,7 +6,7 @@
   (`Set-CASMailbox -ActiveSyncBlockedDeviceIDs`), as a PowerShell script for the current state
   and through the Exchange Online admin API.
 
-Actions are driven by `DecisionChanged` through the transactional outbox (DESIGN.md §4.3, §5):
+Actions are driven by `DecisionChanged` through the transactional outbox (docs/architecture.md):
 delivery is at least once, so every action here is idempotent (blocking twice leaves the device
 blocked). A failure is a `DeliveryError` whose `permanent` flag tells the dispatcher whether a
 retry can help, exactly as for the notification channels.

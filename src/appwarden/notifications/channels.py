@@ -1,4 +1,4 @@
-"""Delivery channels: the adapters that put one notice on the wire (DESIGN.md §5, "Delivery").
+"""Delivery channels: the adapters that put one notice on the wire (docs/delivery.md).
 
 The transactional outbox and its dispatcher live elsewhere; they build an `OutgoingEmail` or an
 `OutgoingWebhook` from a notice row and call `Channel.send`. A channel either returns (delivered

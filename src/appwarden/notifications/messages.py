@@ -1,4 +1,4 @@
-"""What each notice says: pure rendering of the notice kinds of DESIGN.md §5, and the email that
+"""What each notice says: pure rendering of the notice kinds of docs/notices.md, and the email that
 carries one.
 
 `render(context)` picks the template folder `context.template` under `templates.TEMPLATE_DIR`
@@ -47,7 +47,7 @@ TEMPLATE_NAMES: tuple[str, ...] = (
 )
 TEMPLATE_FILES: tuple[str, ...] = ("subject.txt", "body.txt", "body.html")
 
-# How a device appears in a notice (DESIGN.md §5): `violating` (the app was found), `unverified`
+# How a device appears in a notice (docs/notices.md): `violating` (the app was found), `unverified`
 # (in scope, absence not proven), `exempt`, `compliant`.
 VIOLATING = "violating"
 UNVERIFIED = "unverified"

@@ -1,5 +1,5 @@
 """Message templates shipped with appwarden. Their digest is part of what a policy approval binds:
-an edited template voids approvals (DESIGN.md §5)."""
+an edited template voids approvals (docs/notices.md, "Templates")."""
 
 from __future__ import annotations
 

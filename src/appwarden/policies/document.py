@@ -1,4 +1,4 @@
-"""The policy document `appwarden/v1` (DESIGN.md §4.2): parse, validate, resolve defaults.
+"""The policy document `appwarden/v1` (docs/policy.md): parse, validate, resolve defaults.
 
 `parse_policy` turns YAML or JSON text into a `PolicyDocument` or raises `InvalidInput` listing
 every problem at once, each located as `FILE:LINE:COL` with a message that says what was expected.
@@ -37,7 +37,8 @@ DEFAULT_ANNOUNCE_TEMPLATE = "mandatory-removal"
 DEFAULT_SEND_AT = "09:00"
 DEFAULT_RESOURCES: tuple[str, ...] = ("email", "webmail")
 
-# Only these kinds can prove an app absent; `managed_only` and `none` never can (§4.3 rule 4).
+# Only these kinds can prove an app absent; `managed_only` and `none` never can
+# (docs/architecture.md, state rule 4).
 ABSENCE_EVIDENCE: tuple[str, ...] = (
     EvidenceKind.ATTESTATION.value,
     EvidenceKind.INVENTORY.value,

@@ -1,4 +1,4 @@
-"""The version state machine of DESIGN.md §5. Pure.
+"""The version state machine (docs/architecture.md, "The lifecycle of a policy version"). Pure.
 
 draft ──propose──▶ proposed ──approve──▶ approved ──publish──▶ scheduled ──release──▶ active
   ▲                   │                     │  ▲                  │                    │

@@ -1,4 +1,4 @@
-"""The reference organisation (DESIGN.md §1, issue "Foundation"): the TikTok memo, reproduced.
+"""The reference organisation (README, "Quick start"): the TikTok memo, reproduced.
 
 Every time is relative to the memo's release T. With T = 2020-07-10T09:00:00-07:00 it is the memo
 exactly: the policy is released at T with its deadline that night (short notice), reports were

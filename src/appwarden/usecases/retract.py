@@ -1,4 +1,4 @@
-"""Retraction of a policy sent in error (DESIGN.md §5), in one transaction:
+"""Retraction of a policy sent in error (docs/architecture.md), in one transaction:
 
 1. its live and scheduled versions become `retracted`;
 2. pending notices and reminders are cancelled;

@@ -1,4 +1,4 @@
-"""The decision rule of DESIGN.md §4.3 (appwarden.access.decide), table by table.
+"""The decision rule of docs/architecture.md (appwarden.access.decide), table by table.
 
 deny iff some policy with the resource in `enforcement.deny` has the device `non_compliant`, or
 `unknown` under `unknown: deny` at or after max(deadline, first report + grace) (the deadline when

@@ -1,4 +1,4 @@
-"""The ordered state rules of DESIGN.md §4.3 (appwarden.compliance.evaluate), table by table.
+"""The ordered state rules of docs/architecture.md (appwarden.compliance.evaluate), table by table.
 
 Every case builds plain data (PolicyRules, DeviceView, Seen, Covered, ExemptionWindow) and
 asserts the whole Evaluation: state, since, due, first_seen, reasons and valid_until. The ids
@@ -657,7 +657,7 @@ def test_exemptions_accept_any_iterable() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# `since` is "the logical instant the state began" (DESIGN.md §4.3) and `valid_until` "the next
+# `since` is "the logical instant the state began" (docs/architecture.md) and `valid_until` "the next
 # instant the state may change without new facts": exemption windows and expiring proofs bound both.
 
 

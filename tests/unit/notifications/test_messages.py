@@ -1,7 +1,7 @@
 """What each notice says (appwarden.notifications.messages): subjects, key sentences in text and
 HTML, instants in the recipient's zone, escaping, and the email that carries a notice.
 
-The reference memo of DESIGN.md §1: TikTok is no longer permitted on mobile devices that access
+The reference memo (README): TikTok is no longer permitted on mobile devices that access
 company email; remove it by July 10 (2020-07-10T23:59:59-07:00 = 2020-07-11T06:59:59Z).
 """
 

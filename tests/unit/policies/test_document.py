@@ -19,7 +19,7 @@ from appwarden.policies.document import (
     parse_policy,
 )
 
-# The reference scenario of DESIGN.md §4.2, comments and all. Two long plain scalars are continued
+# The reference example of docs/policy.md, comments and all. Two long plain scalars are continued
 # on a second line to fit the line limit; YAML folds them back into one line.
 REFERENCE = """\
 apiVersion: appwarden/v1

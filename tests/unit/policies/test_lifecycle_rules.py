@@ -2,9 +2,9 @@
 documented next state, every other (state, action) pair is a Conflict naming the current state and
 what is possible from it.
 
-The table below is written out by hand (DESIGN.md §5 and the module's diagram), not derived from
+The table below is written out by hand (docs/architecture.md and the module's diagram), not derived from
 TRANSITIONS, so a changed table fails here. Besides the diagram, a `scheduled` version can be
-superseded or retired: a scheduled version whose release_at has passed is in effect (§5) before the
+superseded or retired: a scheduled version whose release_at has passed is in effect (docs/architecture.md) before the
 worker marks it active.
 """
 

@@ -1,0 +1,240 @@
+"""The performance tables of README.md and bench/README.md, generated from bench/results/*.json.
+
+    python -m bench.report            rewrite both tables from the committed results
+    python -m bench.report --check    exit 1, naming the file, when a table differs from them
+
+Every store's latest result per workload is listed, failing ones included, bar by bar, with the
+bar it was held to (as recorded in the results file) and pass or FAIL; bench/README.md then lists
+every results file in detail. Quoting a number by hand is how a README ends up showing only the
+runs that passed: the tables are written here and nowhere else, and a test checks that the
+committed files equal what this module generates (`bench.run` calls it after every run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+TABLE_START = "<!-- results:start -->"
+TABLE_END = "<!-- results:end -->"
+# What each recorded bar measures, in the words of bench/README.md.
+BAR_LABELS = {
+    ("W2", "throughput_ratio"): "gate / constant, max requests/s",
+    ("W2", "gate_p99_at_half_max"): "gate p99 at half the gate's max rate (open loop)",
+    ("W2", "sample_matches_api"): "gate answers that differ from the API on the sample",
+    ("W2", "no_errors"): "wrk's runs",
+    ("W4", "p99"): "p99, one device's report from the ingest call to the commit",
+    ("W4", "committed"): "reports whose committed decision is not allow",
+    ("W6", "same_process_read_your_writes"): "same process: flips not seen by the next answer",
+    ("W6", "other_process_p99"): "other process: p99 until the answer flips",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str  # the file's name under bench/results/
+    data: dict[str, Any]
+
+    @property
+    def workload(self) -> str:
+        return str(self.data["workload"])
+
+    @property
+    def store(self) -> str:
+        """`SQLite 3.40.1`, `PostgreSQL 15.20`: the store's name and version, nothing else."""
+        return str(self.data["machine"]["store"]).split(" (")[0].split(",")[0]
+
+    @property
+    def finished(self) -> str:
+        return str(self.data["finished_at"])
+
+    def label(self, *, store: bool = False) -> str:
+        mode = "quick" if self.data.get("quick") else "full"
+        when = self.finished[:16].replace("T", " ")
+        return f"`{self.name}` ({mode}, {f'{self.store}, ' if store else ''}{when}Z)"
+
+
+def load(directory: Path = RESULTS) -> list[Result]:
+    """Every results file, by name; one that cannot be read is an error naming it."""
+    results = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            result = Result(path.name, data)
+            _ = (result.workload, result.store, result.finished, data["bars"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"bench.report: {path}: not a benchmark result ({exc!r})") from exc
+        results.append(result)
+    return results
+
+
+def latest(results: Sequence[Result]) -> list[Result]:
+    """The newest result of each (workload, store), quick or full, in workload then store order."""
+    newest: dict[tuple[str, str], Result] = {}
+    for result in results:
+        key = (result.workload, result.store.split(" ")[0])
+        if key not in newest or result.finished > newest[key].finished:
+            newest[key] = result
+    return [newest[key] for key in sorted(newest)]
+
+
+def _value(bar: dict[str, Any]) -> str:
+    value = bar["value"]
+    if isinstance(value, bool):  # the bar names what was checked; pass/fail says the rest
+        return "—"
+    unit = " ms" if str(bar["bar"]).endswith(" ms") else ""
+    return f"{value}{unit}"
+
+
+def summary(results: Sequence[Result]) -> list[str]:
+    """One row per bar of each store's latest result per workload."""
+    lines = [
+        "| workload | store | run | measured | value | bar | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in latest(results):
+        run = f"| {result.workload} | {result.store} | {result.label()} |"
+        for i, (key, bar) in enumerate(result.data["bars"].items()):
+            label = BAR_LABELS.get((result.workload, key), key)
+            verdict = "pass" if bar["pass"] else "**FAIL**"
+            lines.append(
+                f"{'| | | |' if i else run} {label} | {_value(bar)} | {bar['bar']} | {verdict} |"
+            )
+    return lines
+
+
+def _ok(flag: bool) -> str:
+    return "pass" if flag else "FAIL"
+
+
+def _w2_rows(result: dict[str, Any]) -> list[str]:
+    bars = result["bars"]
+    c, g = result["max_rps"]["constant"], result["max_rps"]["gate"]
+    gate_lat = result["open_loop"]["gate"]["latency_from_scheduled_start"]
+    const_lat = result["open_loop"]["constant"]["latency_from_scheduled_start"]
+    sample = result["sample"]
+    return [
+        f"W2 max req/s: gate {g:,.0f} / constant {c:,.0f} | ratio {result['ratio']:.3f} "
+        f"| {bars['throughput_ratio']['bar']} | {_ok(bars['throughput_ratio']['pass'])} |",
+        f"W2 open loop at {result['open_loop']['rate_per_s']:,.0f}/s: gate p50 "
+        f"{gate_lat['p50_ms']} / p99 {gate_lat['p99_ms']} ms (constant p50 "
+        f"{const_lat['p50_ms']} / p99 {const_lat['p99_ms']} ms) | p99 {gate_lat['p99_ms']} ms "
+        f"| {bars['gate_p99_at_half_max']['bar']} "
+        f"| {_ok(bars['gate_p99_at_half_max']['pass'])} |",
+        f"W2 gate = API on {sample['sample']} phones | {bars['sample_matches_api']['value']} "
+        f"mismatches | identical | {_ok(bars['sample_matches_api']['pass'])} |",
+    ]
+
+
+def _w4_rows(result: dict[str, Any]) -> list[str]:
+    bars = result["bars"]
+    lat = result["latency"]
+    full = result["full_evaluation"]
+    return [
+        f"W4 one device's report, ingest to commit: {result['measured']} reports, "
+        f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms (a full "
+        f"evaluation: {full['seconds_best_of_3']} s, {full['times_the_p50']:,.0f}x the p50) "
+        f"| p99 {lat['p99_ms']} ms | {bars['p99']['bar']} | {_ok(bars['p99']['pass'])} |",
+        f"W4 decisions committed as allow | {bars['committed']['value']} wrong | "
+        f"0 wrong | {_ok(bars['committed']['pass'])} |",
+    ]
+
+
+def _w6_rows(result: dict[str, Any]) -> list[str]:
+    bars = result["bars"]
+    same = result["same_process"]
+    other = result["other_process"]["latency"]
+    return [
+        f"W6 same process: {result['measured']} flips, p50 {same['latency']['p50_ms']} / p99 "
+        f"{same['latency']['p99_ms']} ms | {len(same['failures'])} failures | 0 failures | "
+        f"{_ok(bars['same_process_read_your_writes']['pass'])} |",
+        f"W6 other process: p50 {other['p50_ms']} / p99 {other['p99_ms']} / max "
+        f"{other['max_ms']} ms ({result['other_process']['timeouts']} timeouts) | p99 "
+        f"{other['p99_ms']} ms | {bars['other_process_p99']['bar']} "
+        f"| {_ok(bars['other_process_p99']['pass'])} |",
+    ]
+
+
+DETAIL = {"W2": _w2_rows, "W4": _w4_rows, "W6": _w6_rows}
+
+
+def detail_rows(result: Result) -> list[str]:
+    """The rows of one results file in the detailed table (and in `bench.run`'s summary)."""
+    rows = DETAIL[result.workload](result.data)
+    first = f"| {result.label(store=True)} | "
+    return [("| | " if i else first) + row for i, row in enumerate(rows)]
+
+
+def detail(results: Sequence[Result]) -> list[str]:
+    lines = ["| run | measured | value | bar | |", "|---|---|---|---|---|"]
+    for result in results:
+        lines += detail_rows(result)
+    return lines
+
+
+def readme_block(results: Sequence[Result]) -> str:
+    return "\n".join(summary(results))
+
+
+def bench_readme_block(results: Sequence[Result]) -> str:
+    return "\n".join(
+        [*summary(results), "", "Every results file in bench/results/:", "", *detail(results)]
+    )
+
+
+TABLES = {ROOT / "README.md": readme_block, BENCH / "README.md": bench_readme_block}
+_BLOCK = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.DOTALL)
+
+
+def rendered(path: Path, results: Sequence[Result]) -> str:
+    """`path`'s text with the table between its markers generated from `results`."""
+    text = path.read_text()
+    if len(_BLOCK.findall(text)) != 1:
+        raise SystemExit(f"bench.report: {path}: needs exactly one {TABLE_START} … {TABLE_END}")
+    block = f"{TABLE_START}\n{TABLES[path](results)}\n{TABLE_END}"
+    return _BLOCK.sub(lambda _m: block, text)
+
+
+def refresh(results: Sequence[Result] | None = None) -> list[Path]:
+    """Rewrite both tables; the files that changed."""
+    results = load() if results is None else results
+    changed = []
+    for path in TABLES:
+        text = rendered(path, results)
+        if text != path.read_text():
+            path.write_text(text)
+            changed.append(path)
+    return changed
+
+
+def stale(results: Sequence[Result] | None = None) -> list[Path]:
+    """The files whose table differs from what the results generate."""
+    results = load() if results is None else results
+    return [path for path in TABLES if rendered(path, results) != path.read_text()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="only say whether a table is stale")
+    args = parser.parse_args(argv)
+    if args.check:
+        outdated = stale()
+        for path in outdated:
+            sys.stderr.write(f"{path.relative_to(ROOT)}: stale; run python -m bench.report\n")
+        return 1 if outdated else 0
+    for path in refresh():
+        sys.stdout.write(f"rewrote the table in {path.relative_to(ROOT)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
