@@ -28,7 +28,7 @@ from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceOwnerHistory, DeviceResource, FactConflict
 from appwarden.errors import Conflict, InvalidInput, NotFound
 from appwarden.identity.models import Person
-from appwarden.identity.service import find_person, normalise_email, set_groups
+from appwarden.identity.service import ensure_person, find_person, normalise_email, set_groups
 from appwarden.timeutil import iso
 from appwarden.vocabulary import ConflictStatus, DeviceStatus, Fact, PersonStatus
 
@@ -62,18 +62,7 @@ class Authority:
 
     def person(self, uow: UnitOfWork, email: str, display_name: str | None = None) -> Person:
         """The person with this email or alias; created (and owned by this source) if new."""
-        person = find_person(uow, email)
-        if person is None:
-            person = Person(
-                email=normalise_email(email),
-                display_name=display_name,
-                status=PersonStatus.ACTIVE,
-                created_at=uow.now,
-                source=self.source,
-            )
-            uow.session.add(person)
-            uow.session.flush()
-        return person
+        return ensure_person(uow, email, display_name, source=self.source)
 
     def admits(
         self,

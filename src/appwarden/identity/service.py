@@ -147,7 +147,11 @@ def get_person(uow: UnitOfWork, email: str) -> Person:
     return person
 
 
-def ensure_person(uow: UnitOfWork, email: str, display_name: str | None = None) -> Person:
+def ensure_person(
+    uow: UnitOfWork, email: str, display_name: str | None = None, *, source: str | None = None
+) -> Person:
+    """The person with this address or alias; created if new (owned by `source`, the inventory
+    source that first named them, if any: see devices/facts.py)."""
     person = find_person(uow, email)
     if person is None:
         person = Person(
@@ -155,6 +159,7 @@ def ensure_person(uow: UnitOfWork, email: str, display_name: str | None = None) 
             display_name=display_name,
             status=PersonStatus.ACTIVE,
             created_at=uow.now,
+            source=source,
         )
         uow.session.add(person)
         uow.session.flush()
