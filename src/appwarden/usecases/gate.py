@@ -340,7 +340,7 @@ class IndexFacts:
         now: datetime,
         *,
         authoritative: bool,
-        not_found: NotFound | None = None,
+        not_found: RememberedMisses | None = None,
     ) -> None:
         self.index = index
         self.now = now
@@ -385,7 +385,7 @@ class IndexFacts:
         return BlockingDevice("unknown", "unknown", _hint(value), policies)
 
 
-class NotFound(Protocol):
+class RememberedMisses(Protocol):
     def knows(self, key: object) -> bool:
         """Whether the store said `key` (an identifier or a name) is unknown, moments ago."""
         ...
