@@ -507,7 +507,11 @@ class GateFastPath:
 
     async def _decide(self, request: GateRequest) -> tuple[GateAnswer, str | None]:
         """From memory when the copy can answer, else on the store path; what concerns callers
-        the gate knows nothing about is paced (`Pacer`). Raises Busy."""
+        the gate knows nothing about is paced (`Pacer`). A copy that must catch up first (another
+        process wrote, a checkpoint moved the WAL) is no sign of a stranger: that request goes to
+        the store path unpaced. Raises Busy."""
+        if not self.gate.live.fresh():
+            return await self.gate.store_path.run(self.gate.decide, request)
         remembered = self.gate.from_memory(request)
         if remembered is None:
             await self.gate.pacer.turn()
