@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,3 +224,12 @@ def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
         yield SmtpServer("127.0.0.1", port, received)
     finally:
         controller.stop()
+
+
+def wait_until_current(app) -> None:
+    """Until a server's gate copy has loaded and is current (its start-up load is a thread, and
+    on PostgreSQL its LISTEN connection must be up)."""
+    deadline = time.monotonic() + 10
+    while not app.state.live_index.fresh() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.live_index.fresh()

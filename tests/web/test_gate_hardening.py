@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import uvicorn
 from starlette.testclient import TestClient
+from tests.conftest import wait_until_current
 
 from appwarden.cli.main import run
 from appwarden.settings import Settings
 from appwarden.timeutil import parse_instant
 from appwarden.usecases.gate import IndexFacts, NeedStore
 from appwarden.web.app import SERVER_OPTIONS, create_app
-from appwarden.web.gate import GateMisconfigured
+from appwarden.web.gate import GateMisconfigured, Pacer
 
 KEY = "hardening-test-proxy-key-0123456789abcdef"
 EAS = "/Microsoft-Server-ActiveSync"
@@ -198,3 +199,22 @@ def test_an_unknown_device_id_asks_the_store_once_a_second(store, demo, tmp_path
         gate.not_found.clear()
         with pytest.raises(NeedStore):
             facts.device(*unknown)
+
+
+def test_only_strangers_are_paced_not_known_devices_while_the_copy_catches_up(
+    store, demo, tmp_path, monkeypatch
+):
+    app = create_app(settings_for(store, tmp_path, gate_proxy="nginx"))
+    key = {"X-Appwarden-Proxy-Key": KEY}
+    known = {**key, "X-Original-URI": f"{EAS}?Cmd=Sync&DeviceId={CAROL}&DeviceType=x"}
+    with TestClient(app) as client:
+        wait_until_current(app)
+        gate = app.state.gate
+        gate.pacer = Pacer(per_second=0.001, wait=0.01)  # one stranger, then none for ages
+        stranger = {**key, "X-Original-URI": f"{EAS}?Cmd=Sync&DeviceId=AB12&DeviceType=x"}
+        assert client.get("/gate/forward", headers=stranger).status_code == 200  # its turn
+        assert client.get("/gate/forward", headers=stranger).status_code == 503  # paced
+        # the copy must catch up (another process wrote): carol's phone is still answered
+        monkeypatch.setattr(gate.live, "fresh", lambda: False)
+        for _ in range(3):
+            assert client.get("/gate/forward", headers=known).status_code == 403

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
+from tests.conftest import wait_until_current
 
 from appwarden.access.gate import NO_IDENTITY, GateRequest, Identity, account_name
 from appwarden.access.models import DecisionRecord
@@ -149,7 +150,7 @@ def test_a_deadline_flips_the_gate_without_the_store_or_the_worker(store, demo, 
     app = create_app(settings)
     statements = _statements(app)
     with TestClient(app) as client:
-        _wait_until_current(app)
+        wait_until_current(app)
         ask = lambda device, user: client.get("/gate/forward", headers=_gate_headers(device, user))  # noqa: E731
         assert ask(ALICE, "alice").status_code == 200
         clock.write_text(AFTER)
@@ -177,14 +178,6 @@ def _gate_headers(device: str, user: str) -> dict[str, str]:
     return {"X-Appwarden-Proxy-Key": KEY, "X-Original-URI": uri}
 
 
-def _wait_until_current(app) -> None:
-    """Until the server's gate copy has loaded and is current (its start-up load is a thread)."""
-    deadline = time.monotonic() + 10
-    while not app.state.live_index.fresh() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert app.state.live_index.fresh()
-
-
 def _statements(app) -> list[str]:
     """Every SQL statement the application's engine runs from now on."""
     statements: list[str] = []
@@ -210,7 +203,7 @@ def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
     app = create_app(_settings(store, tmp_path, AFTER))
     statements = _statements(app)
     with TestClient(app) as client:
-        _wait_until_current(app)
+        wait_until_current(app)
         statements.clear()
         for _ in range(20):
             assert (
@@ -243,7 +236,7 @@ def test_another_process_commit_is_seen_before_the_next_answer(store, demo, cli,
     app = create_app(_settings(store, tmp_path, AFTER))
     with TestClient(app) as client:
         live: LiveIndex = app.state.live_index
-        _wait_until_current(app)
+        wait_until_current(app)
         assert client.get("/gate/forward", headers=_gate_headers(CAROL, "carol")).status_code == 403
 
         retracted = cli(
@@ -301,7 +294,7 @@ def test_which_gate_answers_are_logged(store, demo, cli, tmp_path, caplog, setti
     settings = _settings(store, tmp_path, AFTER).model_copy(update={"gate_access_log": setting})
     app = create_app(settings)
     with TestClient(app) as client:
-        _wait_until_current(app)
+        wait_until_current(app)
         caplog.clear()
         denied = client.get(
             "/gate/forward", headers={**_gate_headers(ALICE, "alice"), "X-Request-Id": "nginx-1"}
