@@ -1,5 +1,5 @@
-"""`/gate/forward`: the forward-auth endpoint for nginx `auth_request`, Traefik ForwardAuth and
-Envoy ext_authz (HTTP service), and `/gate/explain`, the body nginx fetches for a 403.
+"""`/gate/forward`: the forward-auth endpoint for nginx `auth_request`, Caddy `forward_auth`,
+Traefik ForwardAuth and Envoy ext_authz (HTTP service), and `/gate/explain`, the body nginx fetches for a 403.
 
 Its credential is the proxy's, not an API token: `X-Appwarden-Proxy-Key` compared in constant
 time with `APPWARDEN_GATE_PROXY_KEY` (at least 32 bytes, or the server refuses to start), or (when
@@ -9,10 +9,10 @@ refuses every call (fail closed). Allow = 200 (Envoy treats any other 2xx as a d
 `X-Appwarden-Device` and, when the asking person was identified, `X-Appwarden-Person`; deny = 403
 with a problem+json body naming the policy and the portal, never another person.
 
-Unknown callers cost a bounded amount: answers that need the store run on the gate's own few
-threads (`StorePath`, where a request past the queue waits before it is refused), never the pool
-that serves /v1, and what the store said it does not know is remembered for a second
-(`NotFoundCache`).
+Unknown callers cost a bounded amount: answers about callers the gate knows nothing about are
+paced (`Pacer`: wait for a turn, 503 past ~2 s); answers that need the store run on the gate's
+own few threads (`StorePath`, the same wait-then-503), never the pool that serves /v1; and what the
+store said it does not know is remembered for a second (`NotFoundCache`).
 
 Two paths give the same answer (`usecases.gate.answer` over two sources of facts):
 
