@@ -1,5 +1,6 @@
 """`/gate/forward`: the forward-auth endpoint for nginx `auth_request`, Caddy `forward_auth`,
-Traefik ForwardAuth and Envoy ext_authz (HTTP service), and `/gate/explain`, the body nginx fetches for a 403.
+Traefik ForwardAuth and Envoy ext_authz (HTTP service), and `/gate/explain`, the body nginx
+fetches for a 403.
 
 Its credential is the proxy's, not an API token: `X-Appwarden-Proxy-Key` compared in constant
 time with `APPWARDEN_GATE_PROXY_KEY` (at least 32 bytes, or the server refuses to start), or (when
