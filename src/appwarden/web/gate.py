@@ -360,12 +360,14 @@ class Gate:
             lower_cased=True,
         )
 
-    def from_memory(self, request: GateRequest) -> GateAnswer | None:
-        """The answer from the current in-memory copy, or None when it cannot give one."""
-        if not self.live.fresh():
-            return None
+    def from_memory(self, request: GateRequest, now: datetime | None = None) -> GateAnswer | None:
+        """The answer from the in-memory copy, which the caller knows to be current (`live.fresh`),
+        or None when the copy cannot give it with certainty (the store must)."""
         facts = IndexFacts(
-            self.live.index, self.runtime.now(), authoritative=False, not_found=self.not_found
+            self.live.index,
+            now or self.runtime.now(),
+            authoritative=False,
+            not_found=self.not_found,
         )
         try:
             return answer(facts, request, self.policy)
@@ -380,11 +382,9 @@ class Gate:
         try:
             if not self.live.fresh():
                 self.live.catch_up()
-            memory = IndexFacts(self.live.index, now, authoritative=False, not_found=self.not_found)
-            try:
-                return answer(memory, request, self.policy), None
-            except NeedStore:
-                pass
+            remembered = self.from_memory(request, now)
+            if remembered is not None:
+                return remembered, None
             with self.runtime.uow(now, write=False) as uow:
                 facts = _RecordingStoreFacts(uow, self.policy.device_namespace, self.not_found)
                 return answer(facts, request, self.policy), None
