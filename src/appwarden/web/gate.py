@@ -230,8 +230,7 @@ class StorePath:
         loop = asyncio.get_running_loop()
         place: asyncio.Future[None] = loop.create_future()
         self._waiting.append(place)
-        jitter = 0.5 + random.random()  # noqa: S311 - spreading timers, not a secret
-        expiry = loop.call_later(self.wait * jitter, _expire, place)
+        expiry = loop.call_later(spread(self.wait), _expire, place)
         try:
             await place
         except BaseException:
@@ -270,11 +269,17 @@ class Pacer:
         now = asyncio.get_running_loop().time()
         slot = max(now, self._next)
         if slot - now > self.wait:
-            await asyncio.sleep(self.wait * (0.5 + random.random()))  # noqa: S311 - spreading
+            await asyncio.sleep(spread(self.wait))
             raise Busy
         self._next = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)
+
+
+def spread(seconds: float) -> float:
+    """A wait drawn between half and one and a half times `seconds`, so that requests that came
+    together are not all refused, and do not all ask again, at the same instant."""
+    return seconds * (0.5 + random.random())  # noqa: S311 - spreading timers, not a secret
 
 
 def _expire(place: asyncio.Future[None]) -> None:
