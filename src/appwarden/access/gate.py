@@ -571,14 +571,15 @@ def encode_eas_base64_query(
 # The plain text query ([MS-ASHTTP] 2.2.1.1.1.2)
 
 
-def _plain_fields(query: str) -> dict[str, str | None]:
-    """DeviceId, DeviceType, User, Cmd from `name=value&…` (names case-insensitive).
+def _plain_fields(query: str) -> tuple[dict[str, str | None], frozenset[str]]:
+    """DeviceId, DeviceType, User, Cmd from `name=value&…` (names case-insensitive), and the
+    fields given twice with different values.
 
-    A field given twice with different values is ambiguous (the gate and the mail server could
-    read different ones), so it is reported as None and named in `CONFLICTS`; so is one that fails
-    `_clean` or is not UTF-8.
+    Such a field is ambiguous (the gate and the mail server could read different ones), so it is
+    reported as None; so is one that fails `_clean` or is not UTF-8.
     """
     found: dict[str, str | None] = {}
+    conflicting: set[str] = set()
     for pair in query.split("&"):
         name_raw, sep, value_raw = pair.partition("=")
         if not sep:
@@ -596,14 +597,10 @@ def _plain_fields(query: str) -> dict[str, str | None]:
             value = None
         if field in found and found[field] != value:
             found[field] = None
-            found[CONFLICTS + field] = ""
+            conflicting.add(field)
         else:
             found[field] = value
-    return found
-
-
-#: Prefix of the marker `_plain_fields` leaves for a field given twice with different values.
-CONFLICTS = "conflict:"
+    return found, frozenset(conflicting)
 
 
 def _is_base64_query(query: str) -> bool:
@@ -611,16 +608,20 @@ def _is_base64_query(query: str) -> bool:
     return "&" not in token and _BASE64_TOKEN.fullmatch(token) is not None
 
 
-def _query_fields(query: str) -> tuple[dict[str, str | None], Encoding]:
+def _query_fields(query: str) -> tuple[dict[str, str | None], frozenset[str], Encoding]:
+    """The query's fields, the ones given twice with different values, and its form. (A base64
+    query with a field twice is malformed as a whole: `decode_eas_base64_query` refuses it.)"""
     if not query or len(query) > MAX_URI_LENGTH:
-        return {}, "none"
+        return {}, frozenset(), "none"
     if _is_base64_query(query):
         try:
             decoded = decode_eas_base64_query(query)
         except ValueError:
-            return {}, "none"
-        return {key: _clean(decoded.get(key)) for key in _PLAIN_FIELDS.values()}, "base64"
-    return _plain_fields(query), "plain"
+            return {}, frozenset(), "none"
+        fields = {key: _clean(decoded.get(key)) for key in _PLAIN_FIELDS.values()}
+        return fields, frozenset(), "base64"
+    fields, conflicting = _plain_fields(query)
+    return fields, conflicting, "plain"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,7 +685,7 @@ def _parse(
     return GateRequest(
         device_id=device_id,
         device_type=device_type,
-        user=account_name(user),
+        user=user,
         command=command,
         resource=resource,
         path=normal,
@@ -708,16 +709,16 @@ _CACHED_URI_LENGTH = 512
 def _read_uri(uri: str, locations: tuple[tuple[str, str], ...]) -> _UriParts:
     raw_path, _, query = uri.partition("?")
     normal = normalise_path(raw_path)
-    fields, encoding = _query_fields(query)
+    fields, conflicting, encoding = _query_fields(query)
     return (
         fields.get("DeviceId"),
         fields.get("DeviceType"),
-        fields.get("User"),
+        account_name(fields.get("User")),  # as the gate compares it with the identity
         fields.get("Cmd"),
         normal,
         resource_for(normal, locations),
         encoding,
-        CONFLICTS + "User" in fields,
+        "User" in conflicting,
     )
 
 
