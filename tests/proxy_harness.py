@@ -61,11 +61,29 @@ def check_proxy_key(proxy_key: str) -> str:
     return proxy_key
 
 
+class Stoppable:
+    """A context manager whose exit calls `stop()`: a proxy process, a threaded server."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # A proxy running as a child process
 
 
-class ProxyProcess:
+class ProxyProcess(Stoppable):
     """A proxy running in the foreground as a child process, everything it writes under `prefix`
     (`url`, `log`, `stop()`); also a context manager that stops it on exit. Holding the child's
     own process id means stopping it never depends on a pid file and leaves nothing behind."""
@@ -99,17 +117,6 @@ class ProxyProcess:
         process, self.process = self.process, None
         if process is not None:
             stop_process(process, self.graceful)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_proxy(launch: Callable[[int], P], *, service: str, attempts: int = 5) -> P:
@@ -201,7 +208,7 @@ def _read_chunked(handler: BaseHTTPRequestHandler) -> bytes:
 
 
 @dataclass
-class ThreadedServer:
+class ThreadedServer(Stoppable):
     """A ThreadingHTTPServer on 127.0.0.1 served by a daemon thread; `stop()` or `with`."""
 
     server: ThreadingHTTPServer
@@ -220,17 +227,6 @@ class ThreadedServer:
             self.server.shutdown()
             self.thread.join(timeout=STOP_TIMEOUT)
         self.server.server_close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def serve_http(
