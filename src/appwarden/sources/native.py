@@ -107,7 +107,7 @@ def show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -308,7 +308,7 @@ class _Entry:
         required: Iterable[str] = (),
     ) -> dict[str, Any] | None:
         if not isinstance(value, dict):
-            self.fail(path, f"{what} must be an object, not {_type_name(value)}")
+            self.fail(path, f"{what} must be an object, not {type_name(value)}")
             return None
         for key in value:
             if key not in allowed:
@@ -327,7 +327,7 @@ class _Entry:
         """The value if it is a string; otherwise a problem. (null is handled by the caller.)"""
         if isinstance(value, str):
             return value
-        self.fail(path, f"{_name(path)} must be a string, not {_type_name(value)}")
+        self.fail(path, f"{_name(path)} must be a string, not {type_name(value)}")
         return None
 
     def run(self, path: Path, check: Callable[[str], Any], value: object) -> Any:
@@ -350,7 +350,7 @@ class _Entry:
     def list_of(self, value: object, path: Path) -> list[Any]:
         if isinstance(value, list):
             return value
-        self.fail(path, f"{_name(path)} must be a list, not {_type_name(value)}")
+        self.fail(path, f"{_name(path)} must be a list, not {type_name(value)}")
         return []
 
 
@@ -531,7 +531,7 @@ def _app(entry: _Entry, item: object, path: Path) -> AppSeen | None:
         if fast is not None:
             return fast
     if not isinstance(item, dict):
-        entry.fail(path, f"an app must be an object, not {_type_name(item)}")
+        entry.fail(path, f"an app must be an object, not {type_name(item)}")
         return None
     for key in item:
         if key not in APP_KEYS:

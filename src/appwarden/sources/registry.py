@@ -1,0 +1,51 @@
+"""The formats `appwarden import SOURCE` reads, by name; each module is imported only when its
+format is used (the CLI starts without loading every vendor's mapping)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Final
+
+from appwarden.devices.schemas import InventoryBatch
+from appwarden.errors import InvalidInput
+from appwarden.sources.common import ImportOptions, SourceParser
+from appwarden.sources.native import MAX_BYTES
+
+# name -> (module, function). `native` and `csv` are appwarden's own formats; the others map a
+# vendor's own payloads exactly (docs/sources/).
+PARSERS: Final[dict[str, tuple[str, str]]] = {
+    "native": ("appwarden.sources.native", "parse_native"),
+    "csv": ("appwarden.sources.csvfile", "parse_csv"),
+    "osquery": ("appwarden.sources.osquery", "parse_osquery"),
+    "fleet": ("appwarden.sources.fleet", "parse_fleet"),
+    "intune": ("appwarden.sources.intune", "parse_intune"),
+    "apple-mdm": ("appwarden.sources.apple_mdm", "parse_apple_mdm"),
+    "amapi": ("appwarden.sources.amapi", "parse_amapi"),
+    "google": ("appwarden.sources.google", "parse_google"),
+    "jamf": ("appwarden.sources.jamf", "parse_jamf"),
+    "exchange": ("appwarden.sources.exchange", "parse_exchange"),
+}
+OWN_FORMATS: Final = frozenset({"native", "csv"})  # they take no ImportOptions
+
+
+def parser_for(name: str) -> SourceParser:
+    """The parser of a source format, as one signature for every format."""
+    if name not in PARSERS:
+        raise InvalidInput(f"unknown source {name!r}; expected one of: {', '.join(PARSERS)}")
+    module, function = PARSERS[name]
+    parse = getattr(import_module(module), function)
+    if name not in OWN_FORMATS:
+        return parse  # type: ignore[no-any-return]
+
+    def own_format(
+        text: str | bytes,
+        filename: str,
+        *,
+        strict: bool = False,
+        max_bytes: int = MAX_BYTES,
+        options: ImportOptions | None = None,
+    ) -> InventoryBatch:
+        result: InventoryBatch = parse(text, filename, strict=strict, max_bytes=max_bytes)
+        return result
+
+    return own_format
