@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from appwarden.timeutil import parse_duration
 from appwarden.vocabulary import SOURCE_NAME, Fact
 
 DEFAULT_DB_URL = "sqlite:///appwarden.db"
@@ -32,6 +34,12 @@ class Settings(BaseSettings):
     # "workday"}; a fact not named here belongs to the device's MDM of record (the source that
     # first reported it) or the source that first created the person (docs/inventory-native.md).
     fact_sources: dict[str, str] = Field(default_factory=dict)
+    # The organisation's mail domains (comma-separated): a source's address in one of them creates
+    # or matches a person; any other address leaves the device unowned and listed for admins.
+    # Empty: every address belongs to the organisation.
+    organisation_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # An Exchange partnership confers the `email` resource only if it synced this recently.
+    email_activity_window: str = "P30D"
     fault: str | None = None
 
     # Notices and their delivery (docs/delivery.md).
@@ -100,6 +108,29 @@ class Settings(BaseSettings):
     exchange_client_secret: SecretStr | None = None
     exchange_api_base: str = "https://outlook.office365.com"
     exchange_token_url: str | None = None  # default: the tenant's Entra token endpoint
+
+    @field_validator("organisation_domains", mode="before")
+    @classmethod
+    def _domains(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            domains = [str(part).strip().lower().lstrip("@") for part in value]
+            for domain in domains:
+                if not domain or "@" in domain or any(c.isspace() for c in domain):
+                    raise ValueError(f"{domain!r} is not a mail domain (like example.com)")
+            return domains
+        return value
+
+    @field_validator("email_activity_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def email_activity(self) -> timedelta:
+        return parse_duration(self.email_activity_window)
 
     @field_validator("fact_sources")
     @classmethod

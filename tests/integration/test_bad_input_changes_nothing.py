@@ -129,7 +129,7 @@ def test_without_strict_a_bad_entry_skips_only_its_device(loaded, store):
         "2020-07-10T10:00:00-07:00",
         "--json",
     )
-    assert result.code == 1
+    assert result.code == 2
     (summary,) = result.json()
     assert summary["skipped"]
     assert all("bad-entries.json:" in line for line in summary["skipped"])

@@ -81,7 +81,7 @@ def _inventory(tmp_path):
 
 def test_inventory_text_is_printed_literally(cli, tmp_path, terminal, demo):
     imported = cli("import", "native", str(_inventory(tmp_path)))
-    assert imported.code == 1, imported.err  # the second device is skipped
+    assert imported.code == 2, imported.err  # the second device is skipped
     _assert_literal(imported.err, "[reverse]inventory.json", "1 report(s) applied", "\\x1b]8;")
     at = ("--at", "2020-07-11T12:00:00-07:00")
     status = cli("status", "--all", *at)

@@ -86,7 +86,7 @@ def test_nesting_within_the_limit_is_fine(loaded, tmp_path):
     path = tmp_path / "deep-64.json"
     path.write_text(_deep_inventory(61))  # 61 lists in the top object, devices list, device: 64
     result = loaded("import", "native", str(path))
-    assert result.code == 1  # the device is skipped for its own reasons, not for the depth
+    assert result.code == 2  # the device is skipped for its own reasons, not for the depth
     assert "nested deeper" not in result.err
 
 

@@ -13,6 +13,7 @@ import typer
 from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
+from appwarden.cli.imports import register as register_imports
 from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import (
     bold,
@@ -21,24 +22,20 @@ from appwarden.cli.render import (
     emit_json,
     errors,
     explain,
-    progress,
     short_time,
     table,
 )
 from appwarden.cli.serve import register as register_server
 from appwarden.db import migrate
-from appwarden.devices.schemas import InventoryBatch
 from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
-from appwarden.errors import AppwardenError, InvalidInput, Problem
+from appwarden.errors import AppwardenError, InvalidInput
 from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
 from appwarden.settings import Settings
-from appwarden.sources.csvfile import parse_csv
-from appwarden.sources.native import parse_native
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
-from appwarden.usecases.ingest import IngestResult, Writer, ingest, quarantine_rows
+from appwarden.usecases.ingest import quarantine_rows
 from appwarden.usecases.policies import policy_rows, stored_document, version_view
 from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
@@ -135,102 +132,7 @@ def demo(
 
 # ── inventory ─────────────────────────────────────────────────────────────────────────────────
 
-PARSERS = {"native": parse_native, "csv": parse_csv}
-
-
-@app.command("import")
-def import_(
-    source: Annotated[str, typer.Argument(help="Format of the files: native or csv.")],
-    paths: Annotated[list[Path], typer.Argument(help="Files to import.", exists=False)],
-    strict: Annotated[
-        bool, typer.Option("--strict", help="All or nothing: any bad record rejects the file.")
-    ] = False,
-    at: At = None,
-    json: Json = False,
-) -> None:
-    """Import inventory files. A bad record skips that whole device report (--strict: the file)."""
-    context = ctx()
-    parser = PARSERS.get(source)
-    if parser is None:
-        raise InvalidInput(f"unknown source {source!r}; expected one of: {', '.join(PARSERS)}")
-    now = context.at(at)
-    batches = _read_all(paths, parser, strict=strict, max_bytes=context.settings.max_import_bytes)
-    results: list[dict[str, Any]] = []
-    failed = False
-    for path, result in zip(paths, _ingest_with_progress(context, batches, now), strict=True):
-        failed = failed or bool(result.skipped or result.quarantined)
-        results.append(
-            {
-                "file": str(path),
-                "people": result.people,
-                "devices": result.devices,
-                "reports_applied": result.reports_applied,
-                "reports_stale": result.reports_stale,
-                "skipped": result.skipped,
-                "quarantined": result.quarantined,
-                "decision_changes": len(result.decision_changes),
-            }
-        )
-    if json:
-        emit_json(results)
-    else:
-        for r in results:
-            errors.print(
-                f"{r['file']}: {r['reports_applied']} report(s) applied, "
-                f"{r['reports_stale']} older than stored, {r['devices']} device(s), "
-                f"{r['people']} people, {r['decision_changes']} decision change(s)"
-            )
-            for line in r["skipped"]:
-                errors.print(f"  skipped: {line}")
-            for line in r["quarantined"]:
-                errors.print(f"  quarantined: {line}")
-    if failed:
-        raise typer.Exit(1)
-
-
-def _read_all(
-    paths: list[Path], parser: Any, *, strict: bool, max_bytes: int
-) -> list[tuple[str, InventoryBatch]]:
-    """Read and check every file before anything is written: one bad file (unreadable, invalid
-    as a whole, or with a bad record under --strict) applies none, and every bad file is named."""
-    batches: list[tuple[str, InventoryBatch]] = []
-    problems: list[Problem] = []
-    bad: list[str] = []
-    for path in paths:
-        try:
-            batch = parser(
-                read_limited(path, max_bytes), str(path), strict=strict, max_bytes=max_bytes
-            )
-        except InvalidInput as exc:
-            bad.append(str(path))
-            problems += exc.problems or [Problem("", exc.message)]
-            continue
-        batches.append((str(path), batch))
-    if bad:
-        summary = f"{len(bad)} of {len(paths)} file(s) refused, nothing imported: {', '.join(bad)}"
-        raise InvalidInput(summary, problems=[*problems, Problem("", summary)])
-    return batches
-
-
-def _ingest_with_progress(
-    context: AppContext, batches: list[tuple[str, InventoryBatch]], now: Any
-) -> list[IngestResult]:
-    """One transaction for all the files, so a crash or an error leaves nothing half-applied."""
-    results = []
-    writer = Writer(fact_sources=context.settings.fact_sources)
-    with context.uow(now) as uow:
-        for label, batch in batches:
-            with progress(f"importing {label}", len(batch.reports)) as advance:
-                results.append(
-                    ingest(
-                        uow,
-                        batch,
-                        minimise_personal=context.settings.minimise_personal_data,
-                        on_report=advance,
-                        writer=writer,
-                    )
-                )
-    return results
+register_imports(app)
 
 
 @app.command()

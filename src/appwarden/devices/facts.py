@@ -55,13 +55,28 @@ class Authority:
     source: str  # the source writing
     token_id: int | None = None  # the API token writing (None: a CLI import or the demo)
     fact_sources: Mapping[str, str] | None = None  # fact -> authoritative source (settings)
+    # The organisation's mail domains (APPWARDEN_ORGANISATION_DOMAINS); empty: every domain.
+    organisation_domains: frozenset[str] = frozenset()
+    # This run offers to retire too many of the source's devices at once: hold every retirement
+    # for an admin, as the mass-lockout breaker holds denials.
+    hold_retirements: bool = False
 
     def authoritative_source(self, fact: Fact, record_source: str | None) -> str | None:
         configured = (self.fact_sources or {}).get(str(fact))
         return configured if configured is not None else record_source
 
-    def person(self, uow: UnitOfWork, email: str, display_name: str | None = None) -> Person:
-        """The person with this email or alias; created (and owned by this source) if new."""
+    def in_organisation(self, email: str) -> bool:
+        domain = email.rpartition("@")[2].strip().lower()
+        return not self.organisation_domains or domain in self.organisation_domains
+
+    def person(self, uow: UnitOfWork, email: str, display_name: str | None = None) -> Person | None:
+        """The person with this email, alias or account name; created (and owned by this source)
+        if new and in the organisation's domains. None: an outside address that names nobody."""
+        known = find_person(uow, email)
+        if known is not None:
+            return known
+        if not self.in_organisation(email):
+            return None
         return ensure_person(uow, email, display_name, source=self.source)
 
     def admits(
@@ -78,6 +93,9 @@ class Authority:
         is held as a conflict (in the caller's transaction) and nothing else changes."""
         if offered == stored:
             return False  # nothing to change
+        if self.hold_retirements and fact == Fact.DEVICE_STATUS and offered == DeviceStatus.RETIRED:
+            self._hold(uow, fact, stored, offered, device, person)
+            return False
         if fact in UNSET_VALUES and stored == UNSET_VALUES[fact]:
             return True
         record_source = device.mdm_source if device is not None else None

@@ -24,6 +24,11 @@ class Device(Base):
     created_at: Mapped[datetime]
     # The MDM of record: the source that first reported the device, authoritative by default.
     mdm_source: Mapped[str | None] = mapped_column(String(64))
+    # An address a source named as owner outside the organisation's domains: listed for admins.
+    unmatched_owner: Mapped[str | None] = mapped_column(String(254))
+    # A mail partnership no identifier joins to a device: it announces nobody until an admin
+    # merges it into its device (`appwarden devices merge`) or this time passes.
+    join_pending_until: Mapped[datetime | None]
 
 
 class DeviceOwnerHistory(Base):

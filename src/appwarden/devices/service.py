@@ -169,11 +169,18 @@ def apply_device_facts(
 def _apply_owner(uow: UnitOfWork, device: Device, email: str, authority: Authority) -> None:
     current = owner_email(uow, device)
     named = find_person(uow, email)
+    if named is None and not authority.in_organisation(email):
+        # Not one of ours: the device stays as it is, and admins see the address it offered.
+        device.unmatched_owner = normalise_email(email)
+        return
+    device.unmatched_owner = None
     if named is not None and named.id == device.owner_id:
         return  # the same person, perhaps by an alias
     offered = named.email if named is not None else normalise_email(email)
     if authority.admits(uow, Fact.OWNER, stored=current, offered=offered, device=device):
-        set_owner(uow, device, authority.person(uow, email))
+        person = authority.person(uow, email)
+        assert person is not None  # in the organisation, so created if new
+        set_owner(uow, device, person)
 
 
 def _coverage_of(report: ReportFacts, platform: str) -> list[tuple[str, str]]:

@@ -128,15 +128,23 @@ def accounts_of(uow: UnitOfWork, person_id: int) -> list[str]:
 
 
 def find_person(uow: UnitOfWork, email: str) -> Person | None:
-    """By primary email or alias, case-insensitively."""
+    """By primary email, alias or account name (a source may name a person by their UPN),
+    case-insensitively."""
     email = normalise_email(email)
     person = uow.session.scalars(select(Person).where(Person.email == email)).first()
     if person is not None:
         return person
-    return uow.session.scalars(
+    person = uow.session.scalars(
         select(Person)
         .join(PersonAlias, PersonAlias.person_id == Person.id)
         .where(PersonAlias.email == email)
+    ).first()
+    if person is not None:
+        return person
+    return uow.session.scalars(
+        select(Person)
+        .join(PersonAccount, PersonAccount.person_id == Person.id)
+        .where(PersonAccount.name == email.casefold())
     ).first()
 
 

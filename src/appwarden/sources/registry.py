@@ -28,6 +28,47 @@ PARSERS: Final[dict[str, tuple[str, str]]] = {
 OWN_FORMATS: Final = frozenset({"native", "csv"})  # they take no ImportOptions
 
 
+# Formats whose files are read together, because one file alone cannot say what it proves (an
+# Intune detectedApps crawl is complete only with every page of it): name -> (module, function
+# taking every file of the run and returning one batch per file).
+RUNS: Final[dict[str, tuple[str, str]]] = {}
+
+Refused = list[tuple[str, InvalidInput]]
+
+
+def parse_files(
+    name: str,
+    files: list[tuple[str, bytes]],
+    *,
+    strict: bool,
+    max_bytes: int,
+    options: ImportOptions,
+) -> tuple[list[tuple[str, InventoryBatch]], Refused]:
+    """Parse every file of one import run: the batches of those that parsed, in order, and the
+    files refused as a whole (not the format, or a bad record under `strict`)."""
+    parse = parser_for(name)
+    if name in RUNS:
+        module, function = RUNS[name]
+        run = getattr(import_module(module), function)
+        result: tuple[list[tuple[str, InventoryBatch]], Refused] = run(
+            files, strict=strict, max_bytes=max_bytes, options=options
+        )
+        return result
+    parsed: list[tuple[str, InventoryBatch]] = []
+    refused: Refused = []
+    for filename, data in files:
+        try:
+            parsed.append(
+                (
+                    filename,
+                    parse(data, filename, strict=strict, max_bytes=max_bytes, options=options),
+                )
+            )
+        except InvalidInput as exc:
+            refused.append((filename, exc))
+    return parsed, refused
+
+
 def parser_for(name: str) -> SourceParser:
     """The parser of a source format, as one signature for every format."""
     if name not in PARSERS:
@@ -45,6 +86,7 @@ def parser_for(name: str) -> SourceParser:
         max_bytes: int = MAX_BYTES,
         options: ImportOptions | None = None,
     ) -> InventoryBatch:
+        del options  # appwarden's own formats carry everything they need
         result: InventoryBatch = parse(text, filename, strict=strict, max_bytes=max_bytes)
         return result
 

@@ -3,11 +3,13 @@ device is re-evaluated and its decisions updated in the same transaction (read-y
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from appwarden.access.service import refresh_decisions
 from appwarden.audit.service import record
@@ -29,7 +31,7 @@ from appwarden.identity.schemas import PersonFacts
 from appwarden.identity.service import groups_of, upsert_person
 from appwarden.policies.service import live_identifier_keys
 from appwarden.timeutil import iso
-from appwarden.vocabulary import Fact, Ownership, PersonStatus
+from appwarden.vocabulary import DeviceStatus, EvidenceKind, Fact, Ownership, PersonStatus
 
 
 @dataclass
@@ -41,6 +43,9 @@ class IngestResult:
     quarantined: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     decision_changes: list[DecisionChanged] = field(default_factory=list)
+    # Addresses outside the organisation's domains: no person made, devices left unowned.
+    outside_domains: list[str] = field(default_factory=list)
+    retirements_held: int = 0  # a mass retirement held for an admin (docs/sources/README.md)
 
 
 def _check_values(report: ReportFacts) -> str | None:
@@ -69,13 +74,24 @@ class Writer:
     token_id: int | None = None
     source: str | None = None  # a token's source; entries naming no source are written as it
     fact_sources: Mapping[str, str] = field(default_factory=dict)  # APPWARDEN_FACT_SOURCES
+    organisation_domains: frozenset[str] = frozenset()  # APPWARDEN_ORGANISATION_DOMAINS
 
-    def authority(self, source: str) -> Authority:
-        return Authority(source, self.token_id, self.fact_sources)
+    def authority(self, source: str, *, hold_retirements: bool = False) -> Authority:
+        return Authority(
+            source,
+            self.token_id,
+            self.fact_sources,
+            organisation_domains=self.organisation_domains,
+            hold_retirements=hold_retirements,
+        )
 
 
-def _person(uow: UnitOfWork, facts: PersonFacts, authority: Authority) -> None:
+def _person(uow: UnitOfWork, facts: PersonFacts, authority: Authority) -> bool:
+    """Apply a person entry; False when its address is outside the organisation and names
+    nobody known (no person is made)."""
     person = authority.person(uow, facts.email, facts.display_name)
+    if person is None:
+        return False
     if not authority.admits(
         uow,
         Fact.PERSON_STATUS,
@@ -93,6 +109,55 @@ def _person(uow: UnitOfWork, facts: PersonFacts, authority: Authority) -> None:
     ):  # unchanged, or held: memberships stay as they are
         facts = replace(facts, groups=None)
     upsert_person(uow, facts)
+    return True
+
+
+# Retiring more than this share of a source's devices in one run (or more than the floor) is
+# held for an admin: a source that lost its data must not retire the fleet.
+MASS_RETIREMENT_SHARE = 0.05
+MASS_RETIREMENT_FLOOR = 50
+# How long a mail partnership that no identifier joins waits for an admin's merge before it is
+# announced to on its own.
+JOIN_WAIT = timedelta(days=7)
+
+
+def _mass_retirements(uow: UnitOfWork, batch: InventoryBatch, entry_source: str) -> dict[str, int]:
+    """The sources whose retirements in this batch exceed max(50, 5 % of their devices), with
+    how many each offered (audited as one hold per source and run)."""
+    offered: Counter[str] = Counter()
+    for facts in batch.devices:
+        if facts.status == DeviceStatus.RETIRED:
+            offered[entry_source] += 1
+    for report in batch.reports:
+        if report.device.status == DeviceStatus.RETIRED:
+            offered[report.source] += 1
+    held: dict[str, int] = {}
+    for source, count in offered.items():
+        if count <= MASS_RETIREMENT_FLOOR:
+            continue
+        owned = uow.session.scalar(
+            select(func.count()).select_from(Device).where(Device.mdm_source == source)
+        )
+        if count > MASS_RETIREMENT_SHARE * (owned or 0):
+            held[source] = count
+            record(
+                uow,
+                action="retirement.hold",
+                object_type="source",
+                object_id=source,
+                after={"offered": count, "devices": owned},
+            )
+    return held
+
+
+def _awaits_join(device: Device, report: ReportFacts, now: datetime) -> None:
+    """A device first reported by a mail partnership alone (evidence `none`, known only by its
+    ActiveSync DeviceId): it waits for an admin to merge it into the device it is, announcing
+    nobody meanwhile."""
+    if device.first_report_at is not None or report.evidence_kind != EvidenceKind.NONE:
+        return
+    if {namespace for namespace, _ in report.device.identifiers} == {"eas_device_id"}:
+        device.join_pending_until = now + JOIN_WAIT
 
 
 def ingest(
@@ -109,8 +174,15 @@ def ingest(
     entry_source = batch.source or writer.source or IMPORT_SOURCE
     result = IngestResult(skipped=list(batch.skipped))
     for person in batch.people:
-        _person(uow, person, writer.authority(entry_source))
-        result.people += 1
+        if _person(uow, person, writer.authority(entry_source)):
+            result.people += 1
+        else:
+            result.outside_domains.append(person.email)
+    held = _mass_retirements(uow, batch, entry_source)
+
+    def authority(source: str) -> Authority:
+        return writer.authority(source, hold_retirements=source in held)
+
     touched: dict[int, Device] = {}
     for facts in batch.devices:
         try:
@@ -121,7 +193,7 @@ def ingest(
         except InvalidInput as exc:
             result.skipped.append(exc.message)
             continue
-        apply_device_facts(uow, device, facts, writer.authority(entry_source))
+        apply_device_facts(uow, device, facts, authority(entry_source))
         touched[device.id] = device
     minimisation: MinimisationSet | None = None
     for report in batch.reports:
@@ -137,7 +209,8 @@ def ingest(
         except InvalidInput as exc:
             result.skipped.append(f"{report.where}: {exc.message}".lstrip(": "))
             continue
-        apply_device_facts(uow, device, report.device, writer.authority(report.source))
+        _awaits_join(device, report, uow.now)
+        apply_device_facts(uow, device, report.device, authority(report.source))
         minimise = None
         if minimise_personal and device.ownership == Ownership.PERSONAL:
             if minimisation is None:
@@ -151,6 +224,10 @@ def ingest(
         if on_report is not None:
             on_report()
     result.devices = len(touched)
+    result.retirements_held = sum(held.values())
+    result.outside_domains += sorted(
+        {d.unmatched_owner for d in touched.values() if d.unmatched_owner is not None}
+    )
     for device in touched.values():
         result.decision_changes += reevaluate_device(uow, device)
     return result

@@ -151,6 +151,12 @@ class _Audience:
     ownerless: list[int]
 
 
+def speaks_for_owner(device: Device, at: datetime) -> bool:
+    """Does this device speak for its owner in notices? Not a mail partnership still waiting for
+    an admin to merge it into the device it is (it would tell people about a phone twice)."""
+    return device.join_pending_until is None or device.join_pending_until <= at
+
+
 def _audience(
     uow: UnitOfWork, version: PolicyVersion, at: datetime, release_at: datetime
 ) -> _Audience:
@@ -167,7 +173,7 @@ def _audience(
     for device_id, evaluation in evaluations:
         device = devices[device_id]
         counts[str(evaluation.state)] += 1
-        if device.owner_id is not None:
+        if device.owner_id is not None and speaks_for_owner(device, at):
             by_person[device.owner_id].append((device, evaluation))
     people = {
         p.id: p for p in uow.session.scalars(select(Person).where(Person.id.in_(list(by_person))))
@@ -640,6 +646,8 @@ def _person_entries(
     views = device_views(uow, [d.id for d in devices])
     entries = []
     for device in devices:
+        if not speaks_for_owner(device, uow.now):
+            continue
         evaluation = evaluate_view(uow, rules, views[device.id], device.owner_id, uow.now)
         if evaluation.state != ComplianceState.NOT_APPLICABLE:
             entries.append((device, evaluation))
@@ -677,7 +685,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
     """blocked when a policy turns a decision to deny; restored when it turns back to allow and
     nothing else denies. A retraction restores silently: its correction says what came back."""
     device = uow.session.get(Device, event.device_id)
-    if device is None or device.owner_id is None:
+    if device is None or device.owner_id is None or not speaks_for_owner(device, event.at):
         return
     person = uow.session.get(Person, device.owner_id)
     if person is None:
