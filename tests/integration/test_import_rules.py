@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from appwarden.audit.models import AuditEntry
@@ -85,7 +84,8 @@ def test_an_outside_address_that_is_a_known_alias_matches_its_person(cli, store,
     result = cli("import", "native", _write(tmp_path / "d.json", "mdm", devices), "--at", AT)
     assert result.code == 0, result.err
     owners = {_device(store, f"serial:{s}").owner_id for s in ("SERIAL0003", "SERIAL0004")}
-    assert len(owners) == 1 and None not in owners
+    assert len(owners) == 1
+    assert None not in owners
 
 
 def _fleet(tmp_path: Path, count: int, retired: int, name: str) -> str:
@@ -117,7 +117,8 @@ def test_retiring_too_many_of_a_sources_devices_at_once_is_held_for_an_admin(cli
         held = uow.session.scalars(
             select(FactConflict).where(FactConflict.fact == "device_status")
         ).all()
-        assert len(held) == 51 and {c.offered_value for c in held} == {"retired"}
+        assert len(held) == 51
+        assert {c.offered_value for c in held} == {"retired"}
         audit = uow.session.scalars(
             select(AuditEntry).where(AuditEntry.action == "retirement.hold")
         ).all()
