@@ -199,6 +199,13 @@ def inventory(observed_at: datetime) -> InventoryBatch:
 
 
 OpenUnitOfWork = Callable[[datetime, str | None], AbstractContextManager[UnitOfWork]]
+# Stores the organisation's inventory as observed at an instant, in the caller's unit of work.
+InventoryLoader = Callable[[UnitOfWork, datetime], None]
+
+
+def native_inventory(uow: UnitOfWork, observed_at: datetime) -> None:
+    """The demo's own inventory: every device as one MDM export reported it."""
+    ingest(uow, inventory(observed_at))
 
 
 def load_demo(
@@ -210,10 +217,13 @@ def load_demo(
     undo_window: timedelta,
     config: NoticeConfig,
     publish: bool = True,
+    load_inventory: InventoryLoader = native_inventory,
 ) -> None:
     """Load the reference organisation, each step at its own logical time, as people would.
     With `publish=False` it stops before the memo is proposed: a draft, the first inventory
-    (2020-06-28) and frank's exemption, so a walk through the announcement can start there."""
+    (2020-06-28) and frank's exemption, so a walk through the announcement can start there.
+    `load_inventory` stores the inventory at each of its two instants (tests rebuild the
+    organisation from the vendors' own exports with it)."""
     draft_at = at(base, "2020-06-20T10:00:00-07:00")
     with open_uow(draft_at, None) as uow:
         if uow.session.get(Policy, POLICY_ID) is not None:
@@ -233,7 +243,7 @@ def load_demo(
     # TikTok was first seen on 2020-06-28.
     first_seen = at(base, "2020-06-28T09:00:00-07:00")
     with open_uow(first_seen, None) as uow:
-        ingest(uow, inventory(first_seen))
+        load_inventory(uow, first_seen)
     with open_uow(at(base, "2020-06-30T09:00:00-07:00"), APPROVER) as uow:
         grant(
             uow,
@@ -248,7 +258,7 @@ def load_demo(
     # The morning's reports arrived at 08:00; the memo went out at 09:00.
     morning = at(base, "2020-07-10T08:00:00-07:00")
     with open_uow(morning, None) as uow:
-        ingest(uow, inventory(morning))
+        load_inventory(uow, morning)
     publish_at = base - undo_window
     with open_uow(publish_at - timedelta(minutes=30), AUTHOR) as uow:
         policies.propose(uow, POLICY_ID, catalog=catalog, templates_digest=templates_digest)
