@@ -249,7 +249,9 @@ class Fields:
             return []
         if not isinstance(value, list):
             raise self.fail(key, f"expected a list, not {type_name(value)}")
-        return [Fields.of(item, self.filename, (*self.path, key, i)) for i, item in enumerate(value)]
+        return [
+            Fields.of(item, self.filename, (*self.path, key, i)) for i, item in enumerate(value)
+        ]
 
     def strings(self, key: str) -> list[str]:
         """A list of strings; [] when absent or null; blanks dropped."""
