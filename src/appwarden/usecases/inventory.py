@@ -173,16 +173,24 @@ def _stored_state_is(state: str, at: datetime) -> ColumnElement[bool]:
     return record.state == state
 
 
-def _stored_state_at(record: ComplianceRecord, at: datetime) -> tuple[str, datetime]:
-    """(state, since) of a stored state at `at`: an `action_required` whose due time has passed
-    is `non_compliant` since then, whether or not the worker has written that yet."""
-    if (
-        record.state == ComplianceState.ACTION_REQUIRED
-        and record.due_at is not None
-        and record.due_at <= at
-    ):
-        return ComplianceState.NON_COMPLIANT, record.due_at
-    return record.state, record.since
+_UNDERLYING_ACTION: Final = f"underlying:{ComplianceState.ACTION_REQUIRED}"
+
+
+def _stored_state_at(record: ComplianceRecord, at: datetime) -> tuple[str, datetime, list[str]]:
+    """(state, since, reasons) of a stored state at `at`: once its due time has passed, an
+    `action_required` is `non_compliant` since then (and an exemption's underlying one too),
+    whether or not the worker has written that yet."""
+    reasons = list(record.reasons)
+    if record.due_at is None or record.due_at > at:
+        return record.state, record.since, reasons
+    if record.state == ComplianceState.ACTION_REQUIRED:
+        return ComplianceState.NON_COMPLIANT, record.due_at, reasons
+    underlying = f"underlying:{ComplianceState.NON_COMPLIANT}"
+    return (
+        record.state,
+        record.since,
+        [underlying if r == _UNDERLYING_ACTION else r for r in reasons],
+    )
 
 
 def _versions(
@@ -382,7 +390,7 @@ def _stored_states(
     )
     for record in uow.session.scalars(query):
         version = by_id[record.version_id]
-        state, since = _stored_state_at(record, uow.now)
+        state, since, reasons = _stored_state_at(record, uow.now)
         found.setdefault(record.device_id, []).append(
             {
                 "policy": version.policy_id,
@@ -390,7 +398,7 @@ def _stored_states(
                 "state": str(state),
                 "since": iso(since),
                 "due": iso(record.due_at),
-                "reasons": list(record.reasons),
+                "reasons": reasons,
             }
         )
     return found
