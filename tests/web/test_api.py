@@ -216,6 +216,9 @@ def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
     assert set(doc["paths"]) == {
         "/v1/inventory",
         "/v1/conflicts",
+        "/v1/devices",
+        "/v1/devices/{device}",
+        "/v1/people/{email}",
         "/v1/decisions",
         "/v1/decisions/{device}/{resource}",
         "/healthz",

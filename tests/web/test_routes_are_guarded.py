@@ -39,6 +39,9 @@ NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 EXPECTED = {
     ("POST", "/v1/inventory"): Permission.INVENTORY_WRITE,
     ("GET", "/v1/conflicts"): Permission.READ,
+    ("GET", "/v1/devices"): Permission.READ,
+    ("GET", "/v1/devices/{device:path}"): Permission.READ,
+    ("GET", "/v1/people/{email}"): Permission.READ,
     ("GET", "/v1/decisions/{device:path}/{resource}"): Permission.DECISIONS_READ,
     ("POST", "/v1/decisions"): Permission.DECISIONS_READ,
     ("GET", "/metrics"): Permission.READ,
