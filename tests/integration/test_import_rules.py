@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from appwarden.audit.models import AuditEntry
@@ -15,6 +16,7 @@ from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import Device, FactConflict
 from appwarden.devices.service import find_device
 from appwarden.timeutil import parse_instant
+from tests.conftest import table_digest
 
 AT = "2026-03-04T00:00:00Z"
 
@@ -132,3 +134,90 @@ def test_retiring_too_many_of_a_sources_devices_at_once_is_held_for_an_admin(cli
     # 50 at once is within the floor: applied.
     assert cli("import", "native", _fleet(tmp_path, 120, 50, "c.json"), "--at", AT).code == 0
     assert _device(store, "serial:FLEET00049").status == "retired"
+
+
+ERIN_TABLET = "enterprise_specific_id:ERIN-TAB-0042"
+PARTNERSHIP = "eas_device_id:E41A00000000000000000000000000E1"
+ADMIN = "it.admin@example.com"
+AFTER_MEMO = "2020-07-10T10:00:00-07:00"
+
+
+def _partnership(tmp_path: Path) -> str:
+    """erin's phone as Exchange sees it: a DeviceId, an owner, mail; no app list."""
+    device = {
+        "identifiers": [{"namespace": "eas_device_id", "value": PARTNERSHIP.split(":")[1]}],
+        "platform": "android",
+        "form_factor": "phone",
+        "owner": "erin@example.com",
+        "resources": ["email"],
+        "report": {"evidence_kind": "none"},
+    }
+    return _write(tmp_path / "exchange.json", "exchange", [device])
+
+
+def _notices_to(cli, email: str) -> list[dict[str, Any]]:
+    rows = cli("notices", "--json").json()
+    return [n for n in rows if n["address"] == email]
+
+
+def test_a_partnership_no_identifier_joins_waits_for_an_admins_merge(demo, cli, store, tmp_path):
+    imported = cli("import", "native", _partnership(tmp_path), "--at", AFTER_MEMO)
+    assert imported.code == 0, imported.err
+    (waiting,) = cli("devices", "unjoined", "--json", "--at", AFTER_MEMO).json()
+    assert waiting["identifiers"] == [PARTNERSHIP]
+    assert waiting["owner"] == "erin@example.com"
+    assert [c["identifiers"] for c in waiting["candidates"]] == [[ERIN_TABLET]]
+    assert _notices_to(cli, "erin@example.com") == []  # it announces nobody while it waits
+
+    assert cli("admin", "create", ADMIN, "--role", "admin").code == 0
+    merged = cli("--as", ADMIN, "devices", "merge", ERIN_TABLET, PARTNERSHIP, "--json",
+                 "--at", AFTER_MEMO)  # fmt: skip
+    assert merged.code == 0, merged.err
+    body = merged.json()
+    assert body["identifiers"] == [PARTNERSHIP, ERIN_TABLET]
+    assert body["resources"] == ["email"]
+    assert body["sources"] == ["exchange", "mdm-export"]
+    assert cli("devices", "unjoined", "--json").json() == []
+    # The tablet now reaches mail with TikTok on it: erin is in scope and is told.
+    (row,) = cli("status", "--device", PARTNERSHIP, "--at", AFTER_MEMO, "--json").json()
+    assert row["state"] == "action_required"
+    assert _notices_to(cli, "erin@example.com")
+    with unit_of_work(store.engine, now=parse_instant(AFTER_MEMO)) as uow:
+        (entry,) = uow.session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "device.merge")
+        ).all()
+        assert entry.actor == ADMIN
+
+
+def test_a_partnership_waits_seven_days_at_most(demo, cli, tmp_path):
+    assert cli("import", "native", _partnership(tmp_path), "--at", AFTER_MEMO).code == 0
+    (waiting,) = cli("devices", "unjoined", "--json").json()
+    assert waiting["waits_until"] == "2020-07-17T17:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("keep", "other", "why"),
+    [
+        (ERIN_TABLET, "enterprise_specific_id:BOB-PIXEL-7731", "belong to different people"),
+        (ERIN_TABLET, ERIN_TABLET, "the same device"),
+    ],
+)
+def test_a_merge_that_cannot_be_right_is_refused_and_changes_nothing(
+    demo, cli, store, keep, other, why
+):
+    assert cli("admin", "create", ADMIN, "--role", "admin").code == 0
+    before = table_digest(store.engine)
+    refused = cli("--as", ADMIN, "devices", "merge", keep, other)
+    assert refused.code != 0
+    assert why in refused.err
+    assert table_digest(store.engine) == before
+
+
+def test_only_an_admin_merges(demo, cli, store, tmp_path):
+    assert cli("import", "native", _partnership(tmp_path), "--at", AFTER_MEMO).code == 0
+    assert cli("admin", "create", "viewer@example.com", "--role", "viewer").code == 0
+    before = table_digest(store.engine)
+    refused = cli("--as", "viewer@example.com", "devices", "merge", ERIN_TABLET, PARTNERSHIP)
+    assert refused.code != 0
+    assert "lacks the permission admin" in refused.err
+    assert table_digest(store.engine) == before

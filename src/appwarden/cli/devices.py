@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from appwarden.cli.options import At, Json, ctx
+from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import bold, console, emit_json, errors, explain, short_time, table
 from appwarden.usecases.inventory import (
     DEFAULT_LIMIT,
@@ -21,6 +21,7 @@ from appwarden.usecases.inventory import (
     device_page,
     person_detail,
 )
+from appwarden.usecases.merge import merge_devices, unjoined_partnerships
 
 devices_app = typer.Typer(no_args_is_help=True, help="Devices as inventory reported them.")
 people_app = typer.Typer(no_args_is_help=True, help="People and their devices.")
@@ -203,5 +204,52 @@ def people_show(
         [
             (r["device"], r["name"], r["platform"], r["status"], _states(r["states"]))
             for r in out["devices"]
+        ],
+    )
+
+
+@devices_app.command("merge")
+def devices_merge(
+    keep: Annotated[str, typer.Argument(help="The device to keep (DEVICE).")],
+    other: Annotated[str, typer.Argument(help="The record that is the same device (DEVICE).")],
+    actor: As = None,
+    at: At = None,
+    json: Json = False,
+) -> None:
+    """Merge two records of one device that no identifier joins (a phone and its mail
+    partnership): OTHER's identifiers, reports and resources move to KEEP. Needs admin; audited."""
+    context = ctx(actor)
+    with context.uow(context.at(at)) as uow:
+        merged = merge_devices(uow, keep, other)
+    if json:
+        emit_json(merged)
+        return
+    errors.print(
+        f"merged into device {merged['device_id']}: {' '.join(merged['identifiers'])}; "
+        f"resources: {', '.join(merged['resources']) or 'none'}"
+    )
+
+
+@devices_app.command("unjoined")
+def devices_unjoined(at: At = None, json: Json = False) -> None:
+    """Mail partnerships no identifier joins to a device, each with the owner's devices it could
+    be; they announce nobody until merged or seven days old."""
+    context = ctx()
+    with context.uow(context.at(at), write=False) as uow:
+        rows = unjoined_partnerships(uow)
+    if json:
+        emit_json(rows)
+        return
+    table(
+        "Unjoined mail partnerships",
+        ["device", "owner", "waits until", "could be"],
+        [
+            (
+                " ".join(r["identifiers"]),
+                r["owner"] or "",
+                short_time(r["waits_until"]),
+                "; ".join(" ".join(c["identifiers"]) for c in r["candidates"]),
+            )
+            for r in rows
         ],
     )

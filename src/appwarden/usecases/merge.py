@@ -30,10 +30,11 @@ from appwarden.errors import Conflict, InvalidInput
 from appwarden.events import DecisionChanged
 from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person
+from appwarden.identity.service import require
 from appwarden.policies.models import PolicyFirstSeen
 from appwarden.timeutil import iso
 from appwarden.usecases.ingest import reevaluate_device
-from appwarden.vocabulary import DeviceStatus
+from appwarden.vocabulary import DeviceStatus, Permission
 
 # Rows that belong to a device and move with it (the computed states and decisions of the
 # merged-away record are dropped with it and computed afresh for the one kept).
@@ -51,7 +52,8 @@ _MOVED = (
 def merge_devices(uow: UnitOfWork, keep_ref: str, other_ref: str) -> dict[str, Any]:
     """Merge the device `other_ref` names into the one `keep_ref` names, audited; returns the
     kept device's summary. Refused (nothing changes) when they are one record, have different
-    owners, or both carry reports from one source (then they are two devices)."""
+    owners, or both carry reports from one source (then they are two devices). Needs `admin`."""
+    require(uow, Permission.ADMIN)
     keep, other = find_device(uow, keep_ref), find_device(uow, other_ref)
     _check_mergeable(uow, keep, other)
     before = {"kept": _summary(uow, keep), "merged": _summary(uow, other)}
