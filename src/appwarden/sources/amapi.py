@@ -71,11 +71,8 @@ def parse_amapi(
     page = read_json(text, filename, max_bytes=max_bytes)
     out = Collector(filename, SOURCE)
     if isinstance(page, dict) and "devices" not in page and "name" in page:
-        try:  # one Device, as `enterprises.devices.get` returns it
-            _device(out, Fields(page, filename), users)
-        except FieldError as exc:
-            where, _, message = exc.message.partition(": ")
-            out.skip(f"{filename}: {where}", message)
+        # one Device, as `enterprises.devices.get` returns it
+        out.one(page, (), lambda record: _device(out, record, users))
         return out.finish(strict=strict)
     # Google's JSON leaves out an empty list: a page with no devices is `{}`.
     empty = isinstance(page, dict) and not set(page) - LIST_KEYS
