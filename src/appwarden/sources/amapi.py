@@ -129,6 +129,8 @@ def _owner(record: Fields, users: Mapping[str, str]) -> str | None:
 def _status(record: Fields) -> DeviceStatus:
     """DELETED in either the requested or the applied state retires the device; every other
     state (ACTIVE, DISABLED, PROVISIONING, LOST, ...) is a live record."""
+    # [U] the newer states (LOST, PREPARING_FOR_MIGRATION, DEACTIVATED_BY_DEVICE_FINANCE) are
+    # from generated clients only; none of them means the device is gone, so all are active.
     states = (record.text("state"), record.text("appliedState"))
     return DeviceStatus.RETIRED if "DELETED" in states else DeviceStatus.ACTIVE
 
@@ -141,7 +143,9 @@ def _evidence(record: Fields) -> tuple[EvidenceKind, tuple[AppSeen, ...]]:
     if mode == "DEVICE_OWNER":
         return EvidenceKind.INVENTORY, apps
     if mode == "PROFILE_OWNER":
-        return EvidenceKind.MANAGED_ONLY, apps  # the personal profile is invisible
+        # [U] Google says no sentence on it; the work profile's privacy model hides the personal
+        # profile's apps from the organisation, so this list proves presence only.
+        return EvidenceKind.MANAGED_ONLY, apps
     return EvidenceKind.NONE, ()  # an unspecified mode says nothing about what the list covers
 
 

@@ -83,6 +83,7 @@ def _device(out: Collector, record: Fields) -> None:
         platform=platform,
         owner_email=owner,
         resources=RESOURCES,
+        # [U] the status values are from third-party integrations (Google lists none).
         # Only a finished wipe retires the device: WIPING may still be cancelled
         # (`cancel_remote_wipe_then_activate`), and the device keeps its data until it is done.
         status=DeviceStatus.RETIRED if record.text("status") == "WIPED" else DeviceStatus.ACTIVE,
