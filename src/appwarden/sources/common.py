@@ -305,11 +305,16 @@ class Collector:
         """Call `read` on each record of a page; a record it rejects (FieldError) is skipped
         whole, located at the bad value (`FILE: $.hosts[3].uuid`)."""
         for index, item in enumerate(items):
-            try:
-                read(Fields.of(item, self.filename, (*path, index)))
-            except FieldError as exc:
-                where, _, message = exc.message.partition(": ")
-                self.skip(f"{self.filename}: {where}", message)
+            self.one(item, (*path, index), read)
+
+    def one(self, item: Any, path: tuple[str | int, ...], read: Callable[[Fields], None]) -> None:
+        """Call `read` on the record at `path` (`()` for a file that is one record); a record it
+        rejects (FieldError) is skipped whole, located at the bad value."""
+        try:
+            read(Fields.of(item, self.filename, path))
+        except FieldError as exc:
+            where, _, message = exc.message.partition(": ")
+            self.skip(f"{self.filename}: {where}", message)
 
     def finish(self, *, strict: bool) -> InventoryBatch:
         if strict and self.problems:
