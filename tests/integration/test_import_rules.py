@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from tests.conftest import table_digest
 
 from appwarden.audit.models import AuditEntry
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import Device, FactConflict
 from appwarden.devices.service import find_device
 from appwarden.timeutil import parse_instant
-from tests.conftest import table_digest
 
 AT = "2026-03-04T00:00:00Z"
 

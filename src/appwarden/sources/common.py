@@ -266,8 +266,12 @@ class Fields:
                 raise FieldError(
                     f"{json_path((*self.path, key, i))}: expected a string, not {type_name(item)}"
                 )
-            if item.strip():
-                out.append(clean_text(item, max_chars=MAX_IDENTIFIER_CHARS))
+            try:
+                text = clean_text(item, max_chars=MAX_IDENTIFIER_CHARS)
+            except FieldError as exc:
+                raise FieldError(f"{json_path((*self.path, key, i))}: {exc.message}") from None
+            if text:
+                out.append(text)
         return out
 
 
@@ -313,7 +317,10 @@ class Collector:
         try:
             read(Fields.of(item, self.filename, path))
         except FieldError as exc:
-            where, _, message = exc.message.partition(": ")
+            # `Fields` names the bad value's path; a mapping's own message names the record.
+            where, sep, message = exc.message.partition(": ")
+            if not (sep and where.startswith("$")):
+                where, message = json_path(path), exc.message
             self.skip(f"{self.filename}: {where}", message)
 
     def finish(self, *, strict: bool) -> InventoryBatch:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appwarden.cli import main
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.errors import InvalidInput
 from appwarden.sources.amapi import parse_amapi, read_amapi_users
@@ -337,18 +335,17 @@ def test_a_user_mapping_without_the_header_is_refused() -> None:
 
 
 def test_importing_the_formats_example_through_the_cli(cli, monkeypatch, tmp_path: Path) -> None:
-    # The CLI does not route vendor sources yet; this registers the parser beside native and csv.
-    options = ImportOptions(amapi_users={USER: "ravi.k@example.com"})
-    monkeypatch.setitem(main.PARSERS, "amapi", partial(parse_amapi, options=options))
+    users = tmp_path / "users.csv"
+    users.write_text(f"user,email\n{USER},ravi.k@example.com\n")
     path = FIXTURES / "formats-device.json"
-    result = cli("import", "amapi", str(path), "--at", "2026-03-04T00:00:00Z", "--json")
+    result = cli("import", "amapi", "--users", str(users), str(path),
+                 "--at", "2026-03-04T00:00:00Z", "--json")  # fmt: skip
     assert result.code == 0, result.err
     (summary,) = result.json()
     assert (summary["reports_applied"], summary["devices"], summary["skipped"]) == (1, 1, [])
 
 
 def test_a_skipped_record_makes_the_cli_exit_non_zero(cli, monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(main.PARSERS, "amapi", parse_amapi)
     path = tmp_path / "page.json"
     path.write_text(json.dumps({"devices": [device(), {"name": 5}]}))
     result = cli("import", "amapi", str(path), "--at", "2026-03-04T00:00:00Z", "--json")

@@ -6,13 +6,11 @@ from __future__ import annotations
 import codecs
 import json
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appwarden.cli import main
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, PersonFacts, ReportFacts
 from appwarden.errors import InputTooLarge, InvalidInput
 from appwarden.sources.common import ImportOptions
@@ -288,8 +286,6 @@ def test_a_file_that_is_not_get_mobiledevice_json_is_refused_whole(text: str, me
 
 
 def test_importing_the_formats_example_through_the_cli(cli, monkeypatch) -> None:
-    # The CLI does not route vendor sources yet; this registers the parser beside native and csv.
-    monkeypatch.setitem(main.PARSERS, "exchange", partial(parse_exchange, options=OPTIONS))
     path = FIXTURES / "formats-device.json"
     result = cli("import", "exchange", str(path), "--at", "2026-03-04T00:00:00Z", "--json")
     assert result.code == 0, result.err
@@ -300,7 +296,6 @@ def test_importing_the_formats_example_through_the_cli(cli, monkeypatch) -> None
 def test_a_utf16_export_with_owners_imports_through_the_cli(
     cli, monkeypatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setitem(main.PARSERS, "exchange", partial(parse_exchange, options=OPTIONS))
     path = tmp_path / "devices.json"
     rows = [partnership(), partnership(DeviceId="ANDROIDC123", DeviceType="Android")]
     path.write_bytes(codecs.BOM_UTF16_LE + json.dumps(rows).encode("utf-16-le"))
@@ -311,7 +306,6 @@ def test_a_utf16_export_with_owners_imports_through_the_cli(
 
 
 def test_a_skipped_record_makes_the_cli_exit_non_zero(cli, monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(main.PARSERS, "exchange", partial(parse_exchange, options=OPTIONS))
     path = tmp_path / "devices.json"
     path.write_text(json.dumps([partnership(), partnership(DeviceId=None)]))
     result = cli("import", "exchange", str(path), "--at", "2026-03-04T00:00:00Z", "--json")

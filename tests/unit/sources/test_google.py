@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from appwarden.cli import main
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, PersonFacts, ReportFacts
 from appwarden.errors import InvalidInput
 from appwarden.sources.google import parse_google
@@ -255,8 +254,6 @@ def test_a_page_of_the_wrong_shape_is_refused_whole(text: str, message: str) -> 
 
 
 def test_importing_the_formats_example_through_the_cli(cli, monkeypatch) -> None:
-    # The CLI does not route vendor sources yet; this registers the parser beside native and csv.
-    monkeypatch.setitem(main.PARSERS, "google", parse_google)
     path = FIXTURES / "formats-page.json"
     result = cli("import", "google", str(path), "--at", "2026-03-04T00:00:00Z", "--json")
     assert result.code == 0, result.err
@@ -265,7 +262,6 @@ def test_importing_the_formats_example_through_the_cli(cli, monkeypatch) -> None
 
 
 def test_a_skipped_record_makes_the_cli_exit_non_zero(cli, monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(main.PARSERS, "google", parse_google)
     path = tmp_path / "page.json"
     path.write_text(json.dumps({"kind": KIND, "mobiledevices": [device(), {"type": "ANDROID"}]}))
     result = cli("import", "google", str(path), "--at", "2026-03-04T00:00:00Z", "--json")
