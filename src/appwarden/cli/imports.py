@@ -67,7 +67,7 @@ def import_(
 def _options(context: AppContext, now: datetime, users: Path | None) -> ImportOptions:
     amapi_users: dict[str, str] = {}
     if users is not None:
-        from appwarden.sources.amapi import read_amapi_users  # type: ignore[import-not-found]
+        from appwarden.sources.amapi import read_amapi_users
 
         limit = context.settings.max_import_bytes
         amapi_users = read_amapi_users(read_limited(users, limit), str(users), max_bytes=limit)
