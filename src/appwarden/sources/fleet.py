@@ -181,19 +181,18 @@ def _read_host(host: Fields, collector: Collector) -> None:
         name=host.text("display_name") or host.text("computer_name") or host.text("hostname"),
         status=DeviceStatus.ACTIVE,
     )
+    report = ReportFacts(
+        device=device,
+        source=SOURCE,
+        evidence_kind=kind,
+        observed_at=host.instant("software_updated_at"),
+        apps=dedupe_apps([app for app in apps if app is not None]),
+        coverage=coverage,
+        where=host.where,
+    )
     if owner is not None:
         collector.person(PersonFacts(email=owner))
-    collector.report(
-        ReportFacts(
-            device=device,
-            source=SOURCE,
-            evidence_kind=kind,
-            observed_at=host.instant("software_updated_at"),
-            apps=dedupe_apps([app for app in apps if app is not None]),
-            coverage=coverage,
-            where=host.where,
-        )
-    )
+    collector.report(report)
 
 
 def parse_fleet(
