@@ -34,8 +34,8 @@ from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
 from appwarden.settings import Settings
-from appwarden.sources.csvfile import parse_csv
-from appwarden.sources.native import parse_native
+from appwarden.sources.common import ImportOptions, SourceParser
+from appwarden.sources.registry import PARSERS, parser_for
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
 from appwarden.usecases.ingest import IngestResult, Writer, ingest, quarantine_rows
@@ -135,12 +135,10 @@ def demo(
 
 # ── inventory ─────────────────────────────────────────────────────────────────────────────────
 
-PARSERS = {"native": parse_native, "csv": parse_csv}
-
 
 @app.command("import")
 def import_(
-    source: Annotated[str, typer.Argument(help="Format of the files: native or csv.")],
+    source: Annotated[str, typer.Argument(help=f"Format of the files: {', '.join(PARSERS)}.")],
     paths: Annotated[list[Path], typer.Argument(help="Files to import.", exists=False)],
     strict: Annotated[
         bool, typer.Option("--strict", help="All or nothing: any bad record rejects the file.")
@@ -150,11 +148,15 @@ def import_(
 ) -> None:
     """Import inventory files. A bad record skips that whole device report (--strict: the file)."""
     context = ctx()
-    parser = PARSERS.get(source)
-    if parser is None:
-        raise InvalidInput(f"unknown source {source!r}; expected one of: {', '.join(PARSERS)}")
+    parser = parser_for(source)
     now = context.at(at)
-    batches = _read_all(paths, parser, strict=strict, max_bytes=context.settings.max_import_bytes)
+    batches = _read_all(
+        paths,
+        parser,
+        strict=strict,
+        max_bytes=context.settings.max_import_bytes,
+        options=ImportOptions(received_at=now),
+    )
     results: list[dict[str, Any]] = []
     failed = False
     for path, result in zip(paths, _ingest_with_progress(context, batches, now), strict=True):
@@ -189,7 +191,7 @@ def import_(
 
 
 def _read_all(
-    paths: list[Path], parser: Any, *, strict: bool, max_bytes: int
+    paths: list[Path], parser: SourceParser, *, strict: bool, max_bytes: int, options: ImportOptions
 ) -> list[tuple[str, InventoryBatch]]:
     """Read and check every file before anything is written: one bad file (unreadable, invalid
     as a whole, or with a bad record under --strict) applies none, and every bad file is named."""
@@ -199,7 +201,11 @@ def _read_all(
     for path in paths:
         try:
             batch = parser(
-                read_limited(path, max_bytes), str(path), strict=strict, max_bytes=max_bytes
+                read_limited(path, max_bytes),
+                str(path),
+                strict=strict,
+                max_bytes=max_bytes,
+                options=options,
             )
         except InvalidInput as exc:
             bad.append(str(path))
