@@ -109,9 +109,24 @@ def read_json_lines(
             continue
         where = f"{filename}:{number}"
         try:
-            yield where, load_json_text(line, where)
-        except InvalidInput as exc:
-            yield where, exc
+            yield where, load_json_text(line, filename)
+        except InvalidInput as exc:  # located within the line alone: put it on its line
+            yield (
+                where,
+                InvalidInput(
+                    _on_line(exc.message, filename, where),
+                    problems=[
+                        Problem(_on_line(p.where, filename, where), p.message) for p in exc.problems
+                    ],
+                ),
+            )
+
+
+def _on_line(located: str, filename: str, where: str) -> str:
+    """`FILE:1:COL` (or `FILE`) of a problem found in one line alone, as `FILE:LINE:COL`."""
+    if located.startswith(f"{filename}:1:"):
+        return where + located[len(filename) + 2 :]
+    return where + located[len(filename) :] if located.startswith(filename) else located
 
 
 def page_list(page: Any, key: str, filename: str, *, required: bool = True) -> list[Any]:
