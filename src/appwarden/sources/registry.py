@@ -32,6 +32,7 @@ OWN_FORMATS: Final = frozenset({"native", "csv"})  # they take no ImportOptions
 # file of one `appwarden import` run as (filename, bytes) and returns one batch per file, in order.
 CRAWLS: Final[dict[str, tuple[str, str]]] = {
     "intune": ("appwarden.sources.intune", "parse_intune_crawl"),
+    "apple-mdm": ("appwarden.sources.apple_mdm", "parse_apple_mdm_run"),
 }
 
 CrawlParser = Callable[..., list[InventoryBatch]]
