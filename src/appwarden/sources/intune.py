@@ -410,6 +410,10 @@ def _report(device: Device, apps: list[App], *, complete: bool) -> ReportFacts |
 def _reports(crawl: Crawl) -> list[ReportFacts]:
     tenant_complete = _app_crawl_complete(crawl)
     apps_of = _apps_of(crawl)
+    for intune_id, pages in crawl.device_pages.items():  # a device known only by its app list:
+        if intune_id not in crawl.devices:  # its ownership is unknown, so presence only
+            facts = DeviceFacts(identifiers=((DeviceNamespace.INTUNE_ID.value, intune_id),))
+            crawl.devices[intune_id] = Device(intune_id, facts, pages[0].filename)
     reports = []
     for intune_id, device in crawl.devices.items():
         complete = tenant_complete or _device_list_complete(crawl, intune_id)

@@ -209,6 +209,18 @@ def test_a_per_device_detected_apps_collection_is_complete_for_that_device_alone
     }
 
 
+def test_a_per_device_list_without_its_device_record_is_managed_only_presence() -> None:
+    apps = page(
+        "deviceManagement/managedDevices('phone-x')/detectedApps", [app(TIKTOK_ID, "TikTok")]
+    )
+    (report,) = parse_intune(apps, "x.json").reports
+    assert report.device == DeviceFacts(identifiers=(("intune_id", "phone-x"),))
+    assert (report.evidence_kind, report.coverage, report.apps) == (
+        EvidenceKind.MANAGED_ONLY, None, (AppSeen("display_name", "TikTok", "1.0", "TikTok"),),
+    )  # fmt: skip
+    assert (report.observed_at, report.where) == (None, "x.json")
+
+
 @pytest.mark.parametrize(
     ("system", "owner", "enrollment"),
     [
