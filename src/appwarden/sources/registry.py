@@ -3,6 +3,7 @@ format is used (the CLI starts without loading every vendor's mapping)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
 from typing import Final
 
@@ -26,6 +27,15 @@ PARSERS: Final[dict[str, tuple[str, str]]] = {
     "exchange": ("appwarden.sources.exchange", "parse_exchange"),
 }
 OWN_FORMATS: Final = frozenset({"native", "csv"})  # they take no ImportOptions
+# name -> (module, function) of the formats whose files are read together, one run at a time: a
+# fact (a complete crawl, the command a result answers) spans files. The function takes every
+# file of one `appwarden import` run as (filename, bytes) and returns one batch per file, in order.
+CRAWLS: Final[dict[str, tuple[str, str]]] = {
+    "intune": ("appwarden.sources.intune", "parse_intune_crawl"),
+    "apple-mdm": ("appwarden.sources.apple_mdm", "parse_apple_mdm_run"),
+}
+
+CrawlParser = Callable[..., list[InventoryBatch]]
 
 
 # Formats whose files are read together, because one file alone cannot say what it proves (an
@@ -91,3 +101,14 @@ def parser_for(name: str) -> SourceParser:
         return result
 
     return own_format
+
+
+def crawl_for(name: str) -> CrawlParser | None:
+    """The run-level parser of a format whose files are read together (CRAWLS), else None: the
+    caller then parses each file on its own with `parser_for`. Called as
+    `crawl(files, strict=..., max_bytes=..., options=...)`."""
+    if name not in CRAWLS:
+        return None
+    module, function = CRAWLS[name]
+    crawl: CrawlParser = getattr(import_module(module), function)
+    return crawl
