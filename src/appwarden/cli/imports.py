@@ -94,9 +94,12 @@ def _read_all(
             bad.append(str(path))
             problems += exc.problems or [Problem("", exc.message)]
     parsed, refused = parse_files(source, files, strict=strict, max_bytes=limit, options=options)
+    reported: list[InvalidInput] = []  # a run refused whole names several files, once
     for name, refusal in refused:
         bad.append(name)
-        problems += refusal.problems or [Problem("", refusal.message)]
+        if not any(refusal is earlier for earlier in reported):
+            reported.append(refusal)
+            problems += refusal.problems or [Problem("", refusal.message)]
     if bad:
         summary = f"{len(bad)} of {len(paths)} file(s) refused, nothing imported: {', '.join(bad)}"
         raise InvalidInput(summary, problems=[*problems, Problem("", summary)])

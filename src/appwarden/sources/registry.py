@@ -38,11 +38,6 @@ CRAWLS: Final[dict[str, tuple[str, str]]] = {
 CrawlParser = Callable[..., list[InventoryBatch]]
 
 
-# Formats whose files are read together, because one file alone cannot say what it proves (an
-# Intune detectedApps crawl is complete only with every page of it): name -> (module, function
-# taking every file of the run and returning one batch per file).
-RUNS: Final[dict[str, tuple[str, str]]] = {}
-
 Refused = list[tuple[str, InvalidInput]]
 
 
@@ -57,13 +52,14 @@ def parse_files(
     """Parse every file of one import run: the batches of those that parsed, in order, and the
     files refused as a whole (not the format, or a bad record under `strict`)."""
     parse = parser_for(name)
-    if name in RUNS:
-        module, function = RUNS[name]
-        run = getattr(import_module(module), function)
-        result: tuple[list[tuple[str, InventoryBatch]], Refused] = run(
-            files, strict=strict, max_bytes=max_bytes, options=options
-        )
-        return result
+    crawl = crawl_for(name)
+    if crawl is not None:
+        try:
+            batches = crawl(files, strict=strict, max_bytes=max_bytes, options=options)
+        except InvalidInput as exc:  # the run is refused whole: name the files at fault
+            named = [f for f, _ in files if any(p.where.startswith(f) for p in exc.problems)]
+            return [], [(filename, exc) for filename in named or [f for f, _ in files][:1]]
+        return [(filename, batch) for (filename, _), batch in zip(files, batches, strict=True)], []
     parsed: list[tuple[str, InventoryBatch]] = []
     refused: Refused = []
     for filename, data in files:

@@ -272,7 +272,6 @@ def test_results_are_stored_by_the_ingest_unchanged(store: Any) -> None:
     assert [(r.reports_applied, r.devices, r.skipped) for r in results] == [(1, 1, []), (0, 1, [])]
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI does not read sources.registry yet (lead wires it)")
 def test_the_cli_imports_apple_mdm_results(cli: Any) -> None:
     path = FIXTURES / "envelope.json"
     result = cli("import", "apple-mdm", str(path), "--at", "2026-03-04T00:00:00Z", "--json")

@@ -474,7 +474,6 @@ def test_a_crawl_is_stored_by_the_ingest_unchanged(store: Any) -> None:
     assert all(r.skipped == [] and r.quarantined == [] for r in results)
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI does not read sources.registry yet (lead wires it)")
 def test_the_cli_imports_a_run_of_intune_pages(cli: Any, tmp_path: Path) -> None:
     paths = []
     for name, text in jane_in_a_complete_crawl():
