@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -17,7 +17,7 @@ from appwarden.catalog.matching import match_key
 from appwarden.compliance.service import DeviceEvaluator, record_outcomes
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import Authority
-from appwarden.devices.models import Device, Quarantine
+from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import InventoryBatch, ReportFacts
 from appwarden.devices.service import (
     MinimisationSet,
@@ -150,14 +150,19 @@ def _mass_retirements(uow: UnitOfWork, batch: InventoryBatch, entry_source: str)
     return held
 
 
-def _awaits_join(device: Device, report: ReportFacts, now: datetime) -> None:
-    """A device first reported by a mail partnership alone (evidence `none`, known only by its
-    ActiveSync DeviceId): it waits for an admin to merge it into the device it is, announcing
-    nobody meanwhile."""
+def _awaits_join(uow: UnitOfWork, device: Device, report: ReportFacts) -> None:
+    """A device first reported by a mail partnership and known by nothing but its ActiveSync
+    DeviceId (evidence `none`): it waits for an admin to merge it into the device it is,
+    announcing nobody meanwhile."""
     if device.first_report_at is not None or report.evidence_kind != EvidenceKind.NONE:
         return
-    if {namespace for namespace, _ in report.device.identifiers} == {"eas_device_id"}:
-        device.join_pending_until = now + JOIN_WAIT
+    namespaces = set(
+        uow.session.scalars(
+            select(DeviceIdentifier.namespace).where(DeviceIdentifier.device_id == device.id)
+        )
+    )
+    if namespaces == {"eas_device_id"}:
+        device.join_pending_until = uow.now + JOIN_WAIT
 
 
 def ingest(
@@ -209,7 +214,7 @@ def ingest(
         except InvalidInput as exc:
             result.skipped.append(f"{report.where}: {exc.message}".lstrip(": "))
             continue
-        _awaits_join(device, report, uow.now)
+        _awaits_join(uow, device, report)
         apply_device_facts(uow, device, report.device, authority(report.source))
         minimise = None
         if minimise_personal and device.ownership == Ownership.PERSONAL:
