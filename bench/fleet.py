@@ -195,9 +195,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def scratch_store(db: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
+def scratch_store(db: str | None, workdir: Path, tag: str = "") -> Iterator[tuple[str, str]]:
     """(URL, backend) of an empty store: a new SQLite file in `workdir`, or a new PostgreSQL
-    database `appwarden_bench_<pid>` on the server `db` names, dropped afterwards."""
+    database `appwarden_bench_<pid><tag>` on the server `db` names, dropped afterwards."""
     if db is None or make_url(db).get_backend_name() == "sqlite":
         path = Path(make_url(db).database or "").resolve() if db else workdir / "bench.db"
         if db and (not make_url(db).database or path.exists()):
@@ -207,7 +207,7 @@ def scratch_store(db: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
     from appwarden.db.engine import make_engine, normalise_url
 
     admin_url = make_url(normalise_url(db))
-    name = f"appwarden_bench_{os.getpid()}"
+    name = f"appwarden_bench_{os.getpid()}{tag}"
     admin = make_engine(
         admin_url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
     )

@@ -36,6 +36,7 @@ BAR_LABELS = {
     ("W4", "committed"): "reports whose committed decision is not allow",
     ("W6", "same_process_read_your_writes"): "same process: flips not seen by the next answer",
     ("W6", "other_process_p99"): "other process: p99 until the answer flips",
+    ("IMPORT", "rows_equal"): "stored rows equal the raw insert's (count, checksum)",
 }
 
 
@@ -164,7 +165,20 @@ def _w6_rows(result: dict[str, Any]) -> list[str]:
     ]
 
 
-DETAIL = {"W2": _w2_rows, "W4": _w4_rows, "W6": _w6_rows}
+def _import_rows(result: dict[str, Any]) -> list[str]:
+    m = result["measured"]
+    equal = result["bars"]["rows_equal"]
+    return [
+        f"IMPORT {result['parameters']['hosts']:,} Fleet hosts end to end: {m['app_rows']:,} app "
+        f"rows in {m['seconds']} s = {m['rows_per_second']:,} rows/s; raw insert of the same rows "
+        f"{m['raw_rows_per_second']:,} rows/s | ratio {m['ratio']} | none yet (W5 asks ≥ 0.50) "
+        "| — |",
+        f"IMPORT stored rows = raw rows (count, checksum) | {equal['value']} | equal "
+        f"| {_ok(equal['pass'])} |",
+    ]
+
+
+DETAIL = {"W2": _w2_rows, "W4": _w4_rows, "W6": _w6_rows, "IMPORT": _import_rows}
 
 
 def detail_rows(result: Result) -> list[str]:

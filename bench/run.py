@@ -180,12 +180,80 @@ def _finish(
     }
 
 
+Written = tuple[str, dict[str, Any]]
+
+
+def _import_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """IMPORT builds its own scratch stores: no served fleet."""
+    from bench import fleet_import
+
+    params = fleet_import.Params.of(quick=args.quick)
+    reporter.phase("IMPORT: a Fleet export, end to end", total=params.hosts)
+    result = fleet_import.run(args.db, params, reporter.note, reporter.advance)
+    info = machine(result["parameters"]["store"])
+    name = result_name("IMPORT", result["parameters"]["backend"], args.quick)
+    written = (name, _finish(result, info, args.quick, started))
+    write_result(*written)
+    return written
+
+
+def _fleet_workloads(
+    args: argparse.Namespace, workloads: list[str], reporter: Reporter, started: datetime
+) -> list[Written]:
+    """W2, W6 and W4 on one prepared fleet, served by uvicorn processes."""
+    from bench import fleet as fleets
+    from bench import w2_gate, w4_ingest, w6_flip
+
+    access_log = not args.no_access_log
+    w2_params = w2_gate.Params.of(quick=args.quick, access_log=access_log)
+    w6_params = w6_flip.Params.of(quick=args.quick, access_log=access_log)
+    w4_params = w4_ingest.Params.of(quick=args.quick)
+    extra = max(
+        w2_params.extra_devices if "W2" in workloads else 0,
+        w6_params.extra_devices if "W6" in workloads else 0,
+        w4_params.extra_devices if "W4" in workloads else 0,
+    )
+    written: list[Written] = []
+    reporter.phase(f"building the fleet: demo + {extra:,} devices", total=extra)
+    with fleets.prepared_fleet(args.db, extra, advance=reporter.advance) as fleet:
+        info = machine(fleet.store_version)
+        info["fleet"] = {
+            "extra_devices": fleet.extra,
+            "phones_reaching_mail": len(fleet.phones),
+            "seconds_to_build": round(fleet.seconds_to_build, 1),
+            "backend": fleet.backend,
+        }
+        runs = {
+            "W2": ("W2", lambda: w2_gate.run(fleet, w2_params, reporter.note), None),
+            "W6": (
+                "W6: report -> flip",
+                lambda: w6_flip.run(fleet, w6_params, reporter.note, reporter.advance),
+                w6_params.iterations,
+            ),
+            "W4": (
+                "W4: one report -> commit",
+                lambda: w4_ingest.run(fleet, w4_params, reporter.note, reporter.advance),
+                w4_params.iterations,
+            ),
+        }
+        for workload in ("W2", "W6", "W4"):
+            if workload not in workloads:
+                continue
+            phase, measure, total = runs[workload]
+            reporter.phase(phase, total=total)
+            result = measure()
+            name = result_name(workload, fleet.backend, args.quick)
+            written.append((name, _finish(result, info, args.quick, started)))
+            write_result(*written[-1])
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--workload", choices=["W2", "W4", "W6", "ALL"], default="ALL", type=str.upper
+        "--workload", choices=["W2", "W4", "W6", "IMPORT", "ALL"], default="ALL", type=str.upper
     )
     parser.add_argument("--quick", action="store_true", help="1,000 extra devices, short runs")
     parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
@@ -200,56 +268,24 @@ def main(argv: list[str] | None = None) -> int:
         help="do not regenerate the tables of README.md and bench/README.md",
     )
     args = parser.parse_args(argv)
-    workloads = ["W2", "W6", "W4"] if args.workload == "ALL" else [args.workload]
+    workloads = ["W2", "W6", "W4", "IMPORT"] if args.workload == "ALL" else [args.workload]
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
         return 2
     if (os.cpu_count() or 1) < 2:
         stderr.print("bench: warning: one core; server and load generator will share it")
 
-    from bench import fleet as fleets
-    from bench import report, w2_gate, w4_ingest, w6_flip
+    from bench import report
 
-    access_log = not args.no_access_log
-    w2_params = w2_gate.Params.of(quick=args.quick, access_log=access_log)
-    w6_params = w6_flip.Params.of(quick=args.quick, access_log=access_log)
-    w4_params = w4_ingest.Params.of(quick=args.quick)
-    extra = max(
-        w2_params.extra_devices if "W2" in workloads else 0,
-        w6_params.extra_devices if "W6" in workloads else 0,
-        w4_params.extra_devices if "W4" in workloads else 0,
-    )
     reporter = Reporter()
     written: list[tuple[str, dict[str, Any]]] = []
     started = datetime.now(UTC)
     with reporter.session():
-        reporter.phase(f"building the fleet: demo + {extra:,} devices", total=extra)
-        with fleets.prepared_fleet(args.db, extra, advance=reporter.advance) as fleet:
-            info = machine(fleet.store_version)
-            info["fleet"] = {
-                "extra_devices": fleet.extra,
-                "phones_reaching_mail": len(fleet.phones),
-                "seconds_to_build": round(fleet.seconds_to_build, 1),
-                "backend": fleet.backend,
-            }
-            if "W2" in workloads:
-                reporter.phase("W2")
-                result = w2_gate.run(fleet, w2_params, reporter.note)
-                name = result_name("W2", fleet.backend, args.quick)
-                written.append((name, _finish(result, info, args.quick, started)))
-                write_result(*written[-1])
-            if "W6" in workloads:
-                reporter.phase("W6: report -> flip", total=w6_params.iterations)
-                result = w6_flip.run(fleet, w6_params, reporter.note, reporter.advance)
-                name = result_name("W6", fleet.backend, args.quick)
-                written.append((name, _finish(result, info, args.quick, started)))
-                write_result(*written[-1])
-            if "W4" in workloads:
-                reporter.phase("W4: one report -> commit", total=w4_params.iterations)
-                result = w4_ingest.run(fleet, w4_params, reporter.note, reporter.advance)
-                name = result_name("W4", fleet.backend, args.quick)
-                written.append((name, _finish(result, info, args.quick, started)))
-                write_result(*written[-1])
+        if "IMPORT" in workloads:
+            written.append(_import_workload(args, reporter, started))
+        served = [w for w in workloads if w != "IMPORT"]
+        if served:
+            written += _fleet_workloads(args, served, reporter, started)
     if not args.no_readme:
         report.refresh()
     for name, result in written:

@@ -28,6 +28,7 @@ from appwarden.sources.common import (
     FieldError,
     Fields,
     ImportOptions,
+    finish_run,
     load_json_text,
     read_json_lines,
 )
@@ -352,19 +353,9 @@ def parse_apple_mdm_run(
     if problems:
         raise InvalidInput(f"{len(problems)} file(s) cannot be read", problems=problems)
     commands = {c.uuid: c for items in run for c in items.commands}
-    batches: list[InventoryBatch] = []
     for items in run:
         _outcome(items, commands)
-        try:
-            batches.append(items.out.finish(strict=strict))
-        except InvalidInput as exc:
-            problems += exc.problems
-    if problems:
-        raise InvalidInput(
-            f"{len(problems)} bad record(s); --strict imports nothing from the run",
-            problems=problems,
-        )
-    return batches
+    return finish_run([items.out for items in run], strict=strict)
 
 
 def parse_apple_mdm(

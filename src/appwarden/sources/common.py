@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, PersonFacts, ReportFacts
 from appwarden.documents import json_too_deep, too_deep
@@ -33,6 +33,8 @@ from appwarden.sources.native import (
     too_many_apps,
     type_name,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,23 +232,22 @@ class Fields:
             return value
         raise self.fail(key, f"expected true or false, not {type_name(value)}")
 
-    def instant(self, key: str) -> datetime | None:
+    def checked(self, key: str, check: Callable[[str], T]) -> T | None:
+        """A string field run through a field check (`check_email`, `check_account`...); None
+        when absent or blank, the check's complaint located at the field otherwise."""
         text = self.text(key)
         if text is None:
             return None
         try:
-            return parse_vendor_instant(text)
+            return check(text)
         except FieldError as exc:
             raise self.fail(key, exc.message) from None
 
+    def instant(self, key: str) -> datetime | None:
+        return self.checked(key, parse_vendor_instant)
+
     def email(self, key: str) -> str | None:
-        text = self.text(key)
-        if text is None:
-            return None
-        try:
-            return check_email(text)
-        except FieldError as exc:
-            raise self.fail(key, exc.message) from None
+        return self.checked(key, check_email)
 
     def obj(self, key: str) -> Fields | None:
         """A nested object; None when absent or null."""
@@ -354,12 +355,31 @@ class Collector:
         )
 
 
+def finish_run(collectors: list[Collector], *, strict: bool) -> list[InventoryBatch]:
+    """The batches of a run read as one (a crawl spans its files): with `strict`, one skipped
+    record anywhere refuses the whole run, every problem listed."""
+    batches: list[InventoryBatch] = []
+    problems: list[Problem] = []
+    for out in collectors:
+        try:
+            batches.append(out.finish(strict=strict))
+        except InvalidInput as exc:
+            problems += exc.problems
+    if problems:
+        raise InvalidInput(
+            f"{len(problems)} bad record(s); --strict imports nothing from the run",
+            problems=problems,
+        )
+    return batches
+
+
 __all__ = [
     "Collector",
     "FieldError",
     "Fields",
     "ImportOptions",
     "SourceParser",
+    "finish_run",
     "load_json_text",
     "page_list",
     "parse_unix_time",

@@ -103,7 +103,9 @@ def _decode(text: str | bytes, filename: str, max_bytes: int) -> str:
 def _partnership(out: Collector, record: Fields, options: ImportOptions) -> None:
     device_id = record.required_text("DeviceId")
     owner = record.email("PrimarySmtpAddress")
-    accounts = dedupe(a for a in (_account(record, key) for key in ACCOUNT_COLUMNS) if a)
+    accounts = dedupe(
+        a for a in (record.checked(key, check_account) for key in ACCOUNT_COLUMNS) if a
+    )
     if owner is not None:
         out.person(PersonFacts(email=owner, accounts=accounts))
     platform, form_factor = _platform(record)
@@ -124,16 +126,6 @@ def _partnership(out: Collector, record: Fields, options: ImportOptions) -> None
             where=record.where,
         )
     )
-
-
-def _account(record: Fields, key: str) -> str | None:
-    value = record.text(key)
-    if value is None:
-        return None
-    try:
-        return check_account(value)
-    except FieldError as exc:
-        raise record.fail(key, exc.message) from None
 
 
 def _resources(record: Fields, options: ImportOptions) -> tuple[str, ...] | None:

@@ -28,6 +28,7 @@ from appwarden.sources.common import (
     FieldError,
     Fields,
     ImportOptions,
+    finish_run,
     page_list,
     read_json,
 )
@@ -466,23 +467,7 @@ def parse_intune_crawl(
         last = run[-1][1]
         for report in _reports(crawl):
             last.report(report)
-    return _finish_all([out for _, out in run], strict=strict)
-
-
-def _finish_all(collectors: list[Collector], *, strict: bool) -> list[InventoryBatch]:
-    batches: list[InventoryBatch] = []
-    problems: list[Problem] = []
-    for out in collectors:
-        try:
-            batches.append(out.finish(strict=strict))
-        except InvalidInput as exc:
-            problems += exc.problems
-    if problems:
-        raise InvalidInput(
-            f"{len(problems)} bad record(s); --strict imports nothing from the run",
-            problems=problems,
-        )
-    return batches
+    return finish_run([out for _, out in run], strict=strict)
 
 
 def parse_intune(
