@@ -16,5 +16,7 @@ class PersonFacts:
     accounts: tuple[str, ...] = ()  # account names the mail server accepts (UPN, DOMAIN\\sam)
     groups: tuple[str, ...] | None = None  # None: leave memberships as they are
     time_zone: str | None = None
-    status: PersonStatus = PersonStatus.ACTIVE
+    # None: the source does not say (a vendor's user record): leave as stored; a new person is
+    # active. Only a source that knows who left (an HR export, the native format) says.
+    status: PersonStatus | None = None
     left_at: datetime | None = None

@@ -180,7 +180,7 @@ def upsert_person(uow: UnitOfWork, facts: PersonFacts) -> Person:
         person.display_name = facts.display_name
     if facts.time_zone is not None:
         person.time_zone = facts.time_zone
-    if facts.status != person.status:
+    if facts.status is not None and facts.status != person.status:
         person.status = facts.status
         person.left_at = (facts.left_at or uow.now) if facts.status == PersonStatus.LEFT else None
     for alias in facts.aliases:

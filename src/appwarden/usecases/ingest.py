@@ -92,7 +92,7 @@ def _person(uow: UnitOfWork, facts: PersonFacts, authority: Authority) -> bool:
     person = authority.person(uow, facts.email, facts.display_name)
     if person is None:
         return False
-    if not authority.admits(
+    if facts.status is not None and not authority.admits(
         uow,
         Fact.PERSON_STATUS,
         stored=person.status,
