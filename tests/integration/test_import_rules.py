@@ -221,3 +221,31 @@ def test_only_an_admin_merges(demo, cli, store, tmp_path):
     assert refused.code != 0
     assert "lacks the permission admin" in refused.err
     assert table_digest(store.engine) == before
+
+
+SOURCES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
+VENDOR_PAGES = {
+    "osquery": ["event_line.log"],
+    "fleet": ["hosts_page.json"],
+    "intune": ["managed-devices.json", "detected-apps.json"],
+    "apple-mdm": ["envelope.json"],
+    "amapi": ["formats-device.json"],
+    "google": ["formats-page.json"],
+    "jamf": ["computers_inventory.json"],
+    "exchange": ["formats-device.json"],
+}
+
+
+@pytest.mark.parametrize("source", VENDOR_PAGES)
+def test_importing_the_same_pages_twice_changes_nothing(demo, cli, store, source):
+    pages = [str(SOURCES / source / name) for name in VENDOR_PAGES[source]]
+    first = cli("import", source, *pages, "--at", AT, "--json")
+    assert first.code == 0, first.err
+    assert sum(r["devices"] for r in first.json()) >= 1
+    before = table_digest(store.engine)
+    again = cli("import", source, *pages, "--at", AT, "--json")
+    assert again.code == 0, again.err
+    assert sum(r["reports_repeated"] for r in again.json()) == sum(
+        r["reports_applied"] for r in first.json()
+    )
+    assert table_digest(store.engine) == before

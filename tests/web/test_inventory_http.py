@@ -56,6 +56,7 @@ def test_a_valid_document_is_applied_and_counted(client, writer):
         "devices": 5,
         "reports_applied": 2,
         "reports_stale": 2,
+        "reports_repeated": 0,
         "quarantined": [],
         "decision_changes": 0,
     }

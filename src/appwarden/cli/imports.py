@@ -140,6 +140,7 @@ def _summary(label: str, result: IngestResult) -> dict[str, Any]:
         "devices": result.devices,
         "reports_applied": result.reports_applied,
         "reports_stale": result.reports_stale,
+        "reports_repeated": result.reports_repeated,
         "skipped": result.skipped,
         "quarantined": result.quarantined,
         "outside_domains": result.outside_domains,
@@ -151,7 +152,8 @@ def _summary(label: str, result: IngestResult) -> dict[str, Any]:
 def _print(r: dict[str, Any]) -> None:
     errors.print(
         f"{r['file']}: {r['reports_applied']} report(s) applied, "
-        f"{r['reports_stale']} older than stored, {r['devices']} device(s), "
+        f"{r['reports_stale']} older than stored, {r['reports_repeated']} already stored, "
+        f"{r['devices']} device(s), "
         f"{r['people']} people, {r['decision_changes']} decision change(s)"
     )
     for line in r["skipped"]:

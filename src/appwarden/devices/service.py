@@ -12,8 +12,9 @@ import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from appwarden.catalog.matching import key_matches, match_key
 from appwarden.db.uow import UnitOfWork
@@ -72,8 +73,9 @@ def clean_identifiers(facts: DeviceFacts) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda pair: (join_rank(pair[0]), pair[1]))
 
 
-def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> Device:
-    """Find or create the device these identifiers name.
+def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> tuple[Device, bool]:
+    """Find or create the device these identifiers name; True when that changed what is stored
+    (a new device, or a new identifier for a known one).
 
     Identifiers that point at two different devices merge nothing: the delivery is quarantined
     (in the caller's transaction) and IdentifierConflict is raised.
@@ -103,6 +105,7 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> Devic
             f"identifiers {', '.join(f'{ns}:{v}' for ns, v in identifiers)} point at devices "
             f"{device_ids}: quarantined, nothing merged"
         )
+    changed = len(known) < len(identifiers)
     if device_ids:
         device = uow.session.get(Device, device_ids[0])
         assert device is not None
@@ -133,14 +136,28 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> Devic
         elif row.last_seen_at < uow.now:
             row.last_seen_at = uow.now
     uow.session.flush()
-    return device
+    return device, changed
+
+
+def _fingerprint(device: Device) -> tuple[object, ...]:
+    return (
+        device.platform,
+        device.form_factor,
+        device.ownership,
+        device.owner_id,
+        device.status,
+        device.name,
+        device.unmatched_owner,
+    )
 
 
 def apply_device_facts(
     uow: UnitOfWork, device: Device, facts: DeviceFacts, authority: Authority
-) -> None:
+) -> bool:
     """Apply what `facts` say about the device; a fact from a source that is not authoritative
-    for it is held as a conflict instead (devices/facts.py)."""
+    for it is held as a conflict instead (devices/facts.py). True when the device changed."""
+    before = _fingerprint(device)
+    resources_changed = False
     for fact, attribute in DEVICE_ATTRIBUTES.items():
         value = getattr(facts, attribute)
         stored = getattr(device, attribute)
@@ -163,7 +180,9 @@ def apply_device_facts(
             uow, Fact.RESOURCES, stored=stored_list, offered=offered, device=device
         ):
             set_resources(uow, device, offered)
+            resources_changed = True
     uow.session.flush()
+    return resources_changed or _fingerprint(device) != before
 
 
 def _apply_owner(uow: UnitOfWork, device: Device, email: str, authority: Authority) -> None:
@@ -213,6 +232,14 @@ class _Feed:
     observed_at: datetime
 
 
+class ReportOutcome(StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"  # every part of it older than what is stored: nothing changed
+    REPEATED = (
+        "repeated"  # the feed already holds exactly this: nothing written, not even a receipt
+    )
+
+
 def apply_report(
     uow: UnitOfWork,
     device: Device,
@@ -220,14 +247,12 @@ def apply_report(
     *,
     minimise: MinimisationSet | None = None,
     token_id: int | None = None,
-) -> bool:
-    """Store one report's facts. Returns False when every part of it was older than what is
-    stored (nothing changed). With `minimise`, only identifiers of some live policy are kept and
-    the coverage shrinks to exactly those identifiers."""
+) -> ReportOutcome:
+    """Store one report's facts. With `minimise`, only identifiers of some live policy are kept
+    and the coverage shrinks to exactly those identifiers."""
     observed_at = min(report.observed_at or uow.now, uow.now)
     feed = _Feed(device.id, report.source, report.evidence_kind, observed_at)
     apps, covered = _reported(report, device.platform, minimise)
-    row = _record_report(uow, device, feed, covered, app_count=len(apps), token_id=token_id)
     existing = {
         (o.namespace, o.value): o
         for o in uow.session.scalars(
@@ -248,12 +273,50 @@ def apply_report(
             )
         )
     }
+    if _repeats(uow, feed, apps, covered, existing, stored_coverage):
+        return ReportOutcome.REPEATED
+    row = _record_report(uow, device, feed, covered, app_count=len(apps), token_id=token_id)
     replaced = _replace_coverage(uow, feed, covered, stored_coverage, report_id=row.id)
     observed = _apply_observations(uow, feed, apps, existing, stored_coverage, replaced)
     applied_any = bool(replaced) or observed or feed.kind == EvidenceKind.NONE
     row.applied = applied_any
     uow.session.flush()
-    return applied_any
+    return ReportOutcome.APPLIED if applied_any else ReportOutcome.STALE
+
+
+def _repeats(
+    uow: UnitOfWork,
+    feed: _Feed,
+    apps: Apps,
+    covered: list[tuple[str, str]],
+    existing: dict[tuple[str, str], Observation],
+    stored: dict[tuple[str, str], Coverage],
+) -> bool:
+    """Does the feed already hold exactly this report (the same page imported again)?"""
+    at = feed.observed_at
+    if any((current := stored.get(part)) is None or current.observed_at != at for part in covered):
+        return False
+    for key, (_, version, name) in apps.items():
+        seen = existing.get(key)
+        if seen is None or seen.last_seen_at != at or seen.version != version:
+            return False
+        if name is not None and seen.name != name:
+            return False
+    if any(
+        key not in apps and any(ns == key[0] and value in ("", key[1]) for ns, value in covered)
+        for key in existing
+    ):
+        return False  # it would remove what it no longer lists
+    if covered or apps:
+        return True
+    latest = uow.session.scalar(
+        select(func.max(Report.observed_at)).where(
+            Report.device_id == feed.device_id,
+            Report.source == feed.source,
+            Report.evidence_kind == feed.kind,
+        )
+    )
+    return latest is not None and latest == at
 
 
 def _reported(

@@ -21,6 +21,7 @@ from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import InventoryBatch, ReportFacts
 from appwarden.devices.service import (
     MinimisationSet,
+    ReportOutcome,
     apply_device_facts,
     apply_report,
     resolve_device,
@@ -40,12 +41,21 @@ class IngestResult:
     devices: int = 0
     reports_applied: int = 0
     reports_stale: int = 0
+    reports_repeated: int = 0  # exactly what was already stored: nothing written
     quarantined: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     decision_changes: list[DecisionChanged] = field(default_factory=list)
     # Addresses outside the organisation's domains: no person made, devices left unowned.
     outside_domains: list[str] = field(default_factory=list)
     retirements_held: int = 0  # a mass retirement held for an admin (docs/sources/README.md)
+
+    def count(self, outcome: ReportOutcome) -> None:
+        if outcome == ReportOutcome.APPLIED:
+            self.reports_applied += 1
+        elif outcome == ReportOutcome.STALE:
+            self.reports_stale += 1
+        else:
+            self.reports_repeated += 1
 
 
 def _check_values(report: ReportFacts) -> str | None:
@@ -188,18 +198,20 @@ def ingest(
     def authority(source: str) -> Authority:
         return writer.authority(source, hold_retirements=source in held)
 
-    touched: dict[int, Device] = {}
+    touched: dict[int, Device] = {}  # changed: re-evaluated
+    seen: dict[int, Device] = {}  # reported, changed or not
     for facts in batch.devices:
         try:
-            device = resolve_device(uow, facts, source=entry_source)
+            device, joined = resolve_device(uow, facts, source=entry_source)
         except IdentifierConflict as exc:
             result.quarantined.append(exc.message)
             continue
         except InvalidInput as exc:
             result.skipped.append(exc.message)
             continue
-        apply_device_facts(uow, device, facts, authority(entry_source))
-        touched[device.id] = device
+        seen[device.id] = device
+        if apply_device_facts(uow, device, facts, authority(entry_source)) or joined:
+            touched[device.id] = device
     minimisation: MinimisationSet | None = None
     for report in batch.reports:
         problem = _check_values(report)
@@ -207,7 +219,7 @@ def ingest(
             result.skipped.append(f"{report.where}: {problem}".lstrip(": "))
             continue
         try:
-            device = resolve_device(uow, report.device, source=report.source)
+            device, joined = resolve_device(uow, report.device, source=report.source)
         except IdentifierConflict as exc:
             result.quarantined.append(f"{report.where}: {exc.message}".lstrip(": "))
             continue
@@ -215,25 +227,25 @@ def ingest(
             result.skipped.append(f"{report.where}: {exc.message}".lstrip(": "))
             continue
         _awaits_join(uow, device, report)
-        apply_device_facts(uow, device, report.device, authority(report.source))
+        changed = apply_device_facts(uow, device, report.device, authority(report.source))
         minimise = None
         if minimise_personal and device.ownership == Ownership.PERSONAL:
             if minimisation is None:
                 minimisation = MinimisationSet(frozenset(live_identifier_keys(uow)))
             minimise = minimisation
-        if apply_report(uow, device, report, minimise=minimise, token_id=writer.token_id):
-            result.reports_applied += 1
-        else:
-            result.reports_stale += 1
-        touched[device.id] = device
+        outcome = apply_report(uow, device, report, minimise=minimise, token_id=writer.token_id)
+        result.count(outcome)
+        seen[device.id] = device
+        if changed or joined or outcome == ReportOutcome.APPLIED:
+            touched[device.id] = device
         if on_report is not None:
             on_report()
-    result.devices = len(touched)
+    result.devices = len(seen)
     result.retirements_held = sum(held.values())
     result.outside_domains += sorted(
-        {d.unmatched_owner for d in touched.values() if d.unmatched_owner is not None}
+        {d.unmatched_owner for d in seen.values() if d.unmatched_owner is not None}
     )
-    for device in touched.values():
+    for device in touched.values():  # only what changed: the same page twice changes nothing
         result.decision_changes += reevaluate_device(uow, device)
     return result
 

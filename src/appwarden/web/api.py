@@ -99,6 +99,9 @@ class InventoryResult(BaseModel):
     devices: int = Field(description="Devices touched")
     reports_applied: int
     reports_stale: int = Field(description="Reports older than what is stored (ignored)")
+    reports_repeated: int = Field(
+        description="Reports exactly as already stored (the same batch again): nothing written"
+    )
     quarantined: list[str] = Field(
         description="Reports whose identifiers point at two devices: held for an admin"
     )
@@ -198,12 +201,14 @@ async def post_inventory(
     counter = metrics_of(request).ingest_reports
     counter.labels("applied").inc(result.reports_applied)
     counter.labels("stale").inc(result.reports_stale)
+    counter.labels("repeated").inc(result.reports_repeated)
     counter.labels("quarantined").inc(len(result.quarantined))
     return InventoryResult(
         people=result.people,
         devices=result.devices,
         reports_applied=result.reports_applied,
         reports_stale=result.reports_stale,
+        reports_repeated=result.reports_repeated,
         quarantined=result.quarantined,
         decision_changes=len(result.decision_changes),
     )

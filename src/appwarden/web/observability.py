@@ -9,7 +9,7 @@ applications can coexist in one process (tests):
 
     appwarden_request_seconds{route,method,status}   histogram
     appwarden_decisions_total{decision}              counter: decisions answered over the API
-    appwarden_ingest_reports_total{result}           counter: applied, stale, quarantined
+    appwarden_ingest_reports_total{result}           counter: applied, stale, repeated, quarantined
     appwarden_outbox_depth{kind}                     gauge, counted at scrape time (notice, webhook)
 """
 
