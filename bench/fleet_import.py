@@ -58,6 +58,7 @@ INSERT = (
     f"INSERT INTO observation ({', '.join(OBSERVATION_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in OBSERVATION_COLUMNS)})"
 )
+SELECT = f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observation"  # noqa: S608
 COPY = f"COPY observation ({', '.join(OBSERVATION_COLUMNS)}) FROM STDIN"
 
 
@@ -98,12 +99,10 @@ def _write_pages(workdir: Path, hosts: int) -> list[str]:
 
 
 def _rows(engine: Engine) -> list[tuple[Any, ...]]:
-    from appwarden.devices.models import Observation
-
-    columns = [getattr(Observation, c) for c in OBSERVATION_COLUMNS]
+    """The stored observation rows as the driver returns them (SQLite's stored text for times,
+    as the raw insert writes them again: pre-built, no conversion timed)."""
     with engine.connect() as connection:
-        query = select(*columns).order_by(Observation.device_id, Observation.value)
-        return [tuple(row) for row in connection.execute(query)]
+        return [tuple(row) for row in connection.exec_driver_sql(SELECT)]
 
 
 def checksum(rows: list[tuple[Any, ...]]) -> str:
@@ -125,7 +124,8 @@ def _raw_insert(engine: Engine, backend: str, rows: list[tuple[Any, ...]]) -> fl
             ) as copy:  # type: ignore[attr-defined]
                 for row in rows:
                     copy.write_row(row)
-        else:
+        else:  # one transaction, begun as appwarden's engine begins one (it runs in autocommit)
+            cursor.execute("BEGIN IMMEDIATE")
             cursor.executemany(INSERT, rows)
         connection.commit()
         return time.perf_counter() - started
@@ -138,7 +138,10 @@ def _copy_devices(source: Engine, target: Engine) -> None:
     from appwarden.devices.models import Device
 
     with source.connect() as connection:
-        devices = [dict(row._mapping) for row in connection.execute(select(Device.__table__))]
+        devices = [
+            {**row._mapping, "owner_id": None}  # people are not copied: only the device FK counts
+            for row in connection.execute(select(Device.__table__))
+        ]
     with target.begin() as connection:
         connection.execute(text("DELETE FROM observation"))
         connection.execute(Device.__table__.insert(), devices)
@@ -156,7 +159,7 @@ def run(db: str | None, params: Params, note: Note, advance: Advance) -> dict[st
             pages = _write_pages(workdir, params.hosts)
             note(f"importing {params.hosts:,} Fleet hosts in {len(pages)} pages")
             started = time.perf_counter()
-            _cli(url, workdir, "import", "fleet", *pages, "--at", IMPORT_AT, "--json")
+            _cli(url, workdir, "import", "fleet", *pages, "--at", IMPORT_AT)
             seconds = time.perf_counter() - started
             advance(params.hosts)
             engine = make_engine(url)
