@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, insert, select, text
 
 from bench.fleet import BASE_TIME, scratch_store, store_version
 from bench.fleet_export import fleet_hosts_page
@@ -119,9 +119,7 @@ def _raw_insert(engine: Engine, backend: str, rows: list[tuple[Any, ...]]) -> fl
         cursor = connection.cursor()
         started = time.perf_counter()
         if backend == "postgresql":
-            with cursor.copy(
-                f"COPY observation ({', '.join(OBSERVATION_COLUMNS)}) FROM STDIN"
-            ) as copy:  # type: ignore[attr-defined]
+            with cursor.copy(COPY) as copy:
                 for row in rows:
                     copy.write_row(row)
         else:  # one transaction, begun as appwarden's engine begins one (it runs in autocommit)
@@ -144,7 +142,7 @@ def _copy_devices(source: Engine, target: Engine) -> None:
         ]
     with target.begin() as connection:
         connection.execute(text("DELETE FROM observation"))
-        connection.execute(Device.__table__.insert(), devices)
+        connection.execute(insert(Device), devices)
 
 
 def run(db: str | None, params: Params, note: Note, advance: Advance) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -223,7 +223,7 @@ def _fleet_workloads(
             "seconds_to_build": round(fleet.seconds_to_build, 1),
             "backend": fleet.backend,
         }
-        runs = {
+        runs: dict[str, tuple[str, Callable[[], dict[str, Any]], int | None]] = {
             "W2": ("W2", lambda: w2_gate.run(fleet, w2_params, reporter.note), None),
             "W6": (
                 "W6: report -> flip",
