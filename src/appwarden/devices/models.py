@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appwarden.db.base import Base
@@ -155,3 +155,23 @@ class FactConflict(Base):
     resolution: Mapped[str | None] = mapped_column(String(16))  # accepted / rejected
     settled_at: Mapped[datetime | None]
     settled_by: Mapped[str | None] = mapped_column(String(254))
+
+
+class SourceRun(Base):
+    """One sync of one source (`appwarden sync`, or the worker on its schedule). `complete` only
+    when every page was fetched and read without error: only complete runs may retire devices by
+    their absence, and a source's health is the age of its last complete run."""
+
+    __tablename__ = "source_run"
+    __table_args__ = (Index("ix_source_run_source_started", "source", "started_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    complete: Mapped[bool] = mapped_column(default=False)
+    pages: Mapped[int] = mapped_column(default=0)
+    reports: Mapped[int] = mapped_column(default=0)
+    devices: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)  # what stopped it, secrets never included
+    runner: Mapped[str | None] = mapped_column(String(200))  # which process ran it
