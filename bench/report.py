@@ -36,6 +36,7 @@ BAR_LABELS = {
     ("W4", "committed"): "reports whose committed decision is not allow",
     ("W6", "same_process_read_your_writes"): "same process: flips not seen by the next answer",
     ("W6", "other_process_p99"): "other process: p99 until the answer flips",
+    ("IMPORT", "ratio"): "app rows/s end to end / raw insert of the same rows",
     ("IMPORT", "rows_equal"): "stored rows equal the raw insert's (count, checksum)",
 }
 
@@ -106,7 +107,7 @@ def summary(results: Sequence[Result]) -> list[str]:
         run = f"| {result.workload} | {result.store} | {result.label()} |"
         for i, (key, bar) in enumerate(result.data["bars"].items()):
             label = BAR_LABELS.get((result.workload, key), key)
-            verdict = "pass" if bar["pass"] else "**FAIL**"
+            verdict = "—" if bar["pass"] is None else "pass" if bar["pass"] else "**FAIL**"
             lines.append(
                 f"{'| | | |' if i else run} {label} | {_value(bar)} | {bar['bar']} | {verdict} |"
             )
