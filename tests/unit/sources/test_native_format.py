@@ -63,7 +63,12 @@ def test_valid_fixture_gives_exact_records() -> None:
                 status=PersonStatus.ACTIVE,
                 left_at=None,
             ),
-            PersonFacts(email="bob@example.com", display_name="Bob Brown", groups=()),
+            PersonFacts(
+                email="bob@example.com",
+                display_name="Bob Brown",
+                groups=(),
+                status=PersonStatus.ACTIVE,
+            ),
             PersonFacts(
                 email="carol@example.com",
                 status=PersonStatus.LEFT,
@@ -601,7 +606,7 @@ def test_a_bad_entry_is_skipped_and_the_others_kept(case: Case) -> None:
     doc = document(case.people, case.devices)
     batch = parse_native(doc, "inv.json")
     assert batch.skipped == tuple(expected_lines(doc, case))
-    assert batch.people == (PersonFacts(email="good@example.com"),)
+    assert batch.people == (PersonFacts(email="good@example.com", status=PersonStatus.ACTIVE),)
     assert batch.devices == ()
     assert batch.reports == (
         ReportFacts(
@@ -643,7 +648,7 @@ def test_strict_mode_lists_the_problems_of_every_entry() -> None:
 
 def test_skipped_fixture_keeps_the_good_entries() -> None:
     batch = parse_native(read("bad-entries.json"), "bad-entries.json")
-    assert batch.people == (PersonFacts(email="bob@example.com"),)
+    assert batch.people == (PersonFacts(email="bob@example.com", status=PersonStatus.ACTIVE),)
     assert [r.device.identifiers for r in batch.reports] == [(("udid", "GOOD-1"),)]
     assert batch.skipped == (
         "bad-entries.json:5:49: time_zone: 'Pacific/Atlantis' is not an IANA time zone "
