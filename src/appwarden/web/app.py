@@ -30,7 +30,7 @@ from appwarden.db.engine import Checkpointer, make_engine
 from appwarden.db.migrate import is_current
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
-from appwarden.web import Runtime, api, gate, inventory_api
+from appwarden.web import Runtime, api, gate, inventory_api, push_api
 from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     web_errors.install(app)
     api.install(app)
     inventory_api.install(app)
+    push_api.install(app)
     gate.install(app)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
