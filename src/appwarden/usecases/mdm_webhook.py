@@ -42,6 +42,22 @@ def _refused(where: str, message: str, what: str = "webhook") -> InvalidInput:
     return InvalidInput(f"{what}: {where}: {message}", problems=[Problem(where, message)])
 
 
+def _in_body(exc: InvalidInput) -> InvalidInput:
+    """The mapping's problems (`webhook: $.path: message`, the body read as a file named
+    "webhook") located as JSON paths into the request body."""
+    problems = []
+    for problem in exc.problems:
+        where, message = problem.where, problem.message
+        if where.startswith("webhook") and message.startswith("$"):
+            where, _, message = message.partition(": ")
+        elif where.startswith("webhook: "):
+            where = where.removeprefix("webhook: ")
+        problems.append(Problem(where or "$", message))
+    return InvalidInput(
+        f"webhook: {len(problems)} problem(s); nothing was applied", problems=problems
+    )
+
+
 def _event_key(envelope: Fields, body: bytes) -> str:
     try:
         event_id = envelope.text("event_id", max_chars=MAX_EVENT_ID_CHARS)
@@ -98,7 +114,10 @@ def receive_event(
     if command is not None:
         files.append(("command", _command_plist(command)))
     files.append(("webhook", body))
-    batch = parse_apple_mdm_run(files, strict=True, max_bytes=max_bytes)[-1]
+    try:
+        batch = parse_apple_mdm_run(files, strict=True, max_bytes=max_bytes)[-1]
+    except InvalidInput as exc:
+        raise _in_body(exc) from None
     result = ingest(uow, batch, minimise_personal=minimise_personal, writer=writer)
     return WebhookResult(
         True,
