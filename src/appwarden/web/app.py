@@ -82,7 +82,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
         title="appwarden",
         version=_version(),
         description="Conditional access for a banned app: inventory in, decisions out. "
-        "Every route needs `Authorization: Bearer <token>` except /healthz and /readyz.",
+        "Every route needs `Authorization: Bearer <token>` except /healthz, /readyz, the gate "
+        "(the proxy's key) and the push sources under /osquery/ and /mdm/ (their own credentials).",
         openapi_url=None,  # served below, behind the `read` permission
         docs_url=None,
         redoc_url=None,

@@ -233,6 +233,12 @@ async def mdm_command(request: Request, secret: str) -> dict[str, Any]:
     return await run_in_threadpool(_command, runtime, body)
 
 
+# Their errors; never 401 or 403: these routes take no API token.
+_RESPONSES: Final = {
+    status: response
+    for status, response in problem_responses(404, 413, 422, 503).items()
+    if status not in (401, 403)
+}
 _JSON_BODY: Final[dict[str, Any]] = {
     "requestBody": {
         "required": True,
@@ -263,7 +269,7 @@ def install(app: FastAPI) -> None:
             methods=["POST"],
             tags=["push sources"],
             summary=summary,
-            responses=problem_responses(404, 413, 422, 503),
+            responses=_RESPONSES,
             openapi_extra=_JSON_BODY,
         )
     app.add_api_route(
@@ -272,7 +278,7 @@ def install(app: FastAPI) -> None:
         methods=["POST"],
         tags=["push sources"],
         summary="Apple MDM: a NanoMDM/MicroMDM webhook event",
-        responses=problem_responses(404, 413, 422, 503),
+        responses=_RESPONSES,
         openapi_extra=_JSON_BODY,
     )
     app.add_api_route(
@@ -281,6 +287,6 @@ def install(app: FastAPI) -> None:
         methods=["POST"],
         tags=["push sources"],
         summary="Apple MDM: register a command plist",
-        responses=problem_responses(404, 413, 422, 503),
+        responses=_RESPONSES,
         openapi_extra=_PLIST_BODY,
     )
