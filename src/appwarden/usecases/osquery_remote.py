@@ -209,8 +209,9 @@ def receive_log(uow: UnitOfWork, body: Any, *, options: IngestOptions) -> Receiv
             "log: $.data: expected a list of log lines",
             problems=[Problem("$.data", "expected a list of log lines")],
         )
-    if fields.raw("log_type") != "result":
-        return Received({"node_invalid": False}, status_lines=len(data))
+    log_type = fields.raw("log_type")
+    if log_type != "result":  # osquery's own log (or a kind this version does not know): no rows
+        return Received({"node_invalid": False}, status_lines=len(data) * (log_type == "status"))
     stored = chains_of(uow, node)
     states = {name: _loaded(row) for name, row in stored.items()}
     carried = carry_request(states, data, "log", node.host_uuid)

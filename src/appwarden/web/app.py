@@ -4,10 +4,11 @@
     with TestClient(create_app(settings)) as c:  # tests: many apps per process, one registry each
 
 Routes: the /v1 API (`web.api`), `/healthz` and `/readyz` (public: see `web.auth.PUBLIC_ROUTES`),
-`/metrics` and `/openapi.json` (token with `read`), the gate (`web.gate`). Layers, outermost
-first: the gate's in-memory fast path (`web.gate.GateFastPath`), then FastAPI and Starlette's
-own, request ids, access log and the bare 500 (`web.observability`), the authorisation backstop
-(`web.auth`).
+`/metrics` and `/openapi.json` (token with `read`), the gate (`web.gate`), and the push sources
+under /osquery/ and /mdm/ (`web.push_api`; public too, each with its own credential). Layers,
+outermost first: the gate's in-memory fast path (`web.gate.GateFastPath`), then FastAPI and
+Starlette's own, request ids, access log and the bare 500 (`web.observability`), the
+authorisation backstop (`web.auth`).
 """
 
 from __future__ import annotations
