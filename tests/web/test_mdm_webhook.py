@@ -21,6 +21,7 @@ from tests.conftest import table_digest
 from appwarden.devices.models import DeviceIdentifier, Observation, Report
 from appwarden.settings import Settings
 from appwarden.web.app import create_app
+from appwarden.web.push_api import PushMisconfigured
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources" / "apple-mdm"
 SECRET = "0123456789abcdef0123456789abcdef-webhook"
@@ -155,9 +156,17 @@ def test_the_webhook_is_off_without_a_secret(store, tmp_path):
         assert c.post("/mdm/commands/anything", content=command()).status_code == 404
 
 
-def test_a_short_secret_stops_the_server(store, tmp_path):
-    settings = Settings(database_url=store.url, env="test", mdm_webhook_secret="short")
-    with pytest.raises(Exception, match="APPWARDEN_MDM_WEBHOOK_SECRET is 5 bytes long"):
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("mdm_webhook_secret", "APPWARDEN_MDM_WEBHOOK_SECRET is 31 bytes long"),
+        ("osquery_enroll_secret", "APPWARDEN_OSQUERY_ENROLL_SECRET is 15 bytes long"),
+    ],
+)
+def test_a_short_secret_stops_the_server(store, setting, said):
+    short = {"mdm_webhook_secret": "w" * 31, "osquery_enroll_secret": "s" * 15}[setting]
+    settings = Settings(database_url=store.url, env="test", **{setting: short})
+    with pytest.raises(PushMisconfigured, match=said):
         create_app(settings)
 
 

@@ -122,7 +122,7 @@ def enroll(uow: UnitOfWork, body: Any, *, secret: str) -> Received:
         host_uuid = _required(details, "system_info").required_text("uuid")
         identifier = fields.text("host_identifier", max_chars=MAX_NAME_CHARS)
         os_version = details.obj("os_version")
-        platform = os_version.text("platform") if os_version is not None else None
+        platform = os_version.text("platform", max_chars=64) if os_version is not None else None
     except FieldError as exc:
         raise _invalid(exc, "enroll") from None
     node, node_key = enroll_node(uow, host_uuid, identifier, platform)
