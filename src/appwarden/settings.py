@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     # that needed the store are always logged.
     gate_access_log: Literal["all", "deny", "none"] = "deny"
 
+    # Push sources (docs/sources/osquery.md, docs/sources/apple-mdm.md). Unset: the routes answer
+    # 404 and accept nothing.
+    # The secret every osquery host presents to enrol (osqueryd --enroll_secret_path).
+    osquery_enroll_secret: SecretStr | None = None
+    # The path secret of /mdm/webhook/{secret} and /mdm/commands/{secret} (NanoMDM -webhook-url).
+    mdm_webhook_secret: SecretStr | None = None
+
     # Enforcement at the mail provider (docs/enforcement.md), driven by decision changes.
     enforce_resource: str = "email"
     google_service_account_file: Path | None = None

@@ -132,6 +132,26 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
         for path in ("/gate/forward", "/gate/forward/Microsoft-Server-ActiveSync", "/gate/explain"):
             assert client.get(path).status_code == 401, path
             assert client.get(path, headers={"X-Appwarden-Proxy-Key": "wrong"}).status_code == 401
+        # The push sources are off until their credential is configured.
+        for path in PUSH_ROUTES:
+            assert client.post(_concrete(path), json={}).status_code == 404, path
+
+
+PUSH_ROUTES = [path for path in PUBLIC_ROUTES if path.startswith(("/osquery/", "/mdm/"))]
+
+
+def test_push_routes_refuse_a_wrong_credential_of_their_own(store):
+    """Configured, each push route still answers nothing without its own credential: a wrong
+    enroll secret or node key gets osquery's `node_invalid`, a wrong path secret a 404."""
+    settings = _settings(store, osquery_enroll_secret="s" * 16, mdm_webhook_secret="w" * 32)
+    with TestClient(create_app(settings)) as client:
+        for path in PUSH_ROUTES:
+            body = {"enroll_secret": "s" * 15, "node_key": "nope", "data": [], "queries": {}}
+            response = client.post(_concrete(path), json=body)
+            if path.startswith("/osquery/"):
+                assert response.json() == {"node_invalid": True}, path
+            else:
+                assert response.status_code == 404, path
 
 
 def test_the_allowlist_is_closed_and_names_each_credential():
@@ -141,6 +161,13 @@ def test_the_allowlist_is_closed_and_names_each_credential():
         "/gate/forward",
         "/gate/forward/{rest:path}",
         "/gate/explain",
+        "/osquery/enroll",
+        "/osquery/config",
+        "/osquery/log",
+        "/osquery/distributed/read",
+        "/osquery/distributed/write",
+        "/mdm/webhook/{secret}",
+        "/mdm/commands/{secret}",
     }
     assert all(credential.strip() for credential in PUBLIC_ROUTES.values())
 

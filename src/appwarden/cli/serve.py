@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -37,6 +38,17 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="Serve HTTPS with this PEM certificate (chain); needs --tls-key. osquery "
+            "speaks TLS only: this, or TLS terminated in front (docs/sources/osquery.md).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The PEM private key of --tls-cert.")
+    ] = None,
 ) -> None:
     """Serve the HTTP API (/v1/, /healthz, /readyz, /metrics, /openapi.json)."""
     import uvicorn
@@ -44,6 +56,7 @@ def serve(
     from appwarden.web.app import SERVER_OPTIONS, create_app
     from appwarden.web.observability import configure_logging
 
+    tls = tls_options(tls_cert, tls_key)
     context = ctx()
     settings = context.settings
     try:
@@ -53,7 +66,7 @@ def serve(
         context.close()  # the application builds its own engine
     embedded = worker if worker is not None else backend == "sqlite"
     app = create_app(settings, worker=embedded)
-    base = f"http://{host}:{port}"
+    base = f"{'https' if tls else 'http'}://{host}:{port}"
     errors.print(
         f"appwarden serving {base}  (API {base}/v1/, OpenAPI {base}/openapi.json, "
         f"health {base}/healthz)\n"
@@ -67,7 +80,26 @@ def serve(
         soft_wrap=True,  # keep the URLs and the command on one line each, for copying
     )
     configure_logging()
-    uvicorn.run(app, host=host, port=port, **SERVER_OPTIONS)
+    uvicorn.run(app, host=host, port=port, **SERVER_OPTIONS, **tls)
+
+
+def tls_options(cert: Path | None, key: Path | None) -> dict[str, Any]:
+    """uvicorn's TLS options for --tls-cert/--tls-key: both or neither, loaded once here so that a
+    missing file, a bad PEM or a key of another certificate is a clear error, not a traceback."""
+    import ssl
+
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise InvalidInput("--tls-cert and --tls-key go together: give both, or neither")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one: a bad PEM, or a key that does not match
+        reason = exc.strerror or str(exc)
+        raise InvalidInput(
+            f"--tls-cert {cert} / --tls-key {key}: cannot be used ({reason})"
+        ) from None
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 @token_app.command("create")

@@ -175,3 +175,88 @@ class SourceRun(Base):
     devices: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)  # what stopped it, secrets never included
     runner: Mapped[str | None] = mapped_column(String(200))  # which process ran it
+
+
+# ── push sources: what osquery hosts and an MDM server's webhook leave between requests ────────
+
+
+class OsqueryNode(Base):
+    """An osquery host enrolled with the enroll secret (docs/sources/osquery.md). Its node key is
+    stored as a SHA-256 only; the key is bound to the host UUID osquery reported at enrolment,
+    which names the host in everything the node sends. Re-enrolling the same host replaces the
+    key (the old one is refused from then on)."""
+
+    __tablename__ = "osquery_node"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    host_uuid: Mapped[str] = mapped_column(String(512), unique=True)
+    host_identifier: Mapped[str | None] = mapped_column(String(1000))
+    platform: Mapped[str | None] = mapped_column(String(64))  # os_version.platform at enrolment
+    enrolled_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+
+
+class OsqueryChain(Base):
+    """What one scheduled query of a node is known to return, carried from one logger request to
+    the next: its differential position (epoch, counter, the run's time), whether an unbroken
+    chain since a full result stands behind it (`complete`), and the rows known present. A new
+    epoch replaces the row: only the current epoch's state matters."""
+
+    __tablename__ = "osquery_chain"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("osquery_node.id", ondelete="CASCADE"), primary_key=True
+    )
+    query_name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    table_name: Mapped[str | None] = mapped_column(String(32))
+    snapshot: Mapped[bool] = mapped_column(default=False)
+    epoch: Mapped[int | None]
+    counter: Mapped[int | None]
+    run_at: Mapped[datetime | None]  # the unixTime of the last run applied
+    complete: Mapped[bool] = mapped_column(default=False)
+    rows: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime]
+
+
+class OsqueryQuery(Base):
+    """An ad-hoc (distributed) query for one node: queued, handed out by distributed/read,
+    answered by distributed/write (its SQLite status: 0 is success)."""
+
+    __tablename__ = "osquery_query"
+    __table_args__ = (UniqueConstraint("node_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("osquery_node.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    sql: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    answered_at: Mapped[datetime | None]
+    status: Mapped[int | None]
+
+
+class MdmEvent(Base):
+    """A webhook event already applied: its `event_id` (or, when the server sends none, a digest
+    of the envelope), so a delivery repeated changes nothing."""
+
+    __tablename__ = "mdm_event"
+
+    event_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class MdmCommand(Base):
+    """A command the MDM server was asked to send, registered so that the answer (which the
+    webhook carries without its question) is read as what was asked: `Identifiers` (a targeted
+    check) or `ManagedAppsOnly` (managed apps only)."""
+
+    __tablename__ = "mdm_command"
+
+    command_uuid: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_type: Mapped[str | None] = mapped_column(String(100))
+    identifiers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    managed_only: Mapped[bool] = mapped_column(default=False)
+    received_at: Mapped[datetime] = mapped_column(index=True)

@@ -160,7 +160,7 @@ Row = tuple[Fields, dict[str, Any]]
 
 
 @dataclass
-class _Line:
+class ResultLine:
     """One result line (or one distributed query's answer): the rows it adds and removes."""
 
     label: str  # FILE:LINE, or FILE for a POSTed body (the path is in `fields`)
@@ -250,13 +250,13 @@ def _host_uuid(fields: Fields, rows: list[Row]) -> str:
     return host
 
 
-def _read_line(label: str, fields: Fields) -> _Line | None:
+def read_result_line(label: str, fields: Fields) -> ResultLine | None:
     """A result line; None for a status line (osquery's own log, no rows)."""
     if fields.raw("name") is None and fields.raw("severity") is not None:
         return None
     name = fields.required_text("name")
     snapshot, added, removed = _changes(fields)
-    return _Line(
+    return ResultLine(
         label=label,
         fields=fields,
         host=_host_uuid(fields, added + removed),
@@ -284,7 +284,7 @@ def _guess_key(value: object) -> tuple[str, str] | None:
 # ── rebuilding each query's result set ──────────────────────────────────────────────────────
 
 
-def _row_key(row: dict[str, Any]) -> str:
+def row_key(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True, default=str)
 
 
@@ -302,21 +302,21 @@ class _Chain:
     counter: int | None = None
     observed_at: datetime | None = None
 
-    def apply(self, line: _Line) -> None:
+    def apply(self, line: ResultLine) -> None:
         run = (line.snapshot, line.epoch, line.counter, line.observed_at)
         if run != self.run:
             self._start(line)
             self.run = run
         for _, row in line.removed:
-            self.present.pop(_row_key(row), None)
+            self.present.pop(row_key(row), None)
         for fields, row in line.added:
-            self.present[_row_key(row)] = (fields, row)
+            self.present[row_key(row)] = (fields, row)
         for _, row in line.added + line.removed:
             self.columns.update(row)
         if line.observed_at is not None:
             self.observed_at = line.observed_at
 
-    def _start(self, line: _Line) -> None:
+    def _start(self, line: ResultLine) -> None:
         """A new run of the query: a full result replaces what is known; a run that does not
         follow the previous one keeps nothing, since the missed runs may have removed it."""
         if line.snapshot or line.counter == 0:
@@ -343,7 +343,7 @@ class _Results:
     chains: dict[tuple[str, str], _Chain] = field(default_factory=dict)
     tainted: bool = False  # a line whose host and query could not even be read
 
-    def add(self, line: _Line) -> None:
+    def add(self, line: ResultLine) -> None:
         key = (line.host, line.name)
         chain = self.chains.get(key)
         if chain is None:
@@ -370,7 +370,7 @@ def _read_lines(lines: Iterator[tuple[str, Fields | Any]], collector: Collector)
             continue
         try:
             fields = value if isinstance(value, Fields) else Fields.of(value, label, ())
-            line = _read_line(label, fields)
+            line = read_result_line(label, fields)
         except FieldError as exc:
             path, _, message = exc.message.partition(": ")
             collector.skip(f"{label}: {path}", message)
@@ -595,7 +595,7 @@ def _distributed_results(body: Fields, collector: Collector) -> _Results:
             collector.skip(f"{collector.filename}: {path}", message)
             continue
         results.add(
-            _Line(collector.filename, where, host, query_id, True, None, None, None, rows, [])
+            ResultLine(collector.filename, where, host, query_id, True, None, None, None, rows, [])
         )
     return results
 
@@ -675,4 +675,13 @@ def parse_osquery(
     return _finish(results, collector, strict=strict)
 
 
-__all__ = ["infer_table", "parse_osquery", "platform_of", "row_apps", "table_coverage"]
+__all__ = [
+    "ResultLine",
+    "infer_table",
+    "parse_osquery",
+    "platform_of",
+    "read_result_line",
+    "row_apps",
+    "row_key",
+    "table_coverage",
+]

@@ -4,10 +4,11 @@
     with TestClient(create_app(settings)) as c:  # tests: many apps per process, one registry each
 
 Routes: the /v1 API (`web.api`), `/healthz` and `/readyz` (public: see `web.auth.PUBLIC_ROUTES`),
-`/metrics` and `/openapi.json` (token with `read`), the gate (`web.gate`). Layers, outermost
-first: the gate's in-memory fast path (`web.gate.GateFastPath`), then FastAPI and Starlette's
-own, request ids, access log and the bare 500 (`web.observability`), the authorisation backstop
-(`web.auth`).
+`/metrics` and `/openapi.json` (token with `read`), the gate (`web.gate`), and the push sources
+under /osquery/ and /mdm/ (`web.push_api`; public too, each with its own credential). Layers,
+outermost first: the gate's in-memory fast path (`web.gate.GateFastPath`), then FastAPI and
+Starlette's own, request ids, access log and the bare 500 (`web.observability`), the
+authorisation backstop (`web.auth`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from appwarden.db.engine import Checkpointer, make_engine
 from appwarden.db.migrate import is_current
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
-from appwarden.web import Runtime, api, gate, inventory_api
+from appwarden.web import Runtime, api, gate, inventory_api, push_api
 from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
@@ -82,7 +83,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
         title="appwarden",
         version=_version(),
         description="Conditional access for a banned app: inventory in, decisions out. "
-        "Every route needs `Authorization: Bearer <token>` except /healthz and /readyz.",
+        "Every route needs `Authorization: Bearer <token>` except /healthz, /readyz, the gate "
+        "(the proxy's key) and the push sources under /osquery/ and /mdm/ (their own credentials).",
         openapi_url=None,  # served below, behind the `read` permission
         docs_url=None,
         redoc_url=None,
@@ -100,6 +102,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     web_errors.install(app)
     api.install(app)
     inventory_api.install(app)
+    push_api.install(app)
     gate.install(app)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)

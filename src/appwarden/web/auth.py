@@ -48,6 +48,15 @@ PUBLIC_ROUTES: Final[Mapping[str, str]] = {
     "loopback socket peer",
     "/gate/forward/{rest:path}": "the proxy's, as /gate/forward (Envoy's path_prefix form)",
     "/gate/explain": "the proxy's, as /gate/forward (nginx fetches the 403 explanation here)",
+    "/osquery/enroll": "osquery's enroll secret (APPWARDEN_OSQUERY_ENROLL_SECRET, 16+ bytes, "
+    "constant time); the route is off while it is unset",
+    "/osquery/config": "an osquery node key issued by /osquery/enroll (stored as SHA-256)",
+    "/osquery/log": "an osquery node key, as /osquery/config",
+    "/osquery/distributed/read": "an osquery node key, as /osquery/config",
+    "/osquery/distributed/write": "an osquery node key, as /osquery/config",
+    "/mdm/webhook/{secret}": "the path secret APPWARDEN_MDM_WEBHOOK_SECRET (32+ bytes, constant "
+    "time; redacted in the access log); the route is off while it is unset",
+    "/mdm/commands/{secret}": "the path secret, as /mdm/webhook/{secret}",
 }
 
 # Scope keys this module writes (the request's scope dict is shared by middleware and routes).

@@ -1,7 +1,8 @@
 """Request ids, one JSON access-log line per request, and Prometheus metrics.
 
 The access log (logger `appwarden.access`) carries: time, request_id, method, path (without the
-query string: query strings may carry secrets), route, status, duration_ms and the token's name.
+query string: query strings may carry secrets; the MDM webhook's path secret is redacted), route,
+status, duration_ms and the token's name.
 It never carries a header: not `Authorization`, not `Cookie`, not the token secret.
 
 Metrics live in a per-application `CollectorRegistry` (not the process-global one), so many
@@ -123,6 +124,23 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.osquery_requests = Counter(
+            "appwarden_osquery_requests",
+            "osquery remote API requests, by endpoint and outcome (ok, node_invalid)",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.osquery_status_lines = Counter(
+            "appwarden_osquery_status_lines",
+            "osquery status log lines received (counted, not stored)",
+            registry=self.registry,
+        )
+        self.mdm_events = Counter(
+            "appwarden_mdm_webhook_events",
+            "Apple MDM webhook events, by outcome (applied, ignored)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(OutboxDepth(engine))
 
 
@@ -152,6 +170,20 @@ def _request_id(scope: Scope) -> str:
         if name == b"x-request-id":
             return request_id_from(bytes(value).decode("latin-1"))
     return request_id_from(None)
+
+
+#: Paths that carry a secret after these prefixes (the MDM webhook's): logged without it.
+SECRET_PATH_PREFIXES: Final = ("/mdm/webhook/", "/mdm/commands/")
+
+
+def loggable_path(path: str) -> str:
+    """The path as the logs may show it: anything after a secret-carrying prefix is redacted
+    (also in near misses such as a doubled slash, which match no route)."""
+    for prefix in SECRET_PATH_PREFIXES:
+        at = path.find(prefix)
+        if at >= 0:
+            return path[: at + len(prefix)] + "[redacted]"
+    return path
 
 
 def log_request(
@@ -240,7 +272,7 @@ class Observability:
             log.exception(
                 "unhandled error in %s %s",
                 scope.get("method"),
-                scope.get("path"),
+                loggable_path(str(scope.get("path", ""))),
                 extra={"fields": {"request_id": request_id}},
             )
             if response_started:
@@ -261,7 +293,7 @@ class Observability:
             self.metrics.request_seconds.labels(template, method_label(method), str(status)),
             request_id=request_id,
             method=method,
-            path=str(scope.get("path", "")),
+            path=loggable_path(str(scope.get("path", ""))),
             route=template,
             status=status,
             duration=duration,
