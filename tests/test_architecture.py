@@ -75,3 +75,12 @@ def test_the_length_check_sees_a_long_function(tmp_path):
     (package / "short.py").write_text(f"def fits():\n{body(MAX_FUNCTION_LINES - 1, '    ')}")
     (package / "db" / "migrations" / "v1.py").write_text(f"def upgrade():\n{body(200, '    ')}")
     assert long_functions(package) == [f"pkg/long.py:2 grown ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by basename (the test folders are not packages): two files
+    of one name stop the whole suite at collection."""
+    names: dict[str, list[str]] = {}
+    for path in Path(__file__).parent.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
