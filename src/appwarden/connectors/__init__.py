@@ -1,0 +1,1 @@
+"""Inventory connectors: the HTTP clients that fetch a source's pages for a live sync."""
