@@ -506,10 +506,14 @@ def status_error(response: httpx.Response, what: str) -> DeliveryError:
     return DeliveryError(message, permanent=not temporary)
 
 
+def _texts(*values: object) -> list[str]:
+    return [value for value in values if isinstance(value, str) and value]
+
+
 def _error_detail(response: httpx.Response) -> tuple[str, set[str]]:
     """A short, single-line description from the usual JSON error shapes: Google
     (`{"error": {"message", "errors": [{"reason"}]}}`), Microsoft (`{"error": {"code",
-    "message"}}`) and OAuth (`{"error": "...", "error_description": "..."}`)."""
+    "message"}}`), OAuth (`{"error": "...", "error_description": "..."}`), Fleet and Jamf."""
     try:
         payload = json.loads(response.content or b"null")
     except ValueError:
@@ -532,5 +536,10 @@ def _error_detail(response: httpx.Response) -> tuple[str, set[str]]:
         description = payload.get("error_description")
         if isinstance(description, str):
             parts.append(description)
+    else:  # Fleet: {"message", "errors": [{"reason"}]}; Jamf: {"errors": [{"description"}]}
+        parts += _texts(payload.get("message"))
+        for item in payload.get("errors") or []:
+            if isinstance(item, dict):
+                parts += _texts(item.get("reason"), item.get("description"))
     text = " ".join(" ".join(parts).split())
     return text[:_MAX_DETAIL_CHARS], reasons
