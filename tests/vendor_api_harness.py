@@ -154,6 +154,7 @@ class VendorApi(ThreadedServer):
     delay: float = 0.0
     fleet_tokens: set[str] = field(default_factory=lambda: {FLEET_TOKEN})
     assertions: list[dict[str, Any]] = field(default_factory=list)  # JWT claims received
+    token_lifetime: int = 3600  # the access tokens' expires_in
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, part: str, *answers: Answer) -> None:
@@ -200,7 +201,8 @@ class VendorApi(ThreadedServer):
             self.assertions.append(json.loads(base64.urlsafe_b64decode(claims + "==")))
         elif form.get("client_secret") not in (INTUNE_SECRET, JAMF_SECRET):
             return Answer(401, {"error": "invalid_client"})
-        return Answer(200, {"access_token": ACCESS_TOKENS[kind[path]], "expires_in": 3600})
+        token = ACCESS_TOKENS[kind[path]]
+        return Answer(200, {"access_token": token, "expires_in": self.token_lifetime})
 
 
 def _slice(records: list[Any], start: int, size: int) -> tuple[list[Any], int | None]:

@@ -81,13 +81,14 @@ class TokenSource(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Cached:
     value: str
-    expires_at: float
+    refresh_at: float
 
 
 class CachingTokenSource:
     """An OAuth 2.0 token endpoint client that caches the access token until `refresh_margin`
-    seconds before it expires. Subclasses say what to POST (`_grant`) and how to name themselves.
-    Safe to share between threads: one token request at a time."""
+    seconds (at most half its lifetime) before it expires. Subclasses say what to POST
+    (`_grant`) and how to name themselves. Safe to share between threads: one token request at a
+    time."""
 
     service = "OAuth"
 
@@ -118,7 +119,7 @@ class CachingTokenSource:
         with self._lock:
             now = self._clock()
             cached = self._cached
-            if cached is not None and now < cached.expires_at - self._refresh_margin:
+            if cached is not None and now < cached.refresh_at:
                 return cached.value
             self._cached = self._fetch(now)
             return self._cached.value
@@ -176,7 +177,10 @@ class CachingTokenSource:
                 permanent=False,
             )
         log.debug("obtained a %s access token from %s (%.0f s)", self.service, where, expires_in)
-        return _Cached(value=value, expires_at=now + expires_in)
+        # A short-lived token (a Jamf API client's can last a minute) is kept for half its life
+        # rather than fetched again for every request.
+        margin = min(self._refresh_margin, expires_in / 2)
+        return _Cached(value=value, refresh_at=now + expires_in - margin)
 
     def _scrub(self, error: DeliveryError) -> DeliveryError:
         message = error.message

@@ -159,6 +159,12 @@ def test_jamf_pages_computers_then_mobile_devices_until_the_total_count(api, set
     assert [r.path for r in api.log if r.method == "POST"] == ["/api/oauth/token"]
 
 
+def test_a_short_lived_token_is_kept_for_half_its_life(api, settings):
+    api.token_lifetime = 60  # a Jamf API client can hand out one-minute tokens
+    Run(settings, "jamf").pages()
+    assert [r.path for r in api.log if r.method == "POST"] == ["/api/oauth/token"]
+
+
 @pytest.mark.parametrize("source", SYNC_SOURCES)
 def test_a_429_waits_exactly_its_retry_after_then_the_page_is_read(api, settings, source):
     api.fail(SECOND_PAGE[source], Answer(429, headers={"Retry-After": "7"}))
