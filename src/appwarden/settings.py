@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from appwarden.timeutil import parse_duration
@@ -189,6 +189,23 @@ class Settings(BaseSettings):
         if value is not None and parse_duration(value) <= timedelta(0):
             raise ValueError(f"a sync interval must be longer than zero, not {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_waits(self) -> Settings:
+        # A run renews its claim at most every third of the lease, and between two renewals it
+        # may wait out one request or one Retry-After: the lease must outlast both.
+        longest = max(
+            self.sync_timeout_seconds,
+            self.sync_max_retry_after_seconds,
+            self.sync_max_backoff_seconds,
+        )
+        if self.sync_lease_seconds * 2 / 3 <= longest:
+            raise ValueError(
+                f"APPWARDEN_SYNC_LEASE_SECONDS ({self.sync_lease_seconds}) must be more than 1.5 "
+                f"times the longest wait of a sync ({longest:g} s: the timeout, the longest "
+                "Retry-After or backoff), or a claim could run out while its run waits"
+            )
+        return self
 
     @property
     def sync_intervals(self) -> dict[str, timedelta]:

@@ -283,6 +283,30 @@ def test_a_run_whose_claim_is_lost_stops_incomplete(syncs, api):
     assert outcome.error == "the claim on fleet ran out and another process took it; stopped"
 
 
+def test_a_crawl_checks_its_claim_while_its_fetched_pages_are_ingested(syncs, api):
+    from appwarden.connectors.client import ConnectorError
+
+    fill(api, 5)  # Intune: 7 pages, all fetched (7 requests) before the first is ingested
+    checks: list[int] = []
+
+    def claim_lost_after_the_first_page() -> None:
+        checks.append(len(api.gets()))
+        if len(checks) > 8:
+            raise ConnectorError("the claim on intune ran out and another process took it")
+
+    outcome = sync_source(
+        partial(syncs.context.uow, syncs.at),
+        syncs.context.settings,
+        "intune",
+        now=syncs.at,
+        runner="test-runner",
+        heartbeat=claim_lost_after_the_first_page,
+    )
+    assert checks[:7] == list(range(7))  # before each request
+    assert (outcome.complete, outcome.pages) == (False, 1)  # then before each page's ingest
+    assert outcome.error == "the claim on intune ran out and another process took it"
+
+
 def test_the_worker_syncs_a_scheduled_source_once_per_interval(syncs, api, monkeypatch):
     monkeypatch.setenv("APPWARDEN_SYNC_FLEET_INTERVAL", "PT6H")
     settings = Settings(database_url=syncs.context.settings.database_url)

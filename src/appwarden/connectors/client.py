@@ -91,9 +91,9 @@ class _Remembered:
 
 
 class ApiClient:
-    """GETs for one source's API. `heartbeat` runs before every attempt (the sync renews its
-    claim on the source there; it may raise to stop the run). `sleep`, `jitter` and `wall` are
-    injectable for tests."""
+    """GETs for one source's API. `heartbeat` runs before every attempt and every wait (the sync
+    renews its claim on the source there; it may raise to stop the run). `sleep`, `jitter` and
+    `wall` are injectable for tests."""
 
     def __init__(
         self,
@@ -148,6 +148,8 @@ class ApiClient:
             log.warning(
                 "%s; attempt %d of %d in %.1f s", self.scrub(failure), attempt + 1, attempts, delay
             )
+            if self._heartbeat is not None:  # a long wait must not outlast the run's claim
+                self._heartbeat()
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 

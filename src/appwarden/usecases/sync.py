@@ -108,6 +108,7 @@ class _Run:
     options: ImportOptions
     writer: Writer
     on_page: Callable[[int], None] | None = None
+    heartbeat: Callable[[], None] | None = None  # renews the claim; raises when it was lost
 
     @property
     def source(self) -> str:
@@ -155,6 +156,7 @@ def sync_source(
                 organisation_domains=frozenset(settings.organisation_domains),
             ),
             on_page,
+            heartbeat,
         )
         return _run(run, started=time.monotonic())
     finally:
@@ -214,6 +216,8 @@ def _ingest_pages(run: _Run, pages: list[Page]) -> None:
     if refused:
         raise refused[0][1]
     for _, batch in parsed:
+        if run.heartbeat is not None:  # a crawl's pages are ingested after its last request
+            run.heartbeat()
         with run.open_uow() as uow:
             result = ingest(
                 uow,
