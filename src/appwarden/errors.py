@@ -71,6 +71,10 @@ class Conflict(AppwardenError):
 class IdentifierConflict(Conflict):
     title = "identifier conflict"
 
+    def __init__(self, message: str, *, device_ids: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.device_ids = device_ids  # the devices the identifiers point at
+
 
 class PermissionDenied(AppwardenError):
     exit_code = 5

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from appwarden.timeutil import parse_duration
@@ -116,6 +116,51 @@ class Settings(BaseSettings):
     exchange_api_base: str = "https://outlook.office365.com"
     exchange_token_url: str | None = None  # default: the tenant's Entra token endpoint
 
+    # Live syncs (`appwarden sync SOURCE`, and the worker on a schedule; docs/sources/*.md, "Live
+    # sync"). A source is synced on its schedule when its interval is set (an ISO 8601 duration
+    # such as PT1H); unset, it is synced only by `appwarden sync`.
+    sync_fleet_interval: str | None = None
+    sync_intune_interval: str | None = None
+    sync_google_interval: str | None = None
+    sync_amapi_interval: str | None = None
+    sync_jamf_interval: str | None = None
+    # Every request: its timeout, how many attempts (429, 503, other 5xx, network failures are
+    # retried; backoff with full jitter, or the server's Retry-After), and the longest
+    # Retry-After honoured (a longer one ends the run, incomplete).
+    sync_timeout_seconds: float = Field(default=30.0, gt=0)
+    sync_max_attempts: int = Field(default=6, ge=1, le=20)
+    sync_backoff_seconds: float = Field(default=1.0, ge=0)
+    sync_max_backoff_seconds: float = Field(default=60.0, ge=0)
+    sync_max_retry_after_seconds: float = Field(default=300.0, ge=0)
+    # How long a worker's claim on a source lasts without renewal (renewed while its run goes on).
+    sync_lease_seconds: int = Field(default=600, ge=30)
+    # Fleet: an API-only user's token.
+    fleet_url: str | None = None
+    fleet_api_token: SecretStr | None = None
+    fleet_page_size: int = Field(default=100, ge=1, le=10000)
+    # Intune (Microsoft Graph): an Entra app registration with client credentials.
+    intune_tenant_id: str | None = None
+    intune_client_id: str | None = None
+    intune_client_secret: SecretStr | None = None
+    intune_graph_url: str = "https://graph.microsoft.com"
+    intune_token_url: str | None = None  # default: the tenant's Entra token endpoint
+    # Google Workspace (Directory API), a service account with domain-wide delegation acting as
+    # an admin. Separate from the enforcement account above: reading needs no right to block.
+    # The customer and the API base are google_customer_id and google_api_base.
+    google_sync_service_account_file: Path | None = None
+    google_sync_admin_subject: str | None = None
+    # Android Management API: the service account of the enterprise's project (no delegation).
+    amapi_service_account_file: Path | None = None
+    amapi_enterprise: str | None = None  # LC02abcd12 or enterprises/LC02abcd12
+    amapi_users_file: Path | None = None  # user names to addresses (docs/sources/amapi.md)
+    amapi_api_url: str = "https://androidmanagement.googleapis.com"
+    amapi_page_size: int = Field(default=100, ge=1, le=1000)
+    # Jamf Pro: an API client (client credentials) with a read-only API role.
+    jamf_url: str | None = None
+    jamf_client_id: str | None = None
+    jamf_client_secret: SecretStr | None = None
+    jamf_page_size: int = Field(default=100, ge=1, le=2000)
+
     @field_validator("organisation_domains", mode="before")
     @classmethod
     def _domains(cls, value: object) -> object:
@@ -138,6 +183,57 @@ class Settings(BaseSettings):
     @property
     def email_activity(self) -> timedelta:
         return parse_duration(self.email_activity_window)
+
+    @field_validator(
+        "sync_fleet_interval",
+        "sync_intune_interval",
+        "sync_google_interval",
+        "sync_amapi_interval",
+        "sync_jamf_interval",
+    )
+    @classmethod
+    def _interval(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) <= timedelta(0):
+            raise ValueError(f"a sync interval must be longer than zero, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_waits(self) -> Settings:
+        # A run renews its claim at most every third of the lease, and between two renewals it
+        # may wait out one request or one Retry-After: the lease must outlast both.
+        longest = max(
+            self.sync_timeout_seconds,
+            self.sync_max_retry_after_seconds,
+            self.sync_max_backoff_seconds,
+        )
+        if self.sync_lease_seconds * 2 / 3 <= longest:
+            raise ValueError(
+                f"APPWARDEN_SYNC_LEASE_SECONDS ({self.sync_lease_seconds}) must be more than 1.5 "
+                f"times the longest wait of a sync ({longest:g} s: the timeout, the longest "
+                "Retry-After or backoff), or a claim could run out while its run waits"
+            )
+        return self
+
+    @property
+    def sync_intervals(self) -> dict[str, timedelta]:
+        """The sources synced on a schedule, with their intervals."""
+        intervals = {
+            "fleet": self.sync_fleet_interval,
+            "intune": self.sync_intune_interval,
+            "google": self.sync_google_interval,
+            "amapi": self.sync_amapi_interval,
+            "jamf": self.sync_jamf_interval,
+        }
+        return {source: parse_duration(text) for source, text in intervals.items() if text}
+
+    @field_validator(
+        "fleet_url", "intune_graph_url", "intune_token_url", "amapi_api_url", "jamf_url"
+    )
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("fact_sources")
     @classmethod

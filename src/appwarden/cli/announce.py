@@ -25,6 +25,7 @@ from appwarden.usecases.enforcement import exchange_state
 from appwarden.usecases.exemptions import after_decision, exemption_row
 from appwarden.usecases.notices import plan_release
 from appwarden.usecases.retract import retract
+from appwarden.usecases.sync import SyncSchedule, runner_name
 from appwarden.usecases.worker import worker_pass
 from appwarden.vocabulary import Permission
 
@@ -179,8 +180,9 @@ def worker(
     ] = False,
     at: At = None,
 ) -> None:
-    """Perform due side effects: releases, decisions whose time came, expiry warnings, and
-    delivery of notices and webhooks. Without --once it keeps going."""
+    """Perform due side effects: releases, decisions whose time came, expiry warnings,
+    delivery of notices and webhooks, and the scheduled syncs that are due
+    (APPWARDEN_SYNC_<SOURCE>_INTERVAL). Without --once it keeps going."""
     context = ctx()
     if at is not None and not once:
         raise InvalidInput("--at only makes sense with --once")
@@ -192,9 +194,15 @@ def worker(
 
 
 def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool) -> None:
+    settings = context.settings
+    syncs = (
+        SyncSchedule(settings, runner=runner_name("worker")) if settings.sync_intervals else None
+    )
     while True:
         now = context.at(at)
-        result = worker_pass(partial(context.uow, now), context.notice_config, delivery, now)
+        result = worker_pass(
+            partial(context.uow, now), context.notice_config, delivery, now, syncs=syncs
+        )
         stats = result.delivery
         if once:
             errors.print(
@@ -202,6 +210,9 @@ def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool
                 f"{stats.retried} to retry, {stats.failed} failed, {stats.cancelled} cancelled, "
                 f"{stats.webhooks} webhook(s)"
             )
+            for outcome in result.syncs:
+                state = "complete" if outcome.complete else f"incomplete: {outcome.error}"
+                errors.print(f"{outcome.source} sync run {outcome.run_id}: {state}")
             return
         time.sleep(context.settings.worker_interval_seconds)
 

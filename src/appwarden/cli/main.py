@@ -27,6 +27,7 @@ from appwarden.cli.render import (
     table,
 )
 from appwarden.cli.serve import register as register_server
+from appwarden.cli.sync import register as register_sync
 from appwarden.db import migrate
 from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
 from appwarden.errors import AppwardenError, InvalidInput
@@ -134,6 +135,7 @@ def demo(
 # ── inventory ─────────────────────────────────────────────────────────────────────────────────
 
 register_imports(app)
+register_sync(app)
 
 
 @app.command()

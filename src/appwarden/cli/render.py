@@ -108,9 +108,10 @@ def bold(text: str) -> Text:
 
 
 @contextmanager
-def progress(description: str, total: int) -> Iterator[Any]:
-    """A progress bar on a terminal; nothing when output is piped."""
-    if not errors.is_terminal or total < 2:
+def progress(description: str, total: int | None) -> Iterator[Any]:
+    """A progress bar on a terminal; nothing when output is piped. `total=None`: the count is not
+    known in advance (a sync's pages), the bar pulses and counts."""
+    if not errors.is_terminal or (total is not None and total < 2):
         yield lambda _advance=1: None
         return
     with Progress(

@@ -260,3 +260,35 @@ class MdmCommand(Base):
     identifiers: Mapped[list[Any]] = mapped_column(JSON, default=list)
     managed_only: Mapped[bool] = mapped_column(default=False)
     received_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class DeviceSource(Base):
+    """Which sync runs of a source listed a device: the latest run that listed it, and the
+    latest *complete* run that did (promoted when that run completes). A device is retired by
+    absence when the last 3 complete runs of its MDM of record all came after the last complete
+    run that listed it (usecases/sync.py). File imports never write here: they retire nothing by
+    absence. Run ids are plain numbers, not foreign keys: pruning old runs must not be blocked."""
+
+    __tablename__ = "device_source"
+    __table_args__ = (Index("ix_device_source_listed", "source", "listed_run_id"),)
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    listed_run_id: Mapped[int]
+    last_seen_run_id: Mapped[int | None]
+    last_seen_at: Mapped[datetime | None]
+
+
+class SourceClaim(Base):
+    """Who is syncing a source: one row per source, held by one process until `lease_until`
+    (wall-clock time), renewed while its run goes on. Two workers never sync one source at once:
+    a claim is taken only when none is held or the holder's lease ran out."""
+
+    __tablename__ = "source_claim"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]

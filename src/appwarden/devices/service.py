@@ -103,7 +103,8 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> tuple
         uow.session.flush()
         raise IdentifierConflict(
             f"identifiers {', '.join(f'{ns}:{v}' for ns, v in identifiers)} point at devices "
-            f"{device_ids}: quarantined, nothing merged"
+            f"{device_ids}: quarantined, nothing merged",
+            device_ids=tuple(device_ids),
         )
     changed = len(known) < len(identifiers)
     if device_ids:

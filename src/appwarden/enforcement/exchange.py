@@ -39,8 +39,9 @@ from urllib.parse import quote
 
 import httpx
 
-from appwarden.enforcement import CachingTokenSource, TokenSource, send_authorized
+from appwarden import oauth
 from appwarden.notifications.channels import origin
+from appwarden.oauth import TokenSource, entra_token_url, send_authorized
 
 __all__ = [
     "EXCHANGE_ADMIN_BASE_URL",
@@ -75,11 +76,6 @@ _SINGLE_QUOTES = frozenset("'\u2018\u2019\u201a\u201b")
 # Control (Cc), formatting (Cf: bidi overrides, zero-width), line/paragraph separators,
 # surrogates: none belongs in a mailbox address or a device id, and all can mislead a reader.
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-
-
-def entra_token_url(tenant: str) -> str:
-    """The Microsoft identity platform v2.0 token endpoint of a tenant (id or domain)."""
-    return f"https://login.microsoftonline.com/{quote(tenant, safe='')}/oauth2/v2.0/token"
 
 
 # --- what is applied --------------------------------------------------------------------------
@@ -219,10 +215,10 @@ def cas_mailbox_parameters(
 # --- over the API -----------------------------------------------------------------------------
 
 
-class ClientCredentialsTokenSource(CachingTokenSource):
+class ClientCredentialsTokenSource(oauth.ClientCredentialsTokenSource):
     """OAuth 2.0 client credentials with a client secret (an Entra app registration with the
     `Exchange.ManageAsApp` application permission and an Exchange admin role). For Exchange
-    Online: `token_url=entra_token_url(tenant)`, `scope=EXCHANGE_SCOPE`."""
+    Online: `token_url=entra_token_url(tenant)`, `scope=EXCHANGE_SCOPE` (the default)."""
 
     service = "Entra OAuth"
 
@@ -238,31 +234,16 @@ class ClientCredentialsTokenSource(CachingTokenSource):
         refresh_margin: float = 300.0,
         timeout: float = 30.0,
     ) -> None:
-        if not client_id or not client_secret:
-            raise ValueError("client_id and client_secret are required")
         super().__init__(
-            http, token_url, clock=clock, refresh_margin=refresh_margin, timeout=timeout
+            http,
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            clock=clock,
+            refresh_margin=refresh_margin,
+            timeout=timeout,
         )
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._scope = scope
-
-    def __repr__(self) -> str:
-        return (
-            f"ClientCredentialsTokenSource(token_url={origin(self.token_url)!r}, "
-            f"client_id={self._client_id!r}, scope={self._scope!r})"
-        )
-
-    def _grant(self, now: float) -> dict[str, str]:  # noqa: ARG002 - no time in this grant
-        return {
-            "grant_type": "client_credentials",
-            "client_id": self._client_id,
-            "client_secret": self._client_secret,
-            "scope": self._scope,
-        }
-
-    def _secrets(self) -> tuple[str, ...]:
-        return (self._client_secret,)
 
 
 class ExchangeAdminClient:

@@ -21,23 +21,24 @@ appwarden's inventory). When only the `deviceId` is known (`google_device_id`),
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, cast
 from urllib.parse import quote
 
 import httpx
 
-from appwarden.enforcement import CachingTokenSource, TokenSource, send_authorized
 from appwarden.notifications.channels import DeliveryError, origin
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from appwarden.oauth import (
+    GOOGLE_TOKEN_URI,
+    JWT_BEARER_GRANT,
+    ServiceAccount,
+    ServiceAccountTokenSource,
+    TokenSource,
+    build_assertion,
+    send_authorized,
+)
 
 __all__ = [
     "DIRECTORY_BASE_URL",
@@ -55,11 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DIRECTORY_BASE_URL = "https://admin.googleapis.com"
-GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
-JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Enough for both `mobiledevices.action` and `mobiledevices.list` (the lookup by deviceId).
 SCOPE_MOBILE_ACTION = "https://www.googleapis.com/auth/admin.directory.device.mobile.action"
-ASSERTION_LIFETIME = 3600  # seconds; Google accepts at most one hour
 
 Action = Literal["block", "approve"]
 _ACTIONS: frozenset[str] = frozenset({"block", "approve"})
@@ -74,136 +72,8 @@ def decision_to_action(new_decision: str) -> Action:
     raise ValueError(f"not a decision: {new_decision!r} (expected 'allow' or 'deny')")
 
 
-# --- credentials ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceAccount:
-    """A service account key plus the Workspace admin it impersonates (domain-wide delegation).
-
-    `private_key` is the PEM text of the key file; it is left out of the repr and of every error
-    message. Load one with `ServiceAccount.from_file(path, subject="admin@example.com")`.
-    """
-
-    client_email: str
-    private_key: str = field(repr=False)
-    subject: str  # the admin user the service account acts as (JWT `sub`)
-    token_uri: str = GOOGLE_TOKEN_URI
-    private_key_id: str | None = None  # sent as the JWT header `kid` when known
-
-    def __post_init__(self) -> None:
-        if not self.client_email or "@" not in self.client_email:
-            raise ValueError("a service account needs its client_email")
-        if not self.subject or "@" not in self.subject:
-            raise ValueError(
-                "a delegated subject (the email of a Workspace admin) is required: "
-                "the Directory API refuses a service account acting as itself"
-            )
-        if "PRIVATE KEY" not in self.private_key:
-            raise ValueError("the service account private_key is not a PEM private key")
-        if not self.token_uri.startswith(("https://", "http://")):
-            raise ValueError("the service account token_uri must be an http(s) URL")
-
-    @classmethod
-    def from_info(cls, info: Mapping[str, Any], *, subject: str) -> ServiceAccount:
-        """From the parsed JSON key file Google issues (`"type": "service_account"`)."""
-        if info.get("type") != "service_account":
-            raise ValueError('not a service account key: "type" must be "service_account"')
-        client_email = info.get("client_email")
-        private_key = info.get("private_key")
-        token_uri = info.get("token_uri") or GOOGLE_TOKEN_URI
-        key_id = info.get("private_key_id")
-        if not isinstance(client_email, str) or not isinstance(private_key, str):
-            raise ValueError("a service account key needs client_email and private_key strings")
-        if not isinstance(token_uri, str):
-            raise ValueError("the service account token_uri must be a string")
-        return cls(
-            client_email=client_email,
-            private_key=private_key,
-            subject=subject,
-            token_uri=token_uri,
-            private_key_id=key_id if isinstance(key_id, str) and key_id else None,
-        )
-
-    @classmethod
-    def from_file(cls, path: str | Path, *, subject: str) -> ServiceAccount:
-        """Read a JSON key file. Errors name the file, never its content."""
-        try:
-            info = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ValueError(f"cannot read service account key {path}: {exc.strerror}") from None
-        except ValueError:
-            raise ValueError(f"{path} is not a JSON service account key file") from None
-        if not isinstance(info, dict):
-            raise ValueError(f"{path} is not a JSON service account key file")
-        return cls.from_info(info, subject=subject)
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _load_rsa_key(pem: str) -> RSAPrivateKey:
-    try:
-        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    except ImportError:  # pragma: no cover - depends on the installation
-        raise RuntimeError(
-            "the Google Workspace adapter needs the 'cryptography' package to sign its JWT"
-        ) from None
-    try:
-        key = load_pem_private_key(pem.encode("utf-8"), password=None)
-    except (ValueError, TypeError):
-        raise ValueError("the service account private_key cannot be loaded as PEM") from None
-    if not isinstance(key, RSAPrivateKey):
-        raise ValueError("the service account private_key is not an RSA key (RS256 needs one)")
-    return key
-
-
-def _sign(key: RSAPrivateKey, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
-    def segment(part: Mapping[str, Any]) -> str:
-        return _b64url(json.dumps(part, separators=(",", ":"), sort_keys=True).encode())
-
-    signing_input = f"{segment(header)}.{segment(claims)}"
-    signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-    return f"{signing_input}.{_b64url(signature)}"
-
-
-def _assertion(
-    key: RSAPrivateKey, account: ServiceAccount, scopes: Sequence[str], issued_at: int
-) -> str:
-    header: dict[str, Any] = {"alg": "RS256", "typ": "JWT"}
-    if account.private_key_id:
-        header["kid"] = account.private_key_id
-    claims = {
-        "iss": account.client_email,
-        "sub": account.subject,
-        "scope": " ".join(scopes),
-        "aud": account.token_uri,
-        "iat": issued_at,
-        "exp": issued_at + ASSERTION_LIFETIME,
-    }
-    return _sign(key, header, claims)
-
-
-def build_assertion(account: ServiceAccount, scopes: Sequence[str], *, issued_at: int) -> str:
-    """The signed JWT (`header.claims.signature`, base64url, RS256) for the JWT bearer grant."""
-    return _assertion(_load_rsa_key(account.private_key), account, scopes, issued_at)
-
-
-class AccessTokenSource(CachingTokenSource):
-    """Access tokens for a service account acting as `account.subject`, cached until
-    `refresh_margin` seconds before they expire (`expires_in`, normally 3600 s).
-
-    Token endpoint failures are `DeliveryError`s: 400/401/403 (`invalid_grant`,
-    `unauthorized_client`: delegation or scope not granted, a disabled key) are permanent;
-    429, 5xx and network failures are temporary.
-    """
-
-    service = "Google OAuth"
+class AccessTokenSource(ServiceAccountTokenSource):
+    """`ServiceAccountTokenSource` with the scope enforcement needs by default."""
 
     def __init__(
         self,
@@ -215,24 +85,9 @@ class AccessTokenSource(CachingTokenSource):
         refresh_margin: float = 300.0,
         timeout: float = 30.0,
     ) -> None:
-        if not scopes:
-            raise ValueError("at least one OAuth scope is required")
         super().__init__(
-            http, account.token_uri, clock=clock, refresh_margin=refresh_margin, timeout=timeout
+            http, account, scopes, clock=clock, refresh_margin=refresh_margin, timeout=timeout
         )
-        self._account = account
-        self._scopes = tuple(scopes)
-        self._key = _load_rsa_key(account.private_key)  # fail at start-up, not at first use
-
-    def __repr__(self) -> str:
-        return (
-            f"AccessTokenSource(client_email={self._account.client_email!r}, "
-            f"subject={self._account.subject!r}, scopes={self._scopes!r})"
-        )
-
-    def _grant(self, now: float) -> dict[str, str]:
-        assertion = _assertion(self._key, self._account, self._scopes, int(now))
-        return {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
 
 
 # --- the Directory API ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from appwarden.compliance.service import DeviceEvaluator, record_outcomes
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import Authority
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
-from appwarden.devices.schemas import InventoryBatch, ReportFacts
+from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import (
     MinimisationSet,
     ReportOutcome,
@@ -48,6 +48,10 @@ class IngestResult:
     # Addresses outside the organisation's domains: no person made, devices left unowned.
     outside_domains: list[str] = field(default_factory=list)
     retirements_held: int = 0  # a mass retirement held for an admin (docs/sources/README.md)
+    retired: int = 0  # devices retired by their absence from a source's complete runs
+    # Every device the batch named, quarantined reports' candidates included: a live sync
+    # records them as listed, so none is retired for an absence it did not have.
+    listed_device_ids: set[int] = field(default_factory=set)
 
     def count(self, outcome: ReportOutcome) -> None:
         if outcome == ReportOutcome.APPLIED:
@@ -141,23 +145,48 @@ def _mass_retirements(uow: UnitOfWork, batch: InventoryBatch, entry_source: str)
     for report in batch.reports:
         if report.device.status == DeviceStatus.RETIRED:
             offered[report.source] += 1
-    held: dict[str, int] = {}
-    for source, count in offered.items():
-        if count <= MASS_RETIREMENT_FLOOR:
-            continue
-        owned = uow.session.scalar(
-            select(func.count()).select_from(Device).where(Device.mdm_source == source)
-        )
-        if count > MASS_RETIREMENT_SHARE * (owned or 0):
-            held[source] = count
-            record(
-                uow,
-                action="retirement.hold",
-                object_type="source",
-                object_id=source,
-                after={"offered": count, "devices": owned},
-            )
-    return held
+    return {
+        source: count
+        for source, count in offered.items()
+        if _holds_mass_retirement(uow, source, count)
+    }
+
+
+def _holds_mass_retirement(uow: UnitOfWork, source: str, count: int) -> bool:
+    """Retiring `count` of the source's devices at once is too many: held, and audited."""
+    if count <= MASS_RETIREMENT_FLOOR:
+        return False
+    owned = uow.session.scalar(
+        select(func.count()).select_from(Device).where(Device.mdm_source == source)
+    )
+    if count <= MASS_RETIREMENT_SHARE * (owned or 0):
+        return False
+    record(
+        uow,
+        action="retirement.hold",
+        object_type="source",
+        object_id=source,
+        after={"offered": count, "devices": owned},
+    )
+    return True
+
+
+def retire_absent(
+    uow: UnitOfWork, devices: list[Device], *, source: str, writer: Writer
+) -> IngestResult:
+    """Retire devices their MDM of record stopped listing, through the same authority as a
+    retirement the source reports: held as conflicts when too many at once, or when the
+    device's status belongs to another source (`APPWARDEN_FACT_SOURCES`)."""
+    result = IngestResult()
+    held = _holds_mass_retirement(uow, source, len(devices))
+    authority = writer.authority(source, hold_retirements=held)
+    retired = DeviceFacts(identifiers=(), status=DeviceStatus.RETIRED)
+    for device in devices:
+        if apply_device_facts(uow, device, retired, authority):
+            result.retired += 1
+            result.decision_changes += reevaluate_device(uow, device)
+    result.retirements_held = len(devices) if held else 0
+    return result
 
 
 def _awaits_join(uow: UnitOfWork, device: Device, report: ReportFacts) -> None:
@@ -205,6 +234,7 @@ def ingest(
             device, joined = resolve_device(uow, facts, source=entry_source)
         except IdentifierConflict as exc:
             result.quarantined.append(exc.message)
+            result.listed_device_ids.update(exc.device_ids)
             continue
         except InvalidInput as exc:
             result.skipped.append(exc.message)
@@ -222,6 +252,7 @@ def ingest(
             device, joined = resolve_device(uow, report.device, source=report.source)
         except IdentifierConflict as exc:
             result.quarantined.append(f"{report.where}: {exc.message}".lstrip(": "))
+            result.listed_device_ids.update(exc.device_ids)
             continue
         except InvalidInput as exc:
             result.skipped.append(f"{report.where}: {exc.message}".lstrip(": "))
@@ -241,6 +272,7 @@ def ingest(
         if on_report is not None:
             on_report()
     result.devices = len(seen)
+    result.listed_device_ids.update(seen)
     result.retirements_held = sum(held.values())
     result.outside_domains += sorted(
         {d.unmatched_owner for d in seen.values() if d.unmatched_owner is not None}

@@ -21,6 +21,7 @@ from appwarden.devices.models import (
     Device,
     DeviceIdentifier,
     DeviceOwnerHistory,
+    DeviceSource,
     FactConflict,
     Observation,
     Report,
@@ -46,6 +47,7 @@ _MOVED = (
     DeviceOwnerHistory,
     FactConflict,
     Exemption,
+    DeviceSource,  # the sync runs that listed it: the merged device is not absent from them
 )
 
 

@@ -1,6 +1,8 @@
 """One pass of the worker, as `appwarden worker` and the worker embedded in `appwarden serve`
 both run it at the clock's now: releases whose time came, decisions whose `valid_until` came,
-exemption expiry warnings, then delivery of notices and webhooks.
+exemption expiry warnings, delivery of notices and webhooks, then the scheduled syncs that are
+due (usecases/sync.py: each under a claim, so two workers never sync one source at once; a long
+sync delays the next pass, not this pass's notices).
 
 Decisions whose time came are re-evaluated in batches, each its own transaction: at a deadline
 that is every device still carrying the app at once (2.3 ms each, bench/README.md), and one
@@ -18,6 +20,7 @@ from appwarden.usecases.deliver import Delivery, DeliveryStats, OpenUnitOfWork, 
 from appwarden.usecases.exemptions import warn_expiring
 from appwarden.usecases.notices import NoticeConfig
 from appwarden.usecases.release import expired_count, refresh_expired, release_due
+from appwarden.usecases.sync import SyncOutcome, SyncSchedule, run_due_syncs
 
 #: Devices re-evaluated per transaction when their decisions' time came.
 EXPIRY_BATCH = 500
@@ -28,6 +31,7 @@ class PassResult:
     at: datetime
     decision_changes: int
     delivery: DeliveryStats
+    syncs: tuple[SyncOutcome, ...] = ()
 
 
 def worker_pass(
@@ -37,8 +41,9 @@ def worker_pass(
     now: datetime,
     *,
     batch: int = EXPIRY_BATCH,
+    syncs: SyncSchedule | None = None,
 ) -> PassResult:
-    """`open_uow` opens a unit of work at `now`."""
+    """`open_uow` opens a unit of work at `now`. `syncs`: run the scheduled syncs that are due."""
     with open_uow() as uow:
         changes = len(release_due(uow, config))
         due = expired_count(uow)
@@ -52,4 +57,5 @@ def worker_pass(
     with open_uow() as uow:
         warn_expiring(uow, config)
     stats = deliver_due(open_uow, delivery)
-    return PassResult(now, changes, stats)
+    synced = tuple(run_due_syncs(open_uow, syncs, now)) if syncs is not None else ()
+    return PassResult(now, changes, stats, synced)

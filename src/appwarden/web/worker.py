@@ -1,7 +1,8 @@
 """The worker embedded in `appwarden serve` (the SQLite default): a thread that, every
 `worker_interval_seconds`, does one pass of what `appwarden worker --once` does, at the clock's
 now: releases whose time came, decisions whose valid_until came (deadlines flip decisions without
-a new report), exemption expiry warnings, then delivery of notices and webhooks.
+a new report), exemption expiry warnings, delivery of notices and webhooks, then the scheduled
+syncs that are due.
 
 A failing pass is logged and the next one runs on schedule; `stop()` lets the pass in progress
 finish and closes the channels.
@@ -14,6 +15,7 @@ import threading
 from functools import partial
 
 from appwarden.usecases.deliver import Delivery, delivery_from_settings
+from appwarden.usecases.sync import SyncSchedule, runner_name
 from appwarden.usecases.worker import PassResult, worker_pass
 from appwarden.web import Runtime
 
@@ -29,6 +31,11 @@ class EmbeddedWorker:
             interval if interval is not None else runtime.settings.worker_interval_seconds
         )
         self._delivery = delivery
+        self._syncs = (
+            SyncSchedule(runtime.settings, runner=runner_name("serve"))
+            if runtime.settings.sync_intervals
+            else None
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.passes = 0
@@ -45,7 +52,13 @@ class EmbeddedWorker:
         """One pass at the clock's now."""
         runtime = self.runtime
         now = runtime.now()
-        result = worker_pass(partial(runtime.uow, now), runtime.notice_config, self.delivery, now)
+        result = worker_pass(
+            partial(runtime.uow, now),
+            runtime.notice_config,
+            self.delivery,
+            now,
+            syncs=self._syncs,
+        )
         runtime.chain_audit(now)
         self.passes += 1
         return result
