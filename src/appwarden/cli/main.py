@@ -33,7 +33,7 @@ from appwarden.errors import AppwardenError, InvalidInput
 from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
-from appwarden.settings import Settings
+from appwarden.settings import load_settings
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
 from appwarden.usecases.ingest import quarantine_rows
@@ -66,7 +66,7 @@ def _root(
     ] = None,
     actor: As = None,
 ) -> None:
-    settings = Settings()
+    settings = load_settings()
     if db:
         settings = settings.model_copy(update={"database_url": db})
     _state["ctx"] = AppContext(settings=settings, actor=actor or settings.actor)
