@@ -14,6 +14,7 @@ from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
 from appwarden.cli.devices import devices_app, people_app
+from appwarden.cli.health import register as register_health
 from appwarden.cli.imports import register as register_imports
 from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import (
@@ -558,6 +559,7 @@ def account_remove(email: str, names: list[str], actor: As = None, at: At = None
 
 register(app, policy_app)
 register_server(app)
+register_health(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")
 app.add_typer(people_app, name="people")
