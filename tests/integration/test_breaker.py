@@ -1,7 +1,9 @@
 """The mass-lockout breaker on both stores (docs/architecture.md, rule 3 of "The decision rule"):
 the 51st allow→deny flip of a policy within an hour is held and the 50th is not, an admin's
-release applies the held denies (audited) while a viewer's is refused, and a deadline that would
-flip more than the bound at once is held in every gate's copy too."""
+release applies the held denies (audited) while a viewer's is refused, a deadline that would
+flip more than the bound at once is held in every gate's copy too, and a source silent past its
+staleness bound shows as stale (`appwarden sources`, /metrics) while its devices' denies under
+`unknown: deny` are held until it is fresh again."""
 
 from __future__ import annotations
 
@@ -11,15 +13,17 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
-from tests.conftest import table_digest
+from tests.conftest import api_token, bearer, table_digest
 
 from appwarden.access.index import DecisionIndex
 from appwarden.access.models import DecisionRecord
 from appwarden.audit.models import AuditEntry
 from appwarden.cli.context import AppContext
-from appwarden.devices.models import Device, DeviceIdentifier
+from appwarden.devices.models import Device, DeviceIdentifier, SourceRun
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.identity.service import grant_role
 from appwarden.policies import service as policies
@@ -28,7 +32,8 @@ from appwarden.timeutil import iso
 from appwarden.usecases.gate import current_decision
 from appwarden.usecases.ingest import ingest
 from appwarden.usecases.worker import worker_pass
-from appwarden.vocabulary import EvidenceKind, FormFactor, Ownership, Platform, Role
+from appwarden.vocabulary import EvidenceKind, FormFactor, Ownership, Permission, Platform, Role
+from appwarden.web.app import create_app
 
 POLICY_ID = "no-tiktok"
 AUTHOR = "author@example.com"
@@ -41,6 +46,7 @@ T0 = datetime(2021, 3, 1, 9, 0, tzinfo=UTC)
 RELEASE = T0 + timedelta(hours=1)
 DEADLINE = RELEASE + timedelta(days=2)
 FLEET = 60  # in scope: the bound is max(50, 5 % of 60) = 50
+STALE_AFTER = {"fleet": "PT6H"}
 
 POLICY = """\
 apiVersion: appwarden/v1
@@ -64,7 +70,9 @@ spec:
 @pytest.fixture
 def context(store, tmp_path: Path) -> Iterator[AppContext]:
     """What the CLI's commands share, on the test's store."""
-    made = AppContext(Settings(database_url=store.url, maildir=tmp_path / "mail"))
+    made = AppContext(
+        Settings(database_url=store.url, maildir=tmp_path / "mail", source_stale_after=STALE_AFTER)
+    )
     yield made
     made.close()
 
@@ -213,12 +221,21 @@ def test_the_51st_flip_within_an_hour_is_held_until_an_admin_releases_it(store, 
     assert (closed["state"], closed["held"]) == ("closed", 0)
 
 
-def gate_copy(engine: Engine) -> DecisionIndex:
-    """A gate's in-memory copy of the decisions, as a server process loads it."""
+def gate_answers(engine: Engine, context: AppContext, at: datetime) -> dict[str, tuple[str, str]]:
+    """Each phone's email decision at `at` as a gate answers it: from a server's in-memory copy
+    (loaded now, as a process does) and from the store path."""
     index = DecisionIndex(["udid"])
     with engine.connect() as connection:
         index.load_all(connection)
-    return index
+    answers = {}
+    with context.uow(at, write=False) as uow:
+        for value, record in decisions(engine).items():
+            copy = index.decision(record.device_id, "email")
+            assert copy is not None
+            device = uow.session.get(Device, record.device_id)
+            stored, _ = current_decision(uow, device, "email", at)
+            answers[value] = (str(copy.at(at).decision), str(stored))
+    return answers
 
 
 def test_a_deadline_that_would_flip_more_than_the_bound_is_held_in_every_gate(store, cli, context):
@@ -232,14 +249,8 @@ def test_a_deadline_that_would_flip_more_than_the_bound_is_held_in_every_gate(st
     assert {policy_reason(found[u].next_reasons)["reason"] for u in held} == {"breaker_open"}
 
     after = DEADLINE + timedelta(seconds=1)
-    index = gate_copy(store.engine)
-    with context.uow(after, write=False) as uow:
-        for value, record in found.items():
-            answer = index.decision(record.device_id, "email").at(after).decision
-            device = uow.session.get(Device, record.device_id)
-            stored, _ = current_decision(uow, device, "email", after)
-            expected = "deny" if value in prepared else "allow"
-            assert (answer, stored) == (expected, expected), value
+    expected = {u: ("deny", "deny") if u in prepared else ("allow", "allow") for u in found}
+    assert gate_answers(store.engine, context, after) == expected
 
     run_worker(context, DEADLINE + timedelta(minutes=1))  # the deadline materialised
     found = decisions(store.engine)
@@ -267,3 +278,135 @@ def test_a_prepared_flip_withdrawn_before_its_deadline_gives_its_place_back(stor
     assert {found[u].decision for u in cleaned} == {"allow"}
     still_held = [u for u, r in found.items() if r.decision == "allow" and u not in cleaned]
     assert len(still_held) == 5
+
+
+def add_run(context: AppContext, finished: datetime, *, error: str | None = None) -> None:
+    """A sync run of `fleet`, as H-sync's connectors record one: complete unless it failed."""
+    with context.uow(finished) as uow:
+        uow.session.add(
+            SourceRun(
+                source="fleet",
+                started_at=finished - timedelta(minutes=5),
+                finished_at=finished,
+                complete=error is None,
+                pages=1,
+                reports=4,
+                devices=4,
+                error=error,
+                runner="test",
+            )
+        )
+
+
+def scrape(store, at: datetime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics of a server whose clock reads `at`, by (sample name, labels)."""
+    settings = Settings(
+        database_url=store.url,
+        env="test",
+        clock=f"fixed:{iso(at)}",
+        source_stale_after=STALE_AFTER,
+    )
+    headers = bearer(api_token(store, Permission.READ, name="prometheus"))
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+FLEET_PHONES = range(4)
+MDM_PHONE = 9  # reported by a file import only: its source has no runs and is never stale
+
+
+def test_a_silent_source_is_stale_and_its_devices_are_held_not_denied(
+    store, cli, context, monkeypatch, caplog
+):
+    monkeypatch.setenv("APPWARDEN_SOURCE_STALE_AFTER", '{"fleet": "PT6H"}')
+    add_run(context, T0)
+    fleet = [report(i, T0, (OUTLOOK,), source="fleet") for i in FLEET_PHONES]
+    send(context, T0, *fleet, report(MDM_PHONE, T0, (OUTLOOK,)))
+    # Proofs of absence last two days; unknown is denied from the deadline on.
+    release(context, unknown="deny", age="P2D", deadline=RELEASE + timedelta(days=1))
+    add_run(context, T0 + timedelta(days=2), error="fleet answered 503 for page 2")
+    silent = T0 + timedelta(days=2, hours=1)  # fleet's last complete run was 49 hours ago
+
+    sources = {r["source"]: r for r in cli("sources", "--json", "--at", iso(silent)).json()}
+    assert sources["fleet"] | {"last_complete_run": None, "last_run": None} == {
+        "source": "fleet",
+        "devices": 4,
+        "watched": True,
+        "stale": True,
+        "stale_after": "PT6H",
+        "stale_after_from": "stale_after",
+        "last_complete_at": iso(T0),
+        "age_seconds": 49 * 3600,
+        "last_complete_run": None,
+        "last_run": None,
+        "last_error": "fleet answered 503 for page 2",
+    }
+    assert sources["fleet"]["last_run"]["complete"] is False
+    assert (sources["mdm"]["devices"], sources["mdm"]["watched"], sources["mdm"]["stale"]) == (
+        1,
+        False,
+        False,
+    )
+    # Before the worker's pass, no gate denies the silent source's phones: their deny was left
+    # to the worker when it was prepared; the file-fed phone is denied from its prepared flip.
+    answers = gate_answers(store.engine, context, silent)
+    assert {answers[udid(i)] for i in FLEET_PHONES} == {("allow", "allow")}
+    assert answers[udid(MDM_PHONE)] == ("deny", "deny")
+
+    with caplog.at_level("WARNING", logger="appwarden.worker"):
+        run_worker(context, silent)
+    assert [
+        r.getMessage().split(":")[0] for r in caplog.records if r.name == "appwarden.worker"
+    ] == ["source fleet is stale"]
+    found = decisions(store.engine)
+    for i in FLEET_PHONES:
+        held = policy_reason(found[udid(i)].reasons)
+        assert (found[udid(i)].decision, held["state"], held["reason"], held["cause"]) == (
+            "allow",
+            "unknown",
+            "breaker_open",
+            "source_stale:fleet",
+        )
+    assert found[udid(MDM_PHONE)].decision == "deny"
+    decided = cli("decide", f"udid:{udid(0)}", "email", "--json", "--at", iso(silent)).json()
+    assert decided["decision"] == "allow"
+    assert policy_reason(decided["reasons"])["cause"] == "source_stale:fleet"
+    answers = gate_answers(store.engine, context, silent)
+    assert {answers[udid(i)] for i in FLEET_PHONES} == {("allow", "allow")}
+
+    metrics = scrape(store, silent)
+    assert metrics[("appwarden_source_stale", (("source", "fleet"),))] == 1
+    assert metrics[("appwarden_source_stale", (("source", "mdm"),))] == 0
+    assert metrics[("appwarden_source_devices", (("source", "fleet"),))] == 4
+    completed = ("appwarden_source_last_complete_run_timestamp_seconds", (("source", "fleet"),))
+    assert metrics[completed] == T0.timestamp()
+    assert metrics[("appwarden_breaker_open", (("policy", POLICY_ID),))] == 1
+
+    fresh = silent + timedelta(hours=1)  # fleet syncs again; phone 0 reported clean in it
+    add_run(context, fresh)
+    send(context, fresh, report(0, fresh, (OUTLOOK,), source="fleet"))
+    run_worker(context, fresh + timedelta(minutes=1))
+    found = decisions(store.engine)
+    assert found[udid(0)].decision == "allow"
+    assert "reason" not in policy_reason(found[udid(0)].reasons)
+    assert [found[udid(i)].decision for i in FLEET_PHONES[1:]] == ["deny"] * 3
+    at = iso(fresh + timedelta(minutes=2))
+    assert {r["source"]: r["stale"] for r in cli("sources", "--json", "--at", at).json()} == {
+        "fleet": False,
+        "mdm": False,
+    }
+    (breaker,) = cli("breaker", "list", "--json", "--at", at).json()
+    assert (breaker["state"], breaker["held"]) == ("closed", 0)
+    assert [a.action for a in audit_actions(store.engine, "breaker.")] == [
+        "breaker.open",
+        "breaker.close",
+    ]
+    metrics = scrape(store, fresh + timedelta(minutes=2))
+    assert metrics[("appwarden_source_stale", (("source", "fleet"),))] == 0
+    assert metrics[("appwarden_breaker_open", (("policy", POLICY_ID),))] == 0
