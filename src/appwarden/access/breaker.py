@@ -145,20 +145,21 @@ class Breakers:
     # ── the state ────────────────────────────────────────────────────────────────────────────
 
     def row(self, policy_id: str) -> Breaker:
-        """The policy's breaker, made if needed and locked for the rest of the transaction."""
-        found = self._rows.get(policy_id)
-        if found is not None:
-            return found
+        """The policy's breaker, made if needed and locked for the rest of the transaction.
+        The first call locks every breaker, in policy order: a transaction that flips devices
+        of several policies then never waits for one that locked them the other way round."""
         session = self.uow.session
-        query = select(Breaker).where(Breaker.policy_id == policy_id).with_for_update()
-        found = session.scalars(query).first()
+        if not self._rows:
+            every = select(Breaker).order_by(Breaker.policy_id).with_for_update()
+            self._rows = {b.policy_id: b for b in session.scalars(every)}
+        found = self._rows.get(policy_id)
         if found is None:
             insert = postgresql.insert if self.uow.dialect == "postgresql" else sqlite.insert
             session.execute(
                 insert(Breaker).values(policy_id=policy_id, in_scope=0).on_conflict_do_nothing()
             )
-            found = session.scalars(query).one()
-        self._rows[policy_id] = found
+            one = select(Breaker).where(Breaker.policy_id == policy_id).with_for_update()
+            found = self._rows[policy_id] = session.scalars(one).one()
         return found
 
     def note_scope(self, policy_id: str, in_scope: int) -> None:

@@ -141,42 +141,48 @@ def settle_holds(uow: UnitOfWork, *, limit: int) -> int:
             passed.append(BreakerHold.cause == cause)
     live = {v.policy_id for v in effective_versions(uow, uow.now)}
     passed.append(BreakerHold.policy_id.not_in(live))
-    due = (
-        select(BreakerHold.device_id)
-        .where(or_(*passed))
-        .distinct()
-        .order_by(BreakerHold.device_id)
-        .limit(limit)
+    due = list(
+        session.scalars(
+            select(BreakerHold.device_id)
+            .where(or_(*passed))
+            .distinct()
+            .order_by(BreakerHold.device_id)
+            .limit(limit)
+        )
     )
-    devices = list(session.scalars(select(Device).where(Device.id.in_(due))))
-    for device in devices:
+    for device in list(session.scalars(select(Device).where(Device.id.in_(due)))):
         reevaluate_device(uow, device)
-    return len(devices)
+    # Re-evaluated, none of them is held for a passed cause any more; a row that says otherwise
+    # (its decision no longer shows it) is dropped, so the next round moves on.
+    session.execute(delete(BreakerHold).where(BreakerHold.device_id.in_(due), or_(*passed)))
+    return len(due)
 
 
 def close_idle(uow: UnitOfWork) -> list[str]:
     """Close the breakers that hold nothing any more (every held device settled by itself), and
     forget hourly counts too old to matter; returns the policies closed."""
-    session = uow.session
+    session, book = uow.session, breakers(uow)
     closed = []
-    for breaker in session.scalars(
-        select(Breaker).where(or_(Breaker.opened_at.is_not(None), Breaker.tripped_at.is_not(None)))
-    ):
+    candidates = select(Breaker.policy_id).where(
+        or_(Breaker.opened_at.is_not(None), Breaker.tripped_at.is_not(None))
+    )
+    for policy_id in list(session.scalars(candidates)):
+        breaker = book.row(policy_id)  # locked: no hold can be added while this one looks
         holding = session.scalars(
-            select(BreakerHold.device_id).where(BreakerHold.policy_id == breaker.policy_id).limit(1)
+            select(BreakerHold.device_id).where(BreakerHold.policy_id == policy_id).limit(1)
         ).first()
-        if holding is None:
+        if holding is None and _state(breaker) != "closed":
             before = {"state": _state(breaker)}
             breaker.opened_at = breaker.tripped_at = None
             record(
                 uow,
                 action="breaker.close",
                 object_type="policy",
-                object_id=breaker.policy_id,
+                object_id=policy_id,
                 before=before,
                 after={"state": "closed", "reason": "nothing held"},
             )
-            closed.append(breaker.policy_id)
+            closed.append(policy_id)
     session.execute(delete(BreakerCount).where(BreakerCount.hour < hour_of(uow.now) - WINDOW))
     return closed
 
