@@ -1,4 +1,4 @@
-"""The mass-lockout breaker on both stores (docs/architecture.md, rule 3 of "The decision rule"):
+"""The mass-lockout breaker on both stores (docs/architecture.md, rule 7, "the breaker rule"):
 the 51st allow→deny flip of a policy within an hour is held and the 50th is not, an admin's
 release applies the held denies (audited) while a viewer's is refused, a deadline that would
 flip more than the bound at once is held in every gate's copy too, and a source silent past its

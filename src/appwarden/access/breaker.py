@@ -1,4 +1,5 @@
-"""The mass-lockout breaker: rule 3 of "The decision rule" in docs/architecture.md.
+"""The mass-lockout breaker: rule 7, "the breaker rule", of docs/architecture.md (and its
+section "The breaker").
 
 A policy may turn at most max(50, 5 % of its in-scope devices) from allow to deny within an hour.
 The next flip is *held*: the decision stays allow, and the policy's reason says so

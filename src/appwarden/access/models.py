@@ -35,7 +35,7 @@ class DecisionRecord(Base):
 
 
 class Breaker(Base):
-    """The mass-lockout breaker of one policy (docs/architecture.md, rule 3 of "The decision
+    """The mass-lockout breaker of one policy (docs/architecture.md, rule 7, "the breaker
     rule"): whether it holds denies, and the in-scope count its bound is 5 % of."""
 
     __tablename__ = "breaker"

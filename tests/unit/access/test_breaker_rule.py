@@ -1,4 +1,4 @@
-"""The breaker's arithmetic (docs/architecture.md, rule 3 of "The decision rule"): its bound,
+"""The breaker's arithmetic (docs/architecture.md, rule 7, "the breaker rule"): its bound,
 the flips it counts within the last hour, and when a source is stale."""
 
 from __future__ import annotations
