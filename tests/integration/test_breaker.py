@@ -410,3 +410,16 @@ def test_a_silent_source_is_stale_and_its_devices_are_held_not_denied(
     metrics = scrape(store, fresh + timedelta(minutes=2))
     assert metrics[("appwarden_source_stale", (("source", "fleet"),))] == 0
     assert metrics[("appwarden_breaker_open", (("policy", POLICY_ID),))] == 0
+
+
+def test_a_bad_staleness_setting_is_refused_with_its_name(store, cli, monkeypatch):
+    monkeypatch.setenv("APPWARDEN_SYNC_INTERVALS", '{"fleet": "1h"}')
+    refused = cli("sources")
+    assert refused.code == 2
+    assert refused.err.startswith("error: APPWARDEN_SYNC_INTERVALS: expected a duration")
+    monkeypatch.setenv("APPWARDEN_SYNC_INTERVALS", "fleet=PT1H")
+    refused = cli("sources")
+    assert (refused.code, refused.err.split(":")[:3]) == (
+        2,
+        ["error", " APPWARDEN_SYNC_INTERVALS", " not valid JSON"],
+    )
