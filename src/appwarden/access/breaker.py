@@ -439,7 +439,9 @@ class DeviceFlips:
             self._verdicts[key] = verdict
         if verdict.kind == "hold":
             assert verdict.cause is not None
-            self._held.setdefault(policy_id, (verdict.cause, at))
+            known = self._held.get(policy_id)
+            if known is None or at < known[1]:  # held now and later: the hold starts now
+                self._held[policy_id] = (verdict.cause, at)
         return verdict
 
 
