@@ -40,7 +40,7 @@ def sources(at: At = None, json: Json = False) -> None:
             (
                 r["source"],
                 r["devices"],
-                short_time(r["last_complete_at"]) if r["watched"] else "no sync runs",
+                _last_complete(r),
                 _age(r["age_seconds"]),
                 r["stale_after"] if r["watched"] else "—",
                 "STALE" if r["stale"] else "no",
@@ -49,6 +49,12 @@ def sources(at: At = None, json: Json = False) -> None:
             for r in rows
         ],
     )
+
+
+def _last_complete(row: dict[str, Any]) -> str:
+    if not row["watched"]:
+        return "no sync runs"
+    return short_time(row["last_complete_at"]) if row["last_complete_at"] else "never"
 
 
 def _age(seconds: int | None) -> str:
