@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from appwarden.errors import InvalidInput
+from appwarden.staleness import Staleness
 from appwarden.timeutil import parse_duration
 from appwarden.vocabulary import SOURCE_NAME, Fact
 
@@ -40,6 +43,12 @@ class Settings(BaseSettings):
     organisation_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # An Exchange partnership confers the `email` resource only if it synced this recently.
     email_activity_window: str = "P30D"
+    # Sources' health (docs/sources/README.md, "Source health"): how long a source may go without
+    # a complete run before it is stale, a JSON object of durations by source name (default: 3 ×
+    # its sync interval, APPWARDEN_SYNC_<SOURCE>_INTERVAL); a source with neither is stale after
+    # `source_stale_default`.
+    source_stale_after: dict[str, str] = Field(default_factory=dict)
+    source_stale_default: str = "P1D"
     fault: str | None = None
 
     # Notices and their delivery (docs/delivery.md).
@@ -235,6 +244,29 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value.rstrip("/") if value is not None else None
 
+    @field_validator("source_stale_after")
+    @classmethod
+    def _durations_by_source(cls, value: dict[str, str]) -> dict[str, str]:
+        for source, duration in value.items():
+            if not SOURCE_NAME.match(source):
+                raise ValueError(f"{source!r} is not a source name: use 1 to 64 of a-z 0-9 . _ -")
+            _positive(f"{source}: ", duration)
+        return value
+
+    @field_validator("source_stale_default")
+    @classmethod
+    def _stale_default(cls, value: str) -> str:
+        _positive("", value)
+        return value
+
+    def staleness(self) -> Staleness:
+        """The staleness bound of every source, from the three settings above."""
+        return Staleness(
+            stale_after={s: parse_duration(d) for s, d in self.source_stale_after.items()},
+            intervals=self.sync_intervals,
+            default=parse_duration(self.source_stale_default),
+        )
+
     @field_validator("fact_sources")
     @classmethod
     def _known_facts(cls, value: dict[str, str]) -> dict[str, str]:
@@ -247,3 +279,25 @@ class Settings(BaseSettings):
             if not SOURCE_NAME.match(source):
                 raise ValueError(f"{source!r} is not a source name: use 1 to 64 of a-z 0-9 . _ -")
         return value
+
+
+def _positive(where: str, duration: str) -> None:
+    if parse_duration(duration) <= timedelta(0):
+        raise ValueError(f"{where}{duration!r} is not a positive duration")
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a bad value is an InvalidInput naming its variable."""
+    try:
+        return Settings()
+    except SettingsError as exc:  # a value that is not the JSON its field needs
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"APPWARDEN_{field.group(1).upper()}" if field else "a setting"
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise InvalidInput(f"{name}: not valid JSON{cause}") from None
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = "APPWARDEN_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+            lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+        raise InvalidInput("; ".join(lines) or str(exc)) from None

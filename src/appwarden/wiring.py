@@ -35,6 +35,7 @@ from appwarden.notifications import service as outbox
 from appwarden.policies import models as _policies_models  # noqa: F401
 from appwarden.policies.models import PolicyVersion
 from appwarden.settings import Settings
+from appwarden.staleness import Staleness
 from appwarden.timeutil import iso
 from appwarden.usecases.enforcement import configured
 from appwarden.usecases.notices import (
@@ -136,6 +137,10 @@ class Services:
         return load_catalog(self.settings.catalog_file)
 
     @cached_property
+    def staleness(self) -> Staleness:
+        return self.settings.staleness()
+
+    @cached_property
     def notice_config(self) -> NoticeConfig:
         settings = self.settings
         return NoticeConfig(
@@ -162,7 +167,14 @@ class Services:
         """A unit of work at logical time `at`. After a writing one commits, the devices whose
         decisions it wrote are announced and the audit entries it recorded are chained."""
         audited = False
-        with unit_of_work(self.engine, now=at, bus=self.bus(), actor=actor, write=write) as uow:
+        with unit_of_work(
+            self.engine,
+            now=at,
+            bus=self.bus(),
+            actor=actor,
+            write=write,
+            staleness=self.staleness,
+        ) as uow:
             written = written_devices(uow)
             if write:
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String
+from sqlalchemy import JSON, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appwarden.db.base import Base
@@ -32,3 +32,52 @@ class DecisionRecord(Base):
     # Wall-clock time of the last write, so each process can refresh its in-memory copy (the
     # gate's answer when the store is down) with "what changed since I last looked".
     written_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class Breaker(Base):
+    """The mass-lockout breaker of one policy (docs/architecture.md, rule 7, "the breaker
+    rule"): whether it holds denies, and the in-scope count its bound is 5 % of."""
+
+    __tablename__ = "breaker"
+
+    policy_id: Mapped[str] = mapped_column(
+        ForeignKey("policy.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Since when it holds at least one deny (None: it holds nothing).
+    opened_at: Mapped[datetime | None]
+    # When a wave of denies passed the bound: from then on every new deny of the policy is held
+    # until an admin releases them (None: not tripped).
+    tripped_at: Mapped[datetime | None]
+    in_scope: Mapped[int] = mapped_column(default=0)
+    in_scope_at: Mapped[datetime | None]  # when `in_scope` was counted (None: never)
+
+
+class BreakerCount(Base):
+    """How many allow→deny flips of one policy the breaker let through in one clock hour (a flip
+    prepared for a later instant counts in that instant's hour)."""
+
+    __tablename__ = "breaker_count"
+
+    policy_id: Mapped[str] = mapped_column(
+        ForeignKey("policy.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    admitted: Mapped[int] = mapped_column(default=0)
+
+
+class BreakerHold(Base):
+    """A deny the breaker holds: the device's decision stays allow until the cause passes (a
+    stale source fresh again) or an admin releases the policy's breaker."""
+
+    __tablename__ = "breaker_hold"
+    __table_args__ = (Index("ix_breaker_hold_cause", "cause", "policy_id"),)
+
+    policy_id: Mapped[str] = mapped_column(
+        ForeignKey("policy.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    cause: Mapped[str] = mapped_column(String(80))  # mass_deny, source_stale:<source>
+    effective_at: Mapped[datetime]  # when the deny would have taken effect
+    held_at: Mapped[datetime]

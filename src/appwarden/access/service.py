@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select, text, update
 
+from appwarden.access.breaker import DeviceFlips
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
 from appwarden.access.models import DecisionRecord
 from appwarden.compliance.service import DeviceEvaluator, Outcome, evaluate_device
@@ -118,8 +119,11 @@ def refresh_decisions(
     device: Device,
     outcomes: list[Outcome],
     evaluator: DeviceEvaluator | None = None,
+    *,
+    admit: frozenset[str] = frozenset(),
 ) -> list[DecisionChanged]:
-    """Recompute the device's materialised decisions at the unit of work's time; publish a
+    """Recompute the device's materialised decisions at the unit of work's time, through the
+    breaker (`access.breaker`; `admit`: policies whose held denies an admin releases); publish a
     DecisionChanged for each one that changed."""
     resources = set(resources_of(uow, device.id))
     for outcome in outcomes:
@@ -133,28 +137,37 @@ def refresh_decisions(
     changes = []
     written_devices(uow).add(device.id)
     evaluator = evaluator or DeviceEvaluator(uow, device)
+    flips = DeviceFlips(uow, device, admit)
     for resource in sorted(resources | set(stored)):
-        result = decide_for(uow, device, resource, uow.now, outcomes)
-        upcoming = next_decision(uow, device, resource, result, evaluator)
+        raw = decide_for(uow, device, resource, uow.now, outcomes)
         record = stored.get(resource)
+        result = flips.live(raw, record)
+        upcoming = flips.prepared(
+            result, next_decision(uow, device, resource, raw, evaluator), record
+        )
         old = Decision(record.decision) if record is not None else Decision.ALLOW
         denied_before = _denying(record.reasons) if record is not None else ()
         if record is None:
             record = DecisionRecord(device_id=device.id, resource=resource, changed_at=uow.now)
             uow.session.add(record)
-        record.decision = result.decision
-        record.reasons = list(result.reasons)
-        record.valid_until = result.valid_until
-        record.next_decision = upcoming.decision if upcoming else None
-        record.next_reasons = list(upcoming.reasons) if upcoming else None
-        record.next_valid_until = upcoming.valid_until if upcoming else None
-        record.written_at = datetime.now(UTC)
+        _write(record, result, upcoming)
         if old != result.decision:
             record.changed_at = uow.now
             causes = _denying(result.reasons) if result.decision == Decision.DENY else denied_before
             change = DecisionChanged(device.id, resource, old, result.decision, causes, uow.now)
             changes.append(change)
+    flips.finish()
     uow.session.flush()
     for change in changes:
         uow.publish(change)
     return changes
+
+
+def _write(record: DecisionRecord, result: DecisionResult, upcoming: DecisionResult | None) -> None:
+    record.decision = result.decision
+    record.reasons = list(result.reasons)
+    record.valid_until = result.valid_until
+    record.next_decision = upcoming.decision if upcoming else None
+    record.next_reasons = list(upcoming.reasons) if upcoming else None
+    record.next_valid_until = upcoming.valid_until if upcoming else None
+    record.written_at = datetime.now(UTC)

@@ -14,6 +14,7 @@ from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
 from appwarden.cli.devices import devices_app, people_app
+from appwarden.cli.health import register as register_health
 from appwarden.cli.imports import register as register_imports
 from appwarden.cli.options import As, At, Json, _state, ctx
 from appwarden.cli.render import (
@@ -34,7 +35,7 @@ from appwarden.errors import AppwardenError, InvalidInput
 from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
-from appwarden.settings import Settings
+from appwarden.settings import load_settings
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import POLICY_ID, load_demo
 from appwarden.usecases.ingest import quarantine_rows
@@ -67,7 +68,7 @@ def _root(
     ] = None,
     actor: As = None,
 ) -> None:
-    settings = Settings()
+    settings = load_settings()
     if db:
         settings = settings.model_copy(update={"database_url": db})
     _state["ctx"] = AppContext(settings=settings, actor=actor or settings.actor)
@@ -560,6 +561,7 @@ def account_remove(email: str, names: list[str], actor: As = None, at: At = None
 
 register(app, policy_app)
 register_server(app)
+register_health(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")
 app.add_typer(people_app, name="people")

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from appwarden.events import EventBus
+from appwarden.staleness import Staleness
 
 
 @dataclass
@@ -28,6 +29,9 @@ class UnitOfWork:
     now: datetime
     bus: EventBus
     actor: str | None = None
+    # When each inventory source counts as stale (the settings'): the breaker holds the denies
+    # a stale source would cause (access/breaker.py).
+    staleness: Staleness = field(default_factory=Staleness)
     _before_commit: list[Callable[[], None]] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
@@ -53,10 +57,17 @@ def unit_of_work(
     bus: EventBus | None = None,
     actor: str | None = None,
     write: bool = True,
+    staleness: Staleness | None = None,
 ) -> Iterator[UnitOfWork]:
     connection = engine.connect().execution_options(appwarden_write=write)
     session = Session(bind=connection, expire_on_commit=False, autoflush=True)
-    uow = UnitOfWork(session=session, now=now, bus=bus or EventBus(), actor=actor)
+    uow = UnitOfWork(
+        session=session,
+        now=now,
+        bus=bus or EventBus(),
+        actor=actor,
+        staleness=staleness or Staleness(),
+    )
     transaction = connection.begin()
     try:
         yield uow

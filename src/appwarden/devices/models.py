@@ -11,6 +11,8 @@ from appwarden.db.base import Base
 
 class Device(Base):
     __tablename__ = "device"
+    # Devices per MDM of record, read by every scrape of /metrics (appwarden_source_devices).
+    __table_args__ = (Index("ix_device_mdm_source", "mdm_source", "status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     platform: Mapped[str] = mapped_column(String(16), default="unknown")

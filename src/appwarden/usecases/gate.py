@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy import select
 
+from appwarden.access.breaker import judged_view
 from appwarden.access.gate import GateRequest
 from appwarden.access.index import DecisionIndex, DecisionRef, DeviceRef, PersonRef
 from appwarden.access.models import DecisionRecord
@@ -319,7 +320,7 @@ def current_decision(
         upcoming = record.next_valid_until
         if record.next_decision is not None and (upcoming is None or now < upcoming):
             return Decision(record.next_decision), list(record.next_reasons or ())
-    result = decide_for(uow, device, resource, now)
+    result = judged_view(uow, device, resource, now, decide_for(uow, device, resource, now))
     return result.decision, list(result.reasons)
 
 

@@ -282,11 +282,15 @@ def ingest(
     return result
 
 
-def reevaluate_device(uow: UnitOfWork, device: Device) -> list[DecisionChanged]:
+def reevaluate_device(
+    uow: UnitOfWork, device: Device, *, admit: frozenset[str] = frozenset()
+) -> list[DecisionChanged]:
+    """Store the device's states and decisions anew; `admit`: policies whose held denies an
+    admin releases (`usecases.breakers`)."""
     evaluator = DeviceEvaluator(uow, device)
     outcomes = evaluator.at(uow.now)
     record_outcomes(uow, device.id, outcomes)
-    changes = refresh_decisions(uow, device, outcomes, evaluator)
+    changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit)
     states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
     uow.publish(DeviceEvaluated(device.id, device.owner_id, states, uow.now))
     return changes

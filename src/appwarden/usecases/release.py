@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from appwarden.access.breaker import breakers
 from appwarden.access.models import DecisionRecord
 from appwarden.compliance.fleet import fleet_rows
 from appwarden.compliance.models import ComplianceRecord
@@ -27,7 +28,9 @@ def release_due(uow: UnitOfWork, config: NoticeConfig | None = None) -> list[Dec
         if config is not None:
             on_release(uow, version, config)
         rules = rules_of(uow, version)
-        device_ids |= {row.device_id for row in fleet_rows(uow, rules, now=uow.now)}
+        in_scope = {row.device_id for row in fleet_rows(uow, rules, now=uow.now)}
+        breakers(uow).note_scope(version.policy_id, len(in_scope))  # the bound is 5 % of it
+        device_ids |= in_scope
         older = select(PolicyVersion.id).where(
             PolicyVersion.policy_id == version.policy_id, PolicyVersion.id != version.id
         )

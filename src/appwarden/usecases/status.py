@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from appwarden.access.breaker import judged_view
 from appwarden.access.service import decide_for
 from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.rules import device_views, rules_of
@@ -119,7 +120,7 @@ def status_rows(
 
 def decision_row(uow: UnitOfWork, device_ref: str, resource: str, at: datetime) -> Row:
     device = find_device(uow, device_ref)
-    result = decide_for(uow, device, resource, at)
+    result = judged_view(uow, device, resource, at, decide_for(uow, device, resource, at))
     identifiers = device_identifiers(uow, [device.id])[device.id]
     owner = uow.session.get(Person, device.owner_id) if device.owner_id else None
     return {

@@ -1,8 +1,10 @@
 """One pass of the worker, as `appwarden worker` and the worker embedded in `appwarden serve`
 both run it at the clock's now: releases whose time came, decisions whose `valid_until` came,
-exemption expiry warnings, delivery of notices and webhooks, then the scheduled syncs that are
-due (usecases/sync.py: each under a claim, so two workers never sync one source at once; a long
-sync delays the next pass, not this pass's notices).
+the breaker's holds whose cause passed, exemption expiry warnings, delivery of notices and
+webhooks, then the scheduled syncs that are due (usecases/sync.py: each under a claim, so two
+workers never sync one source at once; a long sync delays the next pass, not this pass's
+notices). Each pass also logs a warning for each stale source (docs/sources/README.md, "Source
+health").
 
 Decisions whose time came are re-evaluated in batches, each its own transaction: at a deadline
 that is every device still carrying the app at once (2.3 ms each, bench/README.md), and one
@@ -13,14 +15,20 @@ carries what it becomes at its valid_until.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from appwarden.timeutil import format_duration, iso
+from appwarden.usecases.breakers import close_idle, settle_holds
 from appwarden.usecases.deliver import Delivery, DeliveryStats, OpenUnitOfWork, deliver_due
 from appwarden.usecases.exemptions import warn_expiring
+from appwarden.usecases.health import stale_sources
 from appwarden.usecases.notices import NoticeConfig
 from appwarden.usecases.release import expired_count, refresh_expired, release_due
 from appwarden.usecases.sync import SyncOutcome, SyncSchedule, run_due_syncs
+
+log = logging.getLogger("appwarden.worker")
 
 #: Devices re-evaluated per transaction when their decisions' time came.
 EXPIRY_BATCH = 500
@@ -32,6 +40,7 @@ class PassResult:
     decision_changes: int
     delivery: DeliveryStats
     syncs: tuple[SyncOutcome, ...] = ()
+    stale_sources: tuple[str, ...] = ()
 
 
 def worker_pass(
@@ -54,8 +63,31 @@ def worker_pass(
             changes += len(refresh_expired(uow, limit=batch))
             if expired_count(uow) == 0:
                 break
+    stale = _settle_breakers(open_uow, batch)
     with open_uow() as uow:
         warn_expiring(uow, config)
     stats = deliver_due(open_uow, delivery)
     synced = tuple(run_due_syncs(open_uow, syncs, now)) if syncs is not None else ()
-    return PassResult(now, changes, stats, synced)
+    return PassResult(now, changes, stats, synced, stale)
+
+
+def _settle_breakers(open_uow: OpenUnitOfWork, batch: int) -> tuple[str, ...]:
+    """Warn of each stale source; re-evaluate, a batch per transaction, the devices whose
+    held deny's cause passed; close the breakers that hold nothing any more."""
+    with open_uow() as uow:
+        stale = stale_sources(uow)
+        for health in stale:
+            log.warning(
+                "source %s is stale: last complete run %s, bound %s",
+                health.source,
+                iso(health.last_complete_at) or "never",
+                format_duration(health.stale_after),
+                extra={"fields": {"source": health.source}},
+            )
+    while True:
+        with open_uow() as uow:
+            if settle_holds(uow, limit=batch) < batch:
+                break
+    with open_uow() as uow:
+        close_idle(uow)
+    return tuple(h.source for h in stale)

@@ -225,7 +225,8 @@ class DecisionOut(BaseModel):
     decision: Decision
     reasons: list[dict[str, Any]] = Field(
         description="One per active policy that denies this resource: policy, version, state, "
-        "since, due, effect (allow or deny)"
+        "since, due, effect (allow or deny); a deny the mass-lockout breaker holds has effect "
+        "allow, reason breaker_open and its cause (mass_deny, source_stale:<source>)"
     )
     valid_until: str | None = Field(
         description="The next instant the answer may change without new facts (cache until then)"

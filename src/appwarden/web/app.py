@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     engine = make_engine(settings.database_url, background_checkpoints=True)
     runtime = Runtime(settings=settings, engine=engine, clock=clock)
     checkpointer = Checkpointer(engine)
-    metrics = Metrics(runtime.engine)
+    metrics = Metrics(runtime.engine, staleness=runtime.services.staleness, clock=clock)
     embedded = EmbeddedWorker(runtime) if worker else None
     live = LiveIndex(runtime.engine, interval=settings.gate_index_seconds)
     runtime.on_decisions_written.append(live.reload_devices)

@@ -12,6 +12,15 @@ applications can coexist in one process (tests):
     appwarden_decisions_total{decision}              counter: decisions answered over the API
     appwarden_ingest_reports_total{result}           counter: applied, stale, repeated, quarantined
     appwarden_outbox_depth{kind}                     gauge, counted at scrape time (notice, webhook)
+    appwarden_source_last_complete_run_timestamp_seconds{source}
+                                                     gauge: when the source's last complete sync
+                                                     run ended (absent: it never completed one)
+    appwarden_source_devices{source}                 gauge: active devices it is MDM of record of
+    appwarden_source_stale{source}                   gauge: 1 while past its staleness bound
+    appwarden_breaker_open{policy}                   gauge: 1 while the breaker holds denies
+
+The source and breaker gauges are read at scrape time with a few index lookups per source
+(`usecases/health.py`), the clock's now deciding staleness.
 """
 
 from __future__ import annotations
@@ -34,7 +43,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from appwarden.clock import Clock, SystemClock
+from appwarden.staleness import Staleness
 from appwarden.usecases import outbox
+from appwarden.usecases.breakers import breakers_open
+from appwarden.usecases.health import health_on
 from appwarden.web.auth import TOKEN_KEY, route_path
 from appwarden.web.errors import send_problem
 
@@ -87,6 +100,54 @@ class OutboxDepth(Collector):
         yield family
 
 
+_SOURCE_GAUGES: Final = (
+    (
+        "appwarden_source_last_complete_run_timestamp_seconds",
+        "When the source's last complete sync run ended (Unix time)",
+    ),
+    ("appwarden_source_devices", "Active devices whose MDM of record the source is"),
+    ("appwarden_source_stale", "1 while the source is past its staleness bound"),
+)
+_BREAKER_GAUGE: Final = (
+    "appwarden_breaker_open",
+    "1 while the policy's mass-lockout breaker holds denies",
+)
+
+
+class SourceHealthGauges(Collector):
+    """Each source's health and each policy's breaker, read when Prometheus scrapes."""
+
+    def __init__(self, engine: Engine, staleness: Staleness, clock: Clock) -> None:
+        self.engine = engine
+        self.staleness = staleness
+        self.clock = clock
+
+    def _families(self) -> tuple[list[GaugeMetricFamily], GaugeMetricFamily]:
+        sources = [GaugeMetricFamily(n, h, labels=["source"]) for n, h in _SOURCE_GAUGES]
+        return sources, GaugeMetricFamily(*_BREAKER_GAUGE, labels=["policy"])
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        sources, breaker = self._families()
+        yield from (*sources, breaker)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        (completed, devices, stale), breaker = self._families()
+        try:
+            health = health_on(self.engine, self.staleness, self.clock.now())
+            open_ = breakers_open(self.engine)
+        except SQLAlchemyError:
+            log.warning("source health not available: the store did not answer")
+            return
+        for source in health:
+            if source.last_complete_at is not None:
+                completed.add_metric([source.source], source.last_complete_at.timestamp())
+            devices.add_metric([source.source], source.devices)
+            stale.add_metric([source.source], int(source.stale))
+        for policy_id, holding in sorted(open_.items()):
+            breaker.add_metric([policy_id], int(holding))
+        yield from (completed, devices, stale, breaker)
+
+
 #: The methods a metric label may name; anything else a client sends is counted as "other" (a
 #: label per made-up method would grow the registry without bound).
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -97,7 +158,13 @@ def method_label(method: str) -> str:
 
 
 class Metrics:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        staleness: Staleness | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.request_seconds = Histogram(
             "appwarden_request_seconds",
@@ -142,6 +209,9 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(OutboxDepth(engine))
+        self.registry.register(
+            SourceHealthGauges(engine, staleness or Staleness(), clock or SystemClock())
+        )
 
 
 # New request ids: a random per-process prefix and a counter (unique, and no syscall each time);
