@@ -157,12 +157,25 @@ class Services:
 
     @contextmanager
     def uow(
-        self, at: datetime, *, actor: str | None = None, write: bool = True
+        self,
+        at: datetime,
+        *,
+        actor: str | None = None,
+        write: bool = True,
+        employee_only: bool = False,
     ) -> Iterator[UnitOfWork]:
         """A unit of work at logical time `at`. After a writing one commits, the devices whose
-        decisions it wrote are announced and the audit entries it recorded are chained."""
+        decisions it wrote are announced and the audit entries it recorded are chained.
+        `employee_only`: the actor's roles do not apply (a portal session)."""
         audited = False
-        with unit_of_work(self.engine, now=at, bus=self.bus(), actor=actor, write=write) as uow:
+        with unit_of_work(
+            self.engine,
+            now=at,
+            bus=self.bus(),
+            actor=actor,
+            write=write,
+            employee_only=employee_only,
+        ) as uow:
             written = written_devices(uow)
             if write:
 

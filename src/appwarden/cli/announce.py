@@ -25,6 +25,7 @@ from appwarden.usecases.enforcement import exchange_state
 from appwarden.usecases.exemptions import after_decision, exemption_row
 from appwarden.usecases.notices import plan_release
 from appwarden.usecases.retract import retract
+from appwarden.usecases.sign_in import SessionRules
 from appwarden.usecases.worker import worker_pass
 from appwarden.vocabulary import Permission
 
@@ -194,7 +195,13 @@ def worker(
 def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool) -> None:
     while True:
         now = context.at(at)
-        result = worker_pass(partial(context.uow, now), context.notice_config, delivery, now)
+        result = worker_pass(
+            partial(context.uow, now),
+            context.notice_config,
+            delivery,
+            now,
+            sessions=SessionRules.from_settings(context.settings),
+        )
         stats = result.delivery
         if once:
             errors.print(

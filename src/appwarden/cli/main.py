@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
@@ -29,7 +30,7 @@ from appwarden.cli.render import (
 from appwarden.cli.serve import register as register_server
 from appwarden.db import migrate
 from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
-from appwarden.errors import AppwardenError, InvalidInput
+from appwarden.errors import AppwardenError, InvalidInput, Problem
 from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
@@ -66,10 +67,27 @@ def _root(
     ] = None,
     actor: As = None,
 ) -> None:
-    settings = Settings()
+    settings = read_settings()
     if db:
         settings = settings.model_copy(update={"database_url": db})
     _state["ctx"] = AppContext(settings=settings, actor=actor or settings.actor)
+
+
+def read_settings() -> Settings:
+    """The settings from the environment; a bad one is a located error, not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            Problem(
+                "APPWARDEN_" + "_".join(str(p) for p in error["loc"]).upper()
+                if error["loc"]
+                else "environment",
+                str(error["msg"]).removeprefix("Value error, "),
+            )
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        raise InvalidInput("the settings are not valid", problems=problems) from None
 
 
 # ── database ──────────────────────────────────────────────────────────────────────────────────

@@ -28,6 +28,9 @@ class UnitOfWork:
     now: datetime
     bus: EventBus
     actor: str | None = None
+    # The actor acts as an employee only (a portal session, or one opened by an email link):
+    # none of their roles applies, so `identity.service.require` refuses every permission.
+    employee_only: bool = False
     _before_commit: list[Callable[[], None]] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
@@ -53,10 +56,13 @@ def unit_of_work(
     bus: EventBus | None = None,
     actor: str | None = None,
     write: bool = True,
+    employee_only: bool = False,
 ) -> Iterator[UnitOfWork]:
     connection = engine.connect().execution_options(appwarden_write=write)
     session = Session(bind=connection, expire_on_commit=False, autoflush=True)
-    uow = UnitOfWork(session=session, now=now, bus=bus or EventBus(), actor=actor)
+    uow = UnitOfWork(
+        session=session, now=now, bus=bus or EventBus(), actor=actor, employee_only=employee_only
+    )
     transaction = connection.begin()
     try:
         yield uow

@@ -81,3 +81,40 @@ class ApiToken(Base):
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class PortalSession(Base):
+    """A signed-in browser. The cookie carries a random secret; only its SHA-256 is kept, so the
+    table cannot be replayed as cookies. `method` says how it was opened (`oidc`, `password`,
+    `email`): a session opened by an email link carries no role of its person
+    (docs/permissions.md). Ends at `expires_at`, after `idle` without use, or at sign-out (the
+    row is deleted)."""
+
+    __tablename__ = "portal_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    csrf_token: Mapped[str] = mapped_column(String(64))  # every form of the session carries it
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SignInFlow(Base):
+    """A browser on its way to a session: where it returns afterwards (a local path, kept here
+    rather than in a URL), the CSRF token of its sign-in forms, and an OIDC request's state,
+    nonce and PKCE verifier. The cookie carries a random secret; only its SHA-256 is kept."""
+
+    __tablename__ = "sign_in_flow"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    flow_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    return_to: Mapped[str | None] = mapped_column(String(1000))
+    oidc_state: Mapped[str | None] = mapped_column(String(128))
+    oidc_nonce: Mapped[str | None] = mapped_column(String(128))
+    oidc_verifier: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -243,6 +243,11 @@ def require(uow: UnitOfWork, permission: Permission) -> Person:
         raise PermissionDenied(
             f"this action needs {permission}: name the actor with --as EMAIL or APPWARDEN_ACTOR"
         )
+    if uow.employee_only:
+        raise PermissionDenied(
+            f"this action needs {permission}, and this session carries no role: roles apply "
+            "only to sign-ins with single sign-on or a password, never to an email link"
+        )
     person = find_person(uow, uow.actor)
     if person is None:
         raise PermissionDenied(f"{uow.actor} is not a known admin; see `appwarden admin create`")

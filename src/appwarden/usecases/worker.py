@@ -18,6 +18,7 @@ from appwarden.usecases.deliver import Delivery, DeliveryStats, OpenUnitOfWork, 
 from appwarden.usecases.exemptions import warn_expiring
 from appwarden.usecases.notices import NoticeConfig
 from appwarden.usecases.release import expired_count, refresh_expired, release_due
+from appwarden.usecases.sign_in import SessionRules, housekeeping
 
 #: Devices re-evaluated per transaction when their decisions' time came.
 EXPIRY_BATCH = 500
@@ -37,8 +38,10 @@ def worker_pass(
     now: datetime,
     *,
     batch: int = EXPIRY_BATCH,
+    sessions: SessionRules | None = None,
 ) -> PassResult:
-    """`open_uow` opens a unit of work at `now`."""
+    """`open_uow` opens a unit of work at `now`. With `sessions`, expired sessions and sign-in
+    flows are deleted too."""
     with open_uow() as uow:
         changes = len(release_due(uow, config))
         due = expired_count(uow)
@@ -51,5 +54,7 @@ def worker_pass(
                 break
     with open_uow() as uow:
         warn_expiring(uow, config)
+        if sessions is not None:
+            housekeeping(uow, sessions)
     stats = deliver_due(open_uow, delivery)
     return PassResult(now, changes, stats)

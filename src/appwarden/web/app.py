@@ -30,7 +30,7 @@ from appwarden.db.engine import Checkpointer, make_engine
 from appwarden.db.migrate import is_current
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
-from appwarden.web import Runtime, api, gate, inventory_api
+from appwarden.web import Runtime, api, gate, inventory_api, pages, portal, signin
 from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
@@ -101,9 +101,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     api.install(app)
     inventory_api.install(app)
     gate.install(app)
+    pages.install(app)
+    signin.install(app)
+    portal.install(app)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
-    app.add_middleware(Observability, metrics=metrics)  # added last: outermost
+    # added last: outermost
+    app.add_middleware(Observability, metrics=metrics, networks=runtime.trusted_networks)
     app.install_fast_path(gate_, metrics)
     check_guarded(app)
     return app

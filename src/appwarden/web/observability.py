@@ -1,8 +1,11 @@
 """Request ids, one JSON access-log line per request, and Prometheus metrics.
 
 The access log (logger `appwarden.access`) carries: time, request_id, method, path (without the
-query string: query strings may carry secrets), route, status, duration_ms and the token's name.
-It never carries a header: not `Authorization`, not `Cookie`, not the token secret.
+query string: query strings may carry secrets; a sign-in link's token in the path is replaced by
+`[redacted]`), route, status, duration_ms, the token's name, the signed-in person (`person:<id>`,
+never an address) and the client's address (`web.clients`: the socket peer, or what a trusted
+proxy forwarded). It never carries a header: not `Authorization`, not `Cookie`, not the token
+secret.
 
 Metrics live in a per-application `CollectorRegistry` (not the process-global one), so many
 applications can coexist in one process (tests):
@@ -34,7 +37,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appwarden.usecases import outbox
-from appwarden.web.auth import TOKEN_KEY, route_path
+from appwarden.web.auth import PERSON_KEY, TOKEN_KEY, route_path
+from appwarden.web.clients import Network, client_address
 from appwarden.web.errors import send_problem
 
 access_log = logging.getLogger("appwarden.access")
@@ -43,6 +47,15 @@ log = logging.getLogger("appwarden.web")
 REQUEST_ID_HEADER: Final = "x-request-id"
 REQUEST_ID_KEY: Final = "appwarden.request_id"
 _SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+#: Paths that carry a secret in a segment (a sign-in link's token): logged without it.
+_SECRET_PATHS = re.compile(r"^(/auth/link/)[^/]+")
+
+
+def loggable_path(path: str) -> str:
+    """A request path as logs may show it: a sign-in token becomes `[redacted]`."""
+    return _SECRET_PATHS.sub(r"\1[redacted]", path)
+
+
 _LATENCY_BUCKETS: Final = (
     0.001,
     0.0025,
@@ -164,6 +177,8 @@ def log_request(
     status: int,
     duration: float,
     token: str | None = None,
+    person: str | None = None,
+    client: str | None = None,
 ) -> None:
     """Observe the latency on `histogram` (a labelled child) and write the access line."""
     histogram.observe(duration)
@@ -177,6 +192,8 @@ def log_request(
         "status": status,
         "duration_ms": round(duration * 1000, 3),
         "token": token,
+        "person": person,
+        "client": client,
     }
     access_log.handle(_access_record((method, path, status), fields))
 
@@ -208,9 +225,10 @@ class Observability:
     """Outermost middleware: request id in and out, access log, latency, and a bare 500 problem
     for anything unhandled (logged with its traceback under the request id)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, networks: tuple[Network, ...] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.networks = networks  # trusted proxies (web.clients)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -240,14 +258,18 @@ class Observability:
             log.exception(
                 "unhandled error in %s %s",
                 scope.get("method"),
-                scope.get("path"),
+                loggable_path(str(scope.get("path", ""))),
                 extra={"fields": {"request_id": request_id}},
             )
             if response_started:
                 raise
             status = 500
             await send_problem(
-                send_with_id, 500, "internal_error", "internal error", str(scope.get("path", ""))
+                send_with_id,
+                500,
+                "internal_error",
+                "internal error",
+                loggable_path(str(scope.get("path", ""))),
             )
         finally:
             duration = time.perf_counter() - started
@@ -261,11 +283,13 @@ class Observability:
             self.metrics.request_seconds.labels(template, method_label(method), str(status)),
             request_id=request_id,
             method=method,
-            path=str(scope.get("path", "")),
+            path=loggable_path(str(scope.get("path", ""))),
             route=template,
             status=status,
             duration=duration,
             token=scope.get(TOKEN_KEY),
+            person=scope.get(PERSON_KEY),
+            client=client_address(scope, self.networks),
         )
 
 

@@ -45,7 +45,13 @@ class EmbeddedWorker:
         """One pass at the clock's now."""
         runtime = self.runtime
         now = runtime.now()
-        result = worker_pass(partial(runtime.uow, now), runtime.notice_config, self.delivery, now)
+        result = worker_pass(
+            partial(runtime.uow, now),
+            runtime.notice_config,
+            self.delivery,
+            now,
+            sessions=runtime.session_rules,
+        )
         runtime.chain_audit(now)
         self.passes += 1
         return result
