@@ -61,9 +61,10 @@ def portal_settings(store: Any, clock: TimeFile, tmp_path: Path, **overrides: An
     return Settings(**values)
 
 
-def https_client(app: Any) -> TestClient:
-    """A client on https://testserver: browsers send `Secure` cookies only over HTTPS."""
-    return TestClient(app, base_url="https://testserver", follow_redirects=False)
+def https_client(app: Any, client: tuple[str, int] = ("192.0.2.10", 50000)) -> TestClient:
+    """A browser on https://testserver (browsers send `Secure` cookies only over HTTPS),
+    connecting from `client` (the socket peer the server sees)."""
+    return TestClient(app, base_url="https://testserver", follow_redirects=False, client=client)
 
 
 def open_session(
@@ -102,3 +103,29 @@ def set_cookies(response: Any) -> dict[str, str]:
     for header in response.headers.get_list("set-cookie"):
         found[header.split("=", 1)[0]] = header
     return found
+
+
+_LINK = re.compile(r"https://appwarden\.example\.com(/auth/link/[A-Za-z0-9_-]+)")
+
+
+def link_in(message: Any) -> str:
+    """The sign-in link's path in a received mail (its text part)."""
+    found = _LINK.search(message.get_body(preferencelist=("plain",)).get_content())
+    assert found, "no sign-in link in the mail"
+    return found.group(1)
+
+
+def ask_for_link(client: TestClient, email: str, *, start: str = "/auth/sign-in") -> Any:
+    """Open the sign-in page (or a portal page that leads there) and ask for a link."""
+    page = client.get(start)
+    if page.status_code == 303:
+        page = client.get(page.headers["location"])
+    return client.post("/auth/email", data={"email": email, "csrf": csrf_of(page.text)})
+
+
+def follow_link(client: TestClient, path: str) -> Any:
+    """Open a mailed link and press "Sign in"; the response to the button's POST."""
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    token = path.rsplit("/", 1)[1]
+    return client.post("/auth/link", data={"token": token, "csrf": csrf_of(page.text)})

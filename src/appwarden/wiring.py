@@ -144,6 +144,7 @@ class Services:
             portal_url=settings.portal_url,
             organisation=settings.organisation,
             default_time_zone=settings.default_time_zone,
+            public_url=settings.public_url,
         )
 
     def bus(self) -> EventBus:

@@ -53,6 +53,7 @@ EXPECTED = {
 # sends the browser to sign in; an API token opens no page.
 PAGES = {
     ("GET", "/me/"): "session",
+    ("GET", "/admin/"): "session:read",
 }
 
 

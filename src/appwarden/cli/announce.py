@@ -207,7 +207,7 @@ def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool
             errors.print(
                 f"{result.decision_changes} decision change(s); {stats.sent} notice(s) sent, "
                 f"{stats.retried} to retry, {stats.failed} failed, {stats.cancelled} cancelled, "
-                f"{stats.webhooks} webhook(s)"
+                f"{stats.webhooks} webhook(s), {stats.mail} sign-in mail(s)"
             )
             return
         time.sleep(context.settings.worker_interval_seconds)

@@ -118,3 +118,30 @@ class SignInFlow(Base):
     oidc_verifier: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SignInLink(Base):
+    """A single-use sign-in link mailed to a person: its token is stored only as a SHA-256, lives
+    15 minutes, and is spent (`used_at`) by the POST of the page it opens, never by the GET that
+    mail scanners also make. `return_to` is the flow's page to return to when it was asked for."""
+
+    __tablename__ = "sign_in_link"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    return_to: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class SignInCounter(Base):
+    """How many sign-in attempts one key (an address or a client address, each as a SHA-256) made
+    in its current window: the rate limiter's state, in the store so every process shares it."""
+
+    __tablename__ = "sign_in_counter"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(index=True)
+    attempts: Mapped[int]

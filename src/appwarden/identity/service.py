@@ -148,6 +148,20 @@ def find_person(uow: UnitOfWork, email: str) -> Person | None:
     ).first()
 
 
+def person_by_address(uow: UnitOfWork, address: str) -> Person | None:
+    """The person whose primary address or alias this is (case-insensitively); never by an
+    account name: sign-in mail goes to an address a person reads."""
+    address = normalise_email(address)
+    person = uow.session.scalars(select(Person).where(Person.email == address)).first()
+    if person is not None:
+        return person
+    return uow.session.scalars(
+        select(Person)
+        .join(PersonAlias, PersonAlias.person_id == Person.id)
+        .where(PersonAlias.email == address)
+    ).first()
+
+
 def get_person(uow: UnitOfWork, email: str) -> Person:
     person = find_person(uow, email)
     if person is None:

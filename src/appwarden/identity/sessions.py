@@ -12,15 +12,18 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from appwarden.db.uow import UnitOfWork
-from appwarden.identity.models import PortalSession, SignInFlow
+from appwarden.identity.models import PortalSession, SignInCounter, SignInFlow, SignInLink
 
 #: The longest cookie value looked up: a secret is 43 characters; anything longer names nothing.
 MAX_SECRET_CHARS: Final = 100
 #: Use is recorded at most this often (a conditional UPDATE), so most requests only read.
 TOUCH_EVERY: Final = timedelta(minutes=1)
+#: How long a mailed sign-in link works.
+LINK_LIFETIME: Final = timedelta(minutes=15)
 
 
 def new_secret() -> str:
@@ -126,14 +129,88 @@ def end_flow(uow: UnitOfWork, flow: SignInFlow) -> None:
     uow.session.flush()
 
 
-def purge_expired(uow: UnitOfWork, idle: timedelta) -> int:
-    """Delete sessions and flows that can no longer be used (the worker's housekeeping)."""
+def create_link(uow: UnitOfWork, person_id: int, return_to: str | None) -> tuple[SignInLink, str]:
+    """A new sign-in link for the person and its token (returned once, stored hashed)."""
+    secret = new_secret()
+    link = SignInLink(
+        token_hash=digest(secret),
+        person_id=person_id,
+        return_to=return_to,
+        created_at=uow.now,
+        expires_at=uow.now + LINK_LIFETIME,
+    )
+    uow.session.add(link)
+    uow.session.flush()
+    return link, secret
+
+
+def usable_link(uow: UnitOfWork, secret: str) -> SignInLink | None:
+    """The link this token names, if it is unused and unexpired (reading only)."""
+    if not secret or len(secret) > MAX_SECRET_CHARS:
+        return None
+    link = uow.session.scalars(
+        select(SignInLink).where(SignInLink.token_hash == digest(secret))
+    ).first()
+    if link is None or link.used_at is not None or link.expires_at <= uow.now:
+        return None
+    return link
+
+
+def spend_link(uow: UnitOfWork, secret: str) -> SignInLink | None:
+    """Use the link once: a conditional UPDATE, so of two simultaneous posts only one wins."""
+    link = usable_link(uow, secret)
+    if link is None:
+        return None
+    spent = uow.session.execute(
+        update(SignInLink)
+        .where(
+            SignInLink.id == link.id,
+            SignInLink.used_at.is_(None),
+            SignInLink.expires_at > uow.now,
+        )
+        .values(used_at=uow.now)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(spent, "rowcount", 0):
+        return None
+    return link
+
+
+def count_attempt(uow: UnitOfWork, key: str, window: timedelta) -> tuple[int, datetime]:
+    """Count one attempt for `key` in its fixed window (a new window once the last one is over):
+    the attempts so far in this window and when it started. One statement, so processes that
+    count at once never lose an attempt."""
+    table = SignInCounter.__table__
+    stamp = literal(uow.now, type_=table.c.window_start.type)
+    over = table.c.window_start <= uow.now - window
+    dialect = postgresql if uow.dialect == "postgresql" else sqlite
+    statement = (
+        dialect.insert(table)
+        .values(key=key, window_start=uow.now, attempts=1)
+        .on_conflict_do_update(
+            index_elements=[table.c.key],
+            set_={
+                "attempts": case((over, 1), else_=table.c.attempts + 1),
+                "window_start": case((over, stamp), else_=table.c.window_start),
+            },
+        )
+        .returning(table.c.attempts, table.c.window_start)
+    )
+    attempts, started = uow.session.execute(statement).one()
+    return int(attempts), started
+
+
+def purge_expired(uow: UnitOfWork, idle: timedelta, attempt_window: timedelta) -> int:
+    """Delete sessions, flows, links and attempt counters that can no longer matter (the
+    worker's housekeeping)."""
     removed = 0
     for statement in (
         delete(PortalSession).where(
             (PortalSession.expires_at <= uow.now) | (PortalSession.last_seen_at <= uow.now - idle)
         ),
         delete(SignInFlow).where(SignInFlow.expires_at <= uow.now),
+        delete(SignInLink).where(SignInLink.expires_at <= uow.now),
+        delete(SignInCounter).where(SignInCounter.window_start <= uow.now - attempt_window),
     ):
         result = uow.session.execute(statement.execution_options(synchronize_session=False))
         removed += int(getattr(result, "rowcount", 0) or 0)

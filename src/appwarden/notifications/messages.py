@@ -415,6 +415,43 @@ def _device_view(device: DeviceLine, context: NoticeContext, person_due: datetim
 
 
 # ---------------------------------------------------------------------------------------------
+# Sign-in mail (not a notice: its templates are not among the notice templates, whose digest an
+# approval binds, and a policy cannot name them)
+
+SIGN_IN_DIR = Path(__file__).parent / "sign_in"
+
+
+@dataclass(frozen=True, slots=True)
+class SignInContext:
+    person_name: str
+    time_zone: str
+    link: str  # the one-time sign-in URL
+    expires_at: datetime  # aware
+    organisation: str = "Example Corp"
+
+
+def render_sign_in(context: SignInContext) -> RenderedMessage:
+    """The sign-in mail: the link, and until when it works, in the person's zone."""
+    environment = _environment(SIGN_IN_DIR)
+    values = {
+        "person_name": context.person_name,
+        "time_zone": context.time_zone,
+        "link": context.link,
+        "expires_at": context.expires_at,
+        "expires_text": format_instant(context.expires_at, context.time_zone),
+        "organisation": context.organisation,
+    }
+    subject_template, text_template, html_template = (
+        environment.get_template(file) for file in TEMPLATE_FILES
+    )
+    subject = _one_line(subject_template.render(values))
+    values["subject"] = subject
+    text = _tidy(text_template.render(values))
+    html = _tidy(html_template.render(values))
+    return RenderedMessage(subject=subject, text=text, html=html)
+
+
+# ---------------------------------------------------------------------------------------------
 # The email
 
 
@@ -437,12 +474,13 @@ def build_email(
     recipient: str,
     message_id: str,
     kind: str,
-    policy_id: str,
-    notice_id: int,
+    policy_id: str | None,
+    notice_id: int | None,
     in_reply_to: str | None = None,
     sent_at: datetime | None = None,
 ) -> EmailMessage:
-    """A multipart/alternative email (text, then HTML) carrying a rendered notice.
+    """A multipart/alternative email (text, then HTML) carrying a rendered notice (or, without a
+    policy and a notice id, other mail: a sign-in link).
 
     `message_id` and `in_reply_to` are "<...>" ids used exactly as given; `sent_at` (the Date
     header) defaults to now.
@@ -463,8 +501,10 @@ def build_email(
     # Exchange and Outlook: no out-of-office or other automatic replies to a notice.
     email["X-Auto-Response-Suppress"] = "All"
     email["X-Appwarden-Kind"] = kind
-    email["X-Appwarden-Policy"] = policy_id
-    email["X-Appwarden-Notice-Id"] = str(notice_id)
+    if policy_id is not None:
+        email["X-Appwarden-Policy"] = policy_id
+    if notice_id is not None:
+        email["X-Appwarden-Notice-Id"] = str(notice_id)
     email.set_content(message.text)
     email.add_alternative(message.html, subtype="html")
     return email

@@ -54,6 +54,7 @@ class NoticeConfig:
     portal_url: str = "http://127.0.0.1:8000/me/"
     organisation: str = "Example Corp"
     default_time_zone: str = "UTC"
+    public_url: str = "http://127.0.0.1:8000"  # the origin links in mail start with
 
 
 @dataclass(frozen=True)

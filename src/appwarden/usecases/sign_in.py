@@ -9,6 +9,7 @@ kept (`safe_return_to`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,10 +18,14 @@ from urllib.parse import unquote, urlsplit
 
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
+from appwarden.errors import TooManyAttempts
 from appwarden.identity import sessions
 from appwarden.identity.models import Person
-from appwarden.identity.service import permissions_of
+from appwarden.identity.service import normalise_email, permissions_of, person_by_address
+from appwarden.notifications.messages import SignInContext, render_sign_in
+from appwarden.notifications.service import Rendered, enqueue_mail
 from appwarden.settings import Settings
+from appwarden.usecases.notices import NoticeConfig
 from appwarden.vocabulary import ROLE_METHODS, Permission, PersonStatus, SignInMethod
 
 HOME: Final = "/me/"
@@ -35,12 +40,19 @@ class SessionRules:
     lifetime: timedelta  # absolute
     idle: timedelta  # unused this long, it ends
     flow_lifetime: timedelta = timedelta(minutes=30)
+    # Sign-in attempts (email links, passwords) allowed per address and per client in a window.
+    per_address: int = 5
+    per_client: int = 20
+    attempt_window: timedelta = timedelta(minutes=15)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionRules:
         return cls(
             lifetime=timedelta(hours=settings.session_hours),
             idle=timedelta(minutes=settings.session_idle_minutes),
+            per_address=settings.sign_in_per_address,
+            per_client=settings.sign_in_per_client,
+            attempt_window=timedelta(minutes=settings.sign_in_window_minutes),
         )
 
 
@@ -180,4 +192,110 @@ def open_session(
 
 def housekeeping(uow: UnitOfWork, rules: SessionRules) -> int:
     """Delete what can no longer sign anyone in (the worker runs it on every pass)."""
-    return sessions.purge_expired(uow, rules.idle)
+    return sessions.purge_expired(uow, rules.idle, rules.attempt_window)
+
+
+# ── rate limits ───────────────────────────────────────────────────────────────────────────────
+
+
+def _key(kind: str, value: str) -> str:
+    """A counter's key: what is counted, hashed (the table holds no address)."""
+    return f"{kind}:{hashlib.sha256(value.encode()).hexdigest()[:64]}"
+
+
+def count_attempt(uow: UnitOfWork, address: str, client: str | None, rules: SessionRules) -> None:
+    """Count a sign-in attempt for this address and this client; TooManyAttempts once either
+    is over its limit in the window (whether or not the address belongs to anyone)."""
+    for key, limit in (
+        (_key("address", normalise_email(address)), rules.per_address),
+        (_key("client", client or "unknown"), rules.per_client),
+    ):
+        attempts, started = sessions.count_attempt(uow, key, rules.attempt_window)
+        if attempts > limit:
+            wait = started + rules.attempt_window - uow.now
+            raise TooManyAttempts(
+                "Too many sign-in attempts. Please wait a few minutes, then try again.",
+                retry_after=int(wait.total_seconds()) + 1,
+            )
+
+
+# ── email links ───────────────────────────────────────────────────────────────────────────────
+
+SIGN_IN_PURPOSE: Final = "sign-in"
+MAX_ADDRESS_CHARS: Final = 254
+
+
+def looks_like_address(value: str) -> bool:
+    value = value.strip()
+    local, at, domain = value.rpartition("@")
+    return (
+        bool(at and local and "." in domain)
+        and len(value) <= MAX_ADDRESS_CHARS
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    )
+
+
+def request_link(
+    uow: UnitOfWork,
+    address: str,
+    *,
+    client: str | None,
+    return_to: str | None,
+    rules: SessionRules,
+    config: NoticeConfig,
+) -> bool:
+    """Someone asks for a sign-in link for `address`. Counted against the address and the client
+    first (TooManyAttempts past a limit); then, only if the address is an active person's, a
+    link is made and its mail queued in the outbox's mail lane. The caller answers the same
+    whatever this returns (True: a mail was queued), so nobody learns who works here."""
+    count_attempt(uow, address, client, rules)
+    person = person_by_address(uow, address)
+    if person is None or person.status != PersonStatus.ACTIVE:
+        return False
+    link, secret = sessions.create_link(uow, person.id, safe_return_to(return_to))
+    rendered = render_sign_in(
+        SignInContext(
+            person_name=person.display_name or person.email,
+            time_zone=person.time_zone or config.default_time_zone,
+            link=f"{config.public_url}/auth/link/{secret}",
+            expires_at=link.expires_at,
+            organisation=config.organisation,
+        )
+    )
+    enqueue_mail(
+        uow,
+        purpose=SIGN_IN_PURPOSE,
+        person_id=person.id,
+        address=person.email,
+        rendered=Rendered(rendered.subject, rendered.text, rendered.html),
+        domain=config.domain,
+        expires_at=link.expires_at,
+    )
+    return True
+
+
+def link_usable(uow: UnitOfWork, token: str) -> bool:
+    """Would this link sign someone in now? Reading only: a GET never spends a link."""
+    return sessions.usable_link(uow, token) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    secret: str  # the new session's cookie secret
+    return_to: str
+
+
+def spend_link(
+    uow: UnitOfWork, token: str, rules: SessionRules, *, flow_secret: str | None
+) -> SignedIn | None:
+    """Spend the link (once) and open an `email` session for its person; None when the link is
+    unknown, used or expired, or its person is no longer active."""
+    link = sessions.spend_link(uow, token)
+    if link is None:
+        return None
+    person = uow.session.get(Person, link.person_id)
+    if person is None or person.status != PersonStatus.ACTIVE:
+        return None
+    secret = open_session(uow, person.id, SignInMethod.EMAIL, rules, flow_secret=flow_secret)
+    return SignedIn(secret, safe_return_to(link.return_to))

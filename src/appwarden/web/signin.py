@@ -15,18 +15,22 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from appwarden.errors import NotFound
 from appwarden.usecases import sign_in
-from appwarden.usecases.sign_in import Flow
+from appwarden.usecases.sign_in import Flow, SignedIn
 from appwarden.web import Runtime
 from appwarden.web.auth import runtime_of
 from appwarden.web.pages import page, redirect
 from appwarden.web.sessions import (
+    CsrfRefused,
     check_csrf,
     clear_cookie,
+    client_of,
     flow_cookie,
     read_form,
     session_cookie,
     set_flow_cookie,
+    set_session_cookie,
 )
 
 
@@ -63,20 +67,120 @@ def with_flow(response: Response, runtime: Runtime, started: Started) -> Respons
     return response
 
 
-async def sign_in_page(request: Request) -> Response:
-    """The ways in that this installation offers. `?next=PATH` names the page to return to
-    (kept server-side, and only when it is a local portal path)."""
+def _posted_flow(runtime: Runtime, secret: str, csrf: str) -> Flow:
+    """The flow a sign-in form was posted from; CsrfRefused without its cookie and token."""
+    with runtime.uow(runtime.now(), write=False) as uow:
+        flow = sign_in.flow_of(uow, secret) if secret else None
+    if flow is None:
+        raise CsrfRefused("the sign-in form was posted without its flow")
+    check_csrf({"csrf": csrf}, flow.csrf_token)
+    return flow
+
+
+async def posted_flow(request: Request, form: dict[str, str]) -> tuple[Flow, str]:
     runtime = runtime_of(request)
-    started = await ensure_flow(request, request.query_params.get("next"))
+    secret = request.cookies.get(flow_cookie(runtime.settings), "")
+    flow = await run_in_threadpool(_posted_flow, runtime, secret, form.get("csrf", ""))
+    return flow, secret
+
+
+def _sign_in_values(runtime: Runtime, flow: Flow) -> dict[str, object]:
     settings = runtime.settings
-    values = {
-        "csrf": started.flow.csrf_token,
+    return {
+        "csrf": flow.csrf_token,
         "oidc": settings.oidc_name if settings.oidc_enabled else None,
         "email_links": not settings.oidc_enabled,
         "email": "",
         "problem": None,
     }
+
+
+async def sign_in_page(request: Request) -> Response:
+    """The ways in that this installation offers. `?next=PATH` names the page to return to
+    (kept server-side, and only when it is a local portal path)."""
+    runtime = runtime_of(request)
+    started = await ensure_flow(request, request.query_params.get("next"))
+    values = _sign_in_values(runtime, started.flow)
     return with_flow(page(request, "sign_in.html", values), runtime, started)
+
+
+# ── email links ───────────────────────────────────────────────────────────────────────────────
+
+
+def _request_link(runtime: Runtime, address: str, client: str | None, return_to: str) -> bool:
+    with runtime.uow(runtime.now()) as uow:
+        return sign_in.request_link(
+            uow,
+            address,
+            client=client,
+            return_to=return_to,
+            rules=runtime.session_rules,
+            config=runtime.notice_config,
+        )
+
+
+async def request_email_link(request: Request) -> Response:
+    """Mail a sign-in link to an active person with this address. Every well-formed address
+    gets the same answer (a redirect to "check your email"), known or not; past the rate limits,
+    429 for any address."""
+    runtime = runtime_of(request)
+    if runtime.settings.oidc_enabled:
+        raise NotFound("sign-in links are off: this installation signs in with OIDC")
+    form = await read_form(request)
+    flow, _ = await posted_flow(request, form)
+    address = form.get("email", "").strip()
+    if not sign_in.looks_like_address(address):
+        values = {
+            **_sign_in_values(runtime, flow),
+            "email": address[:254],
+            "problem": "Enter your work email address, like name@example.com.",
+        }
+        return page(request, "sign_in.html", values, status=422)
+    queued = await run_in_threadpool(
+        _request_link, runtime, address, client_of(request), flow.return_to
+    )
+    worker = getattr(request.app.state, "worker", None)
+    if queued and worker is not None:
+        worker.wake()  # the embedded worker sends it now, not at its next interval
+    return redirect("/auth/check-email")
+
+
+async def check_email(request: Request) -> Response:
+    return page(request, "check_email.html")
+
+
+def _link_usable(runtime: Runtime, token: str) -> bool:
+    with runtime.uow(runtime.now(), write=False) as uow:
+        return sign_in.link_usable(uow, token)
+
+
+async def link_page(request: Request, token: str) -> Response:
+    """The page a mailed link opens: a "Sign in" button. Opening it spends nothing (mail
+    scanners open links too); only the button's POST does."""
+    runtime = runtime_of(request)
+    started = await ensure_flow(request)
+    if not await run_in_threadpool(_link_usable, runtime, token):
+        return with_flow(page(request, "link_invalid.html", status=400), runtime, started)
+    values = {"csrf": started.flow.csrf_token, "token": token}
+    return with_flow(page(request, "link.html", values), runtime, started)
+
+
+def _spend(runtime: Runtime, token: str, flow_secret: str) -> SignedIn | None:
+    with runtime.uow(runtime.now()) as uow:
+        return sign_in.spend_link(uow, token, runtime.session_rules, flow_secret=flow_secret)
+
+
+async def use_link(request: Request) -> Response:
+    """Spend the link (once) and sign in; then the page the flow was asked from."""
+    runtime = runtime_of(request)
+    form = await read_form(request)
+    _, flow_secret = await posted_flow(request, form)
+    signed = await run_in_threadpool(_spend, runtime, form.get("token", ""), flow_secret)
+    if signed is None:
+        return page(request, "link_invalid.html", status=400)
+    response = redirect(signed.return_to)
+    set_session_cookie(response, runtime, signed.secret)
+    return response
 
 
 def _sign_out(runtime: Runtime, secret: str, csrf: str) -> None:
@@ -108,5 +212,9 @@ async def signed_out(request: Request) -> Response:
 
 def install(app: FastAPI) -> None:
     app.add_api_route("/auth/sign-in", sign_in_page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/auth/email", request_email_link, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/auth/check-email", check_email, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/auth/link/{token}", link_page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/auth/link", use_link, methods=["POST"], include_in_schema=False)
     app.add_api_route("/auth/sign-out", sign_out, methods=["POST"], include_in_schema=False)
     app.add_api_route("/auth/signed-out", signed_out, methods=["GET"], include_in_schema=False)

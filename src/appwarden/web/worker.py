@@ -30,6 +30,7 @@ class EmbeddedWorker:
         )
         self._delivery = delivery
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set: run the next pass now (a sign-in mail waits)
         self._thread: threading.Thread | None = None
         self.passes = 0
 
@@ -70,7 +71,12 @@ class EmbeddedWorker:
                         result.delivery.sent,
                         result.delivery.webhooks,
                     )
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Run the next pass now rather than at the next interval: someone waits for a mail."""
+        self._wake.set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -85,6 +91,7 @@ class EmbeddedWorker:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
