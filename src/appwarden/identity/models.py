@@ -145,3 +145,18 @@ class SignInCounter(Base):
     key: Mapped[str] = mapped_column(String(80), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(index=True)
     attempts: Mapped[int]
+
+
+class PersonIdentity(Base):
+    """A person's account at the OIDC provider, kept after their first sign-in with it: later
+    sign-ins match the (issuer, subject) pair, whatever email the provider then sends."""
+
+    __tablename__ = "person_identity"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(500))
+    subject: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    last_sign_in_at: Mapped[datetime]

@@ -16,7 +16,13 @@ from sqlalchemy import case, delete, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from appwarden.db.uow import UnitOfWork
-from appwarden.identity.models import PortalSession, SignInCounter, SignInFlow, SignInLink
+from appwarden.identity.models import (
+    PersonIdentity,
+    PortalSession,
+    SignInCounter,
+    SignInFlow,
+    SignInLink,
+)
 
 #: The longest cookie value looked up: a secret is 43 characters; anything longer names nothing.
 MAX_SECRET_CHARS: Final = 100
@@ -198,6 +204,37 @@ def count_attempt(uow: UnitOfWork, key: str, window: timedelta) -> tuple[int, da
     )
     attempts, started = uow.session.execute(statement).one()
     return int(attempts), started
+
+
+def identity(uow: UnitOfWork, issuer: str, subject: str) -> PersonIdentity | None:
+    return uow.session.scalars(
+        select(PersonIdentity).where(
+            PersonIdentity.issuer == issuer, PersonIdentity.subject == subject
+        )
+    ).first()
+
+
+def identities_at(uow: UnitOfWork, person_id: int, issuer: str) -> list[PersonIdentity]:
+    return list(
+        uow.session.scalars(
+            select(PersonIdentity).where(
+                PersonIdentity.person_id == person_id, PersonIdentity.issuer == issuer
+            )
+        )
+    )
+
+
+def keep_identity(uow: UnitOfWork, person_id: int, issuer: str, subject: str) -> PersonIdentity:
+    kept = PersonIdentity(
+        person_id=person_id,
+        issuer=issuer,
+        subject=subject,
+        created_at=uow.now,
+        last_sign_in_at=uow.now,
+    )
+    uow.session.add(kept)
+    uow.session.flush()
+    return kept
 
 
 def purge_expired(uow: UnitOfWork, idle: timedelta, attempt_window: timedelta) -> int:

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
-from appwarden.errors import TooManyAttempts
+from appwarden.errors import PermissionDenied, TooManyAttempts
 from appwarden.identity import sessions
 from appwarden.identity.models import Person
 from appwarden.identity.service import normalise_email, permissions_of, person_by_address
@@ -299,3 +299,93 @@ def spend_link(
         return None
     secret = open_session(uow, person.id, SignInMethod.EMAIL, rules, flow_secret=flow_secret)
     return SignedIn(secret, safe_return_to(link.return_to))
+
+
+# ── OpenID Connect ────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class OidcRequest:
+    """What one authorisation request sent, kept with its flow until the answer comes back."""
+
+    state: str
+    nonce: str
+    verifier: str  # the PKCE code verifier
+
+
+@dataclass(frozen=True, slots=True)
+class OidcClaims:
+    """What a verified ID token says (signature, audience, expiry and nonce already checked)."""
+
+    issuer: str
+    subject: str
+    email: str | None
+    email_verified: bool  # only a JSON `true` counts
+
+
+def start_oidc(uow: UnitOfWork, flow_secret: str) -> OidcRequest | None:
+    """New state, nonce and PKCE verifier for the browser's flow (None: it has no live flow)."""
+    flow = sessions.live_flow(uow, flow_secret)
+    if flow is None:
+        return None
+    request = OidcRequest(sessions.new_secret(), sessions.new_secret(), sessions.new_secret())
+    flow.oidc_state, flow.oidc_nonce, flow.oidc_verifier = (
+        request.state,
+        request.nonce,
+        request.verifier,
+    )
+    return request
+
+
+def expected_oidc(uow: UnitOfWork, flow_secret: str) -> OidcRequest | None:
+    """The request the browser's flow sent, to check the answer against."""
+    flow = sessions.live_flow(uow, flow_secret)
+    if flow is None or not (flow.oidc_state and flow.oidc_nonce and flow.oidc_verifier):
+        return None
+    return OidcRequest(flow.oidc_state, flow.oidc_nonce, flow.oidc_verifier)
+
+
+def _oidc_person(uow: UnitOfWork, claims: OidcClaims, issuer: str) -> Person:
+    """The person these claims name: by the kept (issuer, subject) pair; else, the first time,
+    by an email the configured issuer says it verified (and then the pair is kept)."""
+    if claims.issuer != issuer:
+        raise PermissionDenied("the sign-in came from another issuer than the one configured")
+    kept = sessions.identity(uow, issuer, claims.subject)
+    if kept is not None:
+        kept.last_sign_in_at = uow.now
+        person = uow.session.get(Person, kept.person_id)
+        assert person is not None  # the row goes with its person (ON DELETE CASCADE)
+        return person
+    if not claims.email_verified or not claims.email:
+        raise PermissionDenied("your sign-in provider did not confirm that it verified your email")
+    person = person_by_address(uow, claims.email)
+    if person is None:
+        raise PermissionDenied("nobody here has the email address your sign-in provider gave")
+    if sessions.identities_at(uow, person.id, issuer):
+        raise PermissionDenied(
+            "this person already signs in with another account of the provider; an "
+            "administrator has to sort this out"
+        )
+    sessions.keep_identity(uow, person.id, issuer, claims.subject)
+    record(
+        uow,
+        action="identity.link",
+        object_type="person",
+        object_id=person.email,
+        after={"issuer": issuer, "subject": claims.subject},
+    )
+    return person
+
+
+def oidc_sign_in(
+    uow: UnitOfWork, claims: OidcClaims, *, issuer: str, rules: SessionRules, flow_secret: str
+) -> SignedIn:
+    """Open an `oidc` session for the person the claims name (PermissionDenied, saying why,
+    when they name nobody here or came from elsewhere); then the flow's page to return to."""
+    person = _oidc_person(uow, claims, issuer)
+    if person.status != PersonStatus.ACTIVE:
+        raise PermissionDenied("this person is no longer active here")
+    flow = flow_of(uow, flow_secret)
+    return_to = flow.return_to if flow is not None else HOME
+    secret = open_session(uow, person.id, SignInMethod.OIDC, rules, flow_secret=flow_secret)
+    return SignedIn(secret, return_to)

@@ -76,6 +76,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
             await run_in_threadpool(live.stop)
             await run_in_threadpool(gate_.store_path.stop)
             await run_in_threadpool(checkpointer.stop)
+            if app.state.oidc is not None:
+                app.state.oidc.close()
             runtime.close()
 
     app = _Application(

@@ -9,18 +9,22 @@ ever stored (`usecases.sign_in.safe_return_to`).
 
 from __future__ import annotations
 
+import hmac
+import logging
+import re
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
-from appwarden.errors import NotFound
+from appwarden.errors import NotFound, PermissionDenied
 from appwarden.usecases import sign_in
-from appwarden.usecases.sign_in import Flow, SignedIn
+from appwarden.usecases.sign_in import Flow, OidcClaims, OidcRequest, SignedIn
 from appwarden.web import Runtime
 from appwarden.web.auth import runtime_of
-from appwarden.web.pages import page, redirect
+from appwarden.web.oidc import OidcClient, OidcFailed
+from appwarden.web.pages import PAGE_HEADERS, page, redirect
 from appwarden.web.sessions import (
     CsrfRefused,
     check_csrf,
@@ -210,11 +214,98 @@ async def signed_out(request: Request) -> Response:
     return page(request, "signed_out.html")
 
 
+# ── OpenID Connect ────────────────────────────────────────────────────────────────────────────
+
+log = logging.getLogger("appwarden.web")
+_ERROR_CODE = re.compile(r"[a-z_]{1,40}")
+
+
+def oidc_of(request: Request) -> OidcClient:
+    client = getattr(request.app.state, "oidc", None)
+    if client is None:
+        raise NotFound("single sign-on is not configured here")
+    assert isinstance(client, OidcClient)
+    return client
+
+
+def _start_oidc(runtime: Runtime, flow_secret: str) -> OidcRequest:
+    with runtime.uow(runtime.now()) as uow:
+        started = sign_in.start_oidc(uow, flow_secret)
+    assert started is not None  # the flow was made or found just before
+    return started
+
+
+async def oidc_start(request: Request) -> Response:
+    """Send the browser to the provider (authorisation code flow, PKCE, state and nonce kept
+    with this browser's flow)."""
+    runtime = runtime_of(request)
+    client = oidc_of(request)
+    started = await ensure_flow(request, request.query_params.get("next"))
+    expected = await run_in_threadpool(_start_oidc, runtime, started.secret)
+    try:
+        url = await run_in_threadpool(client.authorization_url, expected)
+    except OidcFailed as exc:
+        log.warning("single sign-on unavailable: %s", exc)
+        raise PermissionDenied(f"Single sign-on is not available right now: {exc}.") from None
+    response = RedirectResponse(url, status_code=303, headers=dict(PAGE_HEADERS))
+    return with_flow(response, runtime, started)
+
+
+def _expected(runtime: Runtime, flow_secret: str) -> OidcRequest | None:
+    with runtime.uow(runtime.now(), write=False) as uow:
+        return sign_in.expected_oidc(uow, flow_secret)
+
+
+def _oidc_sign_in(runtime: Runtime, claims: OidcClaims, flow_secret: str) -> SignedIn:
+    issuer = runtime.settings.oidc_issuer
+    assert issuer is not None
+    with runtime.uow(runtime.now()) as uow:
+        return sign_in.oidc_sign_in(
+            uow, claims, issuer=issuer, rules=runtime.session_rules, flow_secret=flow_secret
+        )
+
+
+async def oidc_callback(request: Request) -> Response:
+    """The provider's answer: the state must be this browser's, the code is exchanged and the ID
+    token checked (web.oidc), and the person it names is signed in (usecases.sign_in)."""
+    runtime = runtime_of(request)
+    client = oidc_of(request)
+    flow_secret = request.cookies.get(flow_cookie(runtime.settings), "")
+    expected = await run_in_threadpool(_expected, runtime, flow_secret) if flow_secret else None
+    params = request.query_params
+    if expected is None or not hmac.compare_digest(
+        params.get("state", "").encode(), expected.state.encode()
+    ):
+        raise PermissionDenied(
+            "This sign-in answer does not belong to a sign-in started in this browser, or it "
+            "has expired. Start again."
+        )
+    error = params.get("error")
+    if error is not None or not params.get("code"):
+        shown = error if error and _ERROR_CODE.fullmatch(error) else "no code"
+        raise PermissionDenied(f"The sign-in provider did not sign you in ({shown}).")
+    try:
+        claims = await run_in_threadpool(client.exchange, params["code"], expected)
+    except OidcFailed as exc:
+        log.warning("single sign-on refused: %s", exc)
+        raise PermissionDenied(f"We could not sign you in: {exc}.") from None
+    signed = await run_in_threadpool(_oidc_sign_in, runtime, claims, flow_secret)
+    response = redirect(signed.return_to)
+    set_session_cookie(response, runtime, signed.secret)
+    return response
+
+
 def install(app: FastAPI) -> None:
     app.add_api_route("/auth/sign-in", sign_in_page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/auth/email", request_email_link, methods=["POST"], include_in_schema=False)
     app.add_api_route("/auth/check-email", check_email, methods=["GET"], include_in_schema=False)
     app.add_api_route("/auth/link/{token}", link_page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/auth/link", use_link, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/auth/oidc/start", oidc_start, methods=["GET"], include_in_schema=False)
+    app.add_api_route(
+        "/auth/oidc/callback", oidc_callback, methods=["GET"], include_in_schema=False
+    )
+    settings = app.state.runtime.settings
+    app.state.oidc = OidcClient(settings) if settings.oidc_enabled else None
     app.add_api_route("/auth/sign-out", sign_out, methods=["POST"], include_in_schema=False)
     app.add_api_route("/auth/signed-out", signed_out, methods=["GET"], include_in_schema=False)
