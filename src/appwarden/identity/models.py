@@ -160,3 +160,17 @@ class PersonIdentity(Base):
     subject: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
     last_sign_in_at: Mapped[datetime]
+
+
+class AdminPassword(Base):
+    """An admin's local password, as an argon2id hash (`appwarden admin create EMAIL --role R
+    --password-stdin`). Sign-in with it opens a session that carries the person's roles."""
+
+    __tablename__ = "admin_password"
+
+    person_id: Mapped[int] = mapped_column(
+        ForeignKey("person.id", ondelete="CASCADE"), primary_key=True
+    )
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import PermissionDenied, TooManyAttempts
-from appwarden.identity import sessions
+from appwarden.identity import passwords, sessions
 from appwarden.identity.models import Person
 from appwarden.identity.service import normalise_email, permissions_of, person_by_address
 from appwarden.notifications.messages import SignInContext, render_sign_in
@@ -299,6 +299,34 @@ def spend_link(
         return None
     secret = open_session(uow, person.id, SignInMethod.EMAIL, rules, flow_secret=flow_secret)
     return SignedIn(secret, safe_return_to(link.return_to))
+
+
+# ── admin passwords ───────────────────────────────────────────────────────────────────────────
+
+
+def password_sign_in(
+    uow: UnitOfWork,
+    address: str,
+    password: str,
+    *,
+    client: str | None,
+    rules: SessionRules,
+    flow_secret: str,
+) -> SignedIn | None:
+    """Sign an admin in with their password: a `password` session, which carries their roles.
+    Counted like an email link (TooManyAttempts past a limit); None, with the attempt counted
+    and committed, for a wrong address or password, or someone who is no longer active."""
+    count_attempt(uow, address, client, rules)
+    person = person_by_address(uow, address)
+    if not passwords.verify(uow, person, password):
+        return None
+    assert person is not None
+    if person.status != PersonStatus.ACTIVE:
+        return None
+    flow = flow_of(uow, flow_secret)
+    return_to = flow.return_to if flow is not None else HOME
+    secret = open_session(uow, person.id, SignInMethod.PASSWORD, rules, flow_secret=flow_secret)
+    return SignedIn(secret, return_to)
 
 
 # ── OpenID Connect ────────────────────────────────────────────────────────────────────────────

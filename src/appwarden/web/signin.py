@@ -214,6 +214,57 @@ async def signed_out(request: Request) -> Response:
     return page(request, "signed_out.html")
 
 
+# ── admin passwords ───────────────────────────────────────────────────────────────────────────
+
+
+async def password_page(request: Request) -> Response:
+    runtime = runtime_of(request)
+    started = await ensure_flow(request, request.query_params.get("next"))
+    values = {"csrf": started.flow.csrf_token, "email": "", "problem": None}
+    return with_flow(page(request, "password.html", values), runtime, started)
+
+
+def _password_sign_in(
+    runtime: Runtime, address: str, password: str, client: str | None, flow_secret: str
+) -> SignedIn | None:
+    with runtime.uow(runtime.now()) as uow:
+        return sign_in.password_sign_in(
+            uow,
+            address,
+            password,
+            client=client,
+            rules=runtime.session_rules,
+            flow_secret=flow_secret,
+        )
+
+
+async def password_sign_in(request: Request) -> Response:
+    """An admin's address and password: a session carrying their roles. A wrong address and a
+    wrong password get the same answer; both count against the rate limits."""
+    runtime = runtime_of(request)
+    form = await read_form(request)
+    flow, flow_secret = await posted_flow(request, form)
+    address = form.get("email", "").strip()[:254]
+    signed = await run_in_threadpool(
+        _password_sign_in,
+        runtime,
+        address,
+        form.get("password", ""),
+        client_of(request),
+        flow_secret,
+    )
+    if signed is None:
+        values = {
+            "csrf": flow.csrf_token,
+            "email": address,
+            "problem": "That address and password do not match an administrator here.",
+        }
+        return page(request, "password.html", values, status=403)
+    response = redirect(signed.return_to)
+    set_session_cookie(response, runtime, signed.secret)
+    return response
+
+
 # ── OpenID Connect ────────────────────────────────────────────────────────────────────────────
 
 log = logging.getLogger("appwarden.web")
@@ -301,6 +352,8 @@ def install(app: FastAPI) -> None:
     app.add_api_route("/auth/check-email", check_email, methods=["GET"], include_in_schema=False)
     app.add_api_route("/auth/link/{token}", link_page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/auth/link", use_link, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/auth/password", password_page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/auth/password", password_sign_in, methods=["POST"], include_in_schema=False)
     app.add_api_route("/auth/oidc/start", oidc_start, methods=["GET"], include_in_schema=False)
     app.add_api_route(
         "/auth/oidc/callback", oidc_callback, methods=["GET"], include_in_schema=False
