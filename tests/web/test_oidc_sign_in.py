@@ -97,7 +97,7 @@ def test_a_verified_email_signs_in_and_the_subject_is_kept(store, app, provider)
     }
     again = https_client(app)
     assert sign_in_with_sso(again).status_code == 303
-    assert "Alice Adams" in again.get("/me/").text
+    assert "Alice&#39;s iPhone" in again.get("/me/").text
 
 
 def test_the_page_asked_for_is_where_single_sign_on_returns(app):

@@ -54,6 +54,9 @@ EXPECTED = {
 PAGES = {
     ("GET", "/me/"): "session",
     ("GET", "/admin/"): "session:read",
+    ("GET", "/me/devices/{device}"): "session",
+    ("POST", "/me/devices/{device}/exemptions"): "session",
+    ("GET", "/me/data"): "session",
 }
 
 
