@@ -141,7 +141,6 @@ class Services:
         return NoticeConfig(
             catalog=self.catalog,
             domain=settings.mail_domain,
-            portal_url=settings.portal_url,
             organisation=settings.organisation,
             default_time_zone=settings.default_time_zone,
             public_url=settings.public_url,

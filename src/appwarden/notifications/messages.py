@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
@@ -99,6 +100,9 @@ class DeviceLine:
     variant: str  # violating | unverified | exempt | compliant
     apps_found: tuple[str, ...] = ()  # human names of what was found, for `violating`
     due: datetime | None = None  # this device's own due time (aware)
+    # The device's id: its line links `{portal_url}devices/{id}?policy=…`, the page the portal
+    # shows its owner alone (anyone else gets a 404, so a forwarded mail opens nothing).
+    device_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,7 @@ class DeviceView:
     pronoun: str  # "it" or "them", for `apps`
     due_text: str | None  # this device's due, when the caller gave one
     own_due_text: str | None  # this device's due when it differs from the person's
+    url: str  # its page on the portal (the portal's home when the device has no id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +416,16 @@ def _device_view(device: DeviceLine, context: NoticeContext, person_due: datetim
         pronoun="them" if len(found) > 1 else "it",
         due_text=None if due is None else format_instant(due, context.time_zone),
         own_due_text=None if own_due is None else format_instant(own_due, context.time_zone),
+        url=device_url(context.portal_url, device.device_id, context.policy_id),
     )
+
+
+def device_url(portal_url: str, device_id: int | None, policy_id: str) -> str:
+    """A device's page on the portal, opened at the policy a notice is about: a plain deep link
+    (no per-person token: the portal asks whoever follows it to sign in)."""
+    if device_id is None:
+        return portal_url
+    return f"{portal_url}devices/{device_id}?policy={quote(policy_id, safe='')}"
 
 
 # ---------------------------------------------------------------------------------------------
