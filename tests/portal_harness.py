@@ -111,7 +111,9 @@ _LINK = re.compile(r"https://appwarden\.example\.com(/auth/link/[A-Za-z0-9_-]+)"
 def link_in(message: Any) -> str:
     """The sign-in link's path in a received mail (its text part)."""
     found = _LINK.search(message.get_body(preferencelist=("plain",)).get_content())
-    assert found, "no sign-in link in the mail"
+    assert found, (
+        f"no sign-in link in the mail: {message.get_body(preferencelist=('plain',)).get_content()}"
+    )
     return found.group(1)
 
 

@@ -350,3 +350,17 @@ def test_the_embedded_worker_sends_the_link_at_once(store, demo, clock, tmp_path
     assert [m["To"] for m in smtp_server.by_header("X-Appwarden-Kind", "sign-in")] == [
         "alice@example.com"
     ]
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(
+    store, app, browser, cli, clock, smtp_server
+):
+    for email in ("alice@example.com", "bob@example.com"):
+        ask_for_link(browser, email)
+        _deliver(cli, clock)
+        [mail] = [
+            m for m in smtp_server.by_header("To", email) if m["X-Appwarden-Kind"] == "sign-in"
+        ]
+        assert follow_link(browser, link_in(mail)).status_code == 303
+    [left] = _rows(store, PortalSession)
+    assert left.person_id == _person_id(store, "bob@example.com")

@@ -28,7 +28,7 @@ from appwarden.errors import InvalidInput, PermissionDenied, Problem
 from appwarden.settings import Settings
 from appwarden.usecases import sign_in
 from appwarden.usecases.sign_in import Visitor
-from appwarden.vocabulary import Permission
+from appwarden.vocabulary import ROLE_METHODS, Permission
 from appwarden.web import Runtime
 from appwarden.web.api import read_body
 from appwarden.web.auth import AUTHZ_KEY, PERSON_KEY, Guard, runtime_of
@@ -179,16 +179,12 @@ class SessionGuard(Guard):
 
 
 def _refusal(visitor: Visitor, permission: Permission) -> str:
-    if visitor.method not in ("oidc", "password"):
+    if visitor.method not in ROLE_METHODS:
         return (
             "This page needs an admin role, and a session opened by an email link never carries "
             "one. Sign out, then sign in with single sign-on or your admin password."
         )
     return f"Your roles do not include the permission this page needs ({permission})."
-
-
-def session(permission: Permission | None = None) -> SessionGuard:
-    return SessionGuard(permission)
 
 
 #: The dependency type of a page that needs a signed-in employee.

@@ -182,9 +182,7 @@ async def use_link(request: Request) -> Response:
     signed = await run_in_threadpool(_spend, runtime, form.get("token", ""), flow_secret)
     if signed is None:
         return page(request, "link_invalid.html", status=400)
-    response = redirect(signed.return_to)
-    set_session_cookie(response, runtime, signed.secret)
-    return response
+    return await signed_in(request, signed)
 
 
 def _sign_out(runtime: Runtime, secret: str, csrf: str) -> None:
@@ -207,6 +205,23 @@ async def sign_out(request: Request) -> Response:
         await run_in_threadpool(_sign_out, runtime, secret, form.get("csrf", ""))
     response = redirect("/auth/signed-out")
     clear_cookie(response, runtime.settings, session_cookie(runtime.settings))
+    return response
+
+
+def _end_session(runtime: Runtime, secret: str) -> None:
+    with runtime.uow(runtime.now()) as uow:
+        sign_in.sign_out(uow, secret)
+
+
+async def signed_in(request: Request, signed: SignedIn) -> Response:
+    """The answer to a successful sign-in: the new session's cookie, and the page to return to.
+    A session this browser still held ends (its row is deleted): one browser, one session."""
+    runtime = runtime_of(request)
+    previous = request.cookies.get(session_cookie(runtime.settings), "")
+    if previous:
+        await run_in_threadpool(_end_session, runtime, previous)
+    response = redirect(signed.return_to)
+    set_session_cookie(response, runtime, signed.secret)
     return response
 
 
@@ -260,9 +275,7 @@ async def password_sign_in(request: Request) -> Response:
             "problem": "That address and password do not match an administrator here.",
         }
         return page(request, "password.html", values, status=403)
-    response = redirect(signed.return_to)
-    set_session_cookie(response, runtime, signed.secret)
-    return response
+    return await signed_in(request, signed)
 
 
 # ── OpenID Connect ────────────────────────────────────────────────────────────────────────────
@@ -341,9 +354,7 @@ async def oidc_callback(request: Request) -> Response:
         log.warning("single sign-on refused: %s", exc)
         raise PermissionDenied(f"We could not sign you in: {exc}.") from None
     signed = await run_in_threadpool(_oidc_sign_in, runtime, claims, flow_secret)
-    response = redirect(signed.return_to)
-    set_session_cookie(response, runtime, signed.secret)
-    return response
+    return await signed_in(request, signed)
 
 
 def install(app: FastAPI) -> None:
