@@ -282,10 +282,11 @@ def start_upstream(body: bytes = b"mail upstream") -> Upstream:
 
 
 @contextmanager
-def serve_app(app: Any) -> Iterator[int]:
-    """Serve the ASGI `app` with uvicorn on a free 127.0.0.1 port (yielded) from a thread, as
-    `appwarden serve` runs it (`SERVER_OPTIONS`: the client is the socket's peer)."""
-    port = free_port()
+def serve_app(app: Any, port: int | None = None) -> Iterator[int]:
+    """Serve the ASGI `app` with uvicorn on `port` (default: a free 127.0.0.1 port), yielded,
+    from a thread, as `appwarden serve` runs it (`SERVER_OPTIONS`: the client is the socket's
+    peer)."""
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **SERVER_OPTIONS)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="appwarden", daemon=True)

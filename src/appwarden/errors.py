@@ -7,7 +7,8 @@ AppwardenError
 ├── Ambiguous           a bare device identifier that matches several devices (422)
 ├── Conflict            an illegal transition or a clash with stored state (409 / exit 4)
 │   └── IdentifierConflict  one report's identifiers point at two devices (quarantined)
-└── PermissionDenied    the actor may not do this (403 / exit 5)
+├── PermissionDenied    the actor may not do this (403 / exit 5)
+└── TooManyAttempts     a rate limit was reached; try again after `retry_after` seconds (429)
 """
 
 from __future__ import annotations
@@ -79,3 +80,12 @@ class IdentifierConflict(Conflict):
 class PermissionDenied(AppwardenError):
     exit_code = 5
     title = "permission denied"
+
+
+class TooManyAttempts(AppwardenError):
+    exit_code = 6
+    title = "too many attempts"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

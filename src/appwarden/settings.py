@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from appwarden.errors import InvalidInput
@@ -53,7 +62,14 @@ class Settings(BaseSettings):
 
     # Notices and their delivery (docs/delivery.md).
     organisation: str = "Example Corp"
-    portal_url: str = "http://127.0.0.1:8000/me/"
+    # The origin people reach this server at (scheme, host and port, no path): notices link
+    # `{public_url}/me/devices/{device}?policy=…`, sign-in links and OIDC redirects start here.
+    public_url: str = "http://127.0.0.1:8000"
+    # Replaced by APPWARDEN_PUBLIC_URL: still set, it stops start-up with a clear error rather
+    # than being silently ignored (notices would link somewhere else than the operator thinks).
+    legacy_portal_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("APPWARDEN_PORTAL_URL", "portal_url")
+    )
     mail_domain: str = "appwarden.local"
     smtp_host: str | None = None  # unset: notices go to the maildir below, for reading locally
     smtp_port: int = 25
@@ -70,6 +86,27 @@ class Settings(BaseSettings):
     worker_batch: int = 10
     worker_interval_seconds: float = 5.0
     max_delivery_attempts: int = 8
+
+    # Sign-in and the portal (docs/portal.md).
+    # Session cookies carry `Secure` (and the `__Host-` name prefix). Chromium and Firefox keep
+    # Secure cookies from http://127.0.0.1 and http://localhost; other browsers, and any other
+    # plain-HTTP address, need `false` (the demo sets it).
+    cookie_secure: bool = True
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # absolute lifetime
+    session_idle_minutes: float = Field(default=120.0, gt=0)  # ends after this long unused
+    # Proxies (addresses or networks, comma-separated) whose X-Forwarded-For is believed for
+    # rate limits and logs; otherwise the socket peer is the client. The gate never reads it.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    oidc_name: str = "single sign-on"  # the sign-in button says "Sign in with …"
+    # Sign-in attempts (email links and passwords) per address and per client address within
+    # `sign_in_window_minutes`; counted in the store, so every process shares them.
+    sign_in_per_address: int = Field(default=5, ge=1)
+    sign_in_per_client: int = Field(default=20, ge=1)
+    sign_in_window_minutes: float = Field(default=15.0, gt=0)
 
     # The forward-auth gate (docs/gates.md).
     gate_proxy_key: SecretStr | None = None  # the proxy's credential (X-Appwarden-Proxy-Key)
@@ -182,6 +219,78 @@ class Settings(BaseSettings):
                     raise ValueError(f"{domain!r} is not a mail domain (like example.com)")
             return domains
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ValueError(
+                f"{value!r} is not an origin: expected scheme://host[:port] with no path, "
+                "e.g. https://appwarden.example.com"
+            )
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for network in value:
+                try:
+                    ipaddress.ip_network(str(network), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{network!r} is not an IP address or network (like 10.0.0.5 or "
+                        "10.0.0.0/24)"
+                    ) from None
+        return value
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if parts.query or parts.fragment or not parts.hostname:
+            raise ValueError(f"{value!r} is not an issuer URL (https://login.example.com/…)")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError(f"{value!r}: an OIDC issuer is reached over https")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _no_replaced_settings(self) -> Settings:
+        if self.legacy_portal_url is not None:
+            raise ValueError(
+                "APPWARDEN_PORTAL_URL was replaced by APPWARDEN_PUBLIC_URL, the origin people "
+                "reach appwarden at (e.g. https://appwarden.example.com): notices now link "
+                "{PUBLIC_URL}/me/devices/…"
+            )
+        oidc = (self.oidc_issuer, self.oidc_client_id, self.oidc_client_secret)
+        if any(v is not None for v in oidc) and not all(v is not None for v in oidc):
+            raise ValueError(
+                "OIDC needs APPWARDEN_OIDC_ISSUER, APPWARDEN_OIDC_CLIENT_ID and "
+                "APPWARDEN_OIDC_CLIENT_SECRET together"
+            )
+        return self
+
+    @property
+    def portal_url(self) -> str:
+        """The portal's home, as notices and the gate's explanations link it."""
+        return f"{self.public_url}/me/"
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return self.oidc_issuer is not None
 
     @field_validator("email_activity_window")
     @classmethod
@@ -298,6 +407,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = "APPWARDEN_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+            loc = error["loc"][:1]
+            name = "APPWARDEN_" + str(loc[0]).upper() if loc else "the settings"
             lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
         raise InvalidInput("; ".join(lines) or str(exc)) from None

@@ -160,6 +160,18 @@ class Permission(StrEnum):
     ADMIN = "admin"
 
 
+class SignInMethod(StrEnum):
+    """How a portal session was opened. Only `oidc` and `password` sessions carry the person's
+    roles: whoever reads a mailbox can open an `email` session (docs/permissions.md)."""
+
+    OIDC = "oidc"
+    PASSWORD = "password"  # noqa: S105 - a sign-in method's name, not a secret
+    EMAIL = "email"
+
+
+ROLE_METHODS: frozenset[SignInMethod] = frozenset({SignInMethod.OIDC, SignInMethod.PASSWORD})
+
+
 class Role(StrEnum):
     VIEWER = "viewer"
     AUTHOR = "author"

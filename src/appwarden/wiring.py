@@ -146,9 +146,9 @@ class Services:
         return NoticeConfig(
             catalog=self.catalog,
             domain=settings.mail_domain,
-            portal_url=settings.portal_url,
             organisation=settings.organisation,
             default_time_zone=settings.default_time_zone,
+            public_url=settings.public_url,
         )
 
     def bus(self) -> EventBus:
@@ -162,10 +162,16 @@ class Services:
 
     @contextmanager
     def uow(
-        self, at: datetime, *, actor: str | None = None, write: bool = True
+        self,
+        at: datetime,
+        *,
+        actor: str | None = None,
+        write: bool = True,
+        employee_only: bool = False,
     ) -> Iterator[UnitOfWork]:
         """A unit of work at logical time `at`. After a writing one commits, the devices whose
-        decisions it wrote are announced and the audit entries it recorded are chained."""
+        decisions it wrote are announced and the audit entries it recorded are chained.
+        `employee_only`: the actor's roles do not apply (a portal session)."""
         audited = False
         with unit_of_work(
             self.engine,
@@ -174,6 +180,7 @@ class Services:
             actor=actor,
             write=write,
             staleness=self.staleness,
+            employee_only=employee_only,
         ) as uow:
             written = written_devices(uow)
             if write:

@@ -49,7 +49,7 @@ def settings(store, clock: Path, tmp_path: Path) -> Settings:
         env="test",
         clock=f"file:{clock}",
         gate_proxy_key=KEY,
-        portal_url=PORTAL,
+        public_url="https://appwarden.example.com",
         maildir=tmp_path / "mail",
         gate_proxy="caddy",
     )

@@ -36,7 +36,7 @@ def gate(store, tmp_path: Path, demo) -> Iterator[dict]:
         env="test",
         clock=f"file:{clock}",
         gate_proxy_key=KEY,
-        portal_url="https://appwarden.example.com/me/",
+        public_url="https://appwarden.example.com",
         maildir=tmp_path / "mail",
         gate_proxy="nginx",
         gate_user_header="X-Forwarded-User",

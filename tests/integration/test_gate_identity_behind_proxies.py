@@ -81,7 +81,7 @@ def proxy(request, cli, store, tmp_path: Path) -> Iterator[Proxy]:
         env="test",
         clock=f"fixed:{AFTER}",
         gate_proxy_key=KEY,
-        portal_url="https://appwarden.example.com/me/",
+        public_url="https://appwarden.example.com",
         maildir=tmp_path / "mail",
         gate_access_log="all",
         **gate_settings,

@@ -28,10 +28,12 @@ from appwarden.web.auth import (
     PUBLIC_ROUTES,
     UnguardedRoute,
     check_guarded,
+    is_public,
     require,
     required_permissions,
     route_path,
 )
+from appwarden.web.errors import is_page
 
 NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 
@@ -46,6 +48,15 @@ EXPECTED = {
     ("POST", "/v1/decisions"): Permission.DECISIONS_READ,
     ("GET", "/metrics"): Permission.READ,
     ("GET", "/openapi.json"): Permission.READ,
+}
+# Pages: (method, route template) -> what their session guard checks. Without a session a page
+# sends the browser to sign in; an API token opens no page.
+PAGES = {
+    ("GET", "/me/"): "session",
+    ("GET", "/admin/"): "session:read",
+    ("GET", "/me/devices/{device}"): "session",
+    ("POST", "/me/devices/{device}/exemptions"): "session",
+    ("GET", "/me/data"): "session",
 }
 
 
@@ -75,16 +86,19 @@ def _routes(app: FastAPI) -> list[tuple[str, str]]:
 def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(store):
     app = create_app(_settings(store))
     routes = _routes(app)
-    guarded = {r for r in routes if r[1] not in PUBLIC_ROUTES}
-    assert guarded == set(EXPECTED), "a route was added or removed: review its permission"
-    assert {path for _, path in routes if path in PUBLIC_ROUTES} == set(PUBLIC_ROUTES)
+    guarded = {r for r in routes if not is_public(r[1])}
+    assert guarded == set(EXPECTED) | set(PAGES), "a route was added or removed: review it"
+    exact = {path for _, path in routes if path in PUBLIC_ROUTES}
+    assert exact | {"/auth/*"} == set(PUBLIC_ROUTES)
+    assert any(path.startswith("/auth/") for _, path in routes)
     for route in app.routes:
         path = route_path(route)
-        if path in PUBLIC_ROUTES:
+        if is_public(path):
             continue
         assert isinstance(route, APIRoute)
         for method in route.methods - {"HEAD"}:
-            assert required_permissions(route) == [EXPECTED[(method, path)]]
+            expected = EXPECTED.get((method, path)) or PAGES[(method, path)]
+            assert required_permissions(route) == [expected]
 
     revoked = api_token(store, Permission.ADMIN, name="revoked")
     with unit_of_work(store.engine, now=NOW) as uow:
@@ -124,6 +138,14 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
                 body = response.json()
                 assert body["code"] == "permission_denied"
                 assert str(needed) in body["detail"]
+
+        for method, template in PAGES:
+            for headers in ({}, bearer(api_token(store, Permission.ADMIN, name="page-admin"))):
+                response = client.request(
+                    method, _concrete(template), headers=headers, follow_redirects=False
+                )
+                assert response.status_code == 303, (method, template)
+                assert response.headers["location"] == "/auth/sign-in"
 
         # The public probes answer without a token (the store is migrated and reachable here).
         for path in ("/healthz", "/readyz"):
@@ -168,8 +190,15 @@ def test_the_allowlist_is_closed_and_names_each_credential():
         "/osquery/distributed/write",
         "/mdm/webhook/{secret}",
         "/mdm/commands/{secret}",
+        "/auth/*",
+        "/assets/{name}",
     }
     assert all(credential.strip() for credential in PUBLIC_ROUTES.values())
+    # The prefix entry covers what is under /auth/ and nothing else.
+    assert is_public("/auth/sign-in")
+    assert not is_public("/authx")
+    assert not is_public("/me/")
+    assert not is_public("/auth")
 
 
 def test_an_unguarded_route_stops_the_application(store):
@@ -270,6 +299,7 @@ def test_near_miss_paths_never_answer_5xx_or_redirect_around_the_check(store, ca
     paths |= {"/v1/decisions/", "/v1/decisions/%2F", "/v1/decisions/x/", "//healthz", "/"}
     # The gate is being rewritten elsewhere: only its forward route's trailing slash is in scope.
     paths = {p for p in paths if not p.startswith("/gate/")}
+    paths |= {"/me", "/me//", "/auth/", "/admin/"}
     caplog.set_level(logging.WARNING)
     with TestClient(app, follow_redirects=False) as client:
         probes = sorted({v for p in paths for v in _path_variants(p)} | {"/gate/forward/"})
@@ -278,9 +308,14 @@ def test_near_miss_paths_never_answer_5xx_or_redirect_around_the_check(store, ca
                 for headers in ({}, bearer(token)):
                     response = client.request(method, probe, headers=headers)
                     assert response.status_code < 500, (method, probe, response.text)
-                    assert not 300 <= response.status_code < 400, (method, probe)
+                    page = is_page(response.request.url.path)
+                    if 300 <= response.status_code < 400:
+                        # Only a page redirects, and only to sign in (or after a form).
+                        assert page, (method, probe)
+                        assert response.headers["location"].startswith("/auth/"), probe
                     if response.status_code >= 400:
-                        assert response.headers["content-type"] == "application/problem+json"
+                        kind = "text/html; charset=utf-8" if page else "application/problem+json"
+                        assert response.headers["content-type"] == kind, (method, probe)
         # A trailing slash is simply not the route: a 404 problem, not the route's answer.
         for probe in ("/healthz/", "/metrics/", "/v1/decisions/", "/openapi.json/"):
             response = client.get(probe, headers=bearer(token))

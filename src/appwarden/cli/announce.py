@@ -25,6 +25,7 @@ from appwarden.usecases.enforcement import exchange_state
 from appwarden.usecases.exemptions import after_decision, exemption_row
 from appwarden.usecases.notices import plan_release
 from appwarden.usecases.retract import retract
+from appwarden.usecases.sign_in import SessionRules
 from appwarden.usecases.sync import SyncSchedule, runner_name
 from appwarden.usecases.worker import worker_pass
 from appwarden.vocabulary import Permission
@@ -201,14 +202,19 @@ def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool
     while True:
         now = context.at(at)
         result = worker_pass(
-            partial(context.uow, now), context.notice_config, delivery, now, syncs=syncs
+            partial(context.uow, now),
+            context.notice_config,
+            delivery,
+            now,
+            syncs=syncs,
+            sessions=SessionRules.from_settings(context.settings),
         )
         stats = result.delivery
         if once:
             errors.print(
                 f"{result.decision_changes} decision change(s); {stats.sent} notice(s) sent, "
                 f"{stats.retried} to retry, {stats.failed} failed, {stats.cancelled} cancelled, "
-                f"{stats.webhooks} webhook(s)"
+                f"{stats.webhooks} webhook(s), {stats.mail} sign-in mail(s)"
             )
             for outcome in result.syncs:
                 state = "complete" if outcome.complete else f"incomplete: {outcome.error}"

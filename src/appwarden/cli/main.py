@@ -32,6 +32,8 @@ from appwarden.cli.sync import register as register_sync
 from appwarden.db import migrate
 from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
 from appwarden.errors import AppwardenError, InvalidInput
+from appwarden.identity.passwords import MAX_CHARS as MAX_PASSWORD_CHARS
+from appwarden.identity.passwords import checked, set_password
 from appwarden.identity.service import change_accounts, grant_role
 from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
@@ -523,13 +525,32 @@ def admin_create(
     role: Annotated[
         Role, typer.Option("--role", help="viewer, author, approver or admin.")
     ] = Role.ADMIN,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Also set the admin's portal password, read from standard input (one line, "
+            "12 characters or more; stored as an argon2id hash). Without it, admins sign in "
+            "to the portal with single sign-on.",
+        ),
+    ] = False,
     at: At = None,
 ) -> None:
     """Give a person an admin role (creating the person if needed)."""
     context = ctx()
+    password = checked(_read_password()) if password_stdin else None
     with context.uow(context.at(at)) as uow:
-        grant_role(uow, email, role)
-    errors.print(f"{email.lower()} is now {role}")
+        person = grant_role(uow, email, role)
+        if password is not None:
+            set_password(uow, person, password)
+    extra = "; their password is set" if password is not None else ""
+    errors.print(f"{email.lower()} is now {role}{extra}")
+
+
+def _read_password() -> str:
+    """One line of standard input, without its line ending (never echoed: a pipe or a file)."""
+    line = sys.stdin.readline(MAX_PASSWORD_CHARS + 2)
+    return line.removesuffix("\n").removesuffix("\r")
 
 
 account_app = typer.Typer(

@@ -50,7 +50,8 @@ def serve(
         Path | None, typer.Option("--tls-key", help="The PEM private key of --tls-cert.")
     ] = None,
 ) -> None:
-    """Serve the HTTP API (/v1/, /healthz, /readyz, /metrics, /openapi.json)."""
+    """Serve the HTTP API (/v1/, /healthz, /readyz, /metrics, /openapi.json), the employee
+    portal (/me/, sign-in at /auth/) and the forward-auth gate."""
     import uvicorn
 
     from appwarden.web.app import SERVER_OPTIONS, create_app
@@ -72,7 +73,8 @@ def serve(
         f"health {base}/healthz)\n"
         f"worker: {'in this process' if embedded else 'off (run `appwarden worker`)'}; "
         f"store: {backend}\n"
-        "Every route except /healthz and /readyz needs a token, e.g.:\n"
+        f"The employee portal: {settings.portal_url} (people sign in there; notices link it)\n"
+        "The API needs a token, e.g.:\n"
         "  appwarden token create gate --permission decisions:read\n"
         f"  curl -H 'Authorization: Bearer <token>' "
         f"{base}/v1/decisions/udid:00008110-000A1B2C3D4E801E/email",

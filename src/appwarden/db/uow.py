@@ -32,6 +32,9 @@ class UnitOfWork:
     # When each inventory source counts as stale (the settings'): the breaker holds the denies
     # a stale source would cause (access/breaker.py).
     staleness: Staleness = field(default_factory=Staleness)
+    # The actor acts as an employee only (a portal session, or one opened by an email link):
+    # none of their roles applies, so `identity.service.require` refuses every permission.
+    employee_only: bool = False
     _before_commit: list[Callable[[], None]] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
@@ -58,6 +61,7 @@ def unit_of_work(
     actor: str | None = None,
     write: bool = True,
     staleness: Staleness | None = None,
+    employee_only: bool = False,
 ) -> Iterator[UnitOfWork]:
     connection = engine.connect().execution_options(appwarden_write=write)
     session = Session(bind=connection, expire_on_commit=False, autoflush=True)
@@ -67,6 +71,7 @@ def unit_of_work(
         bus=bus or EventBus(),
         actor=actor,
         staleness=staleness or Staleness(),
+        employee_only=employee_only,
     )
     transaction = connection.begin()
     try:

@@ -81,3 +81,96 @@ class ApiToken(Base):
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class PortalSession(Base):
+    """A signed-in browser. The cookie carries a random secret; only its SHA-256 is kept, so the
+    table cannot be replayed as cookies. `method` says how it was opened (`oidc`, `password`,
+    `email`): a session opened by an email link carries no role of its person
+    (docs/permissions.md). Ends at `expires_at`, after `idle` without use, or at sign-out (the
+    row is deleted)."""
+
+    __tablename__ = "portal_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    csrf_token: Mapped[str] = mapped_column(String(64))  # every form of the session carries it
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SignInFlow(Base):
+    """A browser on its way to a session: where it returns afterwards (a local path, kept here
+    rather than in a URL), the CSRF token of its sign-in forms, and an OIDC request's state,
+    nonce and PKCE verifier. The cookie carries a random secret; only its SHA-256 is kept."""
+
+    __tablename__ = "sign_in_flow"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    flow_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    return_to: Mapped[str | None] = mapped_column(String(1000))
+    oidc_state: Mapped[str | None] = mapped_column(String(128))
+    oidc_nonce: Mapped[str | None] = mapped_column(String(128))
+    oidc_verifier: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SignInLink(Base):
+    """A single-use sign-in link mailed to a person: its token is stored only as a SHA-256, lives
+    15 minutes, and is spent (`used_at`) by the POST of the page it opens, never by the GET that
+    mail scanners also make. `return_to` is the flow's page to return to when it was asked for."""
+
+    __tablename__ = "sign_in_link"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    return_to: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class SignInCounter(Base):
+    """How many sign-in attempts one key (an address or a client address, each as a SHA-256) made
+    in its current window: the rate limiter's state, in the store so every process shares it."""
+
+    __tablename__ = "sign_in_counter"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(index=True)
+    attempts: Mapped[int]
+
+
+class PersonIdentity(Base):
+    """A person's account at the OIDC provider, kept after their first sign-in with it: later
+    sign-ins match the (issuer, subject) pair, whatever email the provider then sends."""
+
+    __tablename__ = "person_identity"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(500))
+    subject: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    last_sign_in_at: Mapped[datetime]
+
+
+class AdminPassword(Base):
+    """An admin's local password, as an argon2id hash (`appwarden admin create EMAIL --role R
+    --password-stdin`). Sign-in with it opens a session that carries the person's roles."""
+
+    __tablename__ = "admin_password"
+
+    person_id: Mapped[int] = mapped_column(
+        ForeignKey("person.id", ondelete="CASCADE"), primary_key=True
+    )
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

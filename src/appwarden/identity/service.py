@@ -148,6 +148,20 @@ def find_person(uow: UnitOfWork, email: str) -> Person | None:
     ).first()
 
 
+def person_by_address(uow: UnitOfWork, address: str) -> Person | None:
+    """The person whose primary address or alias this is (case-insensitively); never by an
+    account name: sign-in mail goes to an address a person reads."""
+    address = normalise_email(address)
+    person = uow.session.scalars(select(Person).where(Person.email == address)).first()
+    if person is not None:
+        return person
+    return uow.session.scalars(
+        select(Person)
+        .join(PersonAlias, PersonAlias.person_id == Person.id)
+        .where(PersonAlias.email == address)
+    ).first()
+
+
 def get_person(uow: UnitOfWork, email: str) -> Person:
     person = find_person(uow, email)
     if person is None:
@@ -242,6 +256,11 @@ def require(uow: UnitOfWork, permission: Permission) -> Person:
     if not uow.actor:
         raise PermissionDenied(
             f"this action needs {permission}: name the actor with --as EMAIL or APPWARDEN_ACTOR"
+        )
+    if uow.employee_only:
+        raise PermissionDenied(
+            f"this action needs {permission}, and this session carries no role: roles apply "
+            "only to sign-ins with single sign-on or a password, never to an email link"
         )
     person = find_person(uow, uow.actor)
     if person is None:

@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
@@ -99,6 +100,9 @@ class DeviceLine:
     variant: str  # violating | unverified | exempt | compliant
     apps_found: tuple[str, ...] = ()  # human names of what was found, for `violating`
     due: datetime | None = None  # this device's own due time (aware)
+    # The device's id: its line links `{portal_url}devices/{id}?policy=…`, the page the portal
+    # shows its owner alone (anyone else gets a 404, so a forwarded mail opens nothing).
+    device_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,7 @@ class DeviceView:
     pronoun: str  # "it" or "them", for `apps`
     due_text: str | None  # this device's due, when the caller gave one
     own_due_text: str | None  # this device's due when it differs from the person's
+    url: str  # its page on the portal (the portal's home when the device has no id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +416,53 @@ def _device_view(device: DeviceLine, context: NoticeContext, person_due: datetim
         pronoun="them" if len(found) > 1 else "it",
         due_text=None if due is None else format_instant(due, context.time_zone),
         own_due_text=None if own_due is None else format_instant(own_due, context.time_zone),
+        url=device_url(context.portal_url, device.device_id, context.policy_id),
     )
+
+
+def device_url(portal_url: str, device_id: int | None, policy_id: str) -> str:
+    """A device's page on the portal, opened at the policy a notice is about: a plain deep link
+    (no per-person token: the portal asks whoever follows it to sign in)."""
+    if device_id is None:
+        return portal_url
+    return f"{portal_url}devices/{device_id}?policy={quote(policy_id, safe='')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sign-in mail (not a notice: its templates are not among the notice templates, whose digest an
+# approval binds, and a policy cannot name them)
+
+SIGN_IN_DIR = Path(__file__).parent / "sign_in"
+
+
+@dataclass(frozen=True, slots=True)
+class SignInContext:
+    person_name: str
+    time_zone: str
+    link: str  # the one-time sign-in URL
+    expires_at: datetime  # aware
+    organisation: str = "Example Corp"
+
+
+def render_sign_in(context: SignInContext) -> RenderedMessage:
+    """The sign-in mail: the link, and until when it works, in the person's zone."""
+    environment = _environment(SIGN_IN_DIR)
+    values = {
+        "person_name": context.person_name,
+        "time_zone": context.time_zone,
+        "link": context.link,
+        "expires_at": context.expires_at,
+        "expires_text": format_instant(context.expires_at, context.time_zone),
+        "organisation": context.organisation,
+    }
+    subject_template, text_template, html_template = (
+        environment.get_template(file) for file in TEMPLATE_FILES
+    )
+    subject = _one_line(subject_template.render(values))
+    values["subject"] = subject
+    text = _tidy(text_template.render(values))
+    html = _tidy(html_template.render(values))
+    return RenderedMessage(subject=subject, text=text, html=html)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,12 +488,13 @@ def build_email(
     recipient: str,
     message_id: str,
     kind: str,
-    policy_id: str,
-    notice_id: int,
+    policy_id: str | None,
+    notice_id: int | None,
     in_reply_to: str | None = None,
     sent_at: datetime | None = None,
 ) -> EmailMessage:
-    """A multipart/alternative email (text, then HTML) carrying a rendered notice.
+    """A multipart/alternative email (text, then HTML) carrying a rendered notice (or, without a
+    policy and a notice id, other mail: a sign-in link).
 
     `message_id` and `in_reply_to` are "<...>" ids used exactly as given; `sent_at` (the Date
     header) defaults to now.
@@ -463,8 +515,10 @@ def build_email(
     # Exchange and Outlook: no out-of-office or other automatic replies to a notice.
     email["X-Auto-Response-Suppress"] = "All"
     email["X-Appwarden-Kind"] = kind
-    email["X-Appwarden-Policy"] = policy_id
-    email["X-Appwarden-Notice-Id"] = str(notice_id)
+    if policy_id is not None:
+        email["X-Appwarden-Policy"] = policy_id
+    if notice_id is not None:
+        email["X-Appwarden-Notice-Id"] = str(notice_id)
     email.set_content(message.text)
     email.add_alternative(message.html, subtype="html")
     return email

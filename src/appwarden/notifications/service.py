@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
 from appwarden.notifications.messages import new_message_id
-from appwarden.notifications.models import Notice, OutboxEvent
+from appwarden.notifications.models import Notice, OutboxEvent, OutboxMail
 from appwarden.vocabulary import NoticeStatus
 
 
@@ -138,7 +138,7 @@ def release_stale_claims(uow: UnitOfWork, *, lease: timedelta, wall_now: datetim
     """A sender that died mid-delivery leaves `sending` notices and webhooks: after the lease they
     go back to pending and are sent again, with the same Message-ID or event id."""
     released = 0
-    for table in (Notice, OutboxEvent):
+    for table in (Notice, OutboxEvent, OutboxMail):
         result = uow.session.execute(
             update(table)
             .where(table.status == NoticeStatus.SENDING, table.claimed_at <= wall_now - lease)
@@ -213,3 +213,69 @@ def claim_webhooks(uow: UnitOfWork, *, limit: int, wall_now: datetime) -> list[O
         event.attempts += 1
     uow.session.flush()
     return events
+
+
+# ── the mail lane: mail that is not a notice (sign-in links) ─────────────────────────────────
+
+
+def enqueue_mail(
+    uow: UnitOfWork,
+    *,
+    purpose: str,
+    person_id: int | None,
+    address: str,
+    rendered: Rendered,
+    domain: str,
+    expires_at: datetime | None,
+) -> OutboxMail:
+    mail = OutboxMail(
+        purpose=purpose,
+        person_id=person_id,
+        address=address,
+        message_id=new_message_id(domain),
+        subject=rendered.subject,
+        body_text=rendered.text,
+        body_html=rendered.html,
+        status=NoticeStatus.PENDING,
+        created_at=uow.now,
+        expires_at=expires_at,
+        next_attempt_at=uow.now,
+    )
+    uow.session.add(mail)
+    uow.session.flush()
+    return mail
+
+
+def redact(mail: OutboxMail) -> None:
+    """Empty the bodies: they carry a secret that is of no use once the mail is settled."""
+    mail.body_text = None
+    mail.body_html = None
+
+
+def claim_mail(uow: UnitOfWork, *, limit: int, wall_now: datetime) -> tuple[list[OutboxMail], int]:
+    """Claim up to `limit` pending mails due at the unit of work's time; those past their
+    `expires_at` are cancelled (and emptied) instead. The claimed mails, and how many were
+    cancelled."""
+    query = (
+        select(OutboxMail)
+        .where(OutboxMail.status == NoticeStatus.PENDING, OutboxMail.next_attempt_at <= uow.now)
+        .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
+        .limit(limit)
+    )
+    if uow.dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    claimed = []
+    cancelled = 0
+    for mail in uow.session.scalars(query):
+        if mail.expires_at is not None and mail.expires_at <= uow.now:
+            mail.status = NoticeStatus.CANCELLED
+            mail.last_error = "expired before it could be sent"
+            redact(mail)
+            cancelled += 1
+            continue
+        mail.status = NoticeStatus.SENDING
+        mail.claimed_at = wall_now
+        mail.attempts += 1
+        claimed.append(mail)
+    uow.session.flush()
+    return claimed, cancelled

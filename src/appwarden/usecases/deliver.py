@@ -1,6 +1,10 @@
-"""Draining the outbox: claim due notices and webhooks, hand them to a channel, record the
+"""Draining the outbox: claim due mail, notices and webhooks, hand them to a channel, record the
 outcome. At least once: a claim is a lease; after a crash, what was in flight goes out again
-with the same Message-ID (or webhook event id)."""
+with the same Message-ID (or webhook event id).
+
+Mail that is not a notice (sign-in links, `OutboxMail`) has its own lane, drained first: someone
+is waiting for it, and at a deadline the notices can be thousands. It never counts as telling a
+person about a policy, and its bodies (which carry the link) are emptied once it is settled."""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from appwarden.notifications.channels import (
     origin,
 )
 from appwarden.notifications.messages import RenderedMessage, build_email
-from appwarden.notifications.models import Notice, OutboxEvent
+from appwarden.notifications.models import Notice, OutboxEvent, OutboxMail
 from appwarden.settings import Settings
 from appwarden.usecases.enforcement import Enforcers, Send, enforcers_from_settings, prepare
 from appwarden.usecases.notices import NoticeConfig, refresh_reminder
@@ -88,11 +92,19 @@ class DeliveryStats:
     failed: int = 0
     cancelled: int = 0
     webhooks: int = 0
+    mail: int = 0  # sign-in mail sent (not notices)
 
 
 def deliver_due(open_uow: OpenUnitOfWork, delivery: Delivery) -> DeliveryStats:
-    """Deliver everything due at the unit of work's time, batch by batch, until nothing is."""
+    """Deliver everything due at the unit of work's time, batch by batch, until nothing is:
+    the mail lane first, then notices, then webhooks."""
     stats = DeliveryStats()
+    while True:
+        mails, expired = _claim_mail(open_uow, delivery)
+        if not mails and not expired:
+            break
+        for mail_id, outgoing in mails:
+            _send_mail(open_uow, delivery, mail_id, outgoing, stats)
     while True:
         claimed = _claim(open_uow, delivery, stats)
         if not claimed:
@@ -122,6 +134,59 @@ def _claim(
                 continue
             claimed.append((notice.id, OutgoingEmail(_email(notice, delivery.sender, uow.now))))
         return claimed
+
+
+def _claim_mail(
+    open_uow: OpenUnitOfWork, delivery: Delivery
+) -> tuple[list[tuple[int, OutgoingEmail]], int]:
+    with open_uow() as uow:
+        mails, expired = outbox.claim_mail(
+            uow, limit=delivery.batch, wall_now=delivery.wall_clock()
+        )
+        claimed = []
+        for mail in mails:
+            message = RenderedMessage(mail.subject, mail.body_text or "", mail.body_html or "")
+            email = build_email(
+                message,
+                sender=delivery.sender,
+                recipient=mail.address,
+                message_id=mail.message_id,
+                kind=mail.purpose,
+                policy_id=None,
+                notice_id=None,
+                sent_at=uow.now,
+            )
+            claimed.append((mail.id, OutgoingEmail(email)))
+        return claimed, expired
+
+
+def _send_mail(
+    open_uow: OpenUnitOfWork,
+    delivery: Delivery,
+    mail_id: int,
+    outgoing: OutgoingEmail,
+    stats: DeliveryStats,
+) -> None:
+    error: DeliveryError | None = None
+    try:
+        delivery.mail.send(outgoing)
+    except DeliveryError as exc:
+        error = exc
+    with open_uow() as uow:
+        mail = uow.session.get(OutboxMail, mail_id)
+        assert mail is not None
+        if error is None:
+            mail.status, mail.sent_at, mail.last_error = NoticeStatus.SENT, uow.now, None
+            outbox.redact(mail)
+            stats.mail += 1
+        elif error.permanent or mail.attempts >= delivery.max_attempts:
+            mail.status, mail.last_error = NoticeStatus.FAILED, str(error)[:2000]
+            outbox.redact(mail)
+            stats.failed += 1
+        else:
+            mail.status, mail.last_error = NoticeStatus.PENDING, str(error)[:2000]
+            mail.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(mail.attempts))
+            stats.retried += 1
 
 
 def _email(notice: Notice, sender: str, now: datetime) -> EmailMessage:

@@ -312,7 +312,7 @@ def summary_rows(
     ids = [d.id for d in devices]
     if not ids:
         return []
-    identifiers = _identifiers(uow, ids)
+    identifiers = identifiers_of(uow, ids)
     owners = _people(uow, {d.owner_id for d in devices if d.owner_id is not None})
     reported = _report_sources(uow, ids)
     states = _stored_states(uow, ids, versions)
@@ -345,7 +345,7 @@ def _reference(identifier: DeviceIdentifier) -> str:
     return f"{identifier.namespace}:{identifier.value}"
 
 
-def _identifiers(uow: UnitOfWork, ids: list[int]) -> dict[int, list[DeviceIdentifier]]:
+def identifiers_of(uow: UnitOfWork, ids: list[int]) -> dict[int, list[DeviceIdentifier]]:
     """Each device's identifiers in join order."""
     found: dict[int, list[DeviceIdentifier]] = {i: [] for i in ids}
     for row in uow.session.scalars(
@@ -419,7 +419,7 @@ def device_detail(uow: UnitOfWork, reference: str) -> Row:
     """Everything known about one device (`namespace:value`, or a bare value naming exactly one
     device), at `uow.now`. Unknown: NotFound; a bare value naming several: Ambiguous."""
     device = find_device(uow, _found(reference))
-    identifiers = _identifiers(uow, [device.id])[device.id]
+    identifiers = identifiers_of(uow, [device.id])[device.id]
     owner = uow.session.get(Person, device.owner_id) if device.owner_id is not None else None
     return {
         "id": device.id,
@@ -443,13 +443,7 @@ def device_detail(uow: UnitOfWork, reference: str) -> Row:
         "mdm_source": device.mdm_source,
         "first_report_at": iso(device.first_report_at),
         "owner": ({"email": owner.email, "display_name": owner.display_name} if owner else None),
-        "resources": list(
-            uow.session.scalars(
-                select(DeviceResource.resource)
-                .where(DeviceResource.device_id == device.id)
-                .order_by(DeviceResource.resource)
-            )
-        ),
+        "resources": device_resources(uow, device.id),
         **_reports(uow, device.id),
         "states": [
             {
@@ -466,8 +460,11 @@ def device_detail(uow: UnitOfWork, reference: str) -> Row:
     }
 
 
-def _reports(uow: UnitOfWork, device_id: int) -> Row:
-    """`reports` (newest first, at most MAX_DETAIL_REPORTS) and `reports_total`."""
+def newest_reports(
+    uow: UnitOfWork, device_id: int, limit: int = MAX_DETAIL_REPORTS
+) -> tuple[list[tuple[Report, str | None]], int]:
+    """A device's newest reports (with the name of the token that wrote each), at most `limit`,
+    and how many it has in all."""
     total = uow.session.scalar(
         select(func.count()).select_from(Report).where(Report.device_id == device_id)
     )
@@ -476,8 +473,14 @@ def _reports(uow: UnitOfWork, device_id: int) -> Row:
         .outerjoin(ApiToken, ApiToken.id == Report.token_id)
         .where(Report.device_id == device_id)
         .order_by(Report.received_at.desc(), Report.id.desc())
-        .limit(MAX_DETAIL_REPORTS)
+        .limit(limit)
     )
+    return [(report, name) for report, name in uow.session.execute(query)], total or 0
+
+
+def _reports(uow: UnitOfWork, device_id: int) -> Row:
+    """`reports` (newest first, at most MAX_DETAIL_REPORTS) and `reports_total`."""
+    rows, total = newest_reports(uow, device_id)
     reports = [
         {
             "id": report.id,
@@ -495,9 +498,19 @@ def _reports(uow: UnitOfWork, device_id: int) -> Row:
             "app_count": report.app_count,
             "applied": report.applied,
         }
-        for report, token_name in uow.session.execute(query)
+        for report, token_name in rows
     ]
-    return {"reports": reports, "reports_total": total or 0}
+    return {"reports": reports, "reports_total": total}
+
+
+def device_resources(uow: UnitOfWork, device_id: int) -> list[str]:
+    return list(
+        uow.session.scalars(
+            select(DeviceResource.resource)
+            .where(DeviceResource.device_id == device_id)
+            .order_by(DeviceResource.resource)
+        )
+    )
 
 
 def _open_conflicts(uow: UnitOfWork, device_id: int) -> list[Row]:

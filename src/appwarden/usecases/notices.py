@@ -51,9 +51,14 @@ STILL_REQUIRED = frozenset({ComplianceState.ACTION_REQUIRED, ComplianceState.UNK
 class NoticeConfig:
     catalog: Catalog
     domain: str = "appwarden.local"
-    portal_url: str = "http://127.0.0.1:8000/me/"
     organisation: str = "Example Corp"
     default_time_zone: str = "UTC"
+    public_url: str = "http://127.0.0.1:8000"  # the origin every link in mail starts with
+
+    @property
+    def portal_url(self) -> str:
+        """The portal's home; a device's page is `{portal_url}devices/{id}?policy=…`."""
+        return f"{self.public_url}/me/"
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,7 @@ def _lines(
                 variant=variant,
                 apps_found=apps if variant == "violating" else (),
                 due=evaluation.due,
+                device_id=device.id,
             )
         )
     return tuple(lines)
@@ -704,6 +710,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
         ids = device_identifiers(uow, [device.id])[device.id]
         line = DeviceLine(
             name=device.name or ids[0],
+            device_id=device.id,
             platform=device.platform,
             variant=_blocked_variant(uow, event, policy_id)
             if kind == NoticeKind.BLOCKED

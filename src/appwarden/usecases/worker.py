@@ -26,6 +26,7 @@ from appwarden.usecases.exemptions import warn_expiring
 from appwarden.usecases.health import stale_sources
 from appwarden.usecases.notices import NoticeConfig
 from appwarden.usecases.release import expired_count, refresh_expired, release_due
+from appwarden.usecases.sign_in import SessionRules, housekeeping
 from appwarden.usecases.sync import SyncOutcome, SyncSchedule, run_due_syncs
 
 log = logging.getLogger("appwarden.worker")
@@ -51,8 +52,10 @@ def worker_pass(
     *,
     batch: int = EXPIRY_BATCH,
     syncs: SyncSchedule | None = None,
+    sessions: SessionRules | None = None,
 ) -> PassResult:
-    """`open_uow` opens a unit of work at `now`. `syncs`: run the scheduled syncs that are due."""
+    """`open_uow` opens a unit of work at `now`. `syncs`: run the scheduled syncs that are due.
+    With `sessions`, expired sessions and sign-in flows are deleted too."""
     with open_uow() as uow:
         changes = len(release_due(uow, config))
         due = expired_count(uow)
@@ -66,6 +69,8 @@ def worker_pass(
     stale = _settle_breakers(open_uow, batch)
     with open_uow() as uow:
         warn_expiring(uow, config)
+        if sessions is not None:
+            housekeeping(uow, sessions)
     stats = deliver_due(open_uow, delivery)
     synced = tuple(run_due_syncs(open_uow, syncs, now)) if syncs is not None else ()
     return PassResult(now, changes, stats, synced, stale)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +23,7 @@ from appwarden.db.migrate import is_current
 from appwarden.db.uow import UnitOfWork
 from appwarden.settings import Settings
 from appwarden.usecases.notices import NoticeConfig
+from appwarden.usecases.sign_in import SessionRules
 from appwarden.web.errors import ServiceUnavailable
 from appwarden.wiring import Services
 
@@ -36,6 +38,15 @@ class Runtime:
     @cached_property
     def services(self) -> Services:
         return Services(self.settings, self.engine)
+
+    @cached_property
+    def session_rules(self) -> SessionRules:
+        return SessionRules.from_settings(self.settings)
+
+    @cached_property
+    def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """APPWARDEN_TRUSTED_PROXIES as networks (web.sessions.client_address)."""
+        return tuple(ip_network(p, strict=False) for p in self.settings.trusted_proxies)
 
     @property
     def catalog(self) -> Catalog:
@@ -67,12 +78,17 @@ class Runtime:
 
     @contextmanager
     def uow(
-        self, at: datetime, *, actor: str | None = None, write: bool = True
+        self,
+        at: datetime,
+        *,
+        actor: str | None = None,
+        write: bool = True,
+        employee_only: bool = False,
     ) -> Iterator[UnitOfWork]:
         """A unit of work at logical time `at` (`wiring.Services.uow`), once the schema is
-        known to be current."""
+        known to be current. `employee_only`: the actor's roles do not apply (the portal)."""
         self.require_schema()
-        with self.services.uow(at, actor=actor, write=write) as uow:
+        with self.services.uow(at, actor=actor, write=write, employee_only=employee_only) as uow:
             yield uow
 
     def chain_audit(self, at: datetime) -> None:

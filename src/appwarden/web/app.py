@@ -31,7 +31,7 @@ from appwarden.db.engine import Checkpointer, make_engine
 from appwarden.db.migrate import is_current
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
-from appwarden.web import Runtime, api, gate, inventory_api, push_api
+from appwarden.web import Runtime, api, gate, inventory_api, pages, portal, push_api, signin
 from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
@@ -77,6 +77,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
             await run_in_threadpool(live.stop)
             await run_in_threadpool(gate_.store_path.stop)
             await run_in_threadpool(checkpointer.stop)
+            if app.state.oidc is not None:
+                app.state.oidc.close()
             runtime.close()
 
     app = _Application(
@@ -104,9 +106,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     inventory_api.install(app)
     push_api.install(app)
     gate.install(app)
+    pages.install(app)
+    signin.install(app)
+    portal.install(app)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
-    app.add_middleware(Observability, metrics=metrics)  # added last: outermost
+    # added last: outermost
+    app.add_middleware(Observability, metrics=metrics, networks=runtime.trusted_networks)
     app.install_fast_path(gate_, metrics)
     check_guarded(app)
     return app

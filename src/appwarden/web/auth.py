@@ -2,17 +2,22 @@
 
 `Principal` (the caller) and how a bearer secret becomes one live in `usecases.tokens`.
 
-Every route is declared with `Depends(require(Permission.X))`, except the routes of
-`PUBLIC_ROUTES`, each of which names the credential it relies on instead (docs/architecture.md).
+Every route is declared with a `Guard` dependency: `Depends(require(Permission.X))` for the API
+(a bearer token), or the pages' session guard (`web.sessions.SessionGuard`: a session cookie,
+with a permission for admin pages). The exceptions are the routes of `PUBLIC_ROUTES`, each of
+which names the credential it relies on instead (docs/architecture.md); an entry ending in `/*`
+covers every route under that prefix (the sign-in routes, `/auth/*`).
 Two backstops make forgetting the check fail closed rather than open:
 
 1. `check_guarded(app)` walks every route when the application is built and again at start-up,
-   and refuses to run if a route outside the allowlist has no `require` dependency (a Mount, a
+   and refuses to run if a route outside the allowlist has no guard dependency (a Mount, a
    plain Starlette route or a websocket outside the allowlist is refused outright: it cannot
    carry one).
 2. `AuthzBackstop`, a middleware: a `require` that passed marks the request; a response of a
    non-allowlisted route that is about to succeed (status < 400) without that mark is replaced
    by a 500 problem and logged, so a route that escaped the first check still leaks nothing.
+   (A page whose guard found no session answers a redirect to sign in: that handler marks the
+   request itself, as it reveals nothing but the sign-in page's address.)
 """
 
 from __future__ import annotations
@@ -57,11 +62,26 @@ PUBLIC_ROUTES: Final[Mapping[str, str]] = {
     "/mdm/webhook/{secret}": "the path secret APPWARDEN_MDM_WEBHOOK_SECRET (32+ bytes, constant "
     "time; redacted in the access log); the route is off while it is unset",
     "/mdm/commands/{secret}": "the path secret, as /mdm/webhook/{secret}",
+    "/auth/*": "the sign-in's own: an OIDC answer matched to its flow's state and nonce, a "
+    "single-use emailed link consumed by POST, or an admin password; each form carries its "
+    "flow's CSRF token, attempts are rate-limited; sign-out needs the session and its CSRF token",
+    "/assets/{name}": "none: the pages' stylesheet and script, the same for everyone",
 }
+
+
+def is_public(path: str) -> bool:
+    """Is this route template (or request path) on the allowlist?"""
+    if path in PUBLIC_ROUTES:
+        return True
+    return any(
+        key.endswith("/*") and path.startswith(key[:-1]) for key in PUBLIC_ROUTES if key != "/*"
+    )
+
 
 # Scope keys this module writes (the request's scope dict is shared by middleware and routes).
 AUTHZ_KEY: Final = "appwarden.authz"
 TOKEN_KEY: Final = "appwarden.token"  # noqa: S105 - a scope key, not a secret
+PERSON_KEY: Final = "appwarden.person"  # a session's person, as `person:<id>` (never an address)
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -98,11 +118,19 @@ def authenticate(
     return principal
 
 
-class Require:
+class Guard:
+    """A route's check, as a dependency. `label` names what it checks (a permission, or a
+    session): `check_guarded` accepts a route that depends on at least one."""
+
+    label: str = ""
+
+
+class Require(Guard):
     """The permission check as a dependency: `Depends(require(Permission.X))`."""
 
     def __init__(self, permission: Permission) -> None:
         self.permission = permission
+        self.label = str(permission)
 
     def __repr__(self) -> str:
         return f"require({self.permission})"
@@ -122,17 +150,18 @@ def require(permission: Permission) -> Require:
     return Require(permission)
 
 
-def _requirements(dependant: Dependant) -> list[Permission]:
+def _requirements(dependant: Dependant) -> list[str]:
     found = []
     for dependency in dependant.dependencies:
-        if isinstance(dependency.call, Require):
-            found.append(dependency.call.permission)
+        if isinstance(dependency.call, Guard):
+            found.append(dependency.call.label)
         found += _requirements(dependency)
     return found
 
 
-def required_permissions(route: BaseRoute) -> list[Permission]:
-    """The permissions a route checks (empty: it checks none)."""
+def required_permissions(route: BaseRoute) -> list[str]:
+    """What a route checks: permissions (`read`), sessions (`session`, `session:read`); empty:
+    nothing."""
     if isinstance(route, APIRoute):
         return _requirements(route.dependant)
     return []
@@ -158,12 +187,13 @@ def check_guarded(app: FastAPI) -> None:
     unguarded = [
         _describe(route)
         for route in app.routes
-        if route_path(route) not in PUBLIC_ROUTES and not required_permissions(route)
+        if not is_public(route_path(route)) and not required_permissions(route)
     ]
     if unguarded:
         raise UnguardedRoute(
-            "routes without a permission check (declare Depends(require(Permission.X)), or add "
-            "the path to PUBLIC_ROUTES naming its credential): " + "; ".join(unguarded)
+            "routes without a permission check (declare Depends(require(Permission.X)) or a "
+            "session guard, or add the path to PUBLIC_ROUTES naming its credential): "
+            + "; ".join(unguarded)
         )
 
 
@@ -186,7 +216,7 @@ class AuthzBackstop:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 route: Any = scope.get("route")
                 path = route_path(route) if route is not None else scope.get("path", "")
-                if path not in PUBLIC_ROUTES and AUTHZ_KEY not in scope:
+                if not is_public(path) and AUTHZ_KEY not in scope:
                     blocked = True
                     log.error("route %s answered without a permission check: blocked", path)
                     await send_problem(

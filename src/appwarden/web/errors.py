@@ -14,9 +14,9 @@ unexpected is a 500 that says nothing about its cause (the log has it, under the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 from fastapi import FastAPI, Request
@@ -36,9 +36,27 @@ from appwarden.errors import (
     NotFound,
     PermissionDenied,
     Problem,
+    TooManyAttempts,
 )
 
 PROBLEM_JSON: Final = "application/problem+json"
+#: Paths answered with HTML pages (the portal, sign-in, admin pages): their errors are pages too.
+PAGE_PREFIXES: Final = ("/me/", "/auth/", "/admin/")
+
+#: How a page path's error is answered: (request, status, code, detail) -> an HTML response.
+#: `web.pages.install` sets it; without it every error is problem+json.
+PageErrors = Callable[[Request, int, str, str, Mapping[str, str]], Awaitable[Response]]
+
+
+def is_page(path: str) -> bool:
+    return path in ("/me", "/admin") or path.startswith(PAGE_PREFIXES)
+
+
+def _page_errors(request: Request) -> PageErrors | None:
+    if not is_page(request.url.path):
+        return None
+    return cast(PageErrors | None, getattr(request.app.state, "page_errors", None))
+
 
 # Most specific class first: the first match wins.
 _MAPPING: Final[Sequence[tuple[type[AppwardenError], int, str]]] = (
@@ -49,6 +67,7 @@ _MAPPING: Final[Sequence[tuple[type[AppwardenError], int, str]]] = (
     (IdentifierConflict, 409, "identifier_conflict"),
     (Conflict, 409, "conflict"),
     (PermissionDenied, 403, "permission_denied"),
+    (TooManyAttempts, 429, "too_many_requests"),
 )
 
 
@@ -190,14 +209,26 @@ def invalid_body(exc: ValidationError) -> InvalidInput:
 async def _appwarden_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppwardenError)
     status, code = status_of(exc)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts) else {}
+    page = _page_errors(request)
+    if page is not None:
+        return await page(request, status, code, exc.message, headers)
     return problem_response(
-        status, code, exc.message, instance=request.url.path, problems=exc.problems
+        status,
+        code,
+        exc.message,
+        instance=request.url.path,
+        problems=exc.problems,
+        headers=headers,
     )
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = validation_problems(exc.errors())
+    page = _page_errors(request)
+    if page is not None:
+        return await page(request, 400, "invalid_input", "This request is not valid.", {})
     return problem_response(
         422,
         "invalid_input",
@@ -211,6 +242,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = "not_found" if exc.status_code == 404 else "http_error"
     detail = exc.detail if isinstance(exc.detail, str) else phrase(exc.status_code)
+    page = _page_errors(request)
+    if page is not None:
+        return await page(request, exc.status_code, code, detail, dict(exc.headers or {}))
     return problem_response(
         exc.status_code, code, detail, instance=request.url.path, headers=exc.headers
     )
@@ -232,6 +266,11 @@ async def _unauthenticated(request: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceUnavailable)
+    page = _page_errors(request)
+    if page is not None:
+        return await page(
+            request, 503, "unavailable", "appwarden cannot serve pages right now.", {}
+        )
     return problem_response(503, "unavailable", exc.detail, instance=request.url.path)
 
 

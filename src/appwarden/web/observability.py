@@ -1,9 +1,11 @@
 """Request ids, one JSON access-log line per request, and Prometheus metrics.
 
 The access log (logger `appwarden.access`) carries: time, request_id, method, path (without the
-query string: query strings may carry secrets; the MDM webhook's path secret is redacted), route,
-status, duration_ms and the token's name.
-It never carries a header: not `Authorization`, not `Cookie`, not the token secret.
+query string: query strings may carry secrets; a sign-in link's token and the MDM webhook's path
+secret are replaced by `[redacted]`), route, status, duration_ms, the token's name, the signed-in
+person (`person:<id>`, never an address) and the client's address (`web.clients`: the socket peer,
+or what a trusted proxy forwarded). It never carries a header: not `Authorization`, not `Cookie`,
+not the token secret.
 
 Metrics live in a per-application `CollectorRegistry` (not the process-global one), so many
 applications can coexist in one process (tests):
@@ -48,7 +50,8 @@ from appwarden.staleness import Staleness
 from appwarden.usecases import outbox
 from appwarden.usecases.breakers import breakers_open
 from appwarden.usecases.health import health_on
-from appwarden.web.auth import TOKEN_KEY, route_path
+from appwarden.web.auth import PERSON_KEY, TOKEN_KEY, route_path
+from appwarden.web.clients import Network, client_address
 from appwarden.web.errors import send_problem
 
 access_log = logging.getLogger("appwarden.access")
@@ -242,8 +245,9 @@ def _request_id(scope: Scope) -> str:
     return request_id_from(None)
 
 
-#: Paths that carry a secret after these prefixes (the MDM webhook's): logged without it.
-SECRET_PATH_PREFIXES: Final = ("/mdm/webhook/", "/mdm/commands/")
+#: Paths that carry a secret after these prefixes (a sign-in link's token, the MDM webhook's path
+#: secret): logged without it.
+SECRET_PATH_PREFIXES: Final = ("/auth/link/", "/mdm/webhook/", "/mdm/commands/")
 
 
 def loggable_path(path: str) -> str:
@@ -266,6 +270,8 @@ def log_request(
     status: int,
     duration: float,
     token: str | None = None,
+    person: str | None = None,
+    client: str | None = None,
 ) -> None:
     """Observe the latency on `histogram` (a labelled child) and write the access line."""
     histogram.observe(duration)
@@ -279,6 +285,8 @@ def log_request(
         "status": status,
         "duration_ms": round(duration * 1000, 3),
         "token": token,
+        "person": person,
+        "client": client,
     }
     access_log.handle(_access_record((method, path, status), fields))
 
@@ -310,9 +318,10 @@ class Observability:
     """Outermost middleware: request id in and out, access log, latency, and a bare 500 problem
     for anything unhandled (logged with its traceback under the request id)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, networks: tuple[Network, ...] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.networks = networks  # trusted proxies (web.clients)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -349,7 +358,11 @@ class Observability:
                 raise
             status = 500
             await send_problem(
-                send_with_id, 500, "internal_error", "internal error", str(scope.get("path", ""))
+                send_with_id,
+                500,
+                "internal_error",
+                "internal error",
+                loggable_path(str(scope.get("path", ""))),
             )
         finally:
             duration = time.perf_counter() - started
@@ -368,6 +381,8 @@ class Observability:
             status=status,
             duration=duration,
             token=scope.get(TOKEN_KEY),
+            person=scope.get(PERSON_KEY),
+            client=client_address(scope, self.networks),
         )
 
 

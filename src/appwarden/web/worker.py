@@ -37,6 +37,7 @@ class EmbeddedWorker:
             else None
         )
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set: run the next pass now (a sign-in mail waits)
         self._thread: threading.Thread | None = None
         self.passes = 0
 
@@ -58,6 +59,7 @@ class EmbeddedWorker:
             self.delivery,
             now,
             syncs=self._syncs,
+            sessions=runtime.session_rules,
         )
         runtime.chain_audit(now)
         self.passes += 1
@@ -77,7 +79,12 @@ class EmbeddedWorker:
                         result.delivery.sent,
                         result.delivery.webhooks,
                     )
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Run the next pass now rather than at the next interval: someone waits for a mail."""
+        self._wake.set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -92,6 +99,7 @@ class EmbeddedWorker:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

@@ -218,9 +218,10 @@ def test_the_announcement_reads_like_the_reference_memo():
     ):
         assert sentence in text, sentence
     # In the memo's order: devices, remediation, alternatives, rationale, consequence, contact.
+    closing = f"You can see the status of your devices at {PORTAL}"
     positions = [
         text.index(s)
-        for s in ("We found", REMEDIATION, ALTERNATIVES, RATIONALE, "After the deadline", PORTAL)
+        for s in ("We found", REMEDIATION, ALTERNATIVES, RATIONALE, "After the deadline", closing)
     ]
     assert positions == sorted(positions)
     assert text.endswith("\n\nThank you,\nExample Corp IT Security\n")
@@ -254,12 +255,9 @@ def test_the_deadline_is_shown_in_the_recipients_zone():
 
 def test_an_unverified_device_asks_to_remove_and_confirm():
     message = render(context(person_name="Dave Example", devices=(DAVE_IPHONE,)))
-    expected = (
-        "We cannot see the apps on Dave's iPhone (iOS). If TikTok is installed, remove it; "
-        f"you can confirm removal at {PORTAL}."
-    )
-    assert f"- {expected}\n" in message.text
-    assert expected in visible(message.html)
+    expected = "We cannot see the apps on Dave's iPhone (iOS). If TikTok is installed, remove it."
+    assert f"- {expected} What you can do: {PORTAL}\n" in message.text
+    assert f"{expected} What you can do on this device" in visible(message.html)
     assert "We found" not in message.text
 
 
@@ -275,7 +273,7 @@ def test_each_device_gets_its_own_line_and_its_own_due_when_it_differs():
     assert "Please remove it by Friday, July 10, 2020 at 11:59 PM PDT" in text
     assert (
         "- We found TikTok Lite and trill on Dave's Pixel (Android). "
-        "Remove them from this device by Monday, July 13, 2020 at 9:00 AM PDT.\n"
+        "Remove them from this device by Monday, July 13, 2020 at 9:00 AM PDT. What to do: "
     ) in text
     assert "Nothing is required for your other devices:\n" in text
     assert "- Dave's iPad (iPadOS) meets this policy.\n" in text
@@ -288,8 +286,26 @@ def test_several_apps_are_named_with_the_right_grammar():
     ).text
     assert "TikTok, TikTok Lite, and trill are no longer permitted" in text
     assert "Please remove them by" in text
-    assert "If TikTok, TikTok Lite, or trill is installed, remove it;" in text
+    assert "If TikTok, TikTok Lite, or trill is installed, remove it." in text
     assert "until the apps are removed." in text
+
+
+def test_each_device_links_its_own_page_on_the_portal_at_the_policy():
+    devices = (
+        dataclasses.replace(ALICE_IPHONE, device_id=7),
+        dataclasses.replace(DAVE_IPHONE, device_id=12),
+    )
+    message = render(context(devices=devices, policy_id="tiktok mobile&email"))
+    alice = f"{PORTAL}devices/7?policy=tiktok%20mobile%26email"
+    dave = f"{PORTAL}devices/12?policy=tiktok%20mobile%26email"
+    assert f"- We found TikTok on Alice's iPhone (iOS). What to do: {alice}\n" in message.text
+    assert f"What you can do: {dave}\n" in message.text
+    assert f'<a href="{alice}" style="color:#1d4ed8;">What to do on this device</a>' in message.html
+    assert f'<a href="{dave}"' in message.html
+    blocked = render(
+        context(kind="blocked", template="blocked", devices=devices[:1], resource="email")
+    )
+    assert f"What to do: {PORTAL}devices/7?policy=tiktok-mobile-email" in blocked.text
 
 
 def test_optional_paragraphs_are_left_out_when_the_policy_has_none():
@@ -351,7 +367,7 @@ def test_blocked_says_which_device_lost_which_access_and_how_to_restore_it():
     )
     text = message.text
     assert "Access to company email has been blocked on the devices listed below" in text
-    assert "- Alice's iPhone (iOS): we found TikTok on it.\n" in text
+    assert f"- Alice's iPhone (iOS): we found TikTok on it. What to do: {PORTAL}\n" in text
     assert (
         "- Dave's iPhone (iOS): we cannot see its apps, so we cannot confirm that TikTok is not installed."
         in text

@@ -1,0 +1,133 @@
+"""What the portal and sign-in tests share (test helper): a clock file the server reads at every
+call, settings for a server on the reference organisation, an HTTPS test client (session cookies
+are `Secure`), sessions opened directly in the store, and the values the pages post back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from appwarden.db.uow import unit_of_work
+from appwarden.identity.service import get_person
+from appwarden.settings import Settings
+from appwarden.timeutil import iso, parse_instant
+from appwarden.usecases import sign_in
+from appwarden.usecases.sign_in import SessionRules
+from appwarden.vocabulary import SignInMethod
+
+#: The reference memo's release (the `demo` fixture of tests/conftest.py) and an hour later.
+RELEASE = parse_instant("2020-07-10T09:00:00-07:00")
+MORNING = RELEASE + timedelta(hours=1)
+SESSION_COOKIE = "__Host-appwarden-session"
+FLOW_COOKIE = "__Host-appwarden-sign-in"
+
+
+@dataclass
+class TimeFile:
+    """APPWARDEN_CLOCK=file:PATH: the server reads the instant from here at every call."""
+
+    path: Path
+
+    def set(self, when: datetime) -> datetime:
+        self.path.write_text(iso(when) or "")
+        return when
+
+    def now(self) -> datetime:
+        return parse_instant(self.path.read_text().strip())
+
+    def advance(self, delta: timedelta) -> datetime:
+        return self.set(self.now() + delta)
+
+    @property
+    def spec(self) -> str:
+        return f"file:{self.path}"
+
+
+def portal_settings(store: Any, clock: TimeFile, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": store.url,
+        "env": "test",
+        "clock": clock.spec,
+        "maildir": tmp_path / "mail",
+        "public_url": "https://appwarden.example.com",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def https_client(app: Any, client: tuple[str, int] = ("192.0.2.10", 50000)) -> TestClient:
+    """A browser on https://testserver (browsers send `Secure` cookies only over HTTPS),
+    connecting from `client` (the socket peer the server sees)."""
+    return TestClient(app, base_url="https://testserver", follow_redirects=False, client=client)
+
+
+def open_session(
+    store: Any,
+    email: str,
+    at: datetime,
+    *,
+    method: SignInMethod = SignInMethod.EMAIL,
+    settings: Settings | None = None,
+) -> str:
+    """Sign `email` in directly in the store (as a sign-in route would); the cookie secret."""
+    rules = SessionRules.from_settings(settings or Settings())
+    with unit_of_work(store.engine, now=at) as uow:
+        person = get_person(uow, email)
+        return sign_in.open_session(uow, person.id, method, rules)
+
+
+def signed_in(client: TestClient, secret: str) -> TestClient:
+    client.cookies.set(SESSION_COOKIE, secret)
+    return client
+
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    found = _CSRF.search(html)
+    assert found, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+def set_cookies(response: Any) -> dict[str, str]:
+    """Each Set-Cookie header of a response by cookie name (the raw header, attributes and all)."""
+    found = {}
+    for header in response.headers.get_list("set-cookie"):
+        found[header.split("=", 1)[0]] = header
+    return found
+
+
+_LINK = re.compile(r"https://appwarden\.example\.com(/auth/link/[A-Za-z0-9_-]+)")
+
+
+def link_in(message: Any) -> str:
+    """The sign-in link's path in a received mail (its text part)."""
+    found = _LINK.search(message.get_body(preferencelist=("plain",)).get_content())
+    assert found, (
+        f"no sign-in link in the mail: {message.get_body(preferencelist=('plain',)).get_content()}"
+    )
+    return found.group(1)
+
+
+def ask_for_link(client: TestClient, email: str, *, start: str = "/auth/sign-in") -> Any:
+    """Open the sign-in page (or a portal page that leads there) and ask for a link."""
+    page = client.get(start)
+    if page.status_code == 303:
+        page = client.get(page.headers["location"])
+    return client.post("/auth/email", data={"email": email, "csrf": csrf_of(page.text)})
+
+
+def follow_link(client: TestClient, path: str) -> Any:
+    """Open a mailed link and press "Sign in"; the response to the button's POST."""
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    token = path.rsplit("/", 1)[1]
+    return client.post("/auth/link", data={"token": token, "csrf": csrf_of(page.text)})
