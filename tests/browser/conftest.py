@@ -61,8 +61,11 @@ def _deadline() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    """One browser per test module. Not per session: Playwright's sync API keeps an asyncio loop
+    running in the main thread while it is open, and every later `asyncio.run` of the suite (the
+    gate's store-path tests, the flood test) would then fail."""
     if not CHROMIUM.exists():
         unavailable("Chromium", f"{CHROMIUM} is missing (apt-get install -y chromium)")
     try:
