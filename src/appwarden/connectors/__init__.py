@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from appwarden.connectors.client import ConnectorError
+from appwarden.connectors.client import ApiClient, ConnectorError
 
 __all__ = [
     "MAX_PAGES",
@@ -29,6 +29,7 @@ __all__ = [
     "PageChain",
     "checked_next",
     "json_page",
+    "page_token_pages",
 ]
 
 # A run that has not ended after this many pages of one collection is a server that never says
@@ -91,3 +92,23 @@ class PageChain:
             raise ConnectorError(f"{self.label}: the API repeated a page token or link")
         self._seen.add(token)
         return token
+
+
+def page_token_pages(
+    client: ApiClient, url: str, params: dict[str, str], *, api: str, label: str
+) -> Iterator[Page]:
+    """Every page of a Google-style collection (`pageToken` in, `nextPageToken` out): the
+    Directory API's mobile devices and AMAPI's devices page alike. `api` names the call in
+    errors, `label` each page (`google mobiledevices page 3`)."""
+    chain = PageChain(api)
+    token: str | None = None
+    while True:
+        number = chain.next_page()
+        name = f"{label} page {number}"
+        query = params if token is None else {**params, "pageToken": token}
+        body = client.get(url, what=f"{api} page {number}", params=query)
+        token = checked_next(json_page(body, name).get("nextPageToken"), name, "nextPageToken")
+        yield Page(name, body)
+        if token is None:
+            return
+        chain.follow(token)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
-from appwarden.connectors import Page, PageChain, checked_next, json_page
+from appwarden.connectors import Page, page_token_pages
 from appwarden.connectors.client import ApiClient
 
 SOURCE = "amapi"
@@ -37,21 +37,10 @@ class AmapiConnector:
         self._page_size = page_size
 
     def pages(self) -> Iterator[Page]:
-        chain = PageChain("AMAPI enterprises.devices.list")
-        token: str | None = None
-        while True:
-            number = chain.next_page()
-            label = f"amapi devices page {number}"
-            params = {"pageSize": str(self._page_size)}
-            if token is not None:
-                params["pageToken"] = token
-            body = self._client.get(
-                self._url, what=f"AMAPI enterprises.devices.list page {number}", params=params
-            )
-            token = checked_next(
-                json_page(body, label).get("nextPageToken"), label, "nextPageToken"
-            )
-            yield Page(label, body)
-            if token is None:
-                return
-            chain.follow(token)
+        return page_token_pages(
+            self._client,
+            self._url,
+            {"pageSize": str(self._page_size)},
+            api="AMAPI enterprises.devices.list",
+            label="amapi devices",
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from urllib.parse import quote
 
-from appwarden.connectors import Page, PageChain, checked_next, json_page
+from appwarden.connectors import Page, page_token_pages
 from appwarden.connectors.client import ApiClient
 
 SOURCE = "google"
@@ -25,21 +25,10 @@ class GoogleConnector:
         self._url = f"{base_url.rstrip('/')}/admin/directory/v1/customer/{customer}/devices/mobile"
 
     def pages(self) -> Iterator[Page]:
-        chain = PageChain("Google mobiledevices.list")
-        token: str | None = None
-        while True:
-            number = chain.next_page()
-            label = f"google mobiledevices page {number}"
-            params = {"projection": "FULL", "maxResults": str(MAX_RESULTS)}
-            if token is not None:
-                params["pageToken"] = token
-            body = self._client.get(
-                self._url, what=f"Google mobiledevices.list page {number}", params=params
-            )
-            token = checked_next(
-                json_page(body, label).get("nextPageToken"), label, "nextPageToken"
-            )
-            yield Page(label, body)
-            if token is None:
-                return
-            chain.follow(token)
+        return page_token_pages(
+            self._client,
+            self._url,
+            {"projection": "FULL", "maxResults": str(MAX_RESULTS)},
+            api="Google mobiledevices.list",
+            label="google mobiledevices",
+        )
