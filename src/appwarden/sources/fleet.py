@@ -18,7 +18,6 @@ from appwarden.errors import InvalidInput, Problem
 from appwarden.sources.apps import usable_app, windows_program
 from appwarden.sources.common import (
     Collector,
-    FieldError,
     Fields,
     ImportOptions,
     page_list,
@@ -211,11 +210,7 @@ def parse_fleet(
         if not isinstance(page["host"], dict):
             message = f"expected the 'host' object, not {type_name(page['host'])}"
             raise InvalidInput(f"{filename}: {message}", problems=[Problem(filename, message)])
-        try:
-            _read_host(Fields(page["host"], filename, ("host",)), collector)
-        except FieldError as exc:
-            where, _, message = exc.message.partition(": ")
-            collector.skip(f"{filename}: {where}", message)
+        collector.one(page["host"], ("host",), lambda host: _read_host(host, collector))
     else:
         hosts = page_list(page, "hosts", filename)
         collector.each(hosts, ("hosts",), lambda host: _read_host(host, collector))
