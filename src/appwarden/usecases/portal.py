@@ -37,6 +37,7 @@ from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import document_of, effective_versions, versions_of
 from appwarden.usecases.inventory import device_resources, identifiers_of, newest_reports
 from appwarden.usecases.notices import NoticeConfig, app_names
+from appwarden.usecases.transparency import StoredRows, stored_rows
 from appwarden.vocabulary import ComplianceState, NoticeStatus, VersionState
 
 #: States that ask something of the person.
@@ -363,6 +364,7 @@ class StoredReport:
 
 @dataclass(frozen=True, slots=True)
 class StoredDevice:
+    id: int
     name: str
     platform: str
     form_factor: str
@@ -381,12 +383,14 @@ class StoredData:
     email: str
     name: str | None
     devices: tuple[StoredDevice, ...]
+    rows: StoredRows  # every row stored about the devices, as stored (`usecases.transparency`)
 
 
 def _stored(uow: UnitOfWork, device: Device) -> StoredDevice:
     identifiers = identifiers_of(uow, [device.id])[device.id]
     reports, total = newest_reports(uow, device.id, MAX_DATA_REPORTS)
     return StoredDevice(
+        id=device.id,
         name=device.name or f"Device {device.id}",
         platform=platform_label(device.platform) or device.platform,
         form_factor=device.form_factor,
@@ -406,11 +410,14 @@ def _stored(uow: UnitOfWork, device: Device) -> StoredDevice:
 
 
 def my_data(uow: UnitOfWork, person_id: int, config: NoticeConfig) -> StoredData:
-    """What appwarden keeps about the person's devices: the identifiers and reports the API
-    shows an admin (`usecases.inventory`), without states, conflicts or token names."""
+    """What appwarden keeps about the person's devices: a summary of each (identifiers, the
+    newest reports) for the page, and every stored row about them, as stored, from which
+    `appwarden transparency` and the page's details are drawn."""
     person = _person(uow, person_id)
-    devices = uow.session.scalars(
-        select(Device).where(Device.owner_id == person_id).order_by(Device.name, Device.id)
+    devices = list(
+        uow.session.scalars(
+            select(Device).where(Device.owner_id == person_id).order_by(Device.name, Device.id)
+        )
     )
     return StoredData(
         uow.now,
@@ -418,6 +425,7 @@ def my_data(uow: UnitOfWork, person_id: int, config: NoticeConfig) -> StoredData
         person.email,
         person.display_name,
         tuple(_stored(uow, d) for d in devices),
+        stored_rows(uow, person_id, [d.id for d in devices]),
     )
 
 
