@@ -81,9 +81,7 @@ def test_the_owner_attests_and_leaves_unknown_audited(cli, demo, store):
     assert cli("audit", "verify").code == 0
 
 
-@pytest.mark.parametrize(
-    "who", ["alice@example.com", "ciso@example.com", "nobody@example.com"]
-)
+@pytest.mark.parametrize("who", ["alice@example.com", "ciso@example.com", "nobody@example.com"])
 def test_nobody_attests_for_someone_elses_device(cli, demo, store, who):
     before = table_digest(store.engine)
     refused = attest(cli, DAVE_PHONE, who)

@@ -135,7 +135,7 @@ def attest(uow: UnitOfWork, reference: str, policy_id: str) -> Attested:
 def confirm_removal(uow: UnitOfWork, person: Person, device: Device, policy_id: str) -> Attested:
     """Store the person's statement for their own device (checked again here), or refuse:
     a policy not in effect, one that does not accept attestation, one that asks nothing of the
-    device."""
+    device, a device a report shows the app on."""
     if device.owner_id != person.id or device.status != DeviceStatus.ACTIVE:
         raise _not_yours(str(device.id))
     version = _version_in_effect(uow, policy_id)
@@ -148,6 +148,12 @@ def confirm_removal(uow: UnitOfWork, person: Person, device: Device, policy_id: 
     before = _state_of(uow, device, version)
     if before == ComplianceState.NOT_APPLICABLE:
         raise InvalidInput(f"the policy {policy_id} asks nothing of this device")
+    if before in (ComplianceState.ACTION_REQUIRED, ComplianceState.NON_COMPLIANT):
+        # What a report saw is not undone by a statement: the next report shows the removal.
+        raise InvalidInput(
+            "a report of this device shows the app: remove it, and the device's next report "
+            "shows that it is gone"
+        )
     lines = attested_lines(uow, version, device.platform)
     if not lines:
         raise InvalidInput(f"this device cannot carry any app the policy {policy_id} names")

@@ -30,7 +30,7 @@ from appwarden.errors import Conflict, InvalidInput, NotFound
 from appwarden.exemptions import service as exemptions
 from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person
-from appwarden.notifications.messages import platform_label
+from appwarden.notifications.messages import platform_label, ways_out
 from appwarden.notifications.models import Notice
 from appwarden.policies.document import PolicyDocument
 from appwarden.policies.models import PolicyVersion
@@ -75,7 +75,8 @@ class PolicyText:
     rationale: str | None
     denies: tuple[str, ...]  # resources lost after the due time
     unknown_denies: bool  # an unverified device loses them too
-    attestation: bool  # the policy accepts the person's own word (a later issue adds it here)
+    attestation: bool  # the policy accepts the person's own word (`usecases.attest`)
+    evidence: tuple[str, ...]  # what the policy accepts as proof of absence
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class PolicyView:
     exemptions: tuple[ExemptionView, ...]
     can_request: bool  # an exemption can be asked for now
     correction: str | None  # withdrawn: the message that took it back
+    ways: tuple[str, ...] = ()  # unknown: its ways out (`notifications.messages.ways_out`)
 
     @property
     def policy_id(self) -> str:
@@ -190,6 +192,7 @@ def _live_view(
         exemptions=held,
         can_request=state in NEEDS_ACTION and not open_request,
         correction=None,
+        ways=ways_out(device.platform, doc.evidence) if state == ComplianceState.UNKNOWN else (),
     )
 
 
@@ -205,6 +208,7 @@ def _text(version: PolicyVersion, doc: PolicyDocument, config: NoticeConfig) -> 
         denies=tuple(doc.deny),
         unknown_denies=doc.unknown == "deny",
         attestation="attestation" in doc.evidence,
+        evidence=tuple(doc.evidence),
     )
 
 
