@@ -39,6 +39,7 @@ from appwarden.web import (
     inventory_api,
     pages,
     portal,
+    privacy,
     push_api,
     signin,
 )
@@ -120,6 +121,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     signin.install(app)
     portal.install(app)
     attestations.install(app)
+    privacy.install(app)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
     # added last: outermost
