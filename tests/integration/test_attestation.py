@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 from sqlalchemy import select
-from tests.conftest import table_digest
+from tests.conftest import release_policy, table_digest
 
 from appwarden.audit.models import AuditEntry
 from appwarden.db.uow import unit_of_work
@@ -32,18 +32,7 @@ def attest(cli, device: str, who: str, *, policy: str = POLICY_ID, at: str = NOO
 
 
 def release(cli, tmp_path, text: str, at: str, *, name: str = "policy.yaml") -> None:
-    """Apply, propose, approve and publish a version; it is in effect 10 minutes after `at`."""
-    path = tmp_path / name
-    path.write_text(text)
-    policy_id = text.split("id: ", 1)[1].split("\n", 1)[0].strip()
-    for args in (
-        ("policy", "apply", str(path), "--as", AUTHOR),
-        ("policy", "propose", policy_id, "--as", AUTHOR),
-        ("policy", "approve", policy_id, "--as", APPROVER),
-        ("policy", "publish", policy_id, "--short-notice", "--as", AUTHOR),
-    ):
-        done = cli(*args, "--at", at)
-        assert done.code == 0, (args, done.err)
+    release_policy(cli, tmp_path / name, text, at, author=AUTHOR, approver=APPROVER)
 
 
 def demo_text() -> str:

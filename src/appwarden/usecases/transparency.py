@@ -75,7 +75,7 @@ def _plain(value: Any) -> Any:
 def _rows(uow: UnitOfWork, table: Table, where: Any) -> list[Row]:
     ordering = list(table.primary_key.columns)
     result = uow.session.execute(select(table).where(where).order_by(*ordering)).mappings()
-    return [{key: _plain(value) for key, value in row.items()} for row in result]
+    return [{str(key): _plain(value) for key, value in row.items()} for row in result]
 
 
 def stored_rows(uow: UnitOfWork, person_id: int, device_ids: Sequence[int]) -> StoredRows:
@@ -90,7 +90,7 @@ def stored_rows(uow: UnitOfWork, person_id: int, device_ids: Sequence[int]) -> S
         if table.name in PERSON_TABLES:
             continue
         for row in _rows(uow, table, table.c.device_id.in_(device_ids)):
-            per_device[int(row["device_id"])].setdefault(table.name, []).append(row)
+            per_device[int(row["device_id"])].setdefault(str(table.name), []).append(row)
     person_tables = {}
     for name in PERSON_TABLES:
         table = Base.metadata.tables[name]
