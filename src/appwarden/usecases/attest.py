@@ -25,6 +25,7 @@ from sqlalchemy import select
 from appwarden.audit.service import record
 from appwarden.compliance.service import evaluate_device
 from appwarden.db.uow import UnitOfWork
+from appwarden.devices.identifiers import normalise
 from appwarden.devices.models import Device, DeviceIdentifier
 from appwarden.devices.schemas import DeviceFacts, ReportFacts
 from appwarden.devices.service import apply_report, coverage_hash
@@ -86,7 +87,7 @@ def own_device(uow: UnitOfWork, person: Person, reference: str) -> Device:
     if sep and namespace in DeviceNamespace.__members__.values():
         wanted = select(DeviceIdentifier.device_id).where(
             DeviceIdentifier.namespace == namespace,
-            DeviceIdentifier.value.in_({value.strip(), value.strip().upper()}),
+            DeviceIdentifier.value == normalise(namespace, value),
         )
     else:
         wanted = select(DeviceIdentifier.device_id).where(
