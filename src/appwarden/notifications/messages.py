@@ -368,6 +368,7 @@ def _template_values(context: NoticeContext) -> dict[str, Any]:
         "rationale": context.rationale,
         "portal_url": context.portal_url,
         "privacy_url": privacy_url(context.portal_url),
+        "evidence": context.evidence,
         "organisation": context.organisation,
         "changes": context.changes,
         "exemption_ends": context.exemption_ends,

@@ -100,3 +100,11 @@ def test_every_notice_links_the_privacy_page(template):
     message = render(context(kinds.get(template, template), template, ("inventory",), **extra))
     assert "https://appwarden.example.com/me/privacy" in message.text
     assert 'href="https://appwarden.example.com/me/privacy"' in message.html
+
+
+def test_a_reminder_offers_confirming_removal_only_where_the_policy_accepts_it():
+    offered = render(context("reminder", "reminder", ("inventory", "attestation")))
+    assert "you can also confirm removal at" in offered.text
+    plain = render(context("reminder", "reminder", ("inventory",)))
+    assert "confirm removal" not in plain.text
+    assert "confirm removal" not in plain.html
