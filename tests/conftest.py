@@ -184,6 +184,21 @@ def as_one_source(path: Path) -> bytes:
     return orjson.dumps(doc)
 
 
+def release_policy(cli, path: Path, text: str, at: str, *, author: str, approver: str) -> None:
+    """Apply, propose, approve and publish (short notice allowed) a policy document: the
+    version is in effect from `at` plus the undo window (10 minutes)."""
+    path.write_text(text)
+    policy_id = text.split("id: ", 1)[1].split("\n", 1)[0].strip()
+    for args in (
+        ("policy", "apply", str(path), "--as", author),
+        ("policy", "propose", policy_id, "--as", author),
+        ("policy", "approve", policy_id, "--as", approver),
+        ("policy", "publish", policy_id, "--short-notice", "--as", author),
+    ):
+        done = cli(*args, "--at", at)
+        assert done.code == 0, (args, done.err)
+
+
 def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 

@@ -72,7 +72,11 @@ PAGES = {
     ("GET", "/me/devices/{device}"): "session",
     ("POST", "/me/devices/{device}/exemptions"): "session",
     ("GET", "/me/data"): "session",
+    ("POST", "/me/devices/{device}/attestations"): "session",
+    ("GET", "/me/privacy"): "session",
 }
+# JSON routes a person calls with their own portal session (never an API token): 401 without one.
+PERSON_API = {("POST", "/v1/attestations"): "session"}
 
 
 def _settings(store, **overrides) -> Settings:
@@ -102,7 +106,9 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
     app = create_app(_settings(store))
     routes = _routes(app)
     guarded = {r for r in routes if not is_public(r[1])}
-    assert guarded == set(EXPECTED) | set(PAGES), "a route was added or removed: review it"
+    assert guarded == set(EXPECTED) | set(PAGES) | set(PERSON_API), (
+        "a route was added or removed: review it"
+    )
     exact = {path for _, path in routes if path in PUBLIC_ROUTES}
     assert exact | {"/auth/*"} == set(PUBLIC_ROUTES)
     assert any(path.startswith("/auth/") for _, path in routes)
@@ -112,7 +118,11 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
             continue
         assert isinstance(route, APIRoute)
         for method in route.methods - {"HEAD"}:
-            expected = EXPECTED.get((method, path)) or PAGES[(method, path)]
+            expected = (
+                EXPECTED.get((method, path))
+                or PAGES.get((method, path))
+                or PERSON_API[(method, path)]
+            )
             assert required_permissions(route) == [expected]
 
     revoked = api_token(store, Permission.ADMIN, name="revoked")
@@ -161,6 +171,13 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
                 )
                 assert response.status_code == 303, (method, template)
                 assert response.headers["location"] == "/auth/sign-in"
+
+        for method, template in PERSON_API:
+            admin = bearer(api_token(store, Permission.ADMIN, name="person-api-admin"))
+            for headers in ({}, admin):
+                response = client.request(method, template, headers=headers, json={})
+                assert response.status_code == 401, (method, template)
+                assert response.headers["content-type"] == "application/problem+json"
 
         # The public probes answer without a token (the store is migrated and reachable here).
         for path in ("/healthz", "/readyz"):

@@ -17,6 +17,7 @@ from appwarden.cli.devices import devices_app, people_app
 from appwarden.cli.health import register as register_health
 from appwarden.cli.imports import register as register_imports
 from appwarden.cli.options import As, At, Json, _state, ctx
+from appwarden.cli.privacy import register as register_privacy
 from appwarden.cli.render import (
     bold,
     console,
@@ -553,6 +554,7 @@ def account_remove(email: str, names: list[str], actor: As = None, at: At = None
 
 register(app, policy_app)
 register_server(app)
+register_privacy(app)
 register_health(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.message import EmailMessage
@@ -129,6 +130,8 @@ class NoticeContext:
     exemption_reason: str | None = None
     correction_message: str | None = None  # correction: the admin's retraction message
     resource: str | None = None  # blocked / restored: the resource, e.g. "email"
+    # What the policy accepts as proof of absence: which ways out an unverified device has.
+    evidence: tuple[str, ...] = ("inventory", "targeted_check")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,7 @@ class DeviceView:
     due_text: str | None  # this device's due, when the caller gave one
     own_due_text: str | None  # this device's due when it differs from the person's
     url: str  # its page on the portal (the portal's home when the device has no id)
+    ways: tuple[str, ...]  # unverified: its ways out of `unknown` (`ways_out`); else ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +367,8 @@ def _template_values(context: NoticeContext) -> dict[str, Any]:
         "allowed_alternatives": context.allowed_alternatives,
         "rationale": context.rationale,
         "portal_url": context.portal_url,
+        "privacy_url": privacy_url(context.portal_url),
+        "evidence": context.evidence,
         "organisation": context.organisation,
         "changes": context.changes,
         "exemption_ends": context.exemption_ends,
@@ -417,7 +423,32 @@ def _device_view(device: DeviceLine, context: NoticeContext, person_due: datetim
         due_text=None if due is None else format_instant(due, context.time_zone),
         own_due_text=None if own_due is None else format_instant(own_due, context.time_zone),
         url=device_url(context.portal_url, device.device_id, context.policy_id),
+        ways=ways_out(device.platform, context.evidence) if device.variant == UNVERIFIED else (),
     )
+
+
+#: The ways out of `unknown` (docs/privacy.md): run the check app or the agent, confirm removal
+#: (attestation), ask for an exemption.
+CHECK, ATTEST, EXEMPTION = "check", "attest", "exemption"
+_HANDHELD = frozenset({Platform.ANDROID, Platform.IOS, Platform.IPADOS})
+
+
+def ways_out(platform: str, evidence: Collection[str]) -> tuple[str, ...]:
+    """Which ways out of `unknown` a device has under a policy accepting `evidence`: the check
+    app (a phone or tablet: a targeted check) or the agent (a computer: its inventory or a
+    targeted check); confirming removal where `attestation` is accepted; an exemption always."""
+    ways = []
+    if "targeted_check" in evidence or (platform not in _HANDHELD and "inventory" in evidence):
+        ways.append(CHECK)
+    if "attestation" in evidence:
+        ways.append(ATTEST)
+    ways.append(EXEMPTION)
+    return tuple(ways)
+
+
+def privacy_url(portal_url: str) -> str:
+    """The portal page of what appwarden sees and keeps on a person's devices (docs/privacy.md)."""
+    return f"{portal_url}privacy"
 
 
 def device_url(portal_url: str, device_id: int | None, policy_id: str) -> str:

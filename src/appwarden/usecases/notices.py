@@ -237,6 +237,7 @@ def render_notice(
         rationale=doc.rationale.text if doc.rationale else None,
         portal_url=config.portal_url,
         organisation=config.organisation,
+        evidence=tuple(doc.evidence),
         **extra,
     )
     message = render(context)

@@ -30,13 +30,14 @@ from appwarden.errors import Conflict, InvalidInput, NotFound
 from appwarden.exemptions import service as exemptions
 from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person
-from appwarden.notifications.messages import platform_label
+from appwarden.notifications.messages import platform_label, ways_out
 from appwarden.notifications.models import Notice
 from appwarden.policies.document import PolicyDocument
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import document_of, effective_versions, versions_of
 from appwarden.usecases.inventory import device_resources, identifiers_of, newest_reports
 from appwarden.usecases.notices import NoticeConfig, app_names
+from appwarden.usecases.transparency import StoredRows, stored_rows
 from appwarden.vocabulary import ComplianceState, NoticeStatus, VersionState
 
 #: States that ask something of the person.
@@ -74,7 +75,8 @@ class PolicyText:
     rationale: str | None
     denies: tuple[str, ...]  # resources lost after the due time
     unknown_denies: bool  # an unverified device loses them too
-    attestation: bool  # the policy accepts the person's own word (a later issue adds it here)
+    attestation: bool  # the policy accepts the person's own word (`usecases.attest`)
+    evidence: tuple[str, ...]  # what the policy accepts as proof of absence
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class PolicyView:
     exemptions: tuple[ExemptionView, ...]
     can_request: bool  # an exemption can be asked for now
     correction: str | None  # withdrawn: the message that took it back
+    ways: tuple[str, ...] = ()  # unknown: its ways out (`notifications.messages.ways_out`)
 
     @property
     def policy_id(self) -> str:
@@ -189,6 +192,7 @@ def _live_view(
         exemptions=held,
         can_request=state in NEEDS_ACTION and not open_request,
         correction=None,
+        ways=ways_out(device.platform, doc.evidence) if state == ComplianceState.UNKNOWN else (),
     )
 
 
@@ -204,6 +208,7 @@ def _text(version: PolicyVersion, doc: PolicyDocument, config: NoticeConfig) -> 
         denies=tuple(doc.deny),
         unknown_denies=doc.unknown == "deny",
         attestation="attestation" in doc.evidence,
+        evidence=tuple(doc.evidence),
     )
 
 
@@ -363,6 +368,7 @@ class StoredReport:
 
 @dataclass(frozen=True, slots=True)
 class StoredDevice:
+    id: int
     name: str
     platform: str
     form_factor: str
@@ -381,12 +387,14 @@ class StoredData:
     email: str
     name: str | None
     devices: tuple[StoredDevice, ...]
+    rows: StoredRows  # every row stored about the devices, as stored (`usecases.transparency`)
 
 
 def _stored(uow: UnitOfWork, device: Device) -> StoredDevice:
     identifiers = identifiers_of(uow, [device.id])[device.id]
     reports, total = newest_reports(uow, device.id, MAX_DATA_REPORTS)
     return StoredDevice(
+        id=device.id,
         name=device.name or f"Device {device.id}",
         platform=platform_label(device.platform) or device.platform,
         form_factor=device.form_factor,
@@ -406,11 +414,14 @@ def _stored(uow: UnitOfWork, device: Device) -> StoredDevice:
 
 
 def my_data(uow: UnitOfWork, person_id: int, config: NoticeConfig) -> StoredData:
-    """What appwarden keeps about the person's devices: the identifiers and reports the API
-    shows an admin (`usecases.inventory`), without states, conflicts or token names."""
+    """What appwarden keeps about the person's devices: a summary of each (identifiers, the
+    newest reports) for the page, and every stored row about them, as stored, from which
+    `appwarden transparency` and the page's details are drawn."""
     person = _person(uow, person_id)
-    devices = uow.session.scalars(
-        select(Device).where(Device.owner_id == person_id).order_by(Device.name, Device.id)
+    devices = list(
+        uow.session.scalars(
+            select(Device).where(Device.owner_id == person_id).order_by(Device.name, Device.id)
+        )
     )
     return StoredData(
         uow.now,
@@ -418,6 +429,7 @@ def my_data(uow: UnitOfWork, person_id: int, config: NoticeConfig) -> StoredData
         person.email,
         person.display_name,
         tuple(_stored(uow, d) for d in devices),
+        stored_rows(uow, person_id, [d.id for d in devices]),
     )
 
 

@@ -34,12 +34,14 @@ from appwarden.vocabulary import Permission
 from appwarden.web import (
     Runtime,
     api,
+    attestations,
     console,
     console_policies,
     gate,
     inventory_api,
     pages,
     portal,
+    privacy,
     push_api,
     signin,
 )
@@ -120,6 +122,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     pages.install(app)
     signin.install(app)
     portal.install(app)
+    attestations.install(app)
+    privacy.install(app)
     console.install(app, console_policies.ROUTES)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)

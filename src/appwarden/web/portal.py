@@ -58,6 +58,7 @@ async def device_page(request: Request, device: str, visitor: Employee) -> Respo
         "visitor": visitor,
         "portal": shown,
         "requested": request.query_params.get("requested") == "1",
+        "attested": request.query_params.get("attested") == "1",
         "problem": None,
         "problem_policy": None,
         "reason": "",
