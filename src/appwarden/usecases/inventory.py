@@ -55,7 +55,7 @@ MAX_LIMIT: Final = 1000
 MAX_DETAIL_REPORTS: Final = 500
 MAX_REFERENCE_CHARS: Final = 600
 MAX_FILTER_CHARS: Final = 254
-_CURSOR_PREFIX: Final = "device:"
+_CURSOR_KIND: Final = "device"
 
 
 # ── filters and cursors ───────────────────────────────────────────────────────────────────────
@@ -128,14 +128,15 @@ def _checked_filters(
     )
 
 
-def encode_cursor(device_id: int) -> str:
-    """Opaque to callers: where the next page starts (after this device id)."""
-    raw = f"{_CURSOR_PREFIX}{device_id}".encode()
+def encode_cursor(key: int, kind: str = _CURSOR_KIND) -> str:
+    """Opaque to callers: where the next page of `kind` rows starts (after the row `key`)."""
+    raw = f"{kind}:{key}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, *, where: str) -> int:
-    """The device id a cursor continues after (0: from the start)."""
+def decode_cursor(cursor: str | None, *, where: str, kind: str = _CURSOR_KIND) -> int:
+    """The key of the `kind` row a cursor continues after (0: from the start); a cursor of
+    another kind of list is refused."""
     if cursor is None:
         return 0
     message = "not a cursor from a previous page (pass `next_cursor` back unchanged)"
@@ -146,7 +147,7 @@ def decode_cursor(cursor: str | None, *, where: str) -> int:
     except (binascii.Error, ValueError):
         raise _bad(where, message) from None
     prefix, _, digits = raw.partition(":")
-    if f"{prefix}:" != _CURSOR_PREFIX or not digits.isdecimal() or len(digits) > 18:
+    if prefix != kind or not digits.isdecimal() or len(digits) > 18:
         raise _bad(where, message)
     return int(digits)
 
@@ -418,7 +419,20 @@ def _found(reference: str) -> str:
 def device_detail(uow: UnitOfWork, reference: str) -> Row:
     """Everything known about one device (`namespace:value`, or a bare value naming exactly one
     device), at `uow.now`. Unknown: NotFound; a bare value naming several: Ambiguous."""
-    device = find_device(uow, _found(reference))
+    return describe_device(uow, find_device(uow, _found(reference)))
+
+
+def device_detail_by_id(uow: UnitOfWork, device_id: int) -> Row:
+    """`device_detail` of the device with this store id (the console's links name devices so,
+    since an identifier value may hold any character). Unknown: NotFound."""
+    device = uow.session.get(Device, device_id)
+    if device is None:
+        raise NotFound("no device has this id")
+    return describe_device(uow, device)
+
+
+def describe_device(uow: UnitOfWork, device: Device) -> Row:
+    """Everything known about `device` at `uow.now` (see `device_detail`)."""
     identifiers = identifiers_of(uow, [device.id])[device.id]
     owner = uow.session.get(Person, device.owner_id) if device.owner_id is not None else None
     return {

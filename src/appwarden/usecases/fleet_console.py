@@ -1,0 +1,331 @@
+"""What the admin console shows and does about devices and people (docs/console-operations.md):
+a device in full (with its decisions and history), the people and leavers, fact conflicts, and
+the quarantine queue. Lists come a page at a time, keyed by id, in a fixed number of queries
+whatever the fleet's size; actions are the CLI's own (`conflicts settle`, `devices merge`), plus
+settling a quarantined report, and each is audited.
+
+The device list itself is `usecases.inventory.device_page`, as `GET /v1/devices` serves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import func, select
+
+from appwarden.access.models import DecisionRecord
+from appwarden.audit.models import AuditEntry
+from appwarden.audit.service import record
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.facts import conflict_json
+from appwarden.devices.models import Device, DeviceOwnerHistory, FactConflict, Quarantine
+from appwarden.devices.service import device_identifiers
+from appwarden.errors import Conflict, InvalidInput, NotFound, Problem
+from appwarden.identity.models import Person
+from appwarden.identity.service import people_named, require
+from appwarden.timeutil import iso
+from appwarden.usecases.inventory import (
+    MAX_FILTER_CHARS,
+    checked_limit,
+    decode_cursor,
+    device_detail_by_id,
+    encode_cursor,
+    identifiers_of,
+)
+from appwarden.usecases.merge import merge_devices
+from appwarden.vocabulary import ConflictStatus, Permission, PersonStatus
+
+Row = dict[str, Any]
+#: How many audit entries about a device its history shows (newest first).
+MAX_HISTORY: Final = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One page of a console list: its rows and the cursor of the next page (None: the last)."""
+
+    rows: list[Row]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Where a list page starts and how long it is, checked; every bad argument is named."""
+
+    after: int
+    size: int
+
+    @classmethod
+    def of(
+        cls, kind: str, cursor: str | None, limit: int | None, where: Callable[[str], str]
+    ) -> Window:
+        problems: list[Problem] = []
+        after = size = 0
+        try:
+            after = decode_cursor(cursor, where=where("cursor"), kind=kind)
+        except InvalidInput as exc:
+            problems += exc.problems
+        try:
+            size = checked_limit(limit, where=where("limit"))
+        except InvalidInput as exc:
+            problems += exc.problems
+        if problems:
+            raise InvalidInput(f"the {kind} list: {len(problems)} problem(s)", problems=problems)
+        return cls(after, size)
+
+    def cut(
+        self, kind: str, rows: list[Any], key: Callable[[Any], int]
+    ) -> tuple[list[Any], str | None]:
+        """The page's rows (the query asked for one more, to know whether another page follows)
+        and the next page's cursor."""
+        more = len(rows) > self.size
+        rows = rows[: self.size]
+        return rows, encode_cursor(key(rows[-1]), kind) if more else None
+
+
+def checked_choice(value: str | None, allowed: tuple[str, ...], where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise InvalidInput(
+            f"{where}: expected one of {', '.join(allowed)}",
+            problems=[Problem(where, f"expected one of: {', '.join(allowed)}")],
+        )
+    return value
+
+
+def emails_of(uow: UnitOfWork, ids: set[int | None]) -> dict[int, str]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    query = select(Person.id, Person.email).where(Person.id.in_(wanted))
+    return {row.id: row.email for row in uow.session.execute(query)}
+
+
+# ── one device ────────────────────────────────────────────────────────────────────────────────
+
+
+def device_view(uow: UnitOfWork, device_id: int) -> Row:
+    """A device as `GET /v1/devices/{device}` describes it, plus its materialised decisions per
+    resource, its owners over time and what the audit log says about it."""
+    detail = device_detail_by_id(uow, device_id)
+    decisions = uow.session.scalars(
+        select(DecisionRecord)
+        .where(DecisionRecord.device_id == device_id)
+        .order_by(DecisionRecord.resource)
+    )
+    detail["decisions"] = [
+        {
+            "resource": d.resource,
+            "decision": d.decision,
+            "reasons": list(d.reasons),
+            "valid_until": iso(d.valid_until),
+            "next_decision": d.next_decision,
+            "changed_at": iso(d.changed_at),
+        }
+        for d in decisions
+    ]
+    owners = list(
+        uow.session.execute(
+            select(DeviceOwnerHistory.since, Person.email)
+            .outerjoin(Person, Person.id == DeviceOwnerHistory.person_id)
+            .where(DeviceOwnerHistory.device_id == device_id)
+            .order_by(DeviceOwnerHistory.since.desc(), DeviceOwnerHistory.id.desc())
+        )
+    )
+    detail["owner_history"] = [{"since": iso(since), "owner": email} for since, email in owners]
+    audit = uow.session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.object_type == "device", AuditEntry.object_id == str(device_id))
+        .order_by(AuditEntry.id.desc())
+        .limit(MAX_HISTORY)
+    )
+    detail["history"] = [
+        {"at": iso(e.at), "actor": e.actor, "action": e.action, "seq": e.seq} for e in audit
+    ]
+    return detail
+
+
+def merge_into(uow: UnitOfWork, keep_id: int, other_reference: str) -> Row:
+    """`appwarden devices merge KEEP OTHER` from a device's page: OTHER (a DEVICE reference,
+    `namespace:value` or a bare value) merges into the device with the store id `keep_id`.
+    Needs `admin`; audited by the merge."""
+    require(uow, Permission.ADMIN)
+    other = other_reference.strip()
+    if not other or len(other) > MAX_FILTER_CHARS * 2:
+        raise InvalidInput(
+            "name the device to merge in", problems=[Problem("form:other", "required")]
+        )
+    return merge_devices(uow, _reference_of(uow, keep_id), other)
+
+
+def _reference_of(uow: UnitOfWork, device_id: int) -> str:
+    """A reference that names exactly this device (its first identifier)."""
+    identifiers = identifiers_of(uow, [device_id])[device_id]
+    if uow.session.get(Device, device_id) is None or not identifiers:
+        raise NotFound("no device has this id")
+    first = identifiers[0]
+    return f"{first.namespace}:{first.value}"
+
+
+# ── people and leavers ────────────────────────────────────────────────────────────────────────
+
+
+def people_page(
+    uow: UnitOfWork,
+    *,
+    name: str | None = None,
+    status: str | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+    where: Callable[[str], str] = str,
+) -> Listing:
+    """People in id order: one (by email, alias or account name, exactly), or those of a status
+    (`left`: the leavers, with when they left), each with how many devices they own."""
+    window = Window.of("person", cursor, limit, where)
+    status = checked_choice(status, tuple(PersonStatus), where("status"))
+    query = select(Person).where(Person.id > window.after).order_by(Person.id)
+    if name:
+        query = query.where(Person.id.in_(people_named(uow, name[:MAX_FILTER_CHARS])))
+    if status:
+        query = query.where(Person.status == status)
+    people, next_cursor = window.cut(
+        "person", list(uow.session.scalars(query.limit(window.size + 1))), lambda p: p.id
+    )
+    counts: dict[int, int] = {}
+    if people:
+        counted = (
+            select(Device.owner_id, func.count())
+            .where(Device.owner_id.in_([p.id for p in people]))
+            .group_by(Device.owner_id)
+        )
+        counts = {owner: n for owner, n in uow.session.execute(counted) if owner is not None}
+    rows = [
+        {
+            "id": p.id,
+            "email": p.email,
+            "display_name": p.display_name,
+            "status": p.status,
+            "left_at": iso(p.left_at),
+            "source": p.source,
+            "devices": counts.get(p.id, 0),
+        }
+        for p in people
+    ]
+    return Listing(rows, next_cursor)
+
+
+# ── fact conflicts ────────────────────────────────────────────────────────────────────────────
+
+CONFLICT_VIEWS: Final = ("open", "settled", "all")
+
+
+def conflict_page(
+    uow: UnitOfWork,
+    *,
+    show: str | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+    where: Callable[[str], str] = str,
+) -> Listing:
+    """Fact conflicts in id order (`show`: open, the default; settled; all), as `appwarden
+    conflicts --json` lists them."""
+    window = Window.of("conflict", cursor, limit, where)
+    show = checked_choice(show, CONFLICT_VIEWS, where("show")) or "open"
+    query = select(FactConflict).where(FactConflict.id > window.after).order_by(FactConflict.id)
+    if show == "open":
+        query = query.where(FactConflict.status == ConflictStatus.OPEN)
+    elif show == "settled":
+        query = query.where(FactConflict.status != ConflictStatus.OPEN)
+    conflicts, next_cursor = window.cut(
+        "conflict", list(uow.session.scalars(query.limit(window.size + 1))), lambda c: c.id
+    )
+    identifiers = device_identifiers(uow, {c.device_id for c in conflicts if c.device_id})
+    emails = emails_of(uow, {c.person_id for c in conflicts})
+    rows = []
+    for conflict in conflicts:
+        row = conflict_json(conflict)
+        row["device_id"] = conflict.device_id
+        row["device"] = identifiers.get(conflict.device_id, []) if conflict.device_id else None
+        row["person"] = emails.get(conflict.person_id) if conflict.person_id else None
+        rows.append(row)
+    return Listing(rows, next_cursor)
+
+
+# ── the quarantine queue ──────────────────────────────────────────────────────────────────────
+
+
+def quarantine_page(
+    uow: UnitOfWork,
+    *,
+    show: str | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+    where: Callable[[str], str] = str,
+) -> Listing:
+    """Reports held back because their identifiers named several devices (`show`: open, the
+    default; settled; all), each with the devices it named."""
+    window = Window.of("quarantine", cursor, limit, where)
+    show = checked_choice(show, CONFLICT_VIEWS, where("show")) or "open"
+    query = select(Quarantine).where(Quarantine.id > window.after).order_by(Quarantine.id)
+    if show == "open":
+        query = query.where(Quarantine.resolved_at.is_(None))
+    elif show == "settled":
+        query = query.where(Quarantine.resolved_at.is_not(None))
+    held, next_cursor = window.cut(
+        "quarantine", list(uow.session.scalars(query.limit(window.size + 1))), lambda q: q.id
+    )
+    named = device_identifiers(uow, {int(i) for q in held for i in q.candidate_device_ids})
+    rows = [
+        {
+            "id": q.id,
+            "source": q.source,
+            "received_at": iso(q.received_at),
+            "identifiers": list(q.identifiers),
+            "reason": q.reason,
+            "resolved_at": iso(q.resolved_at),
+            "candidates": [
+                {"id": int(i), "identifiers": named.get(int(i), [])} for i in q.candidate_device_ids
+            ],
+        }
+        for q in held
+    ]
+    return Listing(rows, next_cursor)
+
+
+def settle_quarantine(uow: UnitOfWork, quarantine_id: int, *, merge: bool) -> Row:
+    """Settle a quarantined report (needs `admin`). Merge: the devices it named are one device,
+    so they merge into the oldest (as `devices merge` does, each merge audited), and the source's
+    next report joins it. Reject: they are separate devices; the held report is dropped (the
+    source sends its facts again at its next report). Either way it leaves the queue, audited."""
+    require(uow, Permission.ADMIN)
+    held = uow.session.get(Quarantine, quarantine_id)
+    if held is None:
+        raise NotFound(f"no quarantined report {quarantine_id}")
+    if held.resolved_at is not None:
+        raise Conflict(f"quarantined report {quarantine_id} was settled at {iso(held.resolved_at)}")
+    merged: list[int] = []
+    if merge:
+        existing = [
+            i
+            for i in sorted({int(i) for i in held.candidate_device_ids})
+            if uow.session.get(Device, i) is not None
+        ]
+        if len(existing) < 2:
+            raise Conflict("fewer than two of the devices it named still exist: nothing to merge")
+        keep = _reference_of(uow, existing[0])
+        for other in existing[1:]:
+            merge_devices(uow, keep, _reference_of(uow, other))
+            merged.append(other)
+    held.resolved_at = uow.now
+    outcome = {"id": held.id, "resolution": "merged" if merge else "rejected", "merged": merged}
+    record(
+        uow,
+        action="quarantine.merge" if merge else "quarantine.reject",
+        object_type="quarantine",
+        object_id=str(held.id),
+        after={**outcome, "identifiers": list(held.identifiers)},
+    )
+    return outcome
