@@ -135,6 +135,20 @@ def portal(
         yield Portal(f"http://127.0.0.1:{port}", db, clock, smtp_server)
 
 
+def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical")) -> list[str]:
+    """axe-core's violations of `impacts` on the page as it is now, one line each (rule, impact,
+    help, where): axe-core is injected from axe-playwright-python's bundled axe.min.js (pinned
+    in constraints.txt), so nothing is fetched from the network."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
+        for v in results.response["violations"]
+        if v["impact"] in impacts
+    ]
+
+
 @dataclass
 class Pages:
     """A browser context at phone size; `check` audits the page it is on."""
@@ -152,14 +166,7 @@ class Pages:
     def check(self, page: Any, label: str) -> None:
         """axe-core: no serious or critical violation; no horizontal scroll at 390×844; a
         screenshot in artifacts/."""
-        from axe_playwright_python.sync_playwright import Axe
-
-        results = Axe().run(page)
-        serious = [
-            f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
-            for v in results.response["violations"]
-            if v["impact"] in ("serious", "critical")
-        ]
+        serious = axe_violations(page)
         assert serious == [], f"{label}: {serious}"
         widths = page.evaluate(
             "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"

@@ -31,7 +31,18 @@ from appwarden.db.engine import Checkpointer, make_engine
 from appwarden.db.migrate import is_current
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
-from appwarden.web import Runtime, api, gate, inventory_api, pages, portal, push_api, signin
+from appwarden.web import (
+    Runtime,
+    api,
+    console,
+    console_policies,
+    gate,
+    inventory_api,
+    pages,
+    portal,
+    push_api,
+    signin,
+)
 from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
@@ -109,6 +120,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     pages.install(app)
     signin.install(app)
     portal.install(app)
+    console.install(app, console_policies.ROUTES)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
     # added last: outermost

@@ -1,5 +1,5 @@
-"""The employee portal, `/me/`: a signed-in person's own devices (docs/portal.md), and the admin
-pages' front door, `/admin/`.
+"""The employee portal, `/me/`: a signed-in person's own devices (docs/portal.md). The admin
+console, `/admin/`, is `web.console`.
 
 Every route depends on the session guard (`web.sessions.SessionGuard`); every form it serves
 carries the session's CSRF token, checked before anything is read from the store. Each page's
@@ -9,24 +9,20 @@ theirs applies, whatever the sign-in), and closed before the page is rendered.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from appwarden.errors import InvalidInput
 from appwarden.usecases import portal
 from appwarden.usecases.sign_in import Visitor
-from appwarden.vocabulary import Permission
 from appwarden.web import Runtime
 from appwarden.web.auth import runtime_of
 from appwarden.web.pages import page, redirect
-from appwarden.web.sessions import Employee, SessionGuard, check_csrf, read_form
-
-#: An admin page's visitor: a session opened with OIDC or a password, whose roles allow `read`.
-Admin = Annotated[Visitor, Depends(SessionGuard(Permission.READ))]
+from appwarden.web.sessions import Employee, check_csrf, read_form
 
 MAX_POLICY_CHARS = 64
 
@@ -114,19 +110,11 @@ async def data_page(request: Request, visitor: Employee) -> Response:
     return page(request, "data.html", values)
 
 
-async def admin_home(request: Request, visitor: Admin) -> Response:
-    """The admin console's front door (the console itself comes later): who is signed in, with
-    which roles. A session opened by an email link never gets here."""
-    permissions = sorted(str(p) for p in visitor.permissions)
-    return page(request, "admin.html", {"visitor": visitor, "permissions": permissions})
-
-
 def install(app: FastAPI) -> None:
     for path, endpoint, method in (
         ("/me/", home, "GET"),
         ("/me/devices/{device}", device_page, "GET"),
         ("/me/devices/{device}/exemptions", ask_exemption, "POST"),
         ("/me/data", data_page, "GET"),
-        ("/admin/", admin_home, "GET"),
     ):
         app.add_api_route(path, endpoint, methods=[method], include_in_schema=False)

@@ -8,7 +8,8 @@ the store keeps.
 
 Every form a cookie authenticates carries its session's CSRF token (`check_csrf`); sign-in forms
 carry their flow's, so nobody can sign a browser in behind its back. Forms are read here
-(`read_form`), bounded, without a multipart parser: the pages post only URL-encoded forms.
+(`read_form`), bounded: URL-encoded, or multipart where a page offers a file upload (the console's
+policy editor), parsed by the standard library.
 
 Who the client is (for rate limits and logs) is `web.clients.client_address`.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from email import policy as email_policy
+from email.parser import BytesParser
 from typing import Annotated, Final
 from urllib.parse import parse_qsl
 
@@ -82,14 +85,20 @@ def clear_cookie(response: Response, settings: Settings, name: str) -> None:
 # ── forms and CSRF ────────────────────────────────────────────────────────────────────────────
 
 
-async def read_form(request: Request) -> dict[str, str]:
+async def read_form(
+    request: Request, *, max_bytes: int = MAX_FORM_BYTES, files: bool = False
+) -> dict[str, str]:
     """An `application/x-www-form-urlencoded` body as a dict (the first of a repeated field),
     bounded in bytes and fields; an empty body is an empty form; anything else is refused with a
-    located problem."""
-    body = await read_body(request, MAX_FORM_BYTES)
+    located problem. `files`: a `multipart/form-data` body (a form with a file input) is read
+    too, each part as UTF-8 text, the file's by its field name."""
+    body = await read_body(request, max_bytes)
     if not body:
         return {}
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    kind = content_type.split(";")[0].strip().lower()
+    if files and kind == "multipart/form-data":
+        return _multipart(content_type, body)
     if kind != "application/x-www-form-urlencoded":
         raise InvalidInput(
             "expected a form (application/x-www-form-urlencoded)",
@@ -106,6 +115,34 @@ async def read_form(request: Request) -> dict[str, str]:
     form: dict[str, str] = {}
     for key, value in pairs:
         form.setdefault(key, value)
+    return form
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, str]:
+    """A multipart form, parsed by the standard library's MIME parser (the body is already
+    bounded): each part's text by its field name, the first of a repeated one."""
+    message = BytesParser(policy=email_policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise InvalidInput(
+            "the form is not valid", problems=[form_problem("form", "not a valid form")]
+        )
+    form: dict[str, str] = {}
+    for count, part in enumerate(message.iter_parts()):
+        name = part.get_param("name", header="content-disposition")
+        if count >= MAX_FORM_FIELDS or not isinstance(name, str):
+            raise InvalidInput(
+                "the form is not valid", problems=[form_problem("form", "not a valid form")]
+            )
+        payload = part.get_payload(decode=True)
+        raw = payload if isinstance(payload, bytes) else b""
+        try:
+            form.setdefault(name, raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"{name}: not UTF-8 text", problems=[form_problem(name, "not UTF-8 text")]
+            ) from None
     return form
 
 
