@@ -32,7 +32,9 @@ from appwarden.timeutil import parse_instant
 from appwarden.usecases import fleet_console as fleet
 from appwarden.usecases import operations_console as operations
 from appwarden.usecases.ingest import Writer, ingest
+from appwarden.usecases.inventory import DeviceFilters
 from appwarden.usecases.notices import NoticeConfig
+from appwarden.usecases.paging import Window
 
 NOW = parse_instant("2020-07-10T10:00:00-07:00")
 ADMIN = "it.admin@example.com"
@@ -91,11 +93,11 @@ def _act(store, actor, work, *args, **kwargs):
 def _all_pages(store, work, limit: int, **filters) -> list[list[dict]]:
     pages, cursor = [], None
     while True:
-        listing = _read(store, work, cursor=cursor, limit=limit, **filters)
+        listing = _read(store, work, window=Window(limit, cursor), **filters)
         pages.append(listing.rows)
-        if listing.next_cursor is None:
+        if listing.next_after is None:
             return pages
-        cursor = listing.next_cursor
+        cursor = listing.next_after
 
 
 # ── people ────────────────────────────────────────────────────────────────────────────────────
@@ -122,18 +124,32 @@ def test_people_come_a_page_at_a_time_and_leavers_on_their_own(organisation):
     assert alice["email"] == "alice@example.com"
 
 
-def test_bad_list_arguments_are_named_together(organisation):
+def test_bad_list_arguments_are_named(organisation):
     with pytest.raises(InvalidInput) as caught:
-        _read(organisation, fleet.people_page, cursor="nonsense", limit=0, where="query:{}".format)
-    assert [p.where for p in caught.value.problems] == ["query:cursor", "query:limit"]
-    conflicts = _read(organisation, fleet.conflict_page, limit=1)
-    assert conflicts.next_cursor is None
-    person_cursor = _read(organisation, fleet.people_page, limit=1).next_cursor
-    with pytest.raises(InvalidInput) as caught:  # a cursor of another list
-        _read(organisation, operations.audit_page, cursor=person_cursor)
-    assert caught.value.problems[0].where == "cursor"
-    with pytest.raises(InvalidInput):
+        _read(organisation, fleet.people_page, window=Window(after="nonsense"))
+    assert [p.where for p in caught.value.problems] == ["after"]
+    with pytest.raises(InvalidInput) as caught:
+        _read(organisation, fleet.device_list, DeviceFilters(), Window(after="12"))
+    assert [p.where for p in caught.value.problems] == ["after"]
+    with pytest.raises(InvalidInput) as caught:
         _read(organisation, operations.notice_page, status="lost")
+    assert [p.where for p in caught.value.problems] == ["status"]
+    with pytest.raises(InvalidInput) as caught:
+        _read(organisation, fleet.device_list, DeviceFilters(platform="nokia"))
+    assert [p.where for p in caught.value.problems] == ["platform"]
+
+
+def test_devices_are_found_by_person_serial_or_identifier(organisation):
+    by_person = _read(organisation, fleet.device_list, DeviceFilters(person="erin@example.com"))
+    assert [r["device"] for r in by_person.rows] == [ERIN_TABLET]
+    for reference in ("C02ZK1ABMD6M", "serial:C02ZK1ABMD6M"):
+        [found] = _read(organisation, fleet.device_list, DeviceFilters(identifier=reference)).rows
+        assert found["person"] == "alice@example.com"
+    first = _read(organisation, fleet.device_list, DeviceFilters(), Window(size=2))
+    rest = _read(organisation, fleet.device_list, DeviceFilters(), Window(after=first.next_after))
+    ids = [r["id"] for r in first.rows + rest.rows]
+    assert ids == sorted(set(ids))
+    assert len(ids) == 7  # the reference organisation's devices
 
 
 # ── devices, conflicts, quarantine ────────────────────────────────────────────────────────────
@@ -299,7 +315,9 @@ def test_an_approver_grants_a_request_with_a_reason(organisation, cli):
         organisation, APPROVER, operations.decide_exemption, request_id, "revoke", "over", CONFIG
     )
     assert revoked["status"] == "revoked"
-    actions = [r["action"] for r in _read(organisation, operations.audit_page, limit=2).rows]
+    actions = [
+        r["action"] for r in _read(organisation, operations.audit_page, window=Window(2)).rows
+    ]
     assert actions == ["exemption.revoke", "exemption.grant"]
 
 

@@ -9,8 +9,6 @@ The device list itself is `usecases.inventory.device_page`, as `GET /v1/devices`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import func, select
@@ -28,61 +26,37 @@ from appwarden.identity.service import people_named, require
 from appwarden.timeutil import iso
 from appwarden.usecases.inventory import (
     MAX_FILTER_CHARS,
-    checked_limit,
-    decode_cursor,
+    DeviceFilters,
     device_detail_by_id,
-    encode_cursor,
+    device_page,
     identifiers_of,
 )
 from appwarden.usecases.merge import merge_devices
+from appwarden.usecases.paging import Page, Window, page_of
 from appwarden.vocabulary import ConflictStatus, Permission, PersonStatus
 
 Row = dict[str, Any]
+#: A list's first page, of the default size.
+FIRST_PAGE: Final = Window()
 #: How many audit entries about a device its history shows (newest first).
 MAX_HISTORY: Final = 50
 
 
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """One page of a console list: its rows and the cursor of the next page (None: the last)."""
+def id_after(window: Window) -> int:
+    """The id a keyed-by-id list continues after (0: from the start); `after` is the cursor its
+    previous page handed out, and anything else is refused, located."""
+    if window.after is None:
+        return 0
+    if not window.after.isdecimal() or len(window.after) > 18:
+        raise InvalidInput(
+            "after: not a cursor from a previous page",
+            problems=[Problem("after", "not a cursor from a previous page")],
+        )
+    return int(window.after)
 
-    rows: list[Row]
-    next_cursor: str | None
 
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """Where a list page starts and how long it is, checked; every bad argument is named."""
-
-    after: int
-    size: int
-
-    @classmethod
-    def of(
-        cls, kind: str, cursor: str | None, limit: int | None, where: Callable[[str], str]
-    ) -> Window:
-        problems: list[Problem] = []
-        after = size = 0
-        try:
-            after = decode_cursor(cursor, where=where("cursor"), kind=kind)
-        except InvalidInput as exc:
-            problems += exc.problems
-        try:
-            size = checked_limit(limit, where=where("limit"))
-        except InvalidInput as exc:
-            problems += exc.problems
-        if problems:
-            raise InvalidInput(f"the {kind} list: {len(problems)} problem(s)", problems=problems)
-        return cls(after, size)
-
-    def cut(
-        self, kind: str, rows: list[Any], key: Callable[[Any], int]
-    ) -> tuple[list[Any], str | None]:
-        """The page's rows (the query asked for one more, to know whether another page follows)
-        and the next page's cursor."""
-        more = len(rows) > self.size
-        rows = rows[: self.size]
-        return rows, encode_cursor(key(rows[-1]), kind) if more else None
+def id_key(row: Any) -> str:
+    return str(row.id)
 
 
 def checked_choice(value: str | None, allowed: tuple[str, ...], where: str) -> str | None:
@@ -104,7 +78,19 @@ def emails_of(uow: UnitOfWork, ids: set[int | None]) -> dict[int, str]:
     return {row.id: row.email for row in uow.session.execute(query)}
 
 
-# ── one device ────────────────────────────────────────────────────────────────────────────────
+# ── devices ────────────────────────────────────────────────────────────────────────────────
+
+
+def device_list(uow: UnitOfWork, filters: DeviceFilters, window: Window = FIRST_PAGE) -> Page[Row]:
+    """The devices matching every filter, in id order, as `GET /v1/devices` pages them (its own
+    cursor, handed back as `after`): search by person, by identifier (`namespace:value` or a bare
+    value: a serial, say), by platform, source or state."""
+    found = device_page(uow, filters, window.after, window.size, where=_query_name)
+    return Page(found.devices, found.next_cursor)
+
+
+def _query_name(name: str) -> str:
+    return "after" if name == "cursor" else name
 
 
 def device_view(uow: UnitOfWork, device_id: int) -> Row:
@@ -178,22 +164,19 @@ def people_page(
     *,
     name: str | None = None,
     status: str | None = None,
-    cursor: str | None = None,
-    limit: int | None = None,
-    where: Callable[[str], str] = str,
-) -> Listing:
+    window: Window = FIRST_PAGE,
+) -> Page[Row]:
     """People in id order: one (by email, alias or account name, exactly), or those of a status
     (`left`: the leavers, with when they left), each with how many devices they own."""
-    window = Window.of("person", cursor, limit, where)
-    status = checked_choice(status, tuple(PersonStatus), where("status"))
-    query = select(Person).where(Person.id > window.after).order_by(Person.id)
+    after = id_after(window)
+    status = checked_choice(status, tuple(PersonStatus), "status")
+    query = select(Person).where(Person.id > after).order_by(Person.id)
     if name:
         query = query.where(Person.id.in_(people_named(uow, name[:MAX_FILTER_CHARS])))
     if status:
         query = query.where(Person.status == status)
-    people, next_cursor = window.cut(
-        "person", list(uow.session.scalars(query.limit(window.size + 1))), lambda p: p.id
-    )
+    shown = page_of(list(uow.session.scalars(query.limit(window.fetch))), window, id_key)
+    people = shown.rows
     counts: dict[int, int] = {}
     if people:
         counted = (
@@ -214,7 +197,7 @@ def people_page(
         }
         for p in people
     ]
-    return Listing(rows, next_cursor)
+    return Page(rows, shown.next_after)
 
 
 # ── fact conflicts ────────────────────────────────────────────────────────────────────────────
@@ -226,22 +209,19 @@ def conflict_page(
     uow: UnitOfWork,
     *,
     show: str | None = None,
-    cursor: str | None = None,
-    limit: int | None = None,
-    where: Callable[[str], str] = str,
-) -> Listing:
+    window: Window = FIRST_PAGE,
+) -> Page[Row]:
     """Fact conflicts in id order (`show`: open, the default; settled; all), as `appwarden
     conflicts --json` lists them."""
-    window = Window.of("conflict", cursor, limit, where)
-    show = checked_choice(show, CONFLICT_VIEWS, where("show")) or "open"
-    query = select(FactConflict).where(FactConflict.id > window.after).order_by(FactConflict.id)
+    after = id_after(window)
+    show = checked_choice(show, CONFLICT_VIEWS, "show") or "open"
+    query = select(FactConflict).where(FactConflict.id > after).order_by(FactConflict.id)
     if show == "open":
         query = query.where(FactConflict.status == ConflictStatus.OPEN)
     elif show == "settled":
         query = query.where(FactConflict.status != ConflictStatus.OPEN)
-    conflicts, next_cursor = window.cut(
-        "conflict", list(uow.session.scalars(query.limit(window.size + 1))), lambda c: c.id
-    )
+    shown = page_of(list(uow.session.scalars(query.limit(window.fetch))), window, id_key)
+    conflicts = shown.rows
     identifiers = device_identifiers(uow, {c.device_id for c in conflicts if c.device_id})
     emails = emails_of(uow, {c.person_id for c in conflicts})
     rows = []
@@ -251,7 +231,7 @@ def conflict_page(
         row["device"] = identifiers.get(conflict.device_id, []) if conflict.device_id else None
         row["person"] = emails.get(conflict.person_id) if conflict.person_id else None
         rows.append(row)
-    return Listing(rows, next_cursor)
+    return Page(rows, shown.next_after)
 
 
 # ── the quarantine queue ──────────────────────────────────────────────────────────────────────
@@ -261,22 +241,19 @@ def quarantine_page(
     uow: UnitOfWork,
     *,
     show: str | None = None,
-    cursor: str | None = None,
-    limit: int | None = None,
-    where: Callable[[str], str] = str,
-) -> Listing:
+    window: Window = FIRST_PAGE,
+) -> Page[Row]:
     """Reports held back because their identifiers named several devices (`show`: open, the
     default; settled; all), each with the devices it named."""
-    window = Window.of("quarantine", cursor, limit, where)
-    show = checked_choice(show, CONFLICT_VIEWS, where("show")) or "open"
-    query = select(Quarantine).where(Quarantine.id > window.after).order_by(Quarantine.id)
+    after = id_after(window)
+    show = checked_choice(show, CONFLICT_VIEWS, "show") or "open"
+    query = select(Quarantine).where(Quarantine.id > after).order_by(Quarantine.id)
     if show == "open":
         query = query.where(Quarantine.resolved_at.is_(None))
     elif show == "settled":
         query = query.where(Quarantine.resolved_at.is_not(None))
-    held, next_cursor = window.cut(
-        "quarantine", list(uow.session.scalars(query.limit(window.size + 1))), lambda q: q.id
-    )
+    shown = page_of(list(uow.session.scalars(query.limit(window.fetch))), window, id_key)
+    held = shown.rows
     named = device_identifiers(uow, {int(i) for q in held for i in q.candidate_device_ids})
     rows = [
         {
@@ -292,7 +269,7 @@ def quarantine_page(
         }
         for q in held
     ]
-    return Listing(rows, next_cursor)
+    return Page(rows, shown.next_after)
 
 
 def settle_quarantine(uow: UnitOfWork, quarantine_id: int, *, merge: bool) -> Row:

@@ -55,7 +55,7 @@ MAX_LIMIT: Final = 1000
 MAX_DETAIL_REPORTS: Final = 500
 MAX_REFERENCE_CHARS: Final = 600
 MAX_FILTER_CHARS: Final = 254
-_CURSOR_KIND: Final = "device"
+_CURSOR_PREFIX: Final = "device:"
 
 
 # ── filters and cursors ───────────────────────────────────────────────────────────────────────
@@ -128,15 +128,14 @@ def _checked_filters(
     )
 
 
-def encode_cursor(key: int, kind: str = _CURSOR_KIND) -> str:
-    """Opaque to callers: where the next page of `kind` rows starts (after the row `key`)."""
-    raw = f"{kind}:{key}".encode()
+def encode_cursor(device_id: int) -> str:
+    """Opaque to callers: where the next page starts (after this device id)."""
+    raw = f"{_CURSOR_PREFIX}{device_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, *, where: str, kind: str = _CURSOR_KIND) -> int:
-    """The key of the `kind` row a cursor continues after (0: from the start); a cursor of
-    another kind of list is refused."""
+def decode_cursor(cursor: str | None, *, where: str) -> int:
+    """The device id a cursor continues after (0: from the start)."""
     if cursor is None:
         return 0
     message = "not a cursor from a previous page (pass `next_cursor` back unchanged)"
@@ -147,7 +146,7 @@ def decode_cursor(cursor: str | None, *, where: str, kind: str = _CURSOR_KIND) -
     except (binascii.Error, ValueError):
         raise _bad(where, message) from None
     prefix, _, digits = raw.partition(":")
-    if prefix != kind or not digits.isdecimal() or len(digits) > 18:
+    if f"{prefix}:" != _CURSOR_PREFIX or not digits.isdecimal() or len(digits) > 18:
         raise _bad(where, message)
     return int(digits)
 

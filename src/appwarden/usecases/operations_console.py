@@ -9,7 +9,6 @@ Source health is `usecases.health.health_rows`, as `appwarden sources` reads it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
@@ -31,8 +30,9 @@ from appwarden.settings import Settings
 from appwarden.timeutil import iso
 from appwarden.usecases.deliver import retry_failed
 from appwarden.usecases.exemptions import after_decision
-from appwarden.usecases.fleet_console import Listing, Window, checked_choice, emails_of
+from appwarden.usecases.fleet_console import FIRST_PAGE, checked_choice, emails_of, id_after, id_key
 from appwarden.usecases.notices import NoticeConfig
+from appwarden.usecases.paging import Page, Window, page_of
 from appwarden.vocabulary import NoticeStatus, Permission
 
 Row = dict[str, Any]
@@ -49,24 +49,21 @@ def notice_page(
     *,
     status: str | None = None,
     policy: str | None = None,
-    cursor: str | None = None,
-    limit: int | None = None,
-    where: Callable[[str], str] = str,
-) -> Listing:
+    window: Window = FIRST_PAGE,
+) -> Page[Row]:
     """Notices, newest first, as `appwarden notices --json` lists them (bodies left out),
     optionally those in one status or of one policy."""
-    window = Window.of("notice", cursor, limit, where)
-    status = checked_choice(status, tuple(NoticeStatus), where("status"))
+    after = id_after(window)
+    status = checked_choice(status, tuple(NoticeStatus), "status")
     query = select(Notice).order_by(Notice.id.desc())
-    if window.after:
-        query = query.where(Notice.id < window.after)
+    if after:
+        query = query.where(Notice.id < after)
     if status:
         query = query.where(Notice.status == status)
     if policy:
         query = query.where(Notice.policy_id == policy[:200])
-    notices, next_cursor = window.cut(
-        "notice", list(uow.session.scalars(query.limit(window.size + 1))), lambda n: n.id
-    )
+    shown = page_of(list(uow.session.scalars(query.limit(window.fetch))), window, id_key)
+    notices = shown.rows
     emails = emails_of(uow, {n.person_id for n in notices})
     rows = [
         {
@@ -86,7 +83,7 @@ def notice_page(
         }
         for n in notices
     ]
-    return Listing(rows, next_cursor)
+    return Page(rows, shown.next_after)
 
 
 def retry_notices(uow: UnitOfWork, notice_id: int | None = None) -> int:
@@ -108,22 +105,19 @@ def exemption_page(
     *,
     status: str | None = None,
     policy: str | None = None,
-    cursor: str | None = None,
-    limit: int | None = None,
-    where: Callable[[str], str] = str,
-) -> Listing:
+    window: Window = FIRST_PAGE,
+) -> Page[Row]:
     """Exemptions in id order (`status`: requested is the queue), with whose and which device's
     they are, who asked and who decided."""
-    window = Window.of("exemption", cursor, limit, where)
-    status = checked_choice(status, EXEMPTION_STATUSES, where("status"))
-    query = select(Exemption).where(Exemption.id > window.after).order_by(Exemption.id)
+    after = id_after(window)
+    status = checked_choice(status, EXEMPTION_STATUSES, "status")
+    query = select(Exemption).where(Exemption.id > after).order_by(Exemption.id)
     if status:
         query = query.where(Exemption.status == status)
     if policy:
         query = query.where(Exemption.policy_id == policy[:200])
-    found, next_cursor = window.cut(
-        "exemption", list(uow.session.scalars(query.limit(window.size + 1))), lambda e: e.id
-    )
+    shown = page_of(list(uow.session.scalars(query.limit(window.fetch))), window, id_key)
+    found = shown.rows
     emails = emails_of(uow, {i for e in found for i in (e.person_id, e.requested_by, e.decided_by)})
     devices = device_identifiers(uow, {e.device_id for e in found if e.device_id is not None})
     rows = [
@@ -145,7 +139,7 @@ def exemption_page(
         }
         for e in found
     ]
-    return Listing(rows, next_cursor)
+    return Page(rows, shown.next_after)
 
 
 def decide_exemption(
@@ -236,21 +230,18 @@ def audit_page(
     uow: UnitOfWork,
     *,
     action: str | None = None,
-    cursor: str | None = None,
-    limit: int | None = None,
-    where: Callable[[str], str] = str,
-) -> Listing:
+    window: Window = FIRST_PAGE,
+) -> Page[Row]:
     """Audit entries, newest first (entries the appender has not chained yet included, without
     a sequence number), optionally of one action (`exemption.grant`)."""
-    window = Window.of("audit", cursor, limit, where)
+    after = id_after(window)
     query = select(AuditEntry).order_by(AuditEntry.id.desc())
-    if window.after:
-        query = query.where(AuditEntry.id < window.after)
+    if after:
+        query = query.where(AuditEntry.id < after)
     if action:
         query = query.where(AuditEntry.action == action[:MAX_ACTION_CHARS])
-    entries, next_cursor = window.cut(
-        "audit", list(uow.session.scalars(query.limit(window.size + 1))), lambda e: e.id
-    )
+    shown = page_of(list(uow.session.scalars(query.limit(window.fetch))), window, id_key)
+    entries = shown.rows
     rows = [
         {
             "id": e.id,
@@ -266,7 +257,7 @@ def audit_page(
         }
         for e in entries
     ]
-    return Listing(rows, next_cursor)
+    return Page(rows, shown.next_after)
 
 
 def audit_verification(uow: UnitOfWork) -> Row:
