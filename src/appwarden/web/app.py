@@ -35,6 +35,8 @@ from appwarden.web import (
     Runtime,
     api,
     console,
+    console_fleet,
+    console_operations,
     console_policies,
     gate,
     inventory_api,
@@ -120,7 +122,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     pages.install(app)
     signin.install(app)
     portal.install(app)
-    console.install(app, console_policies.ROUTES)
+    console.install(app, console_policies.ROUTES, console_fleet.ROUTES, console_operations.ROUTES)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
     # added last: outermost
