@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -32,12 +32,14 @@ from appwarden.identity import models as _identity_models  # noqa: F401
 from appwarden.identity.models import Person
 from appwarden.notifications import models as _notifications_models  # noqa: F401
 from appwarden.notifications import service as outbox
+from appwarden.notifications.templates import templates_digest
 from appwarden.policies import models as _policies_models  # noqa: F401
 from appwarden.policies.models import PolicyVersion
 from appwarden.settings import Settings
 from appwarden.staleness import Staleness
 from appwarden.timeutil import iso
 from appwarden.usecases.enforcement import configured
+from appwarden.usecases.lifecycle import LifecycleRules
 from appwarden.usecases.notices import (
     AUDIENCE_STATES,
     NoticeConfig,
@@ -149,6 +151,16 @@ class Services:
             organisation=settings.organisation,
             default_time_zone=settings.default_time_zone,
             public_url=settings.public_url,
+        )
+
+    @property
+    def lifecycle_rules(self) -> LifecycleRules:
+        """What the steps of a version's life need (`usecases.lifecycle`), from the settings."""
+        return LifecycleRules(
+            catalog=self.catalog,
+            templates_digest=templates_digest(),
+            undo_window=timedelta(seconds=self.settings.undo_window_seconds),
+            required_approvals=self.settings.required_approvals,
         )
 
     def bus(self) -> EventBus:

@@ -17,13 +17,10 @@ from appwarden.enforcement.exchange import current_state_script
 from appwarden.errors import InvalidInput
 from appwarden.exemptions import service as exemptions
 from appwarden.identity.service import get_person, require
-from appwarden.policies import service as policies
-from appwarden.timeutil import iso
-from appwarden.usecases import outbox
+from appwarden.usecases import lifecycle, outbox
 from appwarden.usecases.deliver import Delivery, retry_failed
 from appwarden.usecases.enforcement import exchange_state
 from appwarden.usecases.exemptions import after_decision, exemption_row
-from appwarden.usecases.notices import plan_release
 from appwarden.usecases.retract import retract
 from appwarden.usecases.sign_in import SessionRules
 from appwarden.usecases.sync import SyncSchedule, runner_name
@@ -57,36 +54,35 @@ def policy_preview(
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
-        row = policies.get_version(uow, policy_id, version)
-        release_at = row.release_at or now + context.undo_window
-        plan = plan_release(uow, row, release_at, context.notice_config)
-    body = plan.as_json()
+        body = lifecycle.preview(
+            uow, policy_id, version, context.services.lifecycle_rules, context.notice_config
+        )
     if json:
         emit_json(body)
         return
-    errors.print(f"{policy_id} v{plan.version} released at {short_time(body['release_at'])}")
-    errors.print("states: " + ", ".join(f"{k} {v}" for k, v in sorted(plan.counts.items())))
+    errors.print(f"{policy_id} v{body['version']} released at {short_time(body['release_at'])}")
+    errors.print("states: " + ", ".join(f"{k} {v}" for k, v in sorted(body["counts"].items())))
     table(
         "Notices",
         ["person", "kind", "due", "devices", "subject"],
         [
             (
-                n.person,
-                n.kind,
-                short_time(iso(n.due_at)),
-                ", ".join(d.name for d in n.devices),
-                n.subject,
+                n["person"],
+                n["kind"],
+                short_time(n["due_at"]),
+                ", ".join(d["name"] for d in n["devices"]),
+                n["subject"],
             )
-            for n in plan.notices
+            for n in body["notices"]
         ],
     )
-    if plan.losing_access:
+    if body["losing_access"]:
         table(
             "Would lose access",
             ["person", "device", "resource", "at"],
             [
                 (r["person"], r["device"], r["resource"], short_time(r["at"]))
-                for r in plan.losing_access
+                for r in body["losing_access"]
             ],
         )
 

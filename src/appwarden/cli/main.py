@@ -39,6 +39,7 @@ from appwarden.policies import service as policies
 from appwarden.policies.document import parse_policy
 from appwarden.settings import load_settings
 from appwarden.timeutil import iso
+from appwarden.usecases import lifecycle
 from appwarden.usecases.demo import POLICY_ID, load_demo
 from appwarden.usecases.ingest import quarantine_rows
 from appwarden.usecases.policies import policy_rows, stored_document, version_view
@@ -256,13 +257,7 @@ def policy_apply(file: Path, actor: As = None, at: At = None, json: Json = False
     context = ctx(actor)
     text = read_limited(file, MAX_DOCUMENT_BYTES)
     with context.uow(context.at(at)) as uow:
-        result = policies.apply(
-            uow,
-            text=text,
-            filename=str(file),
-            catalog=context.catalog,
-            templates_digest=context.templates_digest,
-        )
+        result = lifecycle.apply_document(uow, text, str(file), context.services.lifecycle_rules)
         version = result.version
         out = {
             "policy": version.policy_id,
@@ -282,32 +277,8 @@ def _lifecycle(
     action: str, policy_id: str, actor: str | None, at: str | None, json: bool, **kw: Any
 ) -> None:
     context = ctx(actor)
-    catalog, digest = context.catalog, context.templates_digest
     with context.uow(context.at(at)) as uow:
-        if action == "propose":
-            version = policies.propose(uow, policy_id, catalog=catalog, templates_digest=digest)
-        elif action == "approve":
-            version = policies.approve(
-                uow,
-                policy_id,
-                catalog=catalog,
-                templates_digest=digest,
-                required_approvals=context.settings.required_approvals,
-            )
-        elif action == "publish":
-            version = policies.publish(
-                uow,
-                policy_id,
-                undo_window=context.undo_window,
-                required_approvals=context.settings.required_approvals,
-                short_notice=kw.get("short_notice", False),
-                catalog=catalog,
-                templates_digest=digest,
-            )
-        elif action == "cancel":
-            version = policies.cancel(uow, policy_id)
-        else:
-            version = policies.retire(uow, policy_id)
+        version = lifecycle.act(uow, action, policy_id, context.services.lifecycle_rules, **kw)
         out = {
             "policy": version.policy_id,
             "version": version.number,

@@ -27,3 +27,20 @@ class ComplianceRecord(Base):
     due_at: Mapped[datetime | None]
     reasons: Mapped[list[Any]] = mapped_column(JSON)
     evaluated_at: Mapped[datetime]
+
+
+class ComplianceCount(Base):
+    """How many devices were in each compliance state of a policy's version at an instant: the
+    history the console's chart draws. The worker writes a row per counted state every hour and
+    at every release or retraction; nothing is backfilled (docs/console.md)."""
+
+    __tablename__ = "compliance_counts"
+    __table_args__ = (Index("ix_compliance_counts_at", "at"),)
+
+    policy_id: Mapped[str] = mapped_column(
+        ForeignKey("policy.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int]

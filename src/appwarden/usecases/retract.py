@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -26,6 +27,7 @@ from appwarden.notifications.models import Notice
 from appwarden.policies.lifecycle import next_state
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import document_of, get_policy, versions_of
+from appwarden.timeutil import iso
 from appwarden.usecases.ingest import reevaluate_device
 from appwarden.usecases.notices import NoticeConfig, render_notice
 from appwarden.vocabulary import NoticeKind, Permission, VersionState
@@ -71,12 +73,39 @@ def retract(
     uow.session.flush()
     result.cancelled = outbox.cancel_pending(uow, policy_id, "retracted")
     result.decisions_changed = _lift(uow, policy_id, [v.id for v in live])
-    for notice in outbox.first_notices(uow, policy_id).values():
-        if notice.status == "sent" and enqueue_correction(
-            uow, notice, live[-1], message.strip(), config
-        ):
+    for notice in _told(uow, policy_id):
+        if enqueue_correction(uow, notice, live[-1], message.strip(), config):
             result.corrections += 1
     return result
+
+
+def _told(uow: UnitOfWork, policy_id: str) -> list[Notice]:
+    """Per person who was told about the policy, their first notice that went out."""
+    return [n for n in outbox.first_notices(uow, policy_id).values() if n.status == "sent"]
+
+
+def correction_recipients(uow: UnitOfWork, policy_id: str) -> list[dict[str, Any]]:
+    """Who a retraction of the policy now would send the correction to (the same selection
+    `retract` makes), each with the address of their first notice, threaded to it: what the
+    console shows before the retraction is confirmed."""
+    require(uow, Permission.POLICIES_RETRACT)
+    get_policy(uow, policy_id)
+    told = _told(uow, policy_id)
+    people = {
+        p.id: p
+        for p in uow.session.scalars(select(Person).where(Person.id.in_(n.person_id for n in told)))
+    }
+    recipients = [
+        {
+            "person": people[n.person_id].email,
+            "name": people[n.person_id].display_name,
+            "address": n.address,
+            "first_notice": n.kind,
+            "first_sent_at": iso(n.sent_at),
+        }
+        for n in told
+    ]
+    return sorted(recipients, key=lambda r: r["person"])
 
 
 def _lift(uow: UnitOfWork, policy_id: str, version_ids: list[int]) -> int:

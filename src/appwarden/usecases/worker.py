@@ -1,10 +1,11 @@
 """One pass of the worker, as `appwarden worker` and the worker embedded in `appwarden serve`
 both run it at the clock's now: releases whose time came, decisions whose `valid_until` came,
-the breaker's holds whose cause passed, exemption expiry warnings, delivery of notices and
-webhooks, then the scheduled syncs that are due (usecases/sync.py: each under a claim, so two
-workers never sync one source at once; a long sync delays the next pass, not this pass's
-notices). Each pass also logs a warning for each stale source (docs/sources/README.md, "Source
-health").
+the breaker's holds whose cause passed, the compliance counts when due (hourly, and after a
+release or retraction: usecases/compliance_history.py), exemption expiry warnings, delivery of
+notices and webhooks, then the scheduled syncs that are due (usecases/sync.py: each under a
+claim, so two workers never sync one source at once; a long sync delays the next pass, not this
+pass's notices). Each pass also logs a warning for each stale source (docs/sources/README.md,
+"Source health").
 
 Decisions whose time came are re-evaluated in batches, each its own transaction: at a deadline
 that is every device still carrying the app at once (2.3 ms each, bench/README.md), and one
@@ -21,6 +22,7 @@ from datetime import datetime
 
 from appwarden.timeutil import format_duration, iso
 from appwarden.usecases.breakers import close_idle, settle_holds
+from appwarden.usecases.compliance_history import record_counts
 from appwarden.usecases.deliver import Delivery, DeliveryStats, OpenUnitOfWork, deliver_due
 from appwarden.usecases.exemptions import warn_expiring
 from appwarden.usecases.health import stale_sources
@@ -68,6 +70,7 @@ def worker_pass(
                 break
     stale = _settle_breakers(open_uow, batch)
     with open_uow() as uow:
+        record_counts(uow)  # after this pass's releases and decisions
         warn_expiring(uow, config)
         if sessions is not None:
             housekeeping(uow, sessions)

@@ -91,7 +91,7 @@ async def read_form(
     """An `application/x-www-form-urlencoded` body as a dict (the first of a repeated field),
     bounded in bytes and fields; an empty body is an empty form; anything else is refused with a
     located problem. `files`: a `multipart/form-data` body (a form with a file input) is read
-    too, each part as UTF-8 text, the file's by its field name."""
+    too, each part as UTF-8 text, a file's by its field name and its name as `FIELD.filename`."""
     body = await read_body(request, max_bytes)
     if not body:
         return {}
@@ -137,6 +137,9 @@ def _multipart(content_type: str, body: bytes) -> dict[str, str]:
             )
         payload = part.get_payload(decode=True)
         raw = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            form.setdefault(f"{name}.filename", filename)
         try:
             form.setdefault(name, raw.decode("utf-8"))
         except UnicodeDecodeError:
