@@ -6,12 +6,17 @@ are `Secure`), sessions opened directly in the store, and the values the pages p
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from appwarden.db.uow import unit_of_work
 from appwarden.identity.service import get_person
@@ -20,6 +25,7 @@ from appwarden.timeutil import iso, parse_instant
 from appwarden.usecases import sign_in
 from appwarden.usecases.sign_in import SessionRules
 from appwarden.vocabulary import SignInMethod
+from appwarden.web import pages
 
 #: The reference memo's release (the `demo` fixture of tests/conftest.py) and an hour later.
 RELEASE = parse_instant("2020-07-10T09:00:00-07:00")
@@ -131,3 +137,35 @@ def follow_link(client: TestClient, path: str) -> Any:
     assert page.status_code == 200, page.text
     token = path.rsplit("/", 1)[1]
     return client.post("/auth/link", data={"token": token, "csrf": csrf_of(page.text)})
+
+
+@contextmanager
+def statements_while_rendering(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, int]]:
+    """Count the SQL statements this thread sends while `pages.render` runs ("during") and
+    otherwise ("outside"), and the renders: every page's queries must run before its template."""
+    engine = app.state.runtime.engine
+    rendering = threading.local()
+    counts = {"during": 0, "outside": 0, "renders": 0}
+
+    def count(*_args: Any) -> None:
+        key = "during" if getattr(rendering, "on", False) else "outside"
+        counts[key] += 1
+
+    real = pages.render
+
+    def watched(template: str, values: Any) -> str:
+        rendering.on = True
+        counts["renders"] += 1
+        try:
+            return real(template, values)
+        finally:
+            rendering.on = False
+
+    monkeypatch.setattr(pages, "render", watched)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield counts
+    finally:
+        event.remove(engine, "before_cursor_execute", count)

@@ -15,16 +15,20 @@ import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tests.portal_harness import RELEASE, TimeFile
+from tests.portal_harness import RELEASE, TimeFile, open_session
 from tests.proxy_harness import free_port, serve_app, unavailable
 
 from appwarden.cli.main import run
+from appwarden.db.engine import make_engine
 from appwarden.settings import Settings
 from appwarden.timeutil import iso
+from appwarden.vocabulary import SignInMethod
 from appwarden.web.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,9 +45,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PHONE = {"width": 390, "height": 844}
+SESSION_COOKIE = "__Host-appwarden-session"
 #: A browser test that has not finished after this long fails (rather than hanging the run:
 #: a page.evaluate, for one, has no timeout of its own).
 TEST_SECONDS = 120
+#: Where the draft portal's clock starts: the first inventory is two days old.
+DRAFT_START = RELEASE - timedelta(days=10)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
@@ -102,6 +109,23 @@ class Portal:
         assert found, f"no {kind} mail for {address}"
         return found[-1]
 
+    def signed_in(
+        self, pages: Pages, email: str, *, method: SignInMethod = SignInMethod.EMAIL, **options: Any
+    ) -> Any:
+        """A phone-sized page whose browser holds a session of `email` opened with `method` (in
+        the store, as a sign-in would; the sign-ins themselves are walked in
+        test_portal_walk.py). A password session carries the person's roles."""
+        engine = make_engine(self.db)
+        try:
+            store = SimpleNamespace(engine=engine)
+            secret = open_session(store, email, self.clock.now(), method=method)
+        finally:
+            engine.dispose()
+        page = pages.new_page(**options)
+        cookie = {"name": SESSION_COOKIE, "value": secret, "domain": "127.0.0.1", "path": "/"}
+        page.context.add_cookies([{**cookie, "secure": True, "httpOnly": True, "sameSite": "Lax"}])
+        return page
+
     def link_in(self, message: Any, pattern: str) -> str:
         text = message.get_body(preferencelist=("plain",)).get_content()
         found = re.search(re.escape(self.url) + pattern, text)
@@ -109,18 +133,17 @@ class Portal:
         return found.group(0)
 
 
-@pytest.fixture
-def portal(
-    sqlite_template: Path, tmp_path: Path, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+def _serve(
+    tmp_path: Path, template: Path, smtp: Any, monkeypatch: Any, start: datetime, *demo: str
 ) -> Iterator[Portal]:
-    """The reference memo released at RELEASE (a real server, no embedded worker: tests run
-    `worker --once` when they want the side effects)."""
+    """A server on a copy of the migrated template, with `appwarden demo DEMO…` loaded, its
+    clock file at `start`."""
     db_path = tmp_path / "portal.db"
-    shutil.copy(sqlite_template, db_path)
+    shutil.copy(template, db_path)
     db = f"sqlite:///{db_path}"
     port = free_port()
     clock = TimeFile(tmp_path / "now")
-    clock.set(RELEASE)
+    clock.set(start)
     for name, value in {
         "APPWARDEN_ENV": "test",
         "APPWARDEN_CLOCK": clock.spec,
@@ -130,9 +153,29 @@ def portal(
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("APPWARDEN_ACTOR", raising=False)
-    assert run(["--db", db, "demo", "--base-time", iso(RELEASE) or ""]) == 0
+    assert run(["--db", db, "demo", *demo]) == 0
     with serve_app(create_app(Settings()), port=port):
-        yield Portal(f"http://127.0.0.1:{port}", db, clock, smtp_server)
+        yield Portal(f"http://127.0.0.1:{port}", db, clock, smtp)
+
+
+@pytest.fixture
+def portal(
+    sqlite_template: Path, tmp_path: Path, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Portal]:
+    """The reference memo released at RELEASE (a real server, no embedded worker: tests run
+    `worker --once` when they want the side effects)."""
+    base = ("--base-time", iso(RELEASE) or "")
+    yield from _serve(tmp_path, sqlite_template, smtp_server, monkeypatch, RELEASE, *base)
+
+
+@pytest.fixture
+def draft_portal(
+    sqlite_template: Path, tmp_path: Path, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Portal]:
+    """The reference organisation with the memo still a draft (`demo --draft`), the clock at
+    DRAFT_START: ten days before the memo's release, its inventory fresh."""
+    base = ("--draft", "--base-time", iso(RELEASE) or "")
+    yield from _serve(tmp_path, sqlite_template, smtp_server, monkeypatch, DRAFT_START, *base)
 
 
 def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical")) -> list[str]:

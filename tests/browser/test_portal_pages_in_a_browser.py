@@ -9,33 +9,13 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-from tests.portal_harness import RELEASE, open_session
+from tests.portal_harness import RELEASE
 
 from appwarden.db.engine import make_engine
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import Device
-from appwarden.vocabulary import SignInMethod
 
 NOW = RELEASE + timedelta(minutes=5)
-SESSION_COOKIE = "__Host-appwarden-session"
-
-
-class _Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = make_engine(url)
-
-
-def signed_in_page(portal, pages, email: str, *, method=SignInMethod.EMAIL, **options):
-    """A phone-sized page whose browser holds a session of `email` (opened in the store, as a
-    sign-in would; the sign-ins themselves are walked in test_portal_walk.py)."""
-    store = _Store(portal.db)
-    secret = open_session(store, email, portal.clock.now(), method=method)
-    store.engine.dispose()
-    page = pages.new_page(**options)
-    cookie = {"name": SESSION_COOKIE, "value": secret, "domain": "127.0.0.1", "path": "/"}
-    page.context.add_cookies([{**cookie, "secure": True, "httpOnly": True, "sameSite": "Lax"}])
-    return page
 
 
 def device_ids(portal) -> dict[str, int]:
@@ -59,7 +39,7 @@ def test_each_state_of_a_device_page_passes_axe_and_fits_a_phone(
     portal, pages, email, device, says
 ):
     portal.clock.set(NOW)
-    page = signed_in_page(portal, pages, email)
+    page = portal.signed_in(pages, email)
     page.goto(f"{portal.url}/me/devices/{device_ids(portal)[device]}")
     assert says in page.locator("main").inner_text()
     pages.check(page, device.split("'")[0].lower() + "-device")
@@ -70,7 +50,7 @@ def test_each_state_of_a_device_page_passes_axe_and_fits_a_phone(
 def test_alice_cannot_reach_bobs_device_by_changing_the_url(portal, pages):
     portal.clock.set(NOW)
     ids = device_ids(portal)
-    page = signed_in_page(portal, pages, "alice@example.com")
+    page = portal.signed_in(pages, "alice@example.com")
     alices, bobs_pixel = ids["Alice's iPhone"], ids["Bob's Pixel"]
     page.goto(f"{portal.url}/me/devices/{alices}")
     assert "Action required" in page.locator("main").inner_text()
@@ -114,7 +94,7 @@ def test_the_sign_in_pages_pass_axe_and_fit_a_phone(portal, pages, cli_stdin):
     assert "Your permissions: read." in page.locator("main").inner_text()
     pages.check(page, "admin")
 
-    email_session = signed_in_page(portal, pages, "grace@example.com")
+    email_session = portal.signed_in(pages, "grace@example.com")
     refused = email_session.goto(f"{portal.url}/admin/")
     assert refused.status == 403
     pages.check(email_session, "admin-refused")
@@ -151,7 +131,7 @@ def test_the_portal_works_without_javascript_and_by_keyboard(portal, pages):
 
 def test_the_countdown_keeps_time_while_the_page_stays_open(portal, pages):
     portal.clock.set(NOW)
-    page = signed_in_page(portal, pages, "alice@example.com")
+    page = portal.signed_in(pages, "alice@example.com")
     page.clock.install()
     phone = device_ids(portal)["Alice's iPhone"]
     page.goto(f"{portal.url}/me/devices/{phone}")

@@ -18,6 +18,7 @@ from tests.portal_harness import (
     open_session,
     portal_settings,
     signed_in,
+    statements_while_rendering,
 )
 
 from appwarden.audit.models import AuditEntry
@@ -175,3 +176,61 @@ def test_each_step_is_audited_as_the_command_line_audits_it(store, app, clock, c
         ).one()
     assert (entry.actor, entry.object_id) == (AUTHOR, f"{POLICY_ID}@1")
     assert (entry.before, entry.after) == ({"state": "draft"}, {"state": "proposed"})
+
+
+def test_a_retraction_needs_its_message_and_names_who_will_be_told_first(store, app, clock, cli):
+    for step, who in (("propose", AUTHOR), ("approve", APPROVER), ("publish", AUTHOR)):
+        at = iso(START) or ""
+        assert cli("policy", step, POLICY_ID, "--as", who, "--at", at).code == 0, step
+    root = admin(app, store, ADMIN, clock)
+    page = f"{POLICY_PAGE}/retract"
+    before = digest(store)
+    blank = post(root, f"{page}/review", page, message="   ")
+    assert blank.status_code == 422
+    assert "Write the message" in blank.text
+    review = post(root, f"{page}/review", page, message="Sent in error.")
+    assert review.status_code == 200
+    assert "Nobody: no notice about this policy has gone out" in review.text  # undo window
+    assert digest(store) == before
+    done = post(root, page, page, message="Sent in error.")
+    assert done.status_code == 303
+    assert state(store) == "retracted"
+
+
+def test_console_pages_run_no_sql_while_rendering(store, app, clock, monkeypatch):
+    root = admin(app, store, ADMIN, clock)
+    post(root, f"{POLICY_PAGE}/propose")
+    paths = (
+        "/admin/",
+        "/admin/policies",
+        "/admin/policies/new",
+        POLICY_PAGE,
+        f"{POLICY_PAGE}/edit",
+        f"{POLICY_PAGE}/preview",
+        f"{POLICY_PAGE}/retract",
+        "/admin/approvals",
+    )
+    with statements_while_rendering(app, monkeypatch) as counts:
+        for path in paths:
+            assert root.get(path).status_code == 200, path
+    assert counts["renders"] == len(paths)
+    assert counts["outside"] > 0
+    assert counts["during"] == 0
+
+
+def test_the_impact_preview_shows_each_recipient_with_their_text(store, app, clock):
+    viewer = admin(app, store, VIEWER, clock)
+    shown = viewer.get(f"{POLICY_PAGE}/preview")
+    assert shown.status_code == 200
+    announced = re.search(r'id="audience-announce">([^<]*)<', shown.text)
+    assert announced is not None
+    assert "alice@example.com" in announced.group(1).split(", ")
+    assert "<strong>alice@example.com</strong>" in shown.text
+    assert "Delete the TikTok app from this device." in shown.text  # the notice's own text
+
+
+def test_lists_page_on_the_server_with_a_bounded_size(store, app, clock):
+    viewer = admin(app, store, VIEWER, clock)
+    assert viewer.get("/admin/approvals?size=1").status_code == 200
+    for bad in ("0", "201", "x"):
+        assert viewer.get(f"/admin/approvals?size={bad}").status_code == 422, bad

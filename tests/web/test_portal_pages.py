@@ -6,11 +6,10 @@ organisation stores. Templates run no SQL."""
 from __future__ import annotations
 
 import re
-import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from tests.conftest import table_digest
 from tests.portal_harness import (
     MORNING,
@@ -20,6 +19,7 @@ from tests.portal_harness import (
     open_session,
     portal_settings,
     signed_in,
+    statements_while_rendering,
 )
 
 from appwarden.audit.models import AuditEntry
@@ -27,7 +27,6 @@ from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import Device
 from appwarden.exemptions.models import Exemption
 from appwarden.timeutil import iso
-from appwarden.web import pages
 from appwarden.web.app import create_app
 
 POLICY = "tiktok-mobile-email"
@@ -263,27 +262,7 @@ def test_the_data_page_lists_what_is_stored_about_my_devices(store, app, clock):
 def test_templates_run_no_sql(store, app, clock, monkeypatch):
     """Every statement a page needs runs before its template is rendered: a listener counts
     the statements this thread sends while `pages.render` runs, and there must be none."""
-    engine = app.state.runtime.engine
-    rendering = threading.local()
-    counts = {"during": 0, "outside": 0, "renders": 0}
-
-    def count(*_args):
-        key = "during" if getattr(rendering, "on", False) else "outside"
-        counts[key] += 1
-
-    real = pages.render
-
-    def watched(template, values):
-        rendering.on = True
-        counts["renders"] += 1
-        try:
-            return real(template, values)
-        finally:
-            rendering.on = False
-
-    monkeypatch.setattr(pages, "render", watched)
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with statements_while_rendering(app, monkeypatch) as counts:
         for email in ("alice@example.com", "dave@example.com", "frank@example.com"):
             browser = browser_of(app, store, email, clock)
             home = browser.get("/me/")
@@ -291,8 +270,6 @@ def test_templates_run_no_sql(store, app, clock, monkeypatch):
                 assert browser.get(link).status_code == 200
             assert browser.get("/me/data").status_code == 200
         https_client(app).get("/auth/sign-in")
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert counts["renders"] >= 10
     assert counts["outside"] > 0  # the listener does see the pages' queries
     assert counts["during"] == 0
