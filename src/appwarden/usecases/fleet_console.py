@@ -1,4 +1,4 @@
-"""What the admin console shows and does about devices and people (docs/console-operations.md):
+"""What the admin console shows and does about devices and people (docs/console.md):
 a device in full (with its decisions and history), the people and leavers, fact conflicts, and
 the quarantine queue. Lists come a page at a time, keyed by id, in a fixed number of queries
 whatever the fleet's size; actions are the CLI's own (`conflicts settle`, `devices merge`), plus

@@ -1,4 +1,4 @@
-"""What the admin console shows and does about running appwarden (docs/console-operations.md):
+"""What the admin console shows and does about running appwarden (docs/console.md):
 notices and retrying failed ones, the exemptions queue and its decisions, the settings in effect
 and where each comes from, and the audit log with its verification. Lists come a page at a time
 (newest first for notices and the audit log), in a fixed number of queries; actions are the

@@ -1,4 +1,4 @@
-"""The console's device and people pages (docs/console-operations.md): search devices by person,
+"""The console's device and people pages (docs/console.md): search devices by person,
 serial or identifier; one device in full; people and leavers; fact conflicts; the quarantine
 queue. Every list pages and filters server-side (`usecases.fleet_console`); every action is a
 POST with the session's CSRF token, allowed by the page only for `admin` and checked again by the

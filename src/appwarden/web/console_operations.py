@@ -1,4 +1,4 @@
-"""The console's operations pages (docs/console-operations.md): sources and their health,
+"""The console's operations pages (docs/console.md): sources and their health,
 notices (retrying failed ones), the exemptions queue, the settings in effect and the audit log
 with its verification. Reads need `read` (the settings, `admin`); retrying needs
 `notices:retry` and deciding an exemption `exemptions:decide`, checked by the page and again by
