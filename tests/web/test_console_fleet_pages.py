@@ -12,7 +12,14 @@ import orjson
 import pytest
 from sqlalchemy import select
 from tests.conftest import table_digest
-from tests.portal_harness import MORNING, TimeFile, https_client, open_session, portal_settings
+from tests.portal_harness import (
+    MORNING,
+    TimeFile,
+    https_client,
+    open_session,
+    portal_settings,
+    statements_while_rendering,
+)
 
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import Device, FactConflict, Quarantine
@@ -209,3 +216,14 @@ def test_an_approver_decides_an_exemption_from_the_queue(store, app, clock):
     approved = approver.get("/admin/exemptions?status=approved").text
     assert "Revoke" in approved
     assert "2020-08-02T06:59:59Z" in approved  # the end of Aug 1 in the approver's zone
+
+
+def test_pages_run_no_sql_while_rendering(store, app, clock, monkeypatch):
+    admin = browser(app, store, ADMIN, clock)
+    paths = (*PAGES, f"/admin/devices/{_ids(store)['tablet']}", "/admin/settings")
+    with statements_while_rendering(app, monkeypatch) as counts:
+        for path in paths:
+            assert admin.get(path).status_code == 200, path
+    assert counts["renders"] == len(paths)
+    assert counts["outside"] > 0
+    assert counts["during"] == 0
