@@ -227,3 +227,33 @@ def test_pages_run_no_sql_while_rendering(store, app, clock, monkeypatch):
     assert counts["renders"] == len(paths)
     assert counts["outside"] > 0
     assert counts["during"] == 0
+
+
+def test_bad_input_is_a_located_answer_never_a_500(store, app, clock):
+    admin = browser(app, store, ADMIN, clock)
+    for path, status in (
+        ("/admin/devices?platform=nokia", 422),
+        ("/admin/devices?after=garbage", 422),
+        ("/admin/devices/abc", 400),
+        ("/admin/devices/999999", 404),
+        ("/admin/people?status=gone", 422),
+        ("/admin/conflicts?show=some", 422),
+        ("/admin/notices?status=lost", 422),
+        ("/admin/audit?after=-1", 422),
+        ("/admin/exemptions?size=500", 422),
+    ):
+        assert admin.get(path).status_code == status, path
+    token = csrf(admin.get("/admin/notices").text)
+    before = table_digest(store.engine, exclude=("portal_session",))
+    for path, form, status in (
+        ("/admin/notices/retry", {"notice": "one"}, 422),
+        ("/admin/notices/retry", {"notice": "999999"}, 409),
+        ("/admin/quarantine/999999/settle", {"resolution": "merge"}, 404),
+        ("/admin/devices/1/merge", {"other": ""}, 422),
+        ("/admin/devices/1/merge", {"other": "serial:NOPE"}, 404),
+        ("/admin/exemptions/999999/decide", {"decision": "deny", "reason": "no"}, 404),
+        ("/admin/exemptions/1/decide", {"decision": "maybe", "reason": "no"}, 422),
+    ):
+        answer = admin.post(path, data={"csrf": token, **form})
+        assert answer.status_code == status, (path, form, answer.text[-800:])
+    assert table_digest(store.engine, exclude=("portal_session",)) == before

@@ -26,6 +26,7 @@ from appwarden.identity.service import people_named, require
 from appwarden.timeutil import iso
 from appwarden.usecases.inventory import (
     MAX_FILTER_CHARS,
+    MAX_REFERENCE_CHARS,
     DeviceFilters,
     device_detail_by_id,
     device_page,
@@ -56,10 +57,12 @@ def id_after(window: Window) -> int:
 
 
 def id_key(row: Any) -> str:
+    """The cursor a keyed-by-id list hands out after `row`."""
     return str(row.id)
 
 
 def checked_choice(value: str | None, allowed: tuple[str, ...], where: str) -> str | None:
+    """A list filter that must be one of `allowed` (empty: no filter), else refused at `where`."""
     if value is None or value == "":
         return None
     if value not in allowed:
@@ -71,6 +74,7 @@ def checked_choice(value: str | None, allowed: tuple[str, ...], where: str) -> s
 
 
 def emails_of(uow: UnitOfWork, ids: set[int | None]) -> dict[int, str]:
+    """The email of each person id (one query for a whole page of rows)."""
     wanted = {i for i in ids if i is not None}
     if not wanted:
         return {}
@@ -140,10 +144,9 @@ def merge_into(uow: UnitOfWork, keep_id: int, other_reference: str) -> Row:
     Needs `admin`; audited by the merge."""
     require(uow, Permission.ADMIN)
     other = other_reference.strip()
-    if not other or len(other) > MAX_FILTER_CHARS * 2:
-        raise InvalidInput(
-            "name the device to merge in", problems=[Problem("form:other", "required")]
-        )
+    if not other or len(other) > MAX_REFERENCE_CHARS:
+        message = f"name the device to merge in (1 to {MAX_REFERENCE_CHARS} characters)"
+        raise InvalidInput(message, problems=[Problem("form:other", message)])
     return merge_devices(uow, _reference_of(uow, keep_id), other)
 
 
