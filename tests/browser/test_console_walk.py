@@ -125,6 +125,9 @@ def test_a_version_from_upload_to_retraction_in_the_console(draft_portal, pages)
     correction = portal.mail_to("alice@example.com", "correction")
     assert "sent in error" in correction.get_body(preferencelist=("plain",)).get_content()
 
+    admin.goto(f"{portal.url}/admin/policies")
+    assert "v1 retracted" in admin.locator("main table").inner_text()
+    pages.check(admin, "policies")
     admin.goto(f"{portal.url}/admin/")
     assert admin.locator("svg[role=img]").count() == 1  # the release's and retraction's counts
     pages.check(admin, "dashboard")

@@ -48,7 +48,9 @@ def _last_snapshot(uow: UnitOfWork) -> datetime | None:
 
 
 def _changed_since(uow: UnitOfWork, since: datetime) -> list[PolicyVersion]:
-    """Versions released, or ended, after `since` and by now."""
+    """Versions released, or ended, from `since` (the last count) to now. From, not after: a
+    step at the very instant of the last count may have come after it (the logical clock
+    stands still between them); at worst one count is written again."""
     now = uow.now
     return list(
         uow.session.scalars(
