@@ -219,6 +219,7 @@ def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
         "/v1/devices",
         "/v1/devices/{device}",
         "/v1/people/{email}",
+        "/v1/attestations",
         "/v1/decisions",
         "/v1/decisions/{device}/{resource}",
         "/healthz",

@@ -418,7 +418,20 @@ def _found(reference: str) -> str:
 def device_detail(uow: UnitOfWork, reference: str) -> Row:
     """Everything known about one device (`namespace:value`, or a bare value naming exactly one
     device), at `uow.now`. Unknown: NotFound; a bare value naming several: Ambiguous."""
-    device = find_device(uow, _found(reference))
+    return describe_device(uow, find_device(uow, _found(reference)))
+
+
+def device_detail_by_id(uow: UnitOfWork, device_id: int) -> Row:
+    """`device_detail` of the device with this store id (the console's links name devices so,
+    since an identifier value may hold any character). Unknown: NotFound."""
+    device = uow.session.get(Device, device_id)
+    if device is None:
+        raise NotFound("no device has this id")
+    return describe_device(uow, device)
+
+
+def describe_device(uow: UnitOfWork, device: Device) -> Row:
+    """Everything known about `device` at `uow.now` (see `device_detail`)."""
     identifiers = identifiers_of(uow, [device.id])[device.id]
     owner = uow.session.get(Person, device.owner_id) if device.owner_id is not None else None
     return {

@@ -36,6 +36,8 @@ from appwarden.web import (
     api,
     attestations,
     console,
+    console_fleet,
+    console_operations,
     console_policies,
     gate,
     inventory_api,
@@ -124,7 +126,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     portal.install(app)
     attestations.install(app)
     privacy.install(app)
-    console.install(app, console_policies.ROUTES)
+    console.install(app, console_policies.ROUTES, console_fleet.ROUTES, console_operations.ROUTES)
     _operational_routes(app)
     app.add_middleware(AuthzBackstop)
     # added last: outermost
