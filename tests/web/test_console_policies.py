@@ -90,7 +90,7 @@ def test_an_author_cannot_approve_their_own_version_even_as_an_admin(store, app,
     author = admin(app, store, AUTHOR, clock)  # (opening a session is audited: all first)
     approver = admin(app, store, APPROVER, clock)
     changed = policy_text(RELEASE).replace("reminders: [P3D, P1D]", "reminders: [P2D]")
-    assert post(root, "/admin/policies", "/admin/policies/new", document=changed).status_code == 303
+    assert post(root, "/admin/policies", "/admin/editor", document=changed).status_code == 303
     assert "Propose for approval" in buttons(root.get(POLICY_PAGE).text)
     assert post(root, f"{POLICY_PAGE}/propose").status_code == 303
     assert state(store) == "proposed"
@@ -127,7 +127,7 @@ def test_a_viewer_sees_no_step_and_posting_each_form_is_refused(store, app, cloc
     assert buttons(page.text) == ["Sign out"]
     assert "Retract" not in page.text
     assert viewer.get(f"{POLICY_PAGE}/retract").status_code == 403
-    assert viewer.get("/admin/policies/new").status_code == 403
+    assert viewer.get("/admin/editor").status_code == 403
     before = digest(store)
     for step in ("approve", "publish", "cancel", "retire", "retract", "retract/review"):
         refused = post(viewer, f"{POLICY_PAGE}/{step}", message="sent in error")
@@ -152,7 +152,7 @@ def test_the_editor_shows_each_problem_at_its_line_and_column(store, app, clock)
     )
     line = text.splitlines().index("    platforms: [ios, androd]") + 1
     before = digest(store)
-    sent = post(author, "/admin/policies", "/admin/policies/new", document=text)
+    sent = post(author, "/admin/policies", "/admin/editor", document=text)
     assert sent.status_code == 422
     assert f'<a href="#line-{line}">Line {line}, column ' in sent.text
     assert f'id="line-{line}" class="bad"' in sent.text
@@ -160,7 +160,7 @@ def test_the_editor_shows_each_problem_at_its_line_and_column(store, app, clock)
 
     uploaded = author.post(
         "/admin/policies",
-        data={"csrf": csrf_of(author.get("/admin/policies/new").text)},
+        data={"csrf": csrf_of(author.get("/admin/editor").text)},
         files={"upload": ("memo.yaml", text.replace("androd", "android").encode(), "text/yaml")},
     )
     assert uploaded.status_code == 303
@@ -203,7 +203,7 @@ def test_console_pages_run_no_sql_while_rendering(store, app, clock, monkeypatch
     paths = (
         "/admin/",
         "/admin/policies",
-        "/admin/policies/new",
+        "/admin/editor",
         POLICY_PAGE,
         f"{POLICY_PAGE}/edit",
         f"{POLICY_PAGE}/preview",

@@ -56,7 +56,7 @@ PAGES = {
     ("GET", "/admin/"): "session:read",
     ("GET", "/admin/policies"): "session:read",
     ("POST", "/admin/policies"): "session:policies:author",
-    ("GET", "/admin/policies/new"): "session:policies:author",
+    ("GET", "/admin/editor"): "session:policies:author",
     ("GET", "/admin/policies/{policy_id}"): "session:read",
     ("GET", "/admin/policies/{policy_id}/edit"): "session:policies:author",
     ("GET", "/admin/policies/{policy_id}/preview"): "session:read",

@@ -431,7 +431,7 @@ ROUTES: Final = (
     Route("", dashboard_page),
     Route("policies", policies_page),
     Route("policies", apply_policy, "POST"),
-    Route("policies/new", new_policy_page),
+    Route("editor", new_policy_page),
     Route("policies/{policy_id}", version_page),
     Route("policies/{policy_id}/edit", edit_policy_page),
     Route("policies/{policy_id}/preview", preview_page),
