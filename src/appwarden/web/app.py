@@ -31,7 +31,17 @@ from appwarden.db.engine import Checkpointer, make_engine
 from appwarden.db.migrate import is_current
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
-from appwarden.web import Runtime, api, gate, inventory_api, pages, portal, push_api, signin
+from appwarden.web import (
+    Runtime,
+    agent_api,
+    api,
+    gate,
+    inventory_api,
+    pages,
+    portal,
+    push_api,
+    signin,
+)
 from appwarden.web import errors as web_errors
 from appwarden.web.auth import AuthzBackstop, check_guarded, require, runtime_of
 from appwarden.web.errors import PROBLEM_JSON, problem_response
@@ -105,6 +115,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     api.install(app)
     inventory_api.install(app)
     push_api.install(app)
+    agent_api.install(app)
     gate.install(app)
     pages.install(app)
     signin.install(app)
