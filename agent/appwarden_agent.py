@@ -29,7 +29,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple
 
 FORMAT = "appwarden.inventory/v1"
 SOURCE = "agent"
@@ -50,8 +50,11 @@ def canonical(value: Any) -> bytes:
 
 def now_rfc3339(clock: Optional[Callable[[], _dt.datetime]] = None) -> str:
     moment = clock() if clock else _dt.datetime.now(_dt.timezone.utc)
-    return moment.astimezone(_dt.timezone.utc).replace(microsecond=0).isoformat().replace(
-        "+00:00", "Z"
+    return (
+        moment.astimezone(_dt.timezone.utc)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
     )
 
 
@@ -135,7 +138,9 @@ def _two(line: str) -> Tuple[str, Optional[str]]:
     return name.strip(), (version.strip() or None)
 
 
-def _app(namespace: str, value: str, version: Optional[str] = None, name: Optional[str] = None) -> App:
+def _app(
+    namespace: str, value: str, version: Optional[str] = None, name: Optional[str] = None
+) -> App:
     app = {"namespace": namespace, "value": value}
     if version:
         app["version"] = version
@@ -396,7 +401,10 @@ class Config:
 
 
 def _http(method: str, url: str, body: bytes, headers: Dict[str, str]) -> Dict[str, Any]:
-    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method)
+    if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        raise AgentError(f"{url}: the server must be an https:// (or http://) address")
+    data = body if method == "POST" else None
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - checked above
     request.add_header("Content-Type", "application/json")
     for name, value in headers.items():
         request.add_header(name, value)

@@ -18,8 +18,9 @@ from typing import Any, Final
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices import signing
+from appwarden.devices.agents import AGENT_SOURCE as AGENT_SOURCE
+from appwarden.devices.agents import MANIFEST_LIFETIME as MANIFEST_LIFETIME
 from appwarden.devices.agents import (
-    AGENT_SOURCE,
     agent_by_id,
     enrol_agent,
     manifest_by_nonce,
@@ -28,7 +29,6 @@ from appwarden.devices.agents import (
     record_manifest,
     spend_code,
 )
-from appwarden.devices.agents import MANIFEST_LIFETIME as MANIFEST_LIFETIME
 from appwarden.devices.models import AgentKey, CheckManifest, Device
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import clean_identifiers, device_identifiers, find_device
@@ -90,7 +90,7 @@ def enroll(uow: UnitOfWork, body: Any, options: AgentOptions) -> dict[str, Any]:
     """Exchange a code for an agent id and its key (returned once, never stored)."""
     code = body.get("code") if isinstance(body, dict) else None
     if not isinstance(code, str):
-        raise InvalidInput("expected {\"code\": \"...\"}", problems=[Problem("$.code", "missing")])
+        raise InvalidInput('expected {"code": "..."}', problems=[Problem("$.code", "missing")])
     row = spend_code(uow, code)
     if row is None:
         raise _refuse("the enrolment code is unknown, already used or expired", "$.code")
@@ -160,9 +160,7 @@ def _own(agent: AgentKey) -> DeviceFacts:
 
 def _ingest(uow: UnitOfWork, report: ReportFacts, options: AgentOptions) -> IngestResult:
     batch = InventoryBatch(source=AGENT_SOURCE, reports=(report,))
-    result = ingest(
-        uow, batch, minimise_personal=options.minimise_personal, writer=options.writer
-    )
+    result = ingest(uow, batch, minimise_personal=options.minimise_personal, writer=options.writer)
     if result.skipped or result.quarantined:
         problems = [Problem("$", line) for line in [*result.skipped, *result.quarantined]]
         raise InvalidInput("the report was not applied; nothing changed", problems=problems)
@@ -207,7 +205,9 @@ def receive_report(
 # ── targeted checks ─────────────────────────────────────────────────────────────────────────
 
 
-def issue_manifest(uow: UnitOfWork, agent: AgentKey, policy_id: str, options: AgentOptions) -> dict[str, Any]:
+def issue_manifest(
+    uow: UnitOfWork, agent: AgentKey, policy_id: str, options: AgentOptions
+) -> dict[str, Any]:
     """The manifest for the policy's version in effect: the identifier lines the device's
     platform can answer for, nothing else; MAC'd with the agent's key and remembered by nonce."""
     version = live_version(uow, policy_id, uow.now)
@@ -215,11 +215,12 @@ def issue_manifest(uow: UnitOfWork, agent: AgentKey, policy_id: str, options: Ag
         raise NotFound(f"no version of policy {policy_id!r} is in effect")
     device = _device_of(uow, agent)
     lines = manifest_lines(identifiers_of(uow, version.id), device.platform)
-    manifest = {
+    nonce = new_nonce()
+    manifest: dict[str, Any] = {
         "policy": policy_id,
         "version": version.number,
         "identifiers": lines,
-        "nonce": new_nonce(),
+        "nonce": nonce,
         "issued_at": iso(uow.now),
         "device_id": agent.agent_id,
     }
@@ -230,7 +231,7 @@ def issue_manifest(uow: UnitOfWork, agent: AgentKey, policy_id: str, options: Ag
         policy_id=policy_id,
         version=version.number,
         identifiers=lines,
-        nonce=manifest["nonce"],
+        nonce=nonce,
         manifest_hash=signing.manifest_hash(manifest),
     )
     return {"manifest": manifest, "mac": signing.manifest_mac(key, manifest)}
@@ -239,7 +240,7 @@ def issue_manifest(uow: UnitOfWork, agent: AgentKey, policy_id: str, options: Ag
 def _answer_fields(body: Any) -> tuple[dict[str, Any], object]:
     if not isinstance(body, dict) or set(body) != {"answer", "mac"}:
         raise InvalidInput(
-            "expected {\"answer\": {...}, \"mac\": \"...\"}",
+            'expected {"answer": {...}, "mac": "..."}',
             problems=[Problem("$", "expected an object with answer and mac")],
         )
     answer = body["answer"]
@@ -295,7 +296,10 @@ def receive_answer(uow: UnitOfWork, body: Any, options: AgentOptions) -> dict[st
     manifest = _check_manifest(answer, manifest_by_nonce(uow, answer["nonce"]), agent, uow.now)
     at = _signed_time(answer["at"], uow.now, "$.answer.at")
     if at < manifest.issued_at or (agent.last_signed_at is not None and at <= agent.last_signed_at):
-        raise _refuse("the answer's time is older than the device's last answer or its manifest", "$.answer.at")
+        raise _refuse(
+            "the answer's time is older than the device's last answer or its manifest",
+            "$.answer.at",
+        )
     asked = set(manifest.identifiers)
     unasked = sorted(set(answer["present"]) - asked)
     if unasked:

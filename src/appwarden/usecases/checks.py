@@ -23,9 +23,7 @@ def manifest_lines(rows: Iterable[PolicyIdentifier], platform: str) -> list[str]
     if platform in SCHEME_PLATFORMS:
         asked = [r for r in rows if r.namespace == AppNamespace.IOS_URL_SCHEME]
         asked += [
-            r
-            for r in rows
-            if r.namespace == AppNamespace.APPLE_BUNDLE_ID and r.covered_by_scheme
+            r for r in rows if r.namespace == AppNamespace.APPLE_BUNDLE_ID and r.covered_by_scheme
         ]
     else:
         asked = [r for r in rows if platform_carries(platform, r.namespace)]

@@ -141,7 +141,9 @@ async def checks_answer(request: Request) -> dict[str, Any]:
 
 
 class CodeRequest(BaseModel):
-    device: str = Field(description="A device reference: `namespace:value`, or an unambiguous value")
+    device: str = Field(
+        description="A device reference: `namespace:value`, or an unambiguous value"
+    )
 
 
 def _code_for(runtime: Runtime, principal: Principal, device: str) -> dict[str, Any]:
