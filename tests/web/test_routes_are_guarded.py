@@ -40,6 +40,7 @@ NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 # (method, route template) -> the permission it must check. A new route must be added here.
 EXPECTED = {
     ("POST", "/v1/inventory"): Permission.INVENTORY_WRITE,
+    ("POST", "/v1/agent/codes"): Permission.INVENTORY_WRITE,
     ("GET", "/v1/conflicts"): Permission.READ,
     ("GET", "/v1/devices"): Permission.READ,
     ("GET", "/v1/devices/{device:path}"): Permission.READ,

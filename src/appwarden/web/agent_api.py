@@ -192,14 +192,16 @@ def install(app: FastAPI) -> None:
             responses=_RESPONSES,
             openapi_extra=_JSON_BODY,
         )
-    app.add_api_route(
-        "/checks/manifest",
-        checks_manifest,
-        methods=["GET", "POST"],
-        tags=["agent"],
-        summary="Targeted check: the manifest for a policy (signed request)",
-        responses=_RESPONSES,
-    )
+    for method in ("GET", "POST"):  # POST for clients that cannot sign a GET's empty body
+        app.add_api_route(
+            "/checks/manifest",
+            checks_manifest,
+            methods=[method],
+            tags=["agent"],
+            summary="Targeted check: the manifest for a policy (signed request)",
+            responses=_RESPONSES,
+            operation_id=f"checks_manifest_{method.lower()}",
+        )
     app.add_api_route(
         "/v1/agent/codes",
         post_agent_code,
