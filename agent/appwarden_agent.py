@@ -50,12 +50,8 @@ def canonical(value: Any) -> bytes:
 
 def now_rfc3339(clock: Optional[Callable[[], _dt.datetime]] = None) -> str:
     moment = clock() if clock else _dt.datetime.now(_dt.timezone.utc)
-    return (
-        moment.astimezone(_dt.timezone.utc)
-        .replace(microsecond=0)
-        .isoformat()
-        .replace("+00:00", "Z")
-    )
+    # With microseconds: each answer's time must be later than the device's previous one.
+    return moment.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def request_signature(key: bytes, method: str, path: str, timestamp: str, body: bytes) -> str:

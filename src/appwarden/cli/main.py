@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from appwarden.cli.agent import agent_app
 from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
@@ -585,6 +586,7 @@ register_server(app)
 register_health(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")
+app.add_typer(agent_app, name="agent")
 app.add_typer(people_app, name="people")
 
 

@@ -33,11 +33,12 @@ from appwarden.devices.models import AgentKey, CheckManifest, Device
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import clean_identifiers, device_identifiers, find_device
 from appwarden.errors import InvalidInput, NotFound, PermissionDenied, Problem
+from appwarden.identity.service import require
 from appwarden.policies.service import identifiers_of, live_version
 from appwarden.timeutil import iso, parse_instant
 from appwarden.usecases.checks import manifest_lines
 from appwarden.usecases.ingest import IngestResult, Writer, ingest
-from appwarden.vocabulary import DeviceNamespace, EvidenceKind
+from appwarden.vocabulary import DeviceNamespace, EvidenceKind, Permission
 
 log = logging.getLogger("appwarden.agent")
 
@@ -84,6 +85,13 @@ def create_code(
         after={"created_by": created_by, "expires_at": iso(row.expires_at)},
     )
     return {"device_id": device.id, "code": code, "expires_at": iso(row.expires_at)}
+
+
+def admin_code(uow: UnitOfWork, device_ref: str) -> dict[str, Any]:
+    """A code made by a named admin or automation (`appwarden agent code`): needs
+    `inventory:write`, for any device."""
+    person = require(uow, Permission.INVENTORY_WRITE)
+    return create_code(uow, device_ref, created_by=f"person:{person.id}")
 
 
 def enroll(uow: UnitOfWork, body: Any, options: AgentOptions) -> dict[str, Any]:
@@ -295,7 +303,9 @@ def receive_answer(uow: UnitOfWork, body: Any, options: AgentOptions) -> dict[st
         raise _refuse("the answer's MAC does not verify under this device's key", "$.mac")
     manifest = _check_manifest(answer, manifest_by_nonce(uow, answer["nonce"]), agent, uow.now)
     at = _signed_time(answer["at"], uow.now, "$.answer.at")
-    if at < manifest.issued_at or (agent.last_signed_at is not None and at <= agent.last_signed_at):
+    # A device that signs whole seconds may answer in the second its manifest was issued.
+    issued = manifest.issued_at.replace(microsecond=0)
+    if at < issued or (agent.last_signed_at is not None and at <= agent.last_signed_at):
         raise _refuse(
             "the answer's time is older than the device's last answer or its manifest",
             "$.answer.at",

@@ -316,7 +316,7 @@ GOOD_APP = """
             "apps:\n  - slug: x1\n    name: X\n    identifers: []\n",
             [
                 "cat.yaml:6:17: unknown key 'identifers' in an app; expected one of: slug, name, "
-                "publisher, includes, identifiers, notes, extends",
+                "publisher, includes, identifiers, notes, extends, url_scheme_covers",
             ],
             id="unknown-app-key",
         ),
