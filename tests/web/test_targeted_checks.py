@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import hmac
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,15 @@ from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.agent_harness import AGENT_SECRET, DAVE, load_agent, publish_unknown_deny
+from tests.agent_harness import (
+    AGENT_SECRET,
+    DAVE,
+    POLICY,
+    Device,
+    enrol,
+    load_agent,
+    publish_unknown_deny,
+)
 from tests.conftest import api_token, bearer, table_digest
 
 from appwarden.settings import Settings
@@ -27,40 +33,9 @@ from appwarden.timeutil import iso
 from appwarden.vocabulary import Permission
 from appwarden.web.app import create_app
 
-POLICY = "tiktok-mobile-email"
 OTHER_POLICY = "tiktok-everywhere"
 NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)  # after both versions' deadlines
 agent = load_agent()
-
-
-@dataclass
-class Device:
-    client: TestClient
-    agent_id: str
-    key: bytes
-
-    def signed(self, method: str, path: str, body: bytes = b"", *, at: datetime = NOW) -> Any:
-        timestamp = iso(at)
-        assert timestamp is not None
-        headers = {
-            "X-Appwarden-Agent": self.agent_id,
-            "X-Appwarden-Timestamp": timestamp,
-            "X-Appwarden-Signature": agent.request_signature(
-                self.key, method, path, timestamp, body
-            ),
-        }
-        return self.client.request(method, path, content=body, headers=headers)
-
-    def manifest(self, policy: str = POLICY) -> dict[str, Any]:
-        response = self.signed("GET", "/checks/manifest?" + urlencode({"policy": policy}))
-        assert response.status_code == 200, response.text
-        issued = response.json()
-        assert hmac.compare_digest(agent.manifest_mac(self.key, issued["manifest"]), issued["mac"])
-        return issued["manifest"]
-
-    def answer(self, manifest: dict[str, Any], present: list[str], *, at: datetime = NOW) -> Any:
-        body = agent.make_answer(self.key, manifest, present, iso(at))
-        return self.client.post("/checks/answer", json=body)
 
 
 @pytest.fixture
@@ -101,12 +76,7 @@ def dave(store, cli, demo, tmp_path: Path) -> Iterator[Device]:
     )
     token = api_token(store, Permission.INVENTORY_WRITE)
     with TestClient(create_app(settings)) as client:
-        made = client.post("/v1/agent/codes", json={"device": DAVE}, headers=bearer(token))
-        assert made.status_code == 200, made.text
-        enrolled = client.post("/agent/enroll", json={"code": made.json()["code"]})
-        assert enrolled.status_code == 200, enrolled.text
-        body = enrolled.json()
-        yield Device(client, body["agent_id"], bytes.fromhex(body["device_key"]))
+        yield enrol(client, token, DAVE, NOW)
 
 
 def state_and_decision(cli, policy: str = POLICY) -> tuple[str, str]:
@@ -208,7 +178,7 @@ def test_a_wrongly_signed_manifest_request_is_refused_and_changes_nothing(dave, 
     before = table_digest(store.engine)
     path = "/checks/manifest?" + urlencode({"policy": POLICY})
     late = dave.signed("GET", path, at=NOW - timedelta(minutes=6))
-    forged = Device(dave.client, dave.agent_id, b"\0" * 32).signed("GET", path)
+    forged = Device(dave.client, dave.agent_id, b"\0" * 32, NOW).signed("GET", path)
     assert (late.status_code, forged.status_code) == (403, 403)
     assert table_digest(store.engine) == before
 
