@@ -57,6 +57,7 @@ PAGES = {
     ("GET", "/admin/"): "session:read",
     ("GET", "/me/devices/{device}"): "session",
     ("POST", "/me/devices/{device}/exemptions"): "session",
+    ("POST", "/me/devices/{device}/agent-code"): "session",
     ("GET", "/me/data"): "session",
 }
 

@@ -68,14 +68,8 @@ def _refuse(message: str, where: str = "$") -> SignatureRefused:
 # ── enrolment codes ─────────────────────────────────────────────────────────────────────────
 
 
-def create_code(
-    uow: UnitOfWork, device_ref: str, *, created_by: str, owner_id: int | None = None
-) -> dict[str, Any]:
-    """A one-time enrolment code for a device. With `owner_id` (the portal), only for one of that
-    person's own devices; an admin or automation (`inventory:write`) may name any device."""
-    device = find_device(uow, device_ref)
-    if owner_id is not None and device.owner_id != owner_id:
-        raise NotFound(f"no device {device_ref!r} of yours")
+def create_code(uow: UnitOfWork, device: Device, *, created_by: str) -> dict[str, Any]:
+    """A one-time enrolment code bound to this device, audited (never the code itself)."""
     code, row = new_code(uow, device, created_by)
     record(
         uow,
@@ -91,7 +85,12 @@ def admin_code(uow: UnitOfWork, device_ref: str) -> dict[str, Any]:
     """A code made by a named admin or automation (`appwarden agent code`): needs
     `inventory:write`, for any device."""
     person = require(uow, Permission.INVENTORY_WRITE)
-    return create_code(uow, device_ref, created_by=f"person:{person.id}")
+    return create_code(uow, find_device(uow, device_ref), created_by=f"person:{person.id}")
+
+
+def token_code(uow: UnitOfWork, device_ref: str, token_id: int) -> dict[str, Any]:
+    """A code made through `POST /v1/agent/codes` (the route checked `inventory:write`)."""
+    return create_code(uow, find_device(uow, device_ref), created_by=f"token:{token_id}")
 
 
 def enroll(uow: UnitOfWork, body: Any, options: AgentOptions) -> dict[str, Any]:

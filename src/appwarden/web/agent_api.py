@@ -148,7 +148,7 @@ class CodeRequest(BaseModel):
 
 def _code_for(runtime: Runtime, principal: Principal, device: str) -> dict[str, Any]:
     with runtime.uow(runtime.now(), actor=principal.actor) as uow:
-        return agent.create_code(uow, device, created_by=f"token:{principal.token_id}")
+        return agent.token_code(uow, device, principal.token_id)
 
 
 async def post_agent_code(
