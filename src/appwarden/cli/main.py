@@ -443,8 +443,16 @@ def _print_version(out: dict[str, Any]) -> None:
         console.print("no approvals")
     table(
         f"Resolved identifiers ({len(out['identifiers'])})",
-        ["namespace", "value", "from app"],
-        [(i["namespace"], i["value"], i["app"] or "explicit") for i in out["identifiers"]],
+        ["namespace", "value", "from app", "absence also by"],
+        [
+            (
+                i["namespace"],
+                i["value"],
+                i["app"] or "explicit",
+                "its app's URL schemes (iOS)" if i["covered_by_scheme"] else "",
+            )
+            for i in out["identifiers"]
+        ],
     )
 
 
