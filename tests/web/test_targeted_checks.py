@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,3 +192,34 @@ def test_an_enrolment_code_works_once(store, dave):
     again = dave.client.post("/agent/enroll", json={"code": code["code"]})
     assert again.status_code == 403
     assert table_digest(store.engine) == before
+
+
+def _native(identifiers: list[dict], kind: str = "inventory", **report: Any) -> bytes:
+    doc = {
+        "format": "appwarden.inventory/v1",
+        "source": "agent",
+        "devices": [
+            {
+                "identifiers": identifiers,
+                "report": {"evidence_kind": kind, "observed_at": iso(NOW), "apps": [], **report},
+            }
+        ],
+    }
+    return json.dumps(doc).encode()
+
+
+def test_an_agent_writes_only_its_own_device_and_only_inventory(dave, store):
+    own = [{"namespace": "agent_id", "value": dave.agent_id}]
+    others = (
+        _native([{"namespace": "udid", "value": "00008030-001F5E6A3C22802E"}]),  # frank's phone
+        _native([*own, {"namespace": "serial", "value": "SOMEONE-ELSES"}]),
+        _native(own, "targeted_check", checked=[{"namespace": "ios_url_scheme", "value": "x"}]),
+    )
+    for body in others:
+        before = table_digest(store.engine)
+        refused = dave.signed("POST", "/agent/report", body)
+        assert refused.status_code in (403, 422), refused.text
+        assert table_digest(store.engine) == before
+    accepted = dave.signed("POST", "/agent/report", _native(own))
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["reports_applied"] == 1

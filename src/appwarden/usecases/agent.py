@@ -180,13 +180,21 @@ def _ingest(uow: UnitOfWork, report: ReportFacts, options: AgentOptions) -> Inge
 def receive_report(
     uow: UnitOfWork, agent: AgentKey, batch: InventoryBatch, options: AgentOptions
 ) -> dict[str, Any]:
-    """A native report about the agent's own device: exactly one report, no people, and every
-    device identifier in it the agent's own or already its device's; anything else is refused
-    and changes nothing. Only the report's apps, coverage and time are taken: the device's
+    """A native full inventory of the agent's own device: exactly one report, no people, and
+    every device identifier in it the agent's own or already its device's; anything else is
+    refused and changes nothing. Only the report's apps, coverage and time are taken: the device's
     facts (owner, platform, ...) stay with its MDM of record."""
     if batch.people or batch.devices or len(batch.reports) != 1:
         raise _refuse("an agent sends exactly one report, about its own device, and no people")
     (report,) = batch.reports
+    if report.evidence_kind != EvidenceKind.INVENTORY:
+        # A targeted check's coverage is what the server asked (/checks/*), never what the
+        # device chose to answer for.
+        raise InvalidInput(
+            f"an agent reports evidence inventory, not {report.evidence_kind}; targeted checks "
+            "answer a manifest at /checks/answer",
+            problems=[Problem(report.where or "$", "expected evidence_kind inventory")],
+        )
     device = _device_of(uow, agent)
     known = set(device_identifiers(uow, [device.id]).get(device.id, []))
     for pair in clean_identifiers(report.device):
