@@ -18,9 +18,9 @@ from typing import Any, Final
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices import signing
-from appwarden.devices.agents import AGENT_SOURCE as AGENT_SOURCE
-from appwarden.devices.agents import MANIFEST_LIFETIME as MANIFEST_LIFETIME
+from appwarden.devices.agents import AGENT_SOURCE as AGENT_SOURCE  # the routes' writer source
 from appwarden.devices.agents import (
+    MANIFEST_LIFETIME,
     agent_by_id,
     enrol_agent,
     manifest_by_nonce,
