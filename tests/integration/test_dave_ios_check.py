@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from tests.agent_harness import AGENT_SECRET, DAVE, POLICY, enrol, publish_unknown_deny
-from tests.conftest import api_token, bearer
+from tests.conftest import api_token, bearer, table_digest
 
 from appwarden.settings import Settings
 from appwarden.timeutil import iso
@@ -54,6 +54,18 @@ def _app(store, tmp_path: Path) -> TestClient:
     return TestClient(create_app(settings))
 
 
+def _publish(cli, tmp_path: Path, policy_id: str, text: str) -> None:
+    path = tmp_path / f"{policy_id}.yaml"
+    path.write_text(text)
+    for step in (
+        ("apply", str(path), "--as", AUTHOR),
+        ("propose", policy_id, "--as", AUTHOR),
+        ("approve", policy_id, "--as", APPROVER),
+        ("publish", policy_id, "--as", AUTHOR, "--short-notice"),
+    ):
+        assert cli("policy", *step, "--at", "2020-07-11T10:00:00Z").code == 0, step
+
+
 def _status(cli, policy: str) -> dict:
     (row,) = cli("status", "--policy", policy, "--device", DAVE, "--json", "--at", iso(NOW)).json()
     return row
@@ -85,16 +97,7 @@ def test_an_ios_check_answer_takes_daves_iphone_from_unknown_to_compliant(
 def test_without_the_catalogs_opt_in_the_same_answer_leaves_dave_unknown(
     store, cli, demo, tmp_path
 ):
-    path = tmp_path / "explicit.yaml"
-    path.write_text(EXPLICIT_POLICY)
-    at = "2020-07-11T10:00:00Z"
-    for step in (
-        ("apply", str(path), "--as", AUTHOR),
-        ("propose", EXPLICIT, "--as", AUTHOR),
-        ("approve", EXPLICIT, "--as", APPROVER),
-        ("publish", EXPLICIT, "--as", AUTHOR, "--short-notice"),
-    ):
-        assert cli("policy", *step, "--at", at).code == 0, step
+    _publish(cli, tmp_path, EXPLICIT, EXPLICIT_POLICY)
     writer = api_token(store, Permission.INVENTORY_WRITE, name="mdm")
     with _app(store, tmp_path) as client:
         dave = enrol(client, writer, DAVE, NOW)
@@ -104,3 +107,25 @@ def test_without_the_catalogs_opt_in_the_same_answer_leaves_dave_unknown(
     row = _status(cli, EXPLICIT)
     assert row["state"] == "unknown"
     assert row["reasons"] == ["unverified:apple_bundle_id:com.zhiliaoapp.musically"]
+
+
+def test_a_policy_naming_nothing_an_iphone_can_answer_has_no_check(store, cli, demo, tmp_path):
+    android_only = EXPLICIT_POLICY.replace(EXPLICIT, "android-only").replace(
+        "    - {namespace: ios_url_scheme, value: snssdk1233}\n"
+        "    - {namespace: apple_bundle_id, value: com.zhiliaoapp.musically}\n",
+        "    - {namespace: android_package, value: com.zhiliaoapp.musically}\n",
+    )
+    _publish(
+        cli,
+        tmp_path,
+        "android-only",
+        android_only.replace("platforms: [ios]", "platforms: [ios, android]"),
+    )
+    writer = api_token(store, Permission.INVENTORY_WRITE, name="mdm")
+    with _app(store, tmp_path) as client:
+        dave = enrol(client, writer, DAVE, NOW)
+        before = table_digest(store.engine)
+        asked = dave.signed("GET", "/checks/manifest?policy=android-only")
+        assert asked.status_code == 409, asked.text
+        assert "nothing a device on ios can be asked about" in asked.json()["detail"]
+        assert table_digest(store.engine) == before

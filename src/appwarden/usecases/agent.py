@@ -32,7 +32,7 @@ from appwarden.devices.agents import (
 from appwarden.devices.models import AgentKey, CheckManifest, Device
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import clean_identifiers, device_identifiers, find_device
-from appwarden.errors import InvalidInput, NotFound, PermissionDenied, Problem
+from appwarden.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from appwarden.identity.service import require
 from appwarden.policies.service import identifiers_of, live_version
 from appwarden.timeutil import iso, parse_instant
@@ -230,6 +230,11 @@ def issue_manifest(
         raise NotFound(f"no version of policy {policy_id!r} is in effect")
     device = _device_of(uow, agent)
     lines = manifest_lines(identifiers_of(uow, version.id), device.platform)
+    if not lines:
+        raise Conflict(
+            f"policy {policy_id!r} names nothing a device on {device.platform} can be asked about: "
+            "there is no check to answer"
+        )
     nonce = new_nonce()
     manifest: dict[str, Any] = {
         "policy": policy_id,
