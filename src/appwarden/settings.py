@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     osquery_enroll_secret: SecretStr | None = None
     # The path secret of /mdm/webhook/{secret} and /mdm/commands/{secret} (NanoMDM -webhook-url).
     mdm_webhook_secret: SecretStr | None = None
+    # The server secret every agent's key is derived from (HMAC-SHA256 of the agent id;
+    # docs/targeted-check.md). Unset: /agent/* and /checks/* answer 404.
+    agent_secret: SecretStr | None = None
 
     # Enforcement at the mail provider (docs/enforcement.md), driven by decision changes.
     enforce_resource: str = "email"

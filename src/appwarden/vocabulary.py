@@ -48,6 +48,7 @@ class AppNamespace(StrEnum):
     FLATPAK_APP = "flatpak_app"
     SNAP_PACKAGE = "snap_package"
     CHROME_EXTENSION_ID = "chrome_extension_id"
+    IOS_URL_SCHEME = "ios_url_scheme"
     WEB_DOMAIN = "web_domain"
     DISPLAY_NAME = "display_name"
 
@@ -211,13 +212,20 @@ NAMESPACE_PLATFORMS: dict[AppNamespace, frozenset[Platform]] = {
     AppNamespace.CHROME_EXTENSION_ID: frozenset(
         {Platform.WINDOWS, Platform.MACOS, Platform.LINUX, Platform.CHROMEOS}
     ),
+    # A URL scheme an iOS app registers: only a targeted check on iOS can test it, and a handler
+    # proves that *some* app claims it. No inventory lists schemes, so absence is never required
+    # for one; an absent scheme proves absence of bundle ids only where the catalog entry opts in
+    # (docs/catalog.md, `url_scheme_covers`).
+    AppNamespace.IOS_URL_SCHEME: frozenset(),
     # Neither is carried by a platform: a web domain is visited, not installed, and a display
     # name is only a fallback for sources that report no identifier. Both still show presence,
     # but absence is never required for them.
     AppNamespace.WEB_DOMAIN: frozenset(),
     AppNamespace.DISPLAY_NAME: frozenset(),
 }
-_NOT_CARRIED = frozenset({AppNamespace.WEB_DOMAIN, AppNamespace.DISPLAY_NAME})
+_NOT_CARRIED = frozenset(
+    {AppNamespace.WEB_DOMAIN, AppNamespace.DISPLAY_NAME, AppNamespace.IOS_URL_SCHEME}
+)
 
 
 def platform_carries(platform: str, namespace: str) -> bool:

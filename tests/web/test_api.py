@@ -232,6 +232,11 @@ def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
         "/osquery/distributed/write",
         "/mdm/webhook/{secret}",
         "/mdm/commands/{secret}",
+        "/agent/enroll",
+        "/agent/report",
+        "/checks/manifest",
+        "/checks/answer",
+        "/v1/agent/codes",
     }
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     get = doc["paths"]["/v1/decisions/{device}/{resource}"]["get"]
@@ -239,6 +244,9 @@ def test_openapi_document_lists_the_api_behind_read(store, tmp_path):
     assert set(get["responses"]["404"]["content"]) == {"application/problem+json"}
     assert "requestBody" in doc["paths"]["/v1/inventory"]["post"]
     assert "security" not in doc["paths"]["/healthz"]["get"]
+    for signed in ("/agent/report", "/checks/answer"):  # the device's key, no token: 403, no 401
+        assert "security" not in doc["paths"][signed]["post"]
+        assert "401" not in doc["paths"][signed]["post"]["responses"]
     for push in ("/osquery/log", "/mdm/webhook/{secret}"):  # their own credentials, no token
         assert "security" not in doc["paths"][push]["post"]
         assert not {"401", "403"} & set(doc["paths"][push]["post"]["responses"])

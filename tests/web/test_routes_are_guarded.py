@@ -40,6 +40,7 @@ NOW = datetime(2020, 7, 11, 19, 0, tzinfo=UTC)
 # (method, route template) -> the permission it must check. A new route must be added here.
 EXPECTED = {
     ("POST", "/v1/inventory"): Permission.INVENTORY_WRITE,
+    ("POST", "/v1/agent/codes"): Permission.INVENTORY_WRITE,
     ("GET", "/v1/conflicts"): Permission.READ,
     ("GET", "/v1/devices"): Permission.READ,
     ("GET", "/v1/devices/{device:path}"): Permission.READ,
@@ -87,6 +88,7 @@ PAGES = {
     ("GET", "/admin/audit"): "session:read",
     ("GET", "/me/devices/{device}"): "session",
     ("POST", "/me/devices/{device}/exemptions"): "session",
+    ("POST", "/me/devices/{device}/agent-code"): "session",
     ("GET", "/me/data"): "session",
     ("POST", "/me/devices/{device}/attestations"): "session",
     ("GET", "/me/privacy"): "session",
@@ -205,9 +207,13 @@ def test_every_route_outside_the_allowlist_needs_a_token_and_its_permission(stor
         # The push sources are off until their credential is configured.
         for path in PUSH_ROUTES:
             assert client.post(_concrete(path), json={}).status_code == 404, path
+        # So are the agent's, until APPWARDEN_AGENT_SECRET is set.
+        for path in AGENT_ROUTES:
+            assert client.post(f"{path}?policy=p", json={}).status_code == 404, path
 
 
 PUSH_ROUTES = [path for path in PUBLIC_ROUTES if path.startswith(("/osquery/", "/mdm/"))]
+AGENT_ROUTES = [path for path in PUBLIC_ROUTES if path.startswith(("/agent/", "/checks/"))]
 
 
 def test_push_routes_refuse_a_wrong_credential_of_their_own(store):
@@ -224,6 +230,17 @@ def test_push_routes_refuse_a_wrong_credential_of_their_own(store):
                 assert response.status_code == 404, path
 
 
+def test_agent_routes_refuse_a_missing_credential_of_their_own(store):
+    """Configured, each agent route still accepts nothing without its own credential: no code,
+    no signature, no MAC is a 403 or 422 problem, never a 401 (they take no token)."""
+    settings = _settings(store, agent_secret="a" * 32)
+    with TestClient(create_app(settings)) as client:
+        for path in AGENT_ROUTES:
+            body = {"code": "NOPE"} if path.endswith("enroll") else {}
+            response = client.post(f"{path}?policy=p", json=body)
+            assert response.status_code in (403, 422), (path, response.text)
+
+
 def test_the_allowlist_is_closed_and_names_each_credential():
     assert set(PUBLIC_ROUTES) == {
         "/healthz",
@@ -238,6 +255,10 @@ def test_the_allowlist_is_closed_and_names_each_credential():
         "/osquery/distributed/write",
         "/mdm/webhook/{secret}",
         "/mdm/commands/{secret}",
+        "/agent/enroll",
+        "/agent/report",
+        "/checks/manifest",
+        "/checks/answer",
         "/auth/*",
         "/assets/{name}",
     }

@@ -24,6 +24,7 @@ from appwarden.catalog.matching import namespaces, rule_key
 from appwarden.catalog.model import ORIGINS, AppIdentifier, Catalog, CatalogApp
 from appwarden.documents import MAX_DOCUMENT_BYTES, Document, load_document, read_limited
 from appwarden.errors import InvalidInput, Problem
+from appwarden.vocabulary import AppNamespace
 
 API_VERSION = "appwarden/v1"
 KIND = "AppCatalog"
@@ -32,7 +33,17 @@ SHIPPED_FILENAME = "appwarden/catalog/data/catalog.yaml"
 SLUG = re.compile(r"^[a-z0-9-]{2,64}$")
 
 _TOP_KEYS = ("apiVersion", "kind", "apps")
-_APP_KEYS = ("slug", "name", "publisher", "includes", "identifiers", "notes", "extends")
+_APP_KEYS = (
+    "slug",
+    "name",
+    "publisher",
+    "includes",
+    "identifiers",
+    "notes",
+    "extends",
+    "url_scheme_covers",
+)
+_URL_SCHEME_COVERS_KEYS = ("reason",)
 _EXTENDS_KEYS = ("slug", "extends", "includes", "identifiers")
 _IDENTIFIER_KEYS = ("namespace", "value")
 
@@ -155,6 +166,7 @@ class _Parser:
         notes = self._text(item.get("notes"), (*path, "notes"), "notes", required=False)
         includes, include_paths = self._includes(item, path)
         identifiers = self._identifiers(item, path)
+        scheme_covers = self._url_scheme_covers(item, path, identifiers)
         if not identifiers and not includes and len(self.problems) == before:
             if extends:
                 self.fail(path, "an entry with extends: true must add an identifier or an include")
@@ -172,8 +184,33 @@ class _Parser:
             identifiers=identifiers,
             notes=notes,
             origin=self.origin,
+            url_scheme_covers=scheme_covers,
         )
         return _Entry(app=app, path=path, extends=extends, include_paths=include_paths)
+
+    def _url_scheme_covers(
+        self, item: dict[str, Any], path: DocPath, identifiers: tuple[AppIdentifier, ...]
+    ) -> str | None:
+        """The opt-in that an absent `ios_url_scheme` of this entry also proves its
+        `apple_bundle_id`s absent: a mapping with the reason, on an entry that names both."""
+        raw = item.get("url_scheme_covers")
+        if raw is None:
+            return None
+        cpath: DocPath = (*path, "url_scheme_covers")
+        if not isinstance(raw, dict):
+            self.fail(cpath, f"url_scheme_covers must be a mapping {{reason}}, not {_kind(raw)}")
+            return None
+        self._keys(raw, cpath, _URL_SCHEME_COVERS_KEYS, "url_scheme_covers")
+        reason = self._text(raw.get("reason"), (*cpath, "reason"), "reason", required=True)
+        namespaces = {i.namespace for i in identifiers}
+        for needed in (AppNamespace.IOS_URL_SCHEME, AppNamespace.APPLE_BUNDLE_ID):
+            if needed not in namespaces:
+                self.fail(
+                    cpath,
+                    f"url_scheme_covers needs the entry to list an {needed} identifier: it says "
+                    "an absent URL scheme proves the entry's bundle ids absent",
+                )
+        return reason
 
     def _includes(
         self, item: dict[str, Any], path: DocPath
@@ -305,6 +342,7 @@ def _apply(
             identifiers=tuple(dict.fromkeys([*shipped.identifiers, *app.identifiers])),
             notes=shipped.notes,
             origin=app.origin,
+            url_scheme_covers=shipped.url_scheme_covers,
         )
     for entry in parsed.entries:
         for include, path in entry.include_paths.items():

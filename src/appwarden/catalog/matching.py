@@ -12,6 +12,8 @@ equality of identifiers. Rules per namespace (vocabulary.AppNamespace names the 
 - `windows_program`: `name|publisher`, each part casefolded with whitespace runs collapsed to one
   space (`name` alone means an empty publisher).
 - `chrome_extension_id`: lower-cased; exactly 32 letters a-p.
+- `ios_url_scheme`: lower-cased (schemes are case-insensitive, RFC 3986 §3.1); a letter, then
+  letters, digits, `+`, `-` or `.`, without `://`.
 - `web_domain`: lower-cased (IDNs in their punycode form), a trailing dot removed.
 - `display_name`: casefolded, whitespace runs collapsed to one space.
 
@@ -44,6 +46,7 @@ _GUID = re.compile(
     r"^\{?([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\}?$"
 )
 _CHROME_ID = re.compile(r"^[a-p]{32}$")
+_URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{0,63}$")
 _DOMAIN = re.compile(r"^[a-z0-9*_-]+(\.[a-z0-9*_-]+)*$")
 _TOKEN_FORBIDDEN = re.compile(r"[\s*|/\\]")
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # whitespace is handled per namespace
@@ -153,6 +156,13 @@ def match_key(namespace: str, value: str) -> str:
             )
     elif namespace == AppNamespace.WEB_DOMAIN:
         key = _domain(stripped)
+    elif namespace == AppNamespace.IOS_URL_SCHEME:
+        key = stripped.lower()
+        if not _URL_SCHEME.match(key):
+            raise ValueError(
+                f"ios_url_scheme {value!r} is not a URL scheme (a letter, then letters, digits, "
+                "'+', '-' or '.'; without '://'), e.g. snssdk1233"
+            )
     else:
         assert namespace == AppNamespace.DISPLAY_NAME
         key = _collapse(stripped)

@@ -66,10 +66,14 @@ class CatalogApp:
     identifiers: tuple[AppIdentifier, ...]
     notes: str | None
     origin: str  # "shipped" | "organisation"
+    # The reason an absent `ios_url_scheme` of this entry also proves its `apple_bundle_id`s
+    # absent (an opt-in per entry, docs/catalog.md); None: it does not.
+    url_scheme_covers: str | None = None
 
     def canonical(self) -> dict[str, object]:
-        """Plain data for hashing and JSON output; order-insensitive parts are sorted."""
-        return {
+        """Plain data for hashing and JSON output; order-insensitive parts are sorted. The
+        opt-in appears only where it is set, so entries without it hash as they always did."""
+        data: dict[str, object] = {
             "slug": self.slug,
             "name": self.name,
             "publisher": self.publisher,
@@ -78,6 +82,9 @@ class CatalogApp:
             "notes": self.notes,
             "origin": self.origin,
         }
+        if self.url_scheme_covers is not None:
+            data["url_scheme_covers"] = {"reason": self.url_scheme_covers}
+        return data
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from appwarden.cli.agent import agent_app
 from appwarden.cli.announce import register
 from appwarden.cli.audit import audit_app
 from appwarden.cli.context import AppContext
@@ -414,8 +415,16 @@ def _print_version(out: dict[str, Any]) -> None:
         console.print("no approvals")
     table(
         f"Resolved identifiers ({len(out['identifiers'])})",
-        ["namespace", "value", "from app"],
-        [(i["namespace"], i["value"], i["app"] or "explicit") for i in out["identifiers"]],
+        ["namespace", "value", "from app", "absence also by"],
+        [
+            (
+                i["namespace"],
+                i["value"],
+                i["app"] or "explicit",
+                "its app's URL schemes (iOS)" if i["covered_by_scheme"] else "",
+            )
+            for i in out["identifiers"]
+        ],
     )
 
 
@@ -558,6 +567,7 @@ register_privacy(app)
 register_health(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")
+app.add_typer(agent_app, name="agent")
 app.add_typer(people_app, name="people")
 
 

@@ -345,3 +345,21 @@ def exempt_period(windows: list[ExemptionWindow], now: datetime) -> tuple[dateti
 
 
 IN_SCOPE_STATES = frozenset(State) - {State.NOT_APPLICABLE}
+
+
+# Evidence the device or its owner gave about itself: it proves who answered, not what is
+# installed (docs/targeted-check.md, "What a signed answer proves").
+SELF_REPORTED_KINDS = frozenset({"targeted_check", "attestation"})
+
+
+def self_reported(rules: PolicyRules, device: DeviceView, now: datetime) -> bool:
+    """Does absence rest, for some identifier the platform carries, only on what the device or
+    its owner said (a targeted check, an attestation) rather than on an inventory?"""
+    cutoff = now - rules.max_evidence_age
+    for ident in rules.identifiers:
+        if not platform_carries(device.platform, ident.namespace):
+            continue
+        fresh = [p for p in _absence_proofs(rules, device, ident) if p.observed_at >= cutoff]
+        if fresh and all(p.evidence_kind in SELF_REPORTED_KINDS for p in fresh):
+            return True
+    return False

@@ -294,3 +294,51 @@ class SourceClaim(Base):
     holder: Mapped[str | None] = mapped_column(String(200))
     claimed_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
+
+
+class AgentEnrolmentCode(Base):
+    """A one-time code that binds the next agent (or check app) to enrol with it to one device
+    record (docs/targeted-check.md, "Enrolment"). Stored as its SHA-256 only; it expires
+    (15 minutes) and is spent by its first use."""
+
+    __tablename__ = "agent_enrolment_code"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str] = mapped_column(String(300))  # `person:<id>` or `token:<id>`
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class AgentKey(Base):
+    """An enrolled agent: its id (also the device's `agent_id` identifier) and the device it may
+    write. Its key is never stored: it is HMAC(APPWARDEN_AGENT_SECRET, agent id), derived again
+    on every request. `last_signed_at` is the latest signed time accepted from it, so an older
+    one is refused."""
+
+    __tablename__ = "agent_key"
+
+    agent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id", ondelete="CASCADE"), index=True)
+    enrolled_at: Mapped[datetime]
+    last_signed_at: Mapped[datetime | None]
+
+
+class CheckManifest(Base):
+    """A targeted-check manifest handed to an agent: its nonce, the policy version it asks for,
+    the exact identifier lines and the SHA-256 of its canonical JSON. An answer must name both;
+    answering spends the nonce."""
+
+    __tablename__ = "check_manifest"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agent_key.agent_id", ondelete="CASCADE"), index=True
+    )
+    policy_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    manifest_hash: Mapped[str] = mapped_column(String(64))
+    identifiers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    issued_at: Mapped[datetime]
+    answered_at: Mapped[datetime | None]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appwarden.db.base import Base
@@ -66,6 +66,9 @@ class PolicyIdentifier(Base):
     value: Mapped[str] = mapped_column(String(512), primary_key=True)  # match key, may be a glob
     like_pattern: Mapped[str | None] = mapped_column(String(1100))  # set when value is a glob
     app_slug: Mapped[str | None] = mapped_column(String(64))
+    # An apple_bundle_id an absent ios_url_scheme of its catalog entry proves absent (the entry's
+    # `url_scheme_covers` opt-in): a targeted check on iOS asks for it with the entry's schemes.
+    covered_by_scheme: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PolicyApproval(Base):

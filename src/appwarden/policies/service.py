@@ -21,7 +21,7 @@ from appwarden.identity.service import require
 from appwarden.policies.document import PolicyDocument, parse_policy
 from appwarden.policies.lifecycle import LIVE_STATES, OPEN_STATES, next_state
 from appwarden.policies.models import Policy, PolicyApproval, PolicyIdentifier, PolicyVersion
-from appwarden.vocabulary import Permission, VersionState
+from appwarden.vocabulary import AppNamespace, Permission, VersionState
 
 SHORT_NOTICE = timedelta(hours=24)
 
@@ -30,6 +30,8 @@ SHORT_NOTICE = timedelta(hours=24)
 class ResolvedIdentifier:
     identifier: AppIdentifier
     app_slug: str | None  # None: listed explicitly under spec.identifiers
+    # An `apple_bundle_id` whose catalog entry lets an absent URL scheme of it prove it absent.
+    covered_by_scheme: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,25 +46,37 @@ def resolve_identifiers(doc: PolicyDocument, catalog: Catalog) -> list[ResolvedI
     for slug in doc.apps:
         for contributor, identifier in catalog.resolve_app(slug):
             found.setdefault(identifier, contributor)
+    covered = {
+        identifier
+        for identifier, slug in found.items()
+        if slug is not None
+        and identifier.namespace == AppNamespace.APPLE_BUNDLE_ID
+        and catalog.get(slug).url_scheme_covers is not None
+    }
     for ref in doc.identifiers:
         try:
             identifier = AppIdentifier(ref.namespace, rule_key(ref.namespace, ref.value))
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
         found.setdefault(identifier, None)
-    return [ResolvedIdentifier(i, slug) for i, slug in sorted(found.items(), key=lambda kv: kv[0])]
+    return [
+        ResolvedIdentifier(i, slug, i in covered)
+        for i, slug in sorted(found.items(), key=lambda kv: kv[0])
+    ]
 
 
 def content_hash(doc: PolicyDocument, resolved: list[ResolvedIdentifier], templates: str) -> str:
-    """What an approval binds: the document, the resolved identifiers and the templates."""
-    body = orjson.dumps(
-        {
-            "document": doc.canonical(),
-            "identifiers": sorted(r.identifier.key for r in resolved),
-            "templates": templates,
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """What an approval binds: the document, the resolved identifiers (with which of them an
+    absent URL scheme may prove absent) and the templates."""
+    content: dict[str, object] = {
+        "document": doc.canonical(),
+        "identifiers": sorted(r.identifier.key for r in resolved),
+        "templates": templates,
+    }
+    scheme_covered = sorted(r.identifier.key for r in resolved if r.covered_by_scheme)
+    if scheme_covered:  # only then: versions without it keep the hash they were approved with
+        content["covered_by_scheme"] = scheme_covered
+    body = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()
 
 
@@ -165,6 +179,7 @@ def _store_identifiers(
                 value=identifier.value,
                 like_pattern=like_pattern(identifier.value) if identifier.is_pattern else None,
                 app_slug=item.app_slug,
+                covered_by_scheme=item.covered_by_scheme,
             )
         )
 

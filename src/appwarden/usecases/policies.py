@@ -75,7 +75,13 @@ def version_view(
             for a, email in approvals
         ],
         "identifiers": [
-            {"namespace": i.namespace, "value": i.value, "app": i.app_slug} for i in identifiers
+            {
+                "namespace": i.namespace,
+                "value": i.value,
+                "app": i.app_slug,
+                "covered_by_scheme": i.covered_by_scheme,
+            }
+            for i in identifiers
         ],
         "document": row.document,
     }

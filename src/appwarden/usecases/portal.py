@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import func, select
 
@@ -35,6 +35,7 @@ from appwarden.notifications.models import Notice
 from appwarden.policies.document import PolicyDocument
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import document_of, effective_versions, versions_of
+from appwarden.usecases.agent import create_code
 from appwarden.usecases.inventory import device_resources, identifiers_of, newest_reports
 from appwarden.usecases.notices import NoticeConfig, app_names
 from appwarden.usecases.transparency import StoredRows, stored_rows
@@ -457,3 +458,13 @@ def request_exemption(
         raise Conflict("an exemption for this device is already asked for, or in force")
     exemption = exemptions.request(uow, policy_id=policy_id, device=device, reason=reason)
     return exemption.id
+
+
+# ── the agent or check app ────────────────────────────────────────────────────────────────────
+
+
+def enrolment_code(uow: UnitOfWork, person_id: int, device_id: str) -> dict[str, Any]:
+    """A one-time code (15 minutes) binding the agent or check app to one of the person's own
+    devices (NotFound, worded alike, for any other)."""
+    device = _own_device(uow, person_id, device_id)
+    return create_code(uow, device, created_by=f"person:{person_id}")

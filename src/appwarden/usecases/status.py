@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy import select
 
 from appwarden.access.breaker import judged_view
 from appwarden.access.service import decide_for
-from appwarden.compliance.evaluate import Evaluation
+from appwarden.compliance.evaluate import Evaluation, PolicyRules, self_reported
 from appwarden.compliance.rules import device_views, rules_of
 from appwarden.compliance.service import evaluate_device, evaluate_view, fleet_status
 from appwarden.db.uow import UnitOfWork
@@ -47,6 +48,26 @@ def _row(
         "due": iso(evaluation.due),
         "reasons": list(evaluation.reasons),
     }
+
+
+def _with_self_report(
+    uow: UnitOfWork, rules: PolicyRules, evaluations: list[tuple[int, Evaluation]], at: datetime
+) -> list[tuple[int, Evaluation]]:
+    """Compliant evaluations that rest on a device's own answer or its owner's word say so with
+    the reason `self_reported`: the state is the same, the proof is weaker."""
+    compliant = [d for d, e in evaluations if e.state == ComplianceState.COMPLIANT]
+    if not compliant:
+        return evaluations
+    views = device_views(uow, compliant)
+    return [
+        (
+            device_id,
+            replace(evaluation, reasons=(*evaluation.reasons, "self_reported"))
+            if device_id in views and self_reported(rules, views[device_id], at)
+            else evaluation,
+        )
+        for device_id, evaluation in evaluations
+    ]
 
 
 def _owners(uow: UnitOfWork, devices: list[Device]) -> dict[int, Person]:
@@ -95,7 +116,11 @@ def status_rows(
             outcomes = [o for o in outcomes if o.version.policy_id == policy_id]
         identifiers = device_identifiers(uow, [device.id])[device.id]
         owner = uow.session.get(Person, device.owner_id) if device.owner_id else None
-        return [_row(o.version, device, identifiers, owner, o.evaluation) for o in outcomes]
+        return [
+            _row(o.version, device, identifiers, owner, evaluation)
+            for o in outcomes
+            for _, evaluation in _with_self_report(uow, o.rules, [(device.id, o.evaluation)], at)
+        ]
     versions = (
         [_version_in_effect(uow, policy_id, at)] if policy_id else effective_versions(uow, at)
     )
@@ -114,7 +139,7 @@ def status_rows(
             for device in others:
                 evaluation = evaluate_view(uow, rules, views[device.id], device.owner_id, at)
                 evaluations.append((device.id, evaluation))
-        rows += _rows_for(uow, version, evaluations)
+        rows += _rows_for(uow, version, _with_self_report(uow, rules, evaluations, at))
     return rows
 
 

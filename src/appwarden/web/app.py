@@ -33,6 +33,7 @@ from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
 from appwarden.web import (
     Runtime,
+    agent_api,
     api,
     attestations,
     console,
@@ -120,6 +121,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, worker: bool =
     api.install(app)
     inventory_api.install(app)
     push_api.install(app)
+    agent_api.install(app)
     gate.install(app)
     pages.install(app)
     signin.install(app)

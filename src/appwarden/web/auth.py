@@ -62,6 +62,13 @@ PUBLIC_ROUTES: Final[Mapping[str, str]] = {
     "/mdm/webhook/{secret}": "the path secret APPWARDEN_MDM_WEBHOOK_SECRET (32+ bytes, constant "
     "time; redacted in the access log); the route is off while it is unset",
     "/mdm/commands/{secret}": "the path secret, as /mdm/webhook/{secret}",
+    "/agent/enroll": "a one-time enrolment code (stored as SHA-256, 15 minutes, bound to one "
+    "device); the route is off while APPWARDEN_AGENT_SECRET is unset",
+    "/agent/report": "the agent's per-device key: HMAC-SHA256 over method, path, time and body "
+    "digest, time within 5 minutes; writes only its own device",
+    "/checks/manifest": "the agent's per-device key, as /agent/report",
+    "/checks/answer": "the answer's own MAC under the device's key, a single-use nonce of a "
+    "manifest issued to that device, and a time newer than its last answer",
     "/auth/*": "the sign-in's own: an OIDC answer matched to its flow's state and nonce, a "
     "single-use emailed link consumed by POST, or an admin password; each form carries its "
     "flow's CSRF token, attempts are rate-limited; sign-out needs the session and its CSRF token",

@@ -62,6 +62,7 @@ async def device_page(request: Request, device: str, visitor: Employee) -> Respo
         "problem": None,
         "problem_policy": None,
         "reason": "",
+        "enrolment": None,
     }
     return page(request, "device.html", values)
 
@@ -94,9 +95,37 @@ async def ask_exemption(request: Request, device: str, visitor: Employee) -> Res
             "problem": exc.message[:1].upper() + exc.message[1:] + ".",
             "problem_policy": policy,
             "reason": reason[:2000],
+            "enrolment": None,
         }
         return page(request, "device.html", values, status=422)
     return redirect(f"/me/devices/{device}?policy={quote(policy, safe='')}&requested=1")
+
+
+def _enrolment_code(runtime: Runtime, visitor: Visitor, device: str) -> dict[str, Any]:
+    with runtime.uow(runtime.now(), actor=visitor.email, employee_only=True) as uow:
+        return portal.enrolment_code(uow, visitor.person_id, device)
+
+
+async def make_enrolment_code(request: Request, device: str, visitor: Employee) -> Response:
+    """A one-time code for the agent or check app on this device, shown once on the page (it is
+    stored hashed and expires in 15 minutes: docs/targeted-check.md)."""
+    runtime = runtime_of(request)
+    form = await read_form(request)
+    check_csrf(form, visitor.csrf_token)
+    made = await run_in_threadpool(_enrolment_code, runtime, visitor, device)
+    shown = await run_in_threadpool(_read, runtime, visitor, portal.my_device, device, focus=None)
+    values = {
+        "visitor": visitor,
+        "portal": shown,
+        "requested": False,
+        "problem": None,
+        "problem_policy": None,
+        "reason": "",
+        "enrolment": made,
+    }
+    response = page(request, "device.html", values)
+    response.headers["Cache-Control"] = "no-store"  # the code is a credential until spent
+    return response
 
 
 async def data_page(request: Request, visitor: Employee) -> Response:
@@ -116,6 +145,7 @@ def install(app: FastAPI) -> None:
         ("/me/", home, "GET"),
         ("/me/devices/{device}", device_page, "GET"),
         ("/me/devices/{device}/exemptions", ask_exemption, "POST"),
+        ("/me/devices/{device}/agent-code", make_enrolment_code, "POST"),
         ("/me/data", data_page, "GET"),
     ):
         app.add_api_route(path, endpoint, methods=[method], include_in_schema=False)

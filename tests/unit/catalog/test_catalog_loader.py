@@ -316,7 +316,7 @@ GOOD_APP = """
             "apps:\n  - slug: x1\n    name: X\n    identifers: []\n",
             [
                 "cat.yaml:6:17: unknown key 'identifers' in an app; expected one of: slug, name, "
-                "publisher, includes, identifiers, notes, extends",
+                "publisher, includes, identifiers, notes, extends, url_scheme_covers",
             ],
             id="unknown-app-key",
         ),
@@ -351,7 +351,7 @@ GOOD_APP = """
             [
                 "cat.yaml:7:21: unknown identifier namespace 'bundle_id'; expected one of: "
                 "android_package, apple_bundle_id, chrome_extension_id, deb_package, display_name, "
-                "flatpak_app, rpm_package, snap_package, web_domain, windows_package_family, "
+                "flatpak_app, ios_url_scheme, rpm_package, snap_package, web_domain, windows_package_family, "
                 "windows_product_code, windows_program, windows_upgrade_code",
             ],
             id="unknown-namespace",
