@@ -1,7 +1,7 @@
 """agent enrolment codes, agent keys, check manifests; bundle ids covered by a url scheme
 
 Revision ID: 9f4297b59b1f
-Revises: 68a545ecf2cc
+Revises: 20ab2d7e94f7
 Create Date: 2026-12-02 13:31:29.777123
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "9f4297b59b1f"
-down_revision = "68a545ecf2cc"
+down_revision = "20ab2d7e94f7"
 branch_labels = None
 depends_on = None
 
