@@ -26,7 +26,7 @@ from appwarden.web.api import decode_json, read_body
 from appwarden.web.auth import runtime_of
 from appwarden.web.errors import Unauthenticated
 from appwarden.web.pages import page, redirect
-from appwarden.web.portal import MAX_POLICY_CHARS
+from appwarden.web.portal import MAX_POLICY_CHARS, device_values, read_as_person, sentence
 from appwarden.web.sessions import (
     Employee,
     SessionGuard,
@@ -98,11 +98,6 @@ async def post_attestation(request: Request, visitor: Person) -> Response:
     return JSONResponse(_as_json(done), status_code=201)
 
 
-def _device_page(runtime: Runtime, visitor: Visitor, device: str, policy: str) -> portal.Portal:
-    with runtime.uow(runtime.now(), actor=visitor.email, write=False, employee_only=True) as uow:
-        return portal.my_device(uow, visitor.person_id, device, runtime.notice_config, focus=policy)
-
-
 async def attest_from_portal(request: Request, device: str, visitor: Employee) -> Response:
     """The portal's "I have removed it" form for one policy on one of the person's devices."""
     runtime = runtime_of(request)
@@ -114,16 +109,12 @@ async def attest_from_portal(request: Request, device: str, visitor: Employee) -
     try:
         await run_in_threadpool(_confirm, runtime, visitor, device, policy)
     except InvalidInput as exc:
-        shown = await run_in_threadpool(_device_page, runtime, visitor, device, policy)
-        values = {
-            "visitor": visitor,
-            "portal": shown,
-            "requested": False,
-            "problem": exc.message[:1].upper() + exc.message[1:] + ".",
-            "problem_policy": policy,
-            "problem_form": "attest",
-            "reason": "",
-        }
+        shown = await run_in_threadpool(
+            read_as_person, runtime, visitor, portal.my_device, device, focus=policy
+        )
+        values = device_values(
+            visitor, shown, problem=sentence(exc), problem_policy=policy, problem_form="attest"
+        )
         return page(request, "device.html", values, status=422)
     return redirect(f"/me/devices/{device}?policy={quote(policy, safe='')}&attested=1")
 

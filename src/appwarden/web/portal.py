@@ -27,7 +27,7 @@ from appwarden.web.sessions import Employee, check_csrf, read_form
 MAX_POLICY_CHARS = 64
 
 
-def _read(runtime: Runtime, visitor: Visitor, work: Any, *args: Any, **kwargs: Any) -> Any:
+def read_as_person(runtime: Runtime, visitor: Visitor, work: Any, *args: Any, **kwargs: Any) -> Any:
     """`work(uow, person_id, *args, config, **kwargs)` in a reading unit of work, as the person."""
     with runtime.uow(runtime.now(), actor=visitor.email, write=False, employee_only=True) as uow:
         return work(uow, visitor.person_id, *args, runtime.notice_config, **kwargs)
@@ -36,8 +36,32 @@ def _read(runtime: Runtime, visitor: Visitor, work: Any, *args: Any, **kwargs: A
 async def home(request: Request, visitor: Employee) -> Response:
     """Every device of the person, with what each policy asks of it."""
     runtime = runtime_of(request)
-    mine = await run_in_threadpool(_read, runtime, visitor, portal.my_devices)
+    mine = await run_in_threadpool(read_as_person, runtime, visitor, portal.my_devices)
     return page(request, "me.html", {"visitor": visitor, "portal": mine})
+
+
+def device_values(visitor: Visitor, shown: Any, **answer: Any) -> dict[str, Any]:
+    """What device.html renders: the device as read, plus what one answer adds (`requested`,
+    `attested`, a `problem` with its `problem_policy` and `problem_form`, the `reason` typed, a
+    new `enrolment` code)."""
+    values: dict[str, Any] = {
+        "visitor": visitor,
+        "portal": shown,
+        "requested": False,
+        "attested": False,
+        "problem": None,
+        "problem_policy": None,
+        "problem_form": "exemption",
+        "reason": "",
+        "enrolment": None,
+    }
+    values.update(answer)
+    return values
+
+
+def sentence(exc: InvalidInput) -> str:
+    """A refusal's message as a sentence on a page."""
+    return exc.message[:1].upper() + exc.message[1:] + "."
 
 
 def _focus(request: Request) -> str | None:
@@ -52,18 +76,14 @@ async def device_page(request: Request, device: str, visitor: Employee) -> Respo
     first."""
     runtime = runtime_of(request)
     shown = await run_in_threadpool(
-        _read, runtime, visitor, portal.my_device, device, focus=_focus(request)
+        read_as_person, runtime, visitor, portal.my_device, device, focus=_focus(request)
     )
-    values = {
-        "visitor": visitor,
-        "portal": shown,
-        "requested": request.query_params.get("requested") == "1",
-        "attested": request.query_params.get("attested") == "1",
-        "problem": None,
-        "problem_policy": None,
-        "reason": "",
-        "enrolment": None,
-    }
+    values = device_values(
+        visitor,
+        shown,
+        requested=request.query_params.get("requested") == "1",
+        attested=request.query_params.get("attested") == "1",
+    )
     return page(request, "device.html", values)
 
 
@@ -86,17 +106,11 @@ async def ask_exemption(request: Request, device: str, visitor: Employee) -> Res
         await run_in_threadpool(_request, runtime, visitor, device, policy, reason)
     except InvalidInput as exc:
         shown = await run_in_threadpool(
-            _read, runtime, visitor, portal.my_device, device, focus=policy
+            read_as_person, runtime, visitor, portal.my_device, device, focus=policy
         )
-        values = {
-            "visitor": visitor,
-            "portal": shown,
-            "requested": False,
-            "problem": exc.message[:1].upper() + exc.message[1:] + ".",
-            "problem_policy": policy,
-            "reason": reason[:2000],
-            "enrolment": None,
-        }
+        values = device_values(
+            visitor, shown, problem=sentence(exc), problem_policy=policy, reason=reason[:2000]
+        )
         return page(request, "device.html", values, status=422)
     return redirect(f"/me/devices/{device}?policy={quote(policy, safe='')}&requested=1")
 
@@ -113,17 +127,10 @@ async def make_enrolment_code(request: Request, device: str, visitor: Employee) 
     form = await read_form(request)
     check_csrf(form, visitor.csrf_token)
     made = await run_in_threadpool(_enrolment_code, runtime, visitor, device)
-    shown = await run_in_threadpool(_read, runtime, visitor, portal.my_device, device, focus=None)
-    values = {
-        "visitor": visitor,
-        "portal": shown,
-        "requested": False,
-        "problem": None,
-        "problem_policy": None,
-        "reason": "",
-        "enrolment": made,
-    }
-    response = page(request, "device.html", values)
+    shown = await run_in_threadpool(
+        read_as_person, runtime, visitor, portal.my_device, device, focus=None
+    )
+    response = page(request, "device.html", device_values(visitor, shown, enrolment=made))
     response.headers["Cache-Control"] = "no-store"  # the code is a credential until spent
     return response
 
@@ -131,7 +138,7 @@ async def make_enrolment_code(request: Request, device: str, visitor: Employee) 
 async def data_page(request: Request, visitor: Employee) -> Response:
     """What the organisation stores about the person's devices."""
     runtime = runtime_of(request)
-    data = await run_in_threadpool(_read, runtime, visitor, portal.my_data)
+    data = await run_in_threadpool(read_as_person, runtime, visitor, portal.my_data)
     values = {
         "visitor": visitor,
         "data": data,
