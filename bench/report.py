@@ -38,6 +38,11 @@ BAR_LABELS = {
     ("W6", "other_process_p99"): "other process: p99 until the answer flips",
     ("IMPORT", "ratio"): "app rows/s end to end / raw insert of the same rows",
     ("IMPORT", "rows_equal"): "stored rows equal the raw insert's (count, checksum)",
+    (
+        "DELIVERY",
+        "messages_per_second",
+    ): "announcements delivered per second to a local SMTP server",
+    ("DELIVERY", "delivered"): "every notice sent, every Message-ID received once",
 }
 
 
@@ -179,7 +184,31 @@ def _import_rows(result: dict[str, Any]) -> list[str]:
     ]
 
 
-DETAIL = {"W2": _w2_rows, "W4": _w4_rows, "W6": _w6_rows, "IMPORT": _import_rows}
+def _delivery_rows(result: dict[str, Any]) -> list[str]:
+    m = result["measured"]
+    bars = result["bars"]
+    others = ", ".join(
+        f"batches of {d['batch']}: {d['messages_per_second']:,}/s"
+        for d in result["diagnostics"]["other_batch_sizes"]
+    )
+    return [
+        f"DELIVERY {m['notices']:,} announcements, batches of {m['batch']}: {m['seconds']} s = "
+        f"{m['messages_per_second']:,} messages/s; raw smtplib of the same messages "
+        f"{m['raw_messages_per_second']:,}/s (ratio {m['ratio']}); {others} "
+        f"| {m['messages_per_second']:,}/s | {bars['messages_per_second']['bar']} "
+        f"| {_ok(bars['messages_per_second']['pass'])} |",
+        "DELIVERY every notice sent, every Message-ID received once "
+        f"| {bars['delivered']['value']} | equal | {_ok(bars['delivered']['pass'])} |",
+    ]
+
+
+DETAIL = {
+    "W2": _w2_rows,
+    "W4": _w4_rows,
+    "W6": _w6_rows,
+    "IMPORT": _import_rows,
+    "DELIVERY": _delivery_rows,
+}
 
 
 def detail_rows(result: Result) -> list[str]:
