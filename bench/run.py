@@ -1,6 +1,6 @@
 """Run the HTTP benchmarks of docs/architecture.md ("Performance bars") and record them.
 
-    python -m bench.run [--workload W2|W4|W6|IMPORT|DELIVERY|all] [--quick] [--db URL]
+    python -m bench.run [--workload W2|W4|W6|IMPORT|DELIVERY|CLI|all] [--quick] [--db URL]
                         [--no-access-log]
 
 Each run builds its own fleet in a scratch store (a SQLite file in a temporary directory, or a
@@ -214,6 +214,22 @@ def _delivery_workload(args: argparse.Namespace, reporter: Reporter, started: da
     return written
 
 
+def _cli_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """CLI builds its own demo database and times new processes: no served fleet."""
+    from bench import cli_start
+
+    if args.db is not None:
+        stderr.print("bench: CLI runs on its own SQLite demo database; --db is ignored")
+    params = cli_start.Params.of(quick=args.quick)
+    reporter.phase("CLI: start-up of appwarden --help and decide", total=params.runs)
+    result = cli_start.run(params, reporter.note, reporter.advance)
+    info = machine(result["parameters"]["store"])
+    name = result_name("CLI", "sqlite", args.quick)
+    written = (name, _finish(result, info, args.quick, started))
+    write_result(*written)
+    return written
+
+
 def _fleet_workloads(
     args: argparse.Namespace, workloads: list[str], reporter: Reporter, started: datetime
 ) -> list[Written]:
@@ -271,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workload",
-        choices=["W2", "W4", "W6", "IMPORT", "DELIVERY", "ALL"],
+        choices=["W2", "W4", "W6", "IMPORT", "DELIVERY", "CLI", "ALL"],
         default="ALL",
         type=str.upper,
     )
@@ -289,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workloads = (
-        ["W2", "W6", "W4", "IMPORT", "DELIVERY"] if args.workload == "ALL" else [args.workload]
+        ["W2", "W6", "W4", "IMPORT", "DELIVERY", "CLI"]
+        if args.workload == "ALL"
+        else [args.workload]
     )
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
@@ -307,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             written.append(_import_workload(args, reporter, started))
         if "DELIVERY" in workloads:
             written.append(_delivery_workload(args, reporter, started))
-        served = [w for w in workloads if w not in ("IMPORT", "DELIVERY")]
+        if "CLI" in workloads:
+            written.append(_cli_workload(args, reporter, started))
+        served = [w for w in workloads if w not in ("IMPORT", "DELIVERY", "CLI")]
         if served:
             written += _fleet_workloads(args, served, reporter, started)
     if not args.no_readme:

@@ -5,30 +5,18 @@ from __future__ import annotations
 import sys
 import time
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, short_time, table
-from appwarden.devices.service import find_device
-from appwarden.enforcement.exchange import current_state_script
 from appwarden.errors import InvalidInput
-from appwarden.exemptions import service as exemptions
-from appwarden.identity.service import get_person, require
-from appwarden.policies import service as policies
-from appwarden.timeutil import iso
-from appwarden.usecases import outbox
-from appwarden.usecases.deliver import Delivery, retry_failed
-from appwarden.usecases.enforcement import exchange_state
-from appwarden.usecases.exemptions import after_decision, exemption_row
-from appwarden.usecases.notices import plan_release
-from appwarden.usecases.retract import retract
-from appwarden.usecases.sign_in import SessionRules
-from appwarden.usecases.sync import SyncSchedule, runner_name
-from appwarden.usecases.worker import worker_pass
 from appwarden.vocabulary import Permission
+
+if TYPE_CHECKING:
+    from appwarden.usecases.deliver import Delivery
 
 notices_app = typer.Typer(help="Notices sent and queued.", invoke_without_command=True)
 exemption_app = typer.Typer(no_args_is_help=True, help="Time-boxed, justified exemptions.")
@@ -54,6 +42,10 @@ def policy_preview(
 ) -> None:
     """Who is in scope, who will be told what, and who would lose access: before anyone is told.
     Runs the same code as the release."""
+    from appwarden.policies import service as policies
+    from appwarden.timeutil import iso
+    from appwarden.usecases.notices import plan_release
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
@@ -102,6 +94,8 @@ def policy_retract(
 ) -> None:
     """Take back a policy sent in error: cancel what is pending, lift its blocks, and send one
     correction to each person who was told, threaded to their first notice."""
+    from appwarden.usecases.retract import retract
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         result = retract(uow, policy_id, message=message, config=context.notice_config)
@@ -133,6 +127,8 @@ def notices_list(
     json: Json = False,
 ) -> None:
     """List notices (with no subcommand)."""
+    from appwarden.usecases import outbox
+
     if typer_context.invoked_subcommand is not None:
         return
     context = ctx()
@@ -168,6 +164,9 @@ def notices_retry(
     at: At = None,
 ) -> None:
     """Queue failed notices (and webhooks) again."""
+    from appwarden.identity.service import require
+    from appwarden.usecases.deliver import retry_failed
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         require(uow, Permission.NOTICES_RETRY)
@@ -195,6 +194,10 @@ def worker(
 
 
 def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool) -> None:
+    from appwarden.usecases.sign_in import SessionRules
+    from appwarden.usecases.sync import SyncSchedule, runner_name
+    from appwarden.usecases.worker import worker_pass
+
     settings = context.settings
     syncs = (
         SyncSchedule(settings, runner=runner_name("worker")) if settings.sync_intervals else None
@@ -229,6 +232,9 @@ When = Annotated[str | None, typer.Option(help="RFC 3339 with an offset.")]
 
 
 def _target(uow: Any, person: str | None, device: str | None) -> dict[str, Any]:
+    from appwarden.devices.service import find_device
+    from appwarden.identity.service import get_person
+
     if (person is None) == (device is None):
         raise InvalidInput("name either --person EMAIL or --device DEVICE")
     return (
@@ -251,6 +257,9 @@ def exemption_request(
     json: Json = False,
 ) -> None:
     """Ask for an exemption (changes nothing until it is granted)."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import exemption_row
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         e = exemptions.request(
@@ -279,6 +288,9 @@ def exemption_grant(
     json: Json = False,
 ) -> None:
     """Grant a requested exemption, or grant one directly."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import after_decision, exemption_row
+
     context = ctx(actor)
     now = context.at(at)
     with context.uow(now) as uow:
@@ -307,6 +319,8 @@ def exemption_deny(
     at: At = None,
 ) -> None:
     """Turn a request down, saying why."""
+    from appwarden.exemptions import service as exemptions
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         exemptions.deny(uow, exemption_id, note=reason)
@@ -321,6 +335,9 @@ def exemption_revoke(
     at: At = None,
 ) -> None:
     """End an exemption now; a violating device then gets its grace from now."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import after_decision
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         e = exemptions.revoke(uow, exemption_id, note=reason)
@@ -335,6 +352,9 @@ def exemption_list(
     json: Json = False,
 ) -> None:
     """Exemptions, requested and decided."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import exemption_row
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         rows = [exemption_row(e) for e in exemptions.list_exemptions(uow, policy)]
@@ -370,6 +390,9 @@ def exchange_script(
 ) -> None:
     """A PowerShell script (Set-CASMailbox) that puts every mailbox's ActiveSync block and allow
     lists in the state appwarden decided. Idempotent; run it from Exchange Online PowerShell."""
+    from appwarden.enforcement.exchange import current_state_script
+    from appwarden.usecases.enforcement import exchange_state
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
