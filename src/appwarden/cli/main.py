@@ -1,5 +1,9 @@
 """The `appwarden` command line. Thin: parse arguments, open a unit of work, call a service,
-render. Every reading command has --json; every command has --at."""
+render. Every reading command has --json; every command has --at.
+
+Every command module imports what a command runs inside that command: `appwarden --help` and a
+short command start without the stack the others need (bench/README.md, CLI;
+tests/integration/test_cli_start.py lists what `--help` must not import)."""
 
 from __future__ import annotations
 
