@@ -29,6 +29,8 @@ TABLE_END = "<!-- results:end -->"
 # What each recorded bar measures, in the words of bench/README.md.
 BAR_LABELS = {
     ("W2", "throughput_ratio"): "gate / constant, max requests/s",
+    ("W2", "throughput_ratio_denied"): "gate / constant, max requests/s, denied phones only",
+    ("W2", "throughput_ratio_unknown"): "gate / constant, max requests/s, unseen DeviceIds only",
     ("W2", "gate_p99_at_half_max"): "gate p99 at half the gate's max rate (open loop)",
     ("W2", "sample_matches_api"): "gate answers that differ from the API on the sample",
     ("W2", "no_errors"): "wrk's runs",
@@ -38,6 +40,13 @@ BAR_LABELS = {
     ("W6", "other_process_p99"): "other process: p99 until the answer flips",
     ("IMPORT", "ratio"): "app rows/s end to end / raw insert of the same rows",
     ("IMPORT", "rows_equal"): "stored rows equal the raw insert's (count, checksum)",
+    (
+        "DELIVERY",
+        "messages_per_second",
+    ): "announcements delivered per second to a local SMTP server",
+    ("DELIVERY", "delivered"): "every notice sent, every Message-ID received once",
+    ("CLI", "help_seconds"): "`appwarden --help`, median wall time of a new process",
+    ("CLI", "decide_ratio"): "`appwarden decide` on the demo database / `import sqlalchemy.orm`",
 }
 
 
@@ -124,9 +133,17 @@ def _w2_rows(result: dict[str, Any]) -> list[str]:
     gate_lat = result["open_loop"]["gate"]["latency_from_scheduled_start"]
     const_lat = result["open_loop"]["constant"]["latency_from_scheduled_start"]
     sample = result["sample"]
+    mixes = [
+        f"W2 {mix} only, max req/s: gate {found['max_rps']['gate']:,.0f} / constant "
+        f"{found['max_rps']['constant']:,.0f} | ratio {found['ratio']:.3f} "
+        f"| {bars['throughput_ratio_' + mix]['bar']} "
+        f"| {_ok(bars['throughput_ratio_' + mix]['pass'])} |"
+        for mix, found in result.get("mixes", {}).items()
+    ]
     return [
         f"W2 max req/s: gate {g:,.0f} / constant {c:,.0f} | ratio {result['ratio']:.3f} "
         f"| {bars['throughput_ratio']['bar']} | {_ok(bars['throughput_ratio']['pass'])} |",
+        *mixes,
         f"W2 open loop at {result['open_loop']['rate_per_s']:,.0f}/s: gate p50 "
         f"{gate_lat['p50_ms']} / p99 {gate_lat['p99_ms']} ms (constant p50 "
         f"{const_lat['p50_ms']} / p99 {const_lat['p99_ms']} ms) | p99 {gate_lat['p99_ms']} ms "
@@ -179,7 +196,46 @@ def _import_rows(result: dict[str, Any]) -> list[str]:
     ]
 
 
-DETAIL = {"W2": _w2_rows, "W4": _w4_rows, "W6": _w6_rows, "IMPORT": _import_rows}
+def _delivery_rows(result: dict[str, Any]) -> list[str]:
+    m = result["measured"]
+    bars = result["bars"]
+    others = ", ".join(
+        f"batches of {d['batch']}: {d['messages_per_second']:,}/s"
+        for d in result["diagnostics"]["other_batch_sizes"]
+    )
+    return [
+        f"DELIVERY {m['notices']:,} announcements, batches of {m['batch']}: {m['seconds']} s = "
+        f"{m['messages_per_second']:,} messages/s; raw smtplib of the same messages "
+        f"{m['raw_messages_per_second']:,}/s (ratio {m['ratio']}); {others} "
+        f"| {m['messages_per_second']:,}/s | {bars['messages_per_second']['bar']} "
+        f"| {_ok(bars['messages_per_second']['pass'])} |",
+        "DELIVERY every notice sent, every Message-ID received once "
+        f"| {bars['delivered']['value']} | equal | {_ok(bars['delivered']['pass'])} |",
+    ]
+
+
+def _cli_rows(result: dict[str, Any]) -> list[str]:
+    median = result["measured"]["median_seconds"]
+    bars = result["bars"]
+    runs = result["parameters"]["runs"]
+    return [
+        f"CLI `appwarden --help`: median of {runs} runs {median['help']} s "
+        f"| {bars['help_seconds']['value']} s | {bars['help_seconds']['bar']} "
+        f"| {_ok(bars['help_seconds']['pass'])} |",
+        f"CLI `appwarden decide` {median['decide']} s / `import sqlalchemy.orm` "
+        f"{median['import_sqlalchemy_orm']} s | ratio {bars['decide_ratio']['value']} "
+        f"| {bars['decide_ratio']['bar']} | {_ok(bars['decide_ratio']['pass'])} |",
+    ]
+
+
+DETAIL = {
+    "W2": _w2_rows,
+    "W4": _w4_rows,
+    "W6": _w6_rows,
+    "IMPORT": _import_rows,
+    "DELIVERY": _delivery_rows,
+    "CLI": _cli_rows,
+}
 
 
 def detail_rows(result: Result) -> list[str]:

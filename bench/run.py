@@ -1,6 +1,7 @@
 """Run the HTTP benchmarks of docs/architecture.md ("Performance bars") and record them.
 
-    python -m bench.run [--workload W2|W6|all] [--quick] [--db URL] [--no-access-log]
+    python -m bench.run [--workload W2|W4|W6|IMPORT|DELIVERY|CLI|all] [--quick] [--db URL]
+                        [--no-access-log]
 
 Each run builds its own fleet in a scratch store (a SQLite file in a temporary directory, or a
 scratch database on the PostgreSQL server `--db` names), runs the workloads against uvicorn
@@ -197,6 +198,38 @@ def _import_workload(args: argparse.Namespace, reporter: Reporter, started: date
     return written
 
 
+def _delivery_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """DELIVERY builds its own scratch store and SMTP servers: no served fleet."""
+    from bench import delivery
+
+    params = delivery.Params.of(quick=args.quick)
+    reporter.phase(
+        "DELIVERY: announcements to a local SMTP server", total=2 + len(params.diagnostic_batches)
+    )
+    result = delivery.run(args.db, params, reporter.note, reporter.advance)
+    info = machine(result["parameters"]["store"])
+    name = result_name("DELIVERY", result["parameters"]["backend"], args.quick)
+    written = (name, _finish(result, info, args.quick, started))
+    write_result(*written)
+    return written
+
+
+def _cli_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """CLI builds its own demo database and times new processes: no served fleet."""
+    from bench import cli_start
+
+    if args.db is not None:
+        stderr.print("bench: CLI runs on its own SQLite demo database; --db is ignored")
+    params = cli_start.Params.of(quick=args.quick)
+    reporter.phase("CLI: start-up of appwarden --help and decide", total=params.runs)
+    result = cli_start.run(params, reporter.note, reporter.advance)
+    info = machine(result["parameters"]["store"])
+    name = result_name("CLI", "sqlite", args.quick)
+    written = (name, _finish(result, info, args.quick, started))
+    write_result(*written)
+    return written
+
+
 def _fleet_workloads(
     args: argparse.Namespace, workloads: list[str], reporter: Reporter, started: datetime
 ) -> list[Written]:
@@ -253,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--workload", choices=["W2", "W4", "W6", "IMPORT", "ALL"], default="ALL", type=str.upper
+        "--workload",
+        choices=["W2", "W4", "W6", "IMPORT", "DELIVERY", "CLI", "ALL"],
+        default="ALL",
+        type=str.upper,
     )
     parser.add_argument("--quick", action="store_true", help="1,000 extra devices, short runs")
     parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
@@ -268,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         help="do not regenerate the tables of README.md and bench/README.md",
     )
     args = parser.parse_args(argv)
-    workloads = ["W2", "W6", "W4", "IMPORT"] if args.workload == "ALL" else [args.workload]
+    workloads = (
+        ["W2", "W6", "W4", "IMPORT", "DELIVERY", "CLI"]
+        if args.workload == "ALL"
+        else [args.workload]
+    )
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
         return 2
@@ -283,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     with reporter.session():
         if "IMPORT" in workloads:
             written.append(_import_workload(args, reporter, started))
-        served = [w for w in workloads if w != "IMPORT"]
+        if "DELIVERY" in workloads:
+            written.append(_delivery_workload(args, reporter, started))
+        if "CLI" in workloads:
+            written.append(_cli_workload(args, reporter, started))
+        served = [w for w in workloads if w not in ("IMPORT", "DELIVERY", "CLI")]
         if served:
             written += _fleet_workloads(args, served, reporter, started)
     if not args.no_readme:

@@ -78,12 +78,16 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_sender: str = "appwarden@localhost"
-    smtp_max_per_minute: int = 600
+    # Unset: no limit of appwarden's own (a relay you run paces and queues itself). Set it when
+    # submitting straight to a provider that throttles: README, "Delivery rate".
+    smtp_max_per_minute: int | None = Field(default=None, ge=1)
     maildir: Path = Path("var/mail")
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     notice_lease_seconds: int = 300
-    worker_batch: int = 10
+    # Notices claimed, sent and recorded together: a transaction per batch, not per message; a
+    # crash re-sends at most one batch (README, "Delivery rate").
+    worker_batch: int = Field(default=50, ge=1)
     worker_interval_seconds: float = 5.0
     max_delivery_attempts: int = 8
 

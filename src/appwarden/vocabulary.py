@@ -242,3 +242,6 @@ PLATFORM_NAMESPACES: dict[Platform, frozenset[AppNamespace]] = {
     if p != Platform.UNKNOWN
 }
 PLATFORM_NAMESPACES[Platform.UNKNOWN] = frozenset(AppNamespace) - _NOT_CARRIED
+
+#: The sources `appwarden sync` can fetch from their APIs (`connectors/registry.py` builds each).
+SYNC_SOURCES: Final = ("fleet", "intune", "google", "amapi", "jamf")

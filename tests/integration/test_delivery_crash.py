@@ -1,11 +1,14 @@
-"""A worker killed mid-delivery, restarted: every notice arrives, duplicates keep their Message-ID.
+"""A worker killed mid-batch, restarted: every notice arrives, duplicates keep their Message-ID
+and come only from the batch that was in flight.
 
 1,000 notices are queued; a real `appwarden worker --once` subprocess sends them to a real SMTP
-server (aiosmtpd) in this process. When the server has received the 300th message it SIGKILLs
-the worker before answering "250 OK", so that message is in flight: received, not yet recorded as
-sent. The worker is restarted with a zero lease; the server must then have seen exactly the 1,000
-expected Message-IDs, each duplicate under the same Message-ID as its original, and the number of
-duplicates (at most the worker's concurrency, APPWARDEN_WORKER_BATCH) is reported.
+server (aiosmtpd) in this process, in batches of 50 (APPWARDEN_WORKER_BATCH): claim 50, send them,
+record the 50 outcomes in one transaction. When the server has received the 275th message, half-way
+through the sixth batch, it SIGKILLs the worker before answering "250 OK": messages 251-275 were
+received but not recorded as sent, 276-300 were claimed but never sent. The worker is restarted with
+a zero lease; the server must then have seen exactly the 1,000 expected Message-IDs, each duplicate
+under the same Message-ID as its original, duplicates only among the killed batch's messages the
+server had received, and the batches committed before the kill sent exactly once.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from appwarden.notifications import service
 from appwarden.notifications.models import Notice
 from appwarden.policies.models import Policy
 
-pytestmark = pytest.mark.slow  # two worker runs over 1,000 real SMTP messages: ~30-40 s each
+pytestmark = pytest.mark.slow  # two worker runs over 1,000 real SMTP messages
 
 NOTICES = 1_000
-KILL_AT = 300  # the SMTP server kills the worker when this message arrives
-BATCH = 10  # APPWARDEN_WORKER_BATCH: the worker's concurrency
+BATCH = 50  # APPWARDEN_WORKER_BATCH: claimed, sent and recorded together
+KILL_AT = 5 * BATCH + BATCH // 2  # the SMTP server kills the worker mid-way through batch 6
 POLICY_ID = "crash-test"
 DOMAIN = "test.local"
 WAIT_SECONDS = 120
@@ -134,10 +137,10 @@ def statuses(store) -> Counter:
         )
 
 
-def sent_message_ids(store) -> set[str]:
+def message_ids(store, status: str) -> set[str]:
     with store.engine.connect() as connection:
         return set(
-            connection.scalars(select(Notice.message_id).where(Notice.status == "sent")).all()
+            connection.scalars(select(Notice.message_id).where(Notice.status == status)).all()
         )
 
 
@@ -162,8 +165,6 @@ def test_a_killed_worker_loses_nothing_and_duplicates_keep_their_message_id(
         "APPWARDEN_SMTP_HOST": killing_smtp.host,
         "APPWARDEN_SMTP_PORT": str(killing_smtp.port),
         "APPWARDEN_SMTP_SENDER": "it-security@example.com",
-        # The default limit (600/min) would only add ~10 s of waiting to the restart.
-        "APPWARDEN_SMTP_MAX_PER_MINUTE": "1000000",
         "APPWARDEN_MAILDIR": str(tmp_path / "mail"),
         "APPWARDEN_WORKER_BATCH": str(BATCH),
     }
@@ -195,12 +196,17 @@ def test_a_killed_worker_loses_nothing_and_duplicates_keep_their_message_id(
     received_before = killing_smtp.snapshot()
     assert len(received_before) == KILL_AT
     in_flight_id = received_before[-1][0]
-    recorded = sent_message_ids(store)
+    recorded = message_ids(store, "sent")
+    claimed = message_ids(store, "sending")  # the batch the worker died in
     in_flight = {message_id for message_id, _ in received_before} - recorded
     after_crash = statuses(store)
     assert in_flight_id in in_flight  # received by the server, not recorded as sent
-    assert recorded <= {message_id for message_id, _ in received_before}
-    assert after_crash["sending"] <= BATCH
+    # Whole batches were recorded before the kill, in one transaction each; the killed batch is
+    # claimed in full, and what the server received of it is exactly what was not recorded.
+    assert recorded == {message_id for message_id, _ in received_before[: KILL_AT - BATCH // 2]}
+    assert len(claimed) == BATCH
+    assert in_flight == {message_id for message_id, _ in received_before[-(BATCH // 2) :]}
+    assert in_flight <= claimed
     assert sum(after_crash.values()) == NOTICES
 
     # Restart with a zero lease: the dead worker's claims go back to pending at once.
@@ -225,14 +231,17 @@ def test_a_killed_worker_loses_nothing_and_duplicates_keep_their_message_id(
     for message_id, to in received:
         assert message_id == expected[to], f"{to} got {message_id}, expected {expected[to]}"
     duplicates = len(ids) - len(set(ids))
-    assert duplicates == len(in_flight)  # exactly what was in flight went out again
-    assert 1 <= duplicates <= BATCH
+    duplicated = {m for m, n in Counter(ids).items() if n > 1}
+    # Duplicates only for the batch in flight: what it had sent goes out once more, nothing else.
+    assert duplicated == in_flight
+    assert max(Counter(ids).values()) == 2
+    assert duplicates == len(in_flight) == BATCH // 2
     assert statuses(store) == Counter({"sent": NOTICES})
     with store.engine.connect() as connection:
         resent = connection.scalars(
             select(Notice.message_id).where(Notice.attempts > 1).order_by(Notice.id)
         ).all()
-    assert {m for m, n in Counter(ids).items() if n > 1} <= set(resent)
+    assert duplicated <= set(resent)
 
     record_property("duplicates", duplicates)
     record_property("first_run_seconds", round(first_seconds, 2))
@@ -241,5 +250,5 @@ def test_a_killed_worker_loses_nothing_and_duplicates_keep_their_message_id(
         f"\n[{store.backend}] {NOTICES} notices, worker killed at message {KILL_AT} "
         f"after {first_seconds:.1f}s, restart took {second_seconds:.1f}s: "
         f"{len(ids)} messages received, {duplicates} duplicate(s) "
-        f"(concurrency {BATCH})"
+        f"(batches of {BATCH})"
     )

@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from appwarden.access.decide import DecisionResult
 from appwarden.access.models import Breaker, BreakerCount, BreakerHold, DecisionRecord
@@ -155,6 +154,9 @@ class Breakers:
             self._rows = {b.policy_id: b for b in session.scalars(every)}
         found = self._rows.get(policy_id)
         if found is None:
+            # The store's own dialect (already loaded by its engine), not both at import.
+            from sqlalchemy.dialects import postgresql, sqlite
+
             insert = postgresql.insert if self.uow.dialect == "postgresql" else sqlite.insert
             session.execute(
                 insert(Breaker).values(policy_id=policy_id, in_scope=0).on_conflict_do_nothing()

@@ -9,7 +9,6 @@ import typer
 
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors
-from appwarden.usecases.agent import admin_code
 
 agent_app = typer.Typer(no_args_is_help=True, help="The desktop agent and targeted checks.")
 
@@ -24,6 +23,8 @@ def agent_code(
     """A one-time enrolment code for DEVICE, valid 15 minutes: deliver it through the MDM's
     managed app configuration (key `appwarden_enrolment_code`) or hand it to the device's owner.
     Needs inventory:write (or admin); audited."""
+    from appwarden.usecases.agent import admin_code
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         made = admin_code(uow, device)

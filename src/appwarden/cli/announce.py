@@ -5,27 +5,18 @@ from __future__ import annotations
 import sys
 import time
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, short_time, table
-from appwarden.devices.service import find_device
-from appwarden.enforcement.exchange import current_state_script
 from appwarden.errors import InvalidInput
-from appwarden.exemptions import service as exemptions
-from appwarden.identity.service import get_person, require
-from appwarden.usecases import lifecycle, outbox
-from appwarden.usecases.deliver import Delivery, retry_failed
-from appwarden.usecases.enforcement import exchange_state
-from appwarden.usecases.exemptions import after_decision, exemption_row
-from appwarden.usecases.retract import retract
-from appwarden.usecases.sign_in import SessionRules
-from appwarden.usecases.sync import SyncSchedule, runner_name
-from appwarden.usecases.worker import worker_pass
 from appwarden.vocabulary import Permission
+
+if TYPE_CHECKING:
+    from appwarden.usecases.deliver import Delivery
 
 notices_app = typer.Typer(help="Notices sent and queued.", invoke_without_command=True)
 exemption_app = typer.Typer(no_args_is_help=True, help="Time-boxed, justified exemptions.")
@@ -51,6 +42,8 @@ def policy_preview(
 ) -> None:
     """Who is in scope, who will be told what, and who would lose access: before anyone is told.
     Runs the same code as the release."""
+    from appwarden.usecases import lifecycle
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
@@ -98,6 +91,8 @@ def policy_retract(
 ) -> None:
     """Take back a policy sent in error: cancel what is pending, lift its blocks, and send one
     correction to each person who was told, threaded to their first notice."""
+    from appwarden.usecases.retract import retract
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         result = retract(uow, policy_id, message=message, config=context.notice_config)
@@ -129,6 +124,8 @@ def notices_list(
     json: Json = False,
 ) -> None:
     """List notices (with no subcommand)."""
+    from appwarden.usecases import outbox
+
     if typer_context.invoked_subcommand is not None:
         return
     context = ctx()
@@ -164,6 +161,9 @@ def notices_retry(
     at: At = None,
 ) -> None:
     """Queue failed notices (and webhooks) again."""
+    from appwarden.identity.service import require
+    from appwarden.usecases.deliver import retry_failed
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         require(uow, Permission.NOTICES_RETRY)
@@ -191,6 +191,10 @@ def worker(
 
 
 def _work(context: AppContext, delivery: Delivery, at: str | None, *, once: bool) -> None:
+    from appwarden.usecases.sign_in import SessionRules
+    from appwarden.usecases.sync import SyncSchedule, runner_name
+    from appwarden.usecases.worker import worker_pass
+
     settings = context.settings
     syncs = (
         SyncSchedule(settings, runner=runner_name("worker")) if settings.sync_intervals else None
@@ -225,6 +229,9 @@ When = Annotated[str | None, typer.Option(help="RFC 3339 with an offset.")]
 
 
 def _target(uow: Any, person: str | None, device: str | None) -> dict[str, Any]:
+    from appwarden.devices.service import find_device
+    from appwarden.identity.service import get_person
+
     if (person is None) == (device is None):
         raise InvalidInput("name either --person EMAIL or --device DEVICE")
     return (
@@ -247,6 +254,9 @@ def exemption_request(
     json: Json = False,
 ) -> None:
     """Ask for an exemption (changes nothing until it is granted)."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import exemption_row
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         e = exemptions.request(
@@ -275,6 +285,9 @@ def exemption_grant(
     json: Json = False,
 ) -> None:
     """Grant a requested exemption, or grant one directly."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import after_decision, exemption_row
+
     context = ctx(actor)
     now = context.at(at)
     with context.uow(now) as uow:
@@ -303,6 +316,8 @@ def exemption_deny(
     at: At = None,
 ) -> None:
     """Turn a request down, saying why."""
+    from appwarden.exemptions import service as exemptions
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         exemptions.deny(uow, exemption_id, note=reason)
@@ -317,6 +332,9 @@ def exemption_revoke(
     at: At = None,
 ) -> None:
     """End an exemption now; a violating device then gets its grace from now."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import after_decision
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         e = exemptions.revoke(uow, exemption_id, note=reason)
@@ -331,6 +349,9 @@ def exemption_list(
     json: Json = False,
 ) -> None:
     """Exemptions, requested and decided."""
+    from appwarden.exemptions import service as exemptions
+    from appwarden.usecases.exemptions import exemption_row
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         rows = [exemption_row(e) for e in exemptions.list_exemptions(uow, policy)]
@@ -366,6 +387,9 @@ def exchange_script(
 ) -> None:
     """A PowerShell script (Set-CASMailbox) that puts every mailbox's ActiveSync block and allow
     lists in the state appwarden decided. Idempotent; run it from Exchange Online PowerShell."""
+    from appwarden.enforcement.exchange import current_state_script
+    from appwarden.usecases.enforcement import exchange_state
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:

@@ -9,14 +9,15 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from appwarden.audit.verify import Anchor, anchor, verify
+if TYPE_CHECKING:
+    from appwarden.audit.verify import Anchor
+
 from appwarden.cli.options import At, Json, ctx
 from appwarden.cli.render import emit_json, errors
-from appwarden.documents import read_limited
 from appwarden.errors import InvalidInput
 
 MAX_ANCHOR_BYTES = 64 * 1024  # an anchor is one small JSON object
@@ -27,6 +28,9 @@ audit_app = typer.Typer(
 
 
 def read_anchor(path: Path) -> Anchor:
+    from appwarden.audit.verify import Anchor
+    from appwarden.documents import read_limited
+
     data = read_limited(path, MAX_ANCHOR_BYTES)
     try:
         return Anchor.from_json(data)
@@ -78,6 +82,8 @@ def audit_verify(
     at: At = None,
 ) -> None:
     """Check every chained audit entry: altered, removed or reordered entries (exit 1)."""
+    from appwarden.audit.verify import verify
+
     context = ctx()
     pinned = read_anchor(anchor_file) if anchor_file is not None else None
     with context.uow(context.at(at), write=False) as uow:
@@ -102,6 +108,8 @@ def audit_anchor(
     at: At = None,
 ) -> None:
     """Export the head of the chain (seq and hash); keep it where the database cannot reach."""
+    from appwarden.audit.verify import anchor
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:

@@ -8,21 +8,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-
-from appwarden.catalog.model import Catalog
-from appwarden.clock import Clock, clock_from_spec
-from appwarden.db.engine import make_engine
-from appwarden.db.migrate import is_current
-from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict, InvalidInput
-from appwarden.notifications.templates import templates_digest
-from appwarden.settings import Settings
-from appwarden.timeutil import parse_instant
-from appwarden.usecases.deliver import Delivery, delivery_from_settings
-from appwarden.usecases.notices import NoticeConfig
-from appwarden.wiring import Services
+
+# Imported where used: a command loads only what it runs (`appwarden --help` none of it).
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from appwarden.catalog.model import Catalog
+    from appwarden.clock import Clock
+    from appwarden.db.uow import UnitOfWork
+    from appwarden.settings import Settings
+    from appwarden.usecases.deliver import Delivery
+    from appwarden.usecases.notices import NoticeConfig
+    from appwarden.wiring import Services
 
 
 @dataclass
@@ -33,6 +33,8 @@ class AppContext:
 
     @cached_property
     def engine(self) -> Engine:
+        from appwarden.db.engine import make_engine
+
         return make_engine(self.settings.database_url)
 
     def close(self) -> None:
@@ -41,10 +43,14 @@ class AppContext:
 
     @cached_property
     def clock(self) -> Clock:
+        from appwarden.clock import clock_from_spec
+
         return clock_from_spec(self.settings.clock, env=self.settings.env)
 
     @cached_property
     def services(self) -> Services:
+        from appwarden.wiring import Services
+
         return Services(self.settings, self.engine)
 
     @property
@@ -57,10 +63,14 @@ class AppContext:
 
     def delivery(self) -> Delivery:
         """Channels from the settings: SMTP when a host is set, else the local maildir."""
+        from appwarden.usecases.deliver import delivery_from_settings
+
         return delivery_from_settings(self.settings, self.notice_config)
 
     @property
     def templates_digest(self) -> str:
+        from appwarden.notifications.templates import templates_digest
+
         return templates_digest()
 
     @property
@@ -72,6 +82,8 @@ class AppContext:
         if text is None:
             return self.clock.now()
         try:
+            from appwarden.timeutil import parse_instant
+
             return parse_instant(text)
         except ValueError as exc:
             raise InvalidInput(f"--at: {exc}") from exc
@@ -79,6 +91,8 @@ class AppContext:
     def require_schema(self) -> None:
         if self._checked_schema:
             return
+        from appwarden.db.migrate import is_current
+
         if not is_current(self.engine):
             raise Conflict("the database schema is not current: run `appwarden db upgrade` first")
         self._checked_schema = True
@@ -87,7 +101,20 @@ class AppContext:
     def uow(
         self, at: datetime, *, actor: str | None = None, write: bool = True
     ) -> Iterator[UnitOfWork]:
-        """A unit of work at logical time `at` (`wiring.Services.uow`), as `--as` or `actor`."""
+        """A unit of work at logical time `at` (`wiring.Services.uow`), as `--as` or `actor`.
+
+        A reading one skips the wiring: nothing it does publishes, announces or audits, and
+        `wiring` imports every slice, which a reading command (`decide`, `status`) would pay for
+        at every start."""
         self.require_schema()
-        with self.services.uow(at, actor=actor or self.actor, write=write) as uow:
+        if write:
+            with self.services.uow(at, actor=actor or self.actor, write=True) as uow:
+                yield uow
+            return
+        from appwarden.db.uow import unit_of_work
+
+        staleness = self.settings.staleness()
+        with unit_of_work(
+            self.engine, now=at, actor=actor or self.actor, write=False, staleness=staleness
+        ) as uow:
             yield uow

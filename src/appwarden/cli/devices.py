@@ -13,15 +13,7 @@ import typer
 
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import bold, console, emit_json, errors, explain, short_time, table
-from appwarden.usecases.inventory import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    DeviceFilters,
-    device_detail,
-    device_page,
-    person_detail,
-)
-from appwarden.usecases.merge import merge_devices, unjoined_partnerships
+from appwarden.usecases.paging import DEFAULT_LIMIT, MAX_LIMIT
 
 devices_app = typer.Typer(no_args_is_help=True, help="Devices as inventory reported them.")
 people_app = typer.Typer(no_args_is_help=True, help="People and their devices.")
@@ -69,6 +61,8 @@ def devices_list(
     json: Json = False,
 ) -> None:
     """Devices in a stable order, a page at a time; every filter given must hold."""
+    from appwarden.usecases.inventory import DeviceFilters, device_page
+
     context = ctx()
     filters = DeviceFilters(person, identifier, platform, source, state, policy)
     with context.uow(context.at(at), write=False) as uow:
@@ -107,6 +101,8 @@ def devices_show(
     json: Json = False,
 ) -> None:
     """One device: identifiers, owner, resources, every report, states and open conflicts."""
+    from appwarden.usecases.inventory import device_detail
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         out = device_detail(uow, device)
@@ -183,6 +179,8 @@ def people_show(
     json: Json = False,
 ) -> None:
     """One person: addresses, account names, groups, status, and their devices."""
+    from appwarden.usecases.inventory import person_detail
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         out = person_detail(uow, email)
@@ -218,6 +216,8 @@ def devices_merge(
 ) -> None:
     """Merge two records of one device that no identifier joins (a phone and its mail
     partnership): OTHER's identifiers, reports and resources move to KEEP. Needs admin; audited."""
+    from appwarden.usecases.merge import merge_devices
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         merged = merge_devices(uow, keep, other)
@@ -234,6 +234,8 @@ def devices_merge(
 def devices_unjoined(at: At = None, json: Json = False) -> None:
     """Mail partnerships no identifier joins to a device, each with the owner's devices it could
     be; they announce nobody until merged or seven days old."""
+    from appwarden.usecases.merge import unjoined_partnerships
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         rows = unjoined_partnerships(uow)

@@ -9,8 +9,6 @@ import typer
 
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, short_time, table
-from appwarden.usecases.breakers import breaker_rows, release_breaker
-from appwarden.usecases.health import health_rows
 
 breaker_app = typer.Typer(
     no_args_is_help=True,
@@ -27,6 +25,8 @@ def register(app: typer.Typer) -> None:
 def sources(at: At = None, json: Json = False) -> None:
     """Each inventory source: its last complete run and age, its last run's error, the devices
     it is the MDM of record of, its staleness bound and whether it is stale."""
+    from appwarden.usecases.health import health_rows
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         rows = health_rows(uow)
@@ -68,6 +68,8 @@ def _age(seconds: int | None) -> str:
 def breaker_list(at: At = None, json: Json = False) -> None:
     """Every policy's breaker: open or tripped, the denies it holds and why, and its flips
     within the last hour against its bound."""
+    from appwarden.usecases.breakers import breaker_rows
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         rows = breaker_rows(uow)
@@ -105,6 +107,8 @@ def breaker_release(
 ) -> None:
     """Apply every deny the policy's breaker holds and close it (needs the admin role;
     audited). Do it once the denies are checked to be right."""
+    from appwarden.usecases.breakers import release_breaker
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         out, _ = release_breaker(uow, policy)

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import At, Json, ctx
 from appwarden.cli.render import emit_json, errors, progress
-from appwarden.devices.schemas import InventoryBatch
-from appwarden.documents import read_limited
 from appwarden.errors import InvalidInput, Problem
-from appwarden.sources.common import ImportOptions
-from appwarden.sources.registry import PARSERS, parse_files
-from appwarden.usecases.ingest import IngestResult, Writer, ingest
+from appwarden.sources.formats import PARSERS
+
+if TYPE_CHECKING:
+    from appwarden.devices.schemas import InventoryBatch
+    from appwarden.sources.common import ImportOptions
+    from appwarden.usecases.ingest import IngestResult
 
 Users = Annotated[
     Path | None,
@@ -65,6 +66,9 @@ def import_(
 
 
 def _options(context: AppContext, now: datetime, users: Path | None) -> ImportOptions:
+    from appwarden.documents import read_limited
+    from appwarden.sources.common import ImportOptions
+
     amapi_users: dict[str, str] = {}
     if users is not None:
         from appwarden.sources.amapi import read_amapi_users
@@ -83,6 +87,9 @@ def _read_all(
 ) -> list[tuple[str, InventoryBatch]]:
     """Read and check every file before anything is written: one bad file (unreadable, invalid
     as a whole, or with a bad record under --strict) applies none, and every bad file is named."""
+    from appwarden.documents import read_limited
+    from appwarden.sources.registry import parse_files
+
     limit = context.settings.max_import_bytes
     files: list[tuple[str, bytes]] = []
     problems: list[Problem] = []
@@ -111,6 +118,8 @@ def _ingest_each(
 ) -> list[IngestResult]:
     """A transaction per file: a crash or an error leaves every file applied whole or not at
     all, and a large multi-page import never holds one transaction open for all of it."""
+    from appwarden.usecases.ingest import Writer, ingest
+
     results = []
     settings = context.settings
     writer = Writer(

@@ -1,5 +1,9 @@
 """The `appwarden` command line. Thin: parse arguments, open a unit of work, call a service,
-render. Every reading command has --json; every command has --at."""
+render. Every reading command has --json; every command has --at.
+
+Every command module imports what a command runs inside that command: `appwarden --help` and a
+short command start without the stack the others need (bench/README.md, CLI;
+tests/integration/test_cli_start.py lists what `--help` must not import)."""
 
 from __future__ import annotations
 
@@ -31,21 +35,7 @@ from appwarden.cli.render import (
 )
 from appwarden.cli.serve import register as register_server
 from appwarden.cli.sync import register as register_sync
-from appwarden.db import migrate
-from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
 from appwarden.errors import AppwardenError, InvalidInput
-from appwarden.identity.passwords import MAX_CHARS as MAX_PASSWORD_CHARS
-from appwarden.identity.passwords import checked, set_password
-from appwarden.identity.service import change_accounts, grant_role
-from appwarden.policies import service as policies
-from appwarden.policies.document import parse_policy
-from appwarden.settings import load_settings
-from appwarden.timeutil import iso
-from appwarden.usecases import lifecycle
-from appwarden.usecases.demo import POLICY_ID, load_demo
-from appwarden.usecases.ingest import quarantine_rows
-from appwarden.usecases.policies import policy_rows, stored_document, version_view
-from appwarden.usecases.status import STATE_ORDER, decision_row, status_rows
 from appwarden.vocabulary import Role
 
 app = typer.Typer(
@@ -73,6 +63,8 @@ def _root(
     ] = None,
     actor: As = None,
 ) -> None:
+    from appwarden.settings import load_settings
+
     settings = load_settings()
     if db:
         settings = settings.model_copy(update={"database_url": db})
@@ -85,6 +77,8 @@ def _root(
 @db_app.command("upgrade")
 def db_upgrade(at: At = None) -> None:
     """Create or migrate the schema to the current version."""
+    from appwarden.db import migrate
+
     del at  # accepted for uniformity: migrations do not depend on time
     migrate.upgrade(ctx().engine)
     errors.print(f"schema at {migrate.head_revision()}")
@@ -114,6 +108,10 @@ def demo(
     at: At = None,
 ) -> None:
     """Load the reference organisation: the TikTok memo, its people, devices and reports."""
+    from appwarden.db import migrate
+    from appwarden.timeutil import iso
+    from appwarden.usecases.demo import POLICY_ID, load_demo
+
     context = ctx()
     migrate.upgrade(context.engine)
     if base_time:
@@ -147,6 +145,8 @@ register_sync(app)
 @app.command()
 def quarantine(json: Json = False, at: At = None) -> None:
     """Reports held back because their identifiers pointed at more than one device."""
+    from appwarden.usecases.ingest import quarantine_rows
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         rows = quarantine_rows(uow)
@@ -235,6 +235,10 @@ def catalog_show(slug: str, json: Json = False, at: At = None) -> None:
 @policy_app.command("validate")
 def policy_validate(files: list[Path], at: At = None) -> None:
     """Check policy documents; each problem is reported as FILE:LINE:COL: message."""
+    from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
+    from appwarden.policies import service as policies
+    from appwarden.policies.document import parse_policy
+
     del at
     catalog = ctx().catalog
     bad = False
@@ -256,6 +260,9 @@ def policy_validate(files: list[Path], at: At = None) -> None:
 @policy_app.command("apply")
 def policy_apply(file: Path, actor: As = None, at: At = None, json: Json = False) -> None:
     """Store a document as the policy's draft (identical content is a no-op)."""
+    from appwarden.documents import MAX_DOCUMENT_BYTES, read_limited
+    from appwarden.usecases import lifecycle
+
     context = ctx(actor)
     text = read_limited(file, MAX_DOCUMENT_BYTES)
     with context.uow(context.at(at)) as uow:
@@ -278,6 +285,9 @@ def policy_apply(file: Path, actor: As = None, at: At = None, json: Json = False
 def _lifecycle(
     action: str, policy_id: str, actor: str | None, at: str | None, json: bool, **kw: Any
 ) -> None:
+    from appwarden.timeutil import iso
+    from appwarden.usecases import lifecycle
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         version = lifecycle.act(uow, action, policy_id, context.services.lifecycle_rules, **kw)
@@ -335,6 +345,8 @@ def policy_retire(policy_id: str, actor: As = None, at: At = None, json: Json = 
 @policy_app.command("list")
 def policy_list(at: At = None, json: Json = False) -> None:
     """Every policy with its versions and which one is in effect."""
+    from appwarden.usecases.policies import policy_rows
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
@@ -374,6 +386,8 @@ def policy_show(
     json: Json = False,
 ) -> None:
     """A version: state, content hash, approvals, and the resolved identifier set."""
+    from appwarden.usecases.policies import stored_document, version_view
+
     if document and json:
         raise InvalidInput("--document prints the document itself: leave out --json")
     context = ctx()
@@ -442,6 +456,9 @@ def status(
     json: Json = False,
 ) -> None:
     """Compliance state of devices under the policies in effect."""
+    from appwarden.timeutil import iso
+    from appwarden.usecases.status import STATE_ORDER, status_rows
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
@@ -481,6 +498,8 @@ def decide(
     json: Json = False,
 ) -> None:
     """Would this device get this resource now (or at --at)?"""
+    from appwarden.usecases.status import decision_row
+
     context = ctx()
     now = context.at(at)
     with context.uow(now, write=False) as uow:
@@ -518,6 +537,9 @@ def admin_create(
     at: At = None,
 ) -> None:
     """Give a person an admin role (creating the person if needed)."""
+    from appwarden.identity.passwords import checked, set_password
+    from appwarden.identity.service import grant_role
+
     context = ctx()
     password = checked(_read_password()) if password_stdin else None
     with context.uow(context.at(at)) as uow:
@@ -530,6 +552,8 @@ def admin_create(
 
 def _read_password() -> str:
     """One line of standard input, without its line ending (never echoed: a pipe or a file)."""
+    from appwarden.identity.passwords import MAX_CHARS as MAX_PASSWORD_CHARS
+
     line = sys.stdin.readline(MAX_PASSWORD_CHARS + 2)
     return line.removesuffix("\n").removesuffix("\r")
 
@@ -543,6 +567,8 @@ admin_app.add_typer(account_app, name="account")
 
 
 def _accounts(email: str, actor: str | None, at: Any, add: list[str], remove: list[str]) -> None:
+    from appwarden.identity.service import change_accounts
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         names = change_accounts(uow, email, add=add, remove=remove)

@@ -13,10 +13,6 @@ import typer
 
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, table
-from appwarden.timeutil import iso
-from appwarden.usecases.attest import attest as attest_removal
-from appwarden.usecases.portal import my_data
-from appwarden.usecases.transparency import PERSON_TABLES, person_to_show
 
 
 def register(app: typer.Typer) -> None:
@@ -33,6 +29,9 @@ def attest(
 ) -> None:
     """Confirm that a policy's apps are not on one of your own devices (`--as` is you).
     Accepted only where the policy lists `attestation` among its evidence."""
+    from appwarden.timeutil import iso
+    from appwarden.usecases.attest import attest as attest_removal
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         done = attest_removal(uow, device, policy)
@@ -62,6 +61,9 @@ def transparency(
     json: Json = False,
 ) -> None:
     """Exactly what is stored about a person's devices, table by table, with each row's source."""
+    from appwarden.usecases.portal import my_data
+    from appwarden.usecases.transparency import PERSON_TABLES, person_to_show
+
     context = ctx(actor)
     with context.uow(context.at(at), write=False) as uow:
         shown = person_to_show(uow, person)

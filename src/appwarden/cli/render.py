@@ -16,7 +16,6 @@ from typing import Any, Final
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -114,6 +113,15 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
     if not errors.is_terminal or (total is not None and total < 2):
         yield lambda _advance=1: None
         return
+    # Imported here: only a long import or sync draws a bar, and `rich.progress` costs start-up.
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),

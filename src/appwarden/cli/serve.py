@@ -10,8 +10,6 @@ import typer
 from appwarden.cli.options import As, At, Json, ctx
 from appwarden.cli.render import emit_json, errors, short_time, table
 from appwarden.errors import InvalidInput
-from appwarden.usecases import tokens
-from appwarden.usecases.conflicts import conflict_rows, settle_conflict
 from appwarden.vocabulary import Permission
 
 token_app = typer.Typer(no_args_is_help=True, help="Scoped API tokens for the HTTP API.")
@@ -135,6 +133,8 @@ def token_create(
     json: Json = False,
 ) -> None:
     """Create a token and print its secret, once: only its hash is stored."""
+    from appwarden.usecases import tokens
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         row, secret = tokens.create(uow, name, permission, source=source, namespaces=namespace)
@@ -160,6 +160,8 @@ def token_revoke(
     json: Json = False,
 ) -> None:
     """Revoke a token: requests carrying it are refused from now on."""
+    from appwarden.usecases import tokens
+
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         out = tokens.revoke(uow, token_id)
@@ -172,6 +174,8 @@ def token_revoke(
 @token_app.command("list")
 def token_list(at: At = None, json: Json = False) -> None:
     """Every token: id, name, permissions, when it was created, last used and revoked."""
+    from appwarden.usecases import tokens
+
     context = ctx()
     with context.uow(context.at(at), write=False) as uow:
         rows = tokens.token_rows(uow)
@@ -207,6 +211,8 @@ def conflicts_list(
     json: Json = False,
 ) -> None:
     """Open fact conflicts: which source offered what value for which fact, and what is stored."""
+    from appwarden.usecases.conflicts import conflict_rows
+
     if typer_context.invoked_subcommand is not None:
         return
     context = ctx()
@@ -250,6 +256,8 @@ def conflicts_settle(
     json: Json = False,
 ) -> None:
     """Settle an open conflict (needs the admin role): --accept applies it, --reject drops it."""
+    from appwarden.usecases.conflicts import settle_conflict
+
     if accept is None:
         raise InvalidInput("say --accept (apply the offered value) or --reject (discard it)")
     context = ctx(actor)

@@ -12,9 +12,8 @@ import typer
 
 from appwarden.cli.options import At, Json, ctx
 from appwarden.cli.render import emit_json, errors, progress
-from appwarden.connectors.registry import SYNC_SOURCES
 from appwarden.errors import InvalidInput
-from appwarden.usecases.sync import claimed_by, runner_name, sync_claimed
+from appwarden.vocabulary import SYNC_SOURCES
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +27,8 @@ def sync(
 ) -> None:
     """Fetch every page of SOURCE's API and ingest it; prints the run's summary. Exits 1 when
     the run is incomplete (a page that could not be fetched or read): nothing is retired then."""
+    from appwarden.usecases.sync import claimed_by, runner_name, sync_claimed
+
     if source not in SYNC_SOURCES:
         raise InvalidInput(
             f"{source!r} cannot be synced; sources with an API: {', '.join(SYNC_SOURCES)}"

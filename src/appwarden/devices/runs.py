@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from appwarden.db.uow import UnitOfWork
@@ -175,6 +173,10 @@ def holder_of(uow: UnitOfWork, source: str, *, wall_now: datetime) -> SourceClai
 
 
 def _ensure_claim_row(uow: UnitOfWork, source: str) -> None:
+    # The store's own dialect (already loaded by its engine), not both at import.
+    from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
     insert = postgresql_insert if uow.dialect == "postgresql" else sqlite_insert
     uow.session.execute(
         insert(SourceClaim).values(source=source).on_conflict_do_nothing(index_elements=["source"])

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
@@ -93,7 +93,7 @@ class OutgoingEmail:
     The Message-ID is fixed when the notice is created, so a redelivery carries the same one.
     """
 
-    message: EmailMessage
+    message: Message
 
     def __post_init__(self) -> None:
         if not str(self.message.get("Message-ID", "")).strip():

@@ -1,6 +1,10 @@
-"""Draining the outbox: claim due mail, notices and webhooks, hand them to a channel, record the
-outcome. At least once: a claim is a lease; after a crash, what was in flight goes out again
-with the same Message-ID (or webhook event id).
+"""Draining the outbox in batches: claim up to `batch` due rows in one transaction, hand each to
+its channel (SMTP keeps one connection across them), then record every outcome, audit entries
+included, in one transaction. At least once: a claim is a lease; after a crash, what was in
+flight (the claimed batch) goes out again with the same Message-ID (or webhook event id).
+
+Per message, the cost left is the channel's; per batch, two transactions and one audit chaining
+(the worker's throughput: bench/README.md, DELIVERY).
 
 Mail that is not a notice (sign-in links, `OutboxMail`) has its own lane, drained first: someone
 is waiting for it, and at a deadline the notices can be thousands. It never counts as telling a
@@ -12,7 +16,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
+from email.message import Message
+from functools import partial
+from typing import TypeVar
 
 import orjson
 from sqlalchemy import select
@@ -38,7 +44,7 @@ from appwarden.notifications.models import Notice, OutboxEvent, OutboxMail
 from appwarden.settings import Settings
 from appwarden.usecases.enforcement import Enforcers, Send, enforcers_from_settings, prepare
 from appwarden.usecases.notices import NoticeConfig, refresh_reminder
-from appwarden.usecases.retract import correction_after_late_delivery
+from appwarden.usecases.retract import corrections_after_late_delivery
 from appwarden.vocabulary import NoticeKind, NoticeStatus
 
 OpenUnitOfWork = Callable[[], AbstractContextManager[UnitOfWork]]
@@ -76,7 +82,6 @@ class Delivery:
     max_attempts: int = 8
     enforcers: Enforcers | None = None
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
-    after_send: Callable[[Notice], None] | None = None  # a test hook: crash points
 
     def close(self) -> None:
         for channel in (self.mail, self.webhook, self.enforcers):
@@ -103,21 +108,39 @@ def deliver_due(open_uow: OpenUnitOfWork, delivery: Delivery) -> DeliveryStats:
         mails, expired = _claim_mail(open_uow, delivery)
         if not mails and not expired:
             break
-        for mail_id, outgoing in mails:
-            _send_mail(open_uow, delivery, mail_id, outgoing, stats)
+        _record_mail(open_uow, delivery, _send_all(delivery.mail, mails), stats)
     while True:
         claimed = _claim(open_uow, delivery, stats)
         if not claimed:
             break
-        for notice_id, outgoing in claimed:
-            _send_one(open_uow, delivery, notice_id, outgoing, stats)
+        _record_notices(open_uow, delivery, _send_all(delivery.mail, claimed), stats)
     while True:
         events = _claim_webhooks(open_uow, delivery)
         if not events:
             break
-        for event_pk, hook in events:
-            _send_webhook(open_uow, delivery, event_pk, hook, stats)
+        _record_webhooks(open_uow, delivery, _attempt_all(events), stats)
     return stats
+
+
+Outcome = tuple[int, DeliveryError | None]  # (row id, why it failed; None: delivered)
+
+
+def _send_all(channel: Channel, claimed: list[tuple[int, OutgoingEmail]]) -> list[Outcome]:
+    return _attempt_all([(row_id, partial(channel.send, outgoing)) for row_id, outgoing in claimed])
+
+
+def _attempt_all(calls: list[tuple[int, Send]]) -> list[Outcome]:
+    """Make a claimed batch's calls one after another (an SMTP channel keeps its connection
+    across them); a failure is that row's outcome, not the batch's."""
+    outcomes: list[Outcome] = []
+    for row_id, send in calls:
+        try:
+            send()
+        except DeliveryError as exc:
+            outcomes.append((row_id, exc))
+        else:
+            outcomes.append((row_id, None))
+    return outcomes
 
 
 def _claim(
@@ -160,36 +183,39 @@ def _claim_mail(
         return claimed, expired
 
 
-def _send_mail(
-    open_uow: OpenUnitOfWork,
-    delivery: Delivery,
-    mail_id: int,
-    outgoing: OutgoingEmail,
-    stats: DeliveryStats,
+def _record_mail(
+    open_uow: OpenUnitOfWork, delivery: Delivery, outcomes: list[Outcome], stats: DeliveryStats
 ) -> None:
-    error: DeliveryError | None = None
-    try:
-        delivery.mail.send(outgoing)
-    except DeliveryError as exc:
-        error = exc
     with open_uow() as uow:
-        mail = uow.session.get(OutboxMail, mail_id)
-        assert mail is not None
-        if error is None:
-            mail.status, mail.sent_at, mail.last_error = NoticeStatus.SENT, uow.now, None
-            outbox.redact(mail)
-            stats.mail += 1
-        elif error.permanent or mail.attempts >= delivery.max_attempts:
-            mail.status, mail.last_error = NoticeStatus.FAILED, str(error)[:2000]
-            outbox.redact(mail)
-            stats.failed += 1
-        else:
-            mail.status, mail.last_error = NoticeStatus.PENDING, str(error)[:2000]
-            mail.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(mail.attempts))
-            stats.retried += 1
+        mails = _by_id(uow, OutboxMail, outcomes)
+        for mail_id, error in outcomes:
+            mail = mails[mail_id]
+            if error is None:
+                mail.status, mail.sent_at, mail.last_error = NoticeStatus.SENT, uow.now, None
+                outbox.redact(mail)
+                stats.mail += 1
+            elif error.permanent or mail.attempts >= delivery.max_attempts:
+                mail.status, mail.last_error = NoticeStatus.FAILED, str(error)[:2000]
+                outbox.redact(mail)
+                stats.failed += 1
+            else:
+                mail.status, mail.last_error = NoticeStatus.PENDING, str(error)[:2000]
+                mail.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(mail.attempts))
+                stats.retried += 1
 
 
-def _email(notice: Notice, sender: str, now: datetime) -> EmailMessage:
+Row = TypeVar("Row", Notice, OutboxMail, OutboxEvent)
+
+
+def _by_id(uow: UnitOfWork, model: type[Row], outcomes: list[Outcome]) -> dict[int, Row]:
+    """The batch's rows, in one query."""
+    ids = [row_id for row_id, _ in outcomes]
+    rows = {row.id: row for row in uow.session.scalars(select(model).where(model.id.in_(ids)))}
+    assert len(rows) == len(set(ids)), "a claimed row vanished"
+    return rows
+
+
+def _email(notice: Notice, sender: str, now: datetime) -> Message:
     return build_email(
         RenderedMessage(notice.subject or "", notice.body_text or "", notice.body_html or ""),
         sender=sender,
@@ -203,42 +229,35 @@ def _email(notice: Notice, sender: str, now: datetime) -> EmailMessage:
     )
 
 
-def _send_one(
-    open_uow: OpenUnitOfWork,
-    delivery: Delivery,
-    notice_id: int,
-    outgoing: OutgoingEmail,
-    stats: DeliveryStats,
+def _record_notices(
+    open_uow: OpenUnitOfWork, delivery: Delivery, outcomes: list[Outcome], stats: DeliveryStats
 ) -> None:
-    try:
-        delivery.mail.send(outgoing)
-    except DeliveryError as exc:
-        with open_uow() as uow:
-            notice = uow.session.get(Notice, notice_id)
-            assert notice is not None
-            _failed(uow, notice, exc, delivery, stats)
-        return
+    """Every outcome of a batch and its audit entry, in one transaction."""
     with open_uow() as uow:
-        notice = uow.session.get(Notice, notice_id)
-        assert notice is not None
-        notice.status = NoticeStatus.SENT
-        notice.sent_at = uow.now
-        notice.last_error = None
-        record(
-            uow,
-            action="notice.sent",
-            object_type="notice",
-            object_id=str(notice.id),
-            after={
-                "kind": notice.kind,
-                "message_id": notice.message_id,
-                "attempts": notice.attempts,
-            },
-        )
-        correction_after_late_delivery(uow, notice, delivery.config)
-        stats.sent += 1
-        if delivery.after_send is not None:
-            delivery.after_send(notice)
+        notices = _by_id(uow, Notice, outcomes)
+        sent: list[Notice] = []
+        for notice_id, error in outcomes:
+            notice = notices[notice_id]
+            if error is not None:
+                _failed(uow, notice, error, delivery, stats)
+                continue
+            notice.status = NoticeStatus.SENT
+            notice.sent_at = uow.now
+            notice.last_error = None
+            record(
+                uow,
+                action="notice.sent",
+                object_type="notice",
+                object_id=str(notice.id),
+                after={
+                    "kind": notice.kind,
+                    "message_id": notice.message_id,
+                    "attempts": notice.attempts,
+                },
+            )
+            sent.append(notice)
+        corrections_after_late_delivery(uow, sent, delivery.config)
+        stats.sent += len(sent)
 
 
 def _failed(
@@ -292,42 +311,34 @@ def _sender(uow: UnitOfWork, event: OutboxEvent, delivery: Delivery) -> Send:
     return lambda: webhook.send(outgoing)
 
 
-def _send_webhook(
-    open_uow: OpenUnitOfWork,
-    delivery: Delivery,
-    event_id: int,
-    send: Send,
-    stats: DeliveryStats,
+def _record_webhooks(
+    open_uow: OpenUnitOfWork, delivery: Delivery, outcomes: list[Outcome], stats: DeliveryStats
 ) -> None:
-    error: DeliveryError | None = None
-    try:
-        send()
-    except DeliveryError as exc:
-        error = exc
     with open_uow() as uow:
-        event = uow.session.get(OutboxEvent, event_id)
-        assert event is not None
-        if error is None:
-            event.status, event.sent_at, event.last_error = NoticeStatus.SENT, uow.now, None
-            stats.webhooks += 1
-        elif error.permanent or event.attempts >= delivery.max_attempts:
-            event.status, event.last_error = NoticeStatus.FAILED, str(error)[:2000]
-            stats.failed += 1
-            record(
-                uow,
-                action="webhook.failed",
-                object_type="outbox_event",
-                object_id=event.event_id,
-                after={
-                    "url": origin(event.url),  # paths often carry a token
-                    "error": event.last_error,
-                    "attempts": event.attempts,
-                },
-            )
-        else:
-            event.status, event.last_error = NoticeStatus.PENDING, str(error)[:2000]
-            event.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(event.attempts))
-            stats.retried += 1
+        events = _by_id(uow, OutboxEvent, outcomes)
+        for event_pk, error in outcomes:
+            event = events[event_pk]
+            if error is None:
+                event.status, event.sent_at, event.last_error = NoticeStatus.SENT, uow.now, None
+                stats.webhooks += 1
+            elif error.permanent or event.attempts >= delivery.max_attempts:
+                event.status, event.last_error = NoticeStatus.FAILED, str(error)[:2000]
+                stats.failed += 1
+                record(
+                    uow,
+                    action="webhook.failed",
+                    object_type="outbox_event",
+                    object_id=event.event_id,
+                    after={
+                        "url": origin(event.url),  # paths often carry a token
+                        "error": event.last_error,
+                        "attempts": event.attempts,
+                    },
+                )
+            else:
+                event.status, event.last_error = NoticeStatus.PENDING, str(error)[:2000]
+                event.next_attempt_at = uow.now + timedelta(seconds=backoff_delay(event.attempts))
+                stats.retried += 1
 
 
 def retry_failed(uow: UnitOfWork, *, notice_ids: list[int] | None = None) -> int:
@@ -374,13 +385,19 @@ def delivery_from_settings(settings: Settings, config: NoticeConfig) -> Delivery
         if settings.webhook_url and settings.webhook_secret
         else None
     )
+    batch = settings.worker_batch
+    if settings.smtp_max_per_minute is not None:
+        mail = RateLimited(mail, RateLimiter(settings.smtp_max_per_minute))
+        # A batch must go out well within its lease, or another worker would claim it again.
+        in_half_a_lease = settings.smtp_max_per_minute * settings.notice_lease_seconds // 120
+        batch = max(1, min(batch, in_half_a_lease))
     return Delivery(
-        mail=RateLimited(mail, RateLimiter(settings.smtp_max_per_minute)),
+        mail=mail,
         webhook=webhook,
         sender=settings.smtp_sender,
         config=config,
         lease=timedelta(seconds=settings.notice_lease_seconds),
-        batch=settings.worker_batch,
+        batch=batch,
         max_attempts=settings.max_delivery_attempts,
         enforcers=enforcers_from_settings(settings),
     )

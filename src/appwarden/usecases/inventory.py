@@ -43,13 +43,12 @@ from appwarden.identity.service import groups_of, people_named
 from appwarden.policies.models import Policy, PolicyVersion
 from appwarden.policies.service import effective_versions
 from appwarden.timeutil import iso
+from appwarden.usecases.paging import DEFAULT_LIMIT, MAX_LIMIT
 from appwarden.vocabulary import ComplianceState, ConflictStatus, DeviceNamespace, Platform
 
 Row = dict[str, Any]
 _T = TypeVar("_T")
 
-DEFAULT_LIMIT: Final = 100
-MAX_LIMIT: Final = 1000
 #: The newest reports a device's detail lists (`reports_total` counts them all): a device that
 #: checks in hourly has thousands, and one answer must stay small.
 MAX_DETAIL_REPORTS: Final = 500

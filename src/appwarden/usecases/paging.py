@@ -4,6 +4,9 @@ a cursor, never the whole table.
 A list reads `window.size + 1` rows in its key order after `window.after` and hands them to
 `page_of`; the extra row only says whether a next page exists. The cursor is the last shown row's
 key, as text: opaque to the browser, meaningful to the list that made it.
+
+The module imports nothing heavy, so the command line's help can name the device listing's limits
+(`appwarden devices list`, `GET /v1/devices`) without loading the listing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from appwarden.errors import InvalidInput, Problem
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 200
 MAX_CURSOR_CHARS: Final = 512
+
+#: The device listing of the API and the command line: machines read bigger pages than people.
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
 
 Row = TypeVar("Row")
 

@@ -160,14 +160,25 @@ def enqueue_correction(
     )
 
 
-def correction_after_late_delivery(uow: UnitOfWork, notice: Notice, config: NoticeConfig) -> bool:
-    """A notice that was in flight when its policy was retracted and then went out gets its own
-    correction (unless the person already has one)."""
-    retracted = [v for v in versions_of(uow, notice.policy_id) if v.state == VersionState.RETRACTED]
-    if not retracted or notice.kind == NoticeKind.CORRECTION:
-        return False
-    version = max(retracted, key=lambda v: v.number)
-    if version.ended_at is None or notice.created_at > version.ended_at:
-        return False
-    first = outbox.first_notices(uow, notice.policy_id).get(notice.person_id, notice)
-    return enqueue_correction(uow, first, version, version.end_reason or "", config)
+def corrections_after_late_delivery(
+    uow: UnitOfWork, notices: list[Notice], config: NoticeConfig
+) -> int:
+    """Notices that were in flight when their policy was retracted and then went out each get
+    their own correction (unless the person already has one). A batch of sent notices asks for
+    each policy's versions once: almost always none is retracted."""
+    corrections = 0
+    by_policy: dict[str, list[Notice]] = {}
+    for notice in notices:
+        if notice.kind != NoticeKind.CORRECTION:
+            by_policy.setdefault(notice.policy_id, []).append(notice)
+    for policy_id, sent in by_policy.items():
+        retracted = [v for v in versions_of(uow, policy_id) if v.state == VersionState.RETRACTED]
+        if not retracted:
+            continue
+        version = max(retracted, key=lambda v: v.number)
+        for notice in sent:
+            if version.ended_at is None or notice.created_at > version.ended_at:
+                continue
+            first = outbox.first_notices(uow, policy_id).get(notice.person_id, notice)
+            corrections += enqueue_correction(uow, first, version, version.end_reason or "", config)
+    return corrections

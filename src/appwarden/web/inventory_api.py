@@ -11,13 +11,12 @@ from pydantic import BaseModel, Field
 
 from appwarden.errors import InvalidInput, Problem
 from appwarden.usecases.inventory import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
     DeviceFilters,
     device_detail,
     device_page,
     person_detail,
 )
+from appwarden.usecases.paging import DEFAULT_LIMIT, MAX_LIMIT
 from appwarden.vocabulary import ComplianceState, Permission, Platform
 from appwarden.web.auth import Principal, require, runtime_of
 from appwarden.web.errors import problem_responses

@@ -728,3 +728,40 @@ def test_message_ids_are_random_and_well_formed():
     assert all(re.fullmatch(r"<[0-9a-f]{32}@appwarden\.example\.com>", i) for i in ids)
     with pytest.raises(ValueError, match="domain"):
         new_message_id("bad domain>")
+
+
+def test_build_email_encodes_what_is_not_ascii_and_lines_smtp_cannot_carry():
+    long_line = "x" * 1500 + "\n"
+    rendered = RenderedMessage("Entfernen Sie TikTok bis Freitag — Frist", "Grüße\n", long_line)
+    built = build_email(
+        rendered,
+        sender="Sécurité IT <it-security@example.com>",
+        recipient="alice@example.com",
+        message_id="<x@example.com>",
+        kind="announce",
+        policy_id="p-1",
+        notice_id=1,
+        sent_at=SENT_AT,
+    )
+    wire = built.as_bytes()
+    assert wire.isascii()  # headers RFC 2047-encoded, bodies quoted-printable
+    assert all(len(line) <= 998 for line in wire.splitlines())
+    parsed = parse(built)
+    assert parsed["Subject"] == rendered.subject
+    assert parsed["From"].addresses[0].display_name == "Sécurité IT"
+    assert parsed["From"].addresses[0].addr_spec == "it-security@example.com"
+    parts = list(parsed.iter_parts())
+    assert [p.get_content() for p in parts] == [rendered.text, rendered.html]
+
+
+def test_build_email_to_an_internationalised_address_keeps_it_whole():
+    built = build_email(
+        RenderedMessage("s", "t\n", "<p>h</p>\n"),
+        sender="a@example.com",
+        recipient="jürgen@exämple.com",
+        message_id="<x@example.com>",
+        kind="announce",
+        policy_id="p-1",
+        notice_id=1,
+    )
+    assert built["To"] == "jürgen@exämple.com"

@@ -1,0 +1,66 @@
+"""`appwarden --help` starts without the stack a command may need (bench/README.md, CLI, says
+how long each takes): which modules it imports is behaviour, how fast it is, the benchmark's.
+The help itself stays complete: every command group is listed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# What a command imports only when it runs: the migrations, the delivery stack, the server,
+# HTTP clients, templates, the store's ORM and the settings model, the vendor formats.
+NOT_FOR_HELP = (
+    "alembic",
+    "appwarden.db.migrate",
+    "appwarden.usecases.deliver",
+    "appwarden.wiring",
+    "appwarden.settings",
+    "appwarden.sources.native",
+    "appwarden.sources.registry",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "jinja2",
+    "pydantic_settings",
+    "rich.progress",
+    "sqlalchemy",
+)
+
+PROBE = """
+import json, sys
+sys.argv = ["appwarden", *sys.argv[1:]]
+from appwarden.cli.main import main
+try:
+    main()
+except SystemExit:
+    pass
+sys.stderr.write(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _modules_after(*args: str) -> tuple[str, set[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=False
+    )
+    return done.stdout, set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+def test_help_imports_none_of_what_commands_need():
+    out, modules = _modules_after("--help")
+    loaded = {
+        m for m in modules for heavy in NOT_FOR_HELP if m == heavy or m.startswith(heavy + ".")
+    }
+    assert loaded == set()
+    for group in ("policy", "notices", "exemption", "audit", "devices", "decide", "worker"):
+        assert group in out
+
+
+def test_a_group_help_imports_none_of_it_either():
+    out, modules = _modules_after("policy", "--help")
+    assert "publish" in out
+    assert "retract" in out
+    assert "sqlalchemy" not in modules
+    assert {m for m in modules if m.startswith("appwarden.usecases.")} == {
+        "appwarden.usecases.paging"
+    }
