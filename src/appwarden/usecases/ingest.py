@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from appwarden.access.service import refresh_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
-from appwarden.compliance.service import DeviceEvaluator, record_outcomes
+from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
 from appwarden.devices.facts import Authority
@@ -345,17 +345,41 @@ def ingest(
     result.outside_domains += sorted(
         {d.unmatched_owner for d in seen.values() if d.unmatched_owner is not None}
     )
-    for device in touched.values():  # only what changed: the same page twice changes nothing
-        result.decision_changes += reevaluate_device(uow, device)
+    # Only what changed: the same page twice changes nothing.
+    result.decision_changes += reevaluate_devices(uow, list(touched.values()))
     return result
 
 
+# Devices whose views one evaluation pass holds at once (their observations are all loaded).
+EVALUATION_CHUNK = 1_000
+
+
+def reevaluate_devices(uow: UnitOfWork, devices: Sequence[Device]) -> list[DecisionChanged]:
+    """`reevaluate_device` for each, in order, reading what they share once: the versions,
+    rules and exemptions for all, the devices' views a chunk at a time."""
+    changes: list[DecisionChanged] = []
+    shared = SharedReads()
+    for start in range(0, len(devices), EVALUATION_CHUNK):
+        chunk = devices[start : start + EVALUATION_CHUNK]
+        shared.views.clear()
+        if len(chunk) > 1:
+            shared.prefetch(uow, [device.id for device in chunk])
+        for device in chunk:
+            changes += reevaluate_device(uow, device, shared=shared)
+    return changes
+
+
 def reevaluate_device(
-    uow: UnitOfWork, device: Device, *, admit: frozenset[str] = frozenset()
+    uow: UnitOfWork,
+    device: Device,
+    *,
+    admit: frozenset[str] = frozenset(),
+    shared: SharedReads | None = None,
 ) -> list[DecisionChanged]:
     """Store the device's states and decisions anew; `admit`: policies whose held denies an
-    admin releases (`usecases.breakers`)."""
-    evaluator = DeviceEvaluator(uow, device)
+    admin releases (`usecases.breakers`); `shared`: reads shared with other devices evaluated
+    in the same unit of work (`reevaluate_devices`)."""
+    evaluator = DeviceEvaluator(uow, device, shared)
     outcomes = evaluator.at(uow.now)
     record_outcomes(uow, device.id, outcomes)
     changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit)
