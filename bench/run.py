@@ -183,15 +183,15 @@ def _finish(
 Written = tuple[str, dict[str, Any]]
 
 
-def _import_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
-    """IMPORT builds its own scratch stores: no served fleet."""
-    from bench import fleet_import
+def _w5_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """W5 builds its own scratch stores: no served fleet."""
+    from bench import w5_ingest
 
-    params = fleet_import.Params.of(quick=args.quick)
-    reporter.phase("IMPORT: a Fleet export, end to end", total=params.hosts)
-    result = fleet_import.run(args.db, params, reporter.note, reporter.advance)
+    params = w5_ingest.Params.of(quick=args.quick)
+    reporter.phase("W5: ingest, fresh and re-import", total=sum(params.sizes))
+    result = w5_ingest.run(args.db, params, reporter.note, reporter.advance)
     info = machine(result["parameters"]["store"])
-    name = result_name("IMPORT", result["parameters"]["backend"], args.quick)
+    name = result_name("W5", result["parameters"]["backend"], args.quick)
     written = (name, _finish(result, info, args.quick, started))
     write_result(*written)
     return written
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--workload", choices=["W2", "W4", "W6", "IMPORT", "ALL"], default="ALL", type=str.upper
+        "--workload", choices=["W2", "W4", "W5", "W6", "ALL"], default="ALL", type=str.upper
     )
     parser.add_argument("--quick", action="store_true", help="1,000 extra devices, short runs")
     parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         help="do not regenerate the tables of README.md and bench/README.md",
     )
     args = parser.parse_args(argv)
-    workloads = ["W2", "W6", "W4", "IMPORT"] if args.workload == "ALL" else [args.workload]
+    workloads = ["W2", "W6", "W4", "W5"] if args.workload == "ALL" else [args.workload]
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
         return 2
@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     written: list[tuple[str, dict[str, Any]]] = []
     started = datetime.now(UTC)
     with reporter.session():
-        if "IMPORT" in workloads:
-            written.append(_import_workload(args, reporter, started))
-        served = [w for w in workloads if w != "IMPORT"]
+        if "W5" in workloads:
+            written.append(_w5_workload(args, reporter, started))
+        served = [w for w in workloads if w != "W5"]
         if served:
             written += _fleet_workloads(args, served, reporter, started)
     if not args.no_readme:

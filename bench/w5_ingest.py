@@ -1,6 +1,6 @@
 """W5: ingest, a fresh load and a re-import with 1 % of apps changed, against raw inserts.
 
-For each size (20,000 and 100,000 phones; `--quick`: 2,000), three scratch stores on the same
+For each size (20,000 and 100,000 phones; `--quick`: 500), three scratch stores on the same
 server (`--db`), each a migrated store with appwarden's DDL and indexes and its engine's
 durability settings (SQLite: WAL, `synchronous` as appwarden sets it, `BEGIN IMMEDIATE`):
 
@@ -87,7 +87,7 @@ class Params:
 
     @classmethod
     def of(cls, *, quick: bool) -> Params:
-        return cls((2_000,) if quick else (20_000, 100_000))
+        return cls((500,) if quick else (20_000, 100_000))
 
 
 # ── the phones ───────────────────────────────────────────────────────────────────────────────
