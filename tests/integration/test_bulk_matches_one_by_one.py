@@ -81,6 +81,7 @@ def _second_batch() -> InventoryBatch:
     reports += [
         _report(_phone(8), FIRST - timedelta(days=1), OUTLOOK),  # stale: older than stored
         _report(_phone(9), FIRST, OUTLOOK, ZOOM, TIKTOK),  # repeated: exactly what is stored
+        _report(_phone(23), FIRST, kind=EvidenceKind.NONE),  # repeated: the newest report's time
         _report(
             DeviceFacts(identifiers=(("udid", "BULK-10"), ("serial", "SN-BULK-11"))),
             SECOND,
@@ -154,6 +155,6 @@ def test_bulk_and_one_by_one_store_identical_tables(store, cli, request: pytest.
     _fresh(store, template)
     counts, digest = _run(store, cli, one_by_one=True)
     assert bulk_counts == counts
-    # a stale report, two repeated ones (phone 9, phone 30 sent twice) and a quarantined one
-    assert bulk_counts[1][1:4] == (1, 2, 1)
+    # a stale report, three repeated ones (phones 9 and 23, phone 30 sent twice), a quarantine
+    assert bulk_counts[1][1:4] == (1, 3, 1)
     assert bulk_digest == digest

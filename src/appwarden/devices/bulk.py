@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -263,14 +263,18 @@ class ReportWriter:
                 key = (c.device_id, c.source, c.evidence_kind)
                 if key in wanted:
                     self.feeds[key].coverage[(c.namespace, c.value)] = StoredCoverage(c.observed_at)
-            for r in session.execute(
-                select(Report.device_id, Report.source, Report.evidence_kind, Report.observed_at)
+            for device_id, source, kind, latest in session.execute(
+                select(
+                    Report.device_id,
+                    Report.source,
+                    Report.evidence_kind,
+                    func.max(Report.observed_at),
+                )
                 .where(Report.device_id.in_(part))
-                .order_by(Report.observed_at)
+                .group_by(Report.device_id, Report.source, Report.evidence_kind)
             ):
-                key = (r.device_id, r.source, r.evidence_kind)
-                if key in wanted:
-                    self.feeds[key].latest_report = r.observed_at
+                if (device_id, source, kind) in wanted:
+                    self.feeds[(device_id, source, kind)].latest_report = latest
 
     def apply(
         self, device: Device, report: ReportFacts, *, minimise: MinimisationSet | None
