@@ -40,7 +40,7 @@ from appwarden.devices.models import (
 )
 from appwarden.devices.schemas import DeviceFacts, ReportFacts
 from appwarden.errors import Ambiguous, IdentifierConflict, InvalidInput, NotFound
-from appwarden.identity.service import find_person, normalise_email
+from appwarden.identity.service import normalise_email
 from appwarden.vocabulary import (
     PLATFORM_NAMESPACES,
     DeviceNamespace,
@@ -189,7 +189,7 @@ def apply_device_facts(
 
 def _apply_owner(uow: UnitOfWork, device: Device, email: str, authority: Authority) -> None:
     current = owner_email(uow, device)
-    named = find_person(uow, email)
+    named = authority.find_person(uow, email)
     if named is None and not authority.in_organisation(email):
         # Not one of ours: the device stays as it is, and admins see the address it offered.
         device.unmatched_owner = normalise_email(email)

@@ -30,7 +30,7 @@ from appwarden.devices.service import (
 from appwarden.errors import IdentifierConflict, InvalidInput
 from appwarden.events import DecisionChanged, DeviceEvaluated
 from appwarden.identity.schemas import PersonFacts
-from appwarden.identity.service import groups_of, upsert_person
+from appwarden.identity.service import PersonLookup, groups_of, upsert_person
 from appwarden.policies.service import live_identifier_keys
 from appwarden.timeutil import iso
 from appwarden.vocabulary import DeviceStatus, EvidenceKind, Fact, Ownership, PersonStatus
@@ -219,6 +219,7 @@ class _BatchReports:
     touched: dict[int, Device] = field(default_factory=dict)  # changed: re-evaluated
     seen: dict[int, Device] = field(default_factory=dict)  # reported, changed or not
     _minimisation: MinimisationSet | None = None
+    _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
 
     def _checked(self, report: ReportFacts) -> bool:
         problem = _check_values(report)
@@ -237,7 +238,10 @@ class _BatchReports:
         """Apply the report's device facts; whether the device changed, and the minimisation
         its report goes through."""
         _awaits_join(self.uow, device, report)
-        changed = apply_device_facts(self.uow, device, report.device, self.authority(report.source))
+        authority = self.authority(report.source)
+        if self._people is not None:
+            authority = replace(authority, people=self._people)
+        changed = apply_device_facts(self.uow, device, report.device, authority)
         if not (self.minimise_personal and device.ownership == Ownership.PERSONAL):
             return changed, None
         if self._minimisation is None:
@@ -287,6 +291,9 @@ class _BatchReports:
         resolver.flush()
         writer = ReportWriter(self.uow, token_id=self.writer.token_id)
         writer.prepare(feed_keys((device, report) for report, device, _ in resolved))
+        self._people = PersonLookup.of(
+            self.uow, [r.device.owner_email for r, _, _ in resolved if r.device.owner_email]
+        )
         for report, device, joined in resolved:
             changed, minimise = self._facts(device, report)
             outcome = writer.apply(device, report, minimise=minimise)
