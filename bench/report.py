@@ -38,8 +38,6 @@ BAR_LABELS = {
     ("W4", "committed"): "reports whose committed decision is not allow",
     ("W6", "same_process_read_your_writes"): "same process: flips not seen by the next answer",
     ("W6", "other_process_p99"): "other process: p99 until the answer flips",
-    ("IMPORT", "ratio"): "app rows/s end to end / raw insert of the same rows",
-    ("IMPORT", "rows_equal"): "stored rows equal the raw insert's (count, checksum)",
     (
         "DELIVERY",
         "messages_per_second",
@@ -47,6 +45,16 @@ BAR_LABELS = {
     ("DELIVERY", "delivered"): "every notice sent, every Message-ID received once",
     ("CLI", "help_seconds"): "`appwarden --help`, median wall time of a new process",
     ("CLI", "decide_ratio"): "`appwarden decide` on the demo database / `import sqlalchemy.orm`",
+    **{
+        ("W5", f"{path}_{step}_{size}"): f"{size:,} phones, {label}: {what}"
+        for size in (500, 2_000, 20_000, 100_000)
+        for step, label in (("fresh", "fresh load"), ("reimport", "re-import, 1 % changed"))
+        for path, what in (
+            ("bulk", "bulk rows/s / raw"),
+            ("end_to_end", "`appwarden import native` rows/s / raw"),
+            ("rows_equal", "stored rows equal (count, checksum)"),
+        )
+    },
 }
 
 
@@ -183,17 +191,28 @@ def _w6_rows(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def _import_rows(result: dict[str, Any]) -> list[str]:
-    m = result["measured"]
-    equal = result["bars"]["rows_equal"]
-    return [
-        f"IMPORT {result['parameters']['hosts']:,} Fleet hosts end to end: {m['app_rows']:,} app "
-        f"rows in {m['seconds']} s = {m['rows_per_second']:,} rows/s; raw insert of the same rows "
-        f"{m['raw_rows_per_second']:,} rows/s | ratio {m['ratio']} | none yet (W5 asks ≥ 0.50) "
-        "| — |",
-        f"IMPORT stored rows = raw rows (count, checksum) | {equal['value']} | equal "
-        f"| {_ok(equal['pass'])} |",
-    ]
+def _w5_rows(result: dict[str, Any]) -> list[str]:
+    rows = []
+    for size, steps in result["sizes"].items():
+        for step, label in (("fresh", "fresh load"), ("reimport", "re-import, 1 % changed")):
+            s = steps[step]
+            bulk, e2e = (
+                result["bars"][f"bulk_{step}_{size}"],
+                result["bars"][f"end_to_end_{step}_{size}"],
+            )
+            equal = result["bars"][f"rows_equal_{step}_{size}"]
+            rows += [
+                f"W5 {int(size):,} phones, {label}: {s['rows']:,} rows; bulk "
+                f"{s['bulk']['rows_per_second']:,} rows/s, raw {s['raw']['rows_per_second']:,} "
+                f"rows/s (bare 3 columns {s['bare_3_columns']['rows_per_second']:,}) "
+                f"| ratio {s['bulk_ratio']} | {bulk['bar']} | {_ok(bulk['pass'])} |",
+                f"W5 {int(size):,} phones, {label}: end to end "
+                f"{s['end_to_end']['rows_per_second']:,} rows/s | ratio {s['end_to_end_ratio']} "
+                f"| {e2e['bar']} | {_ok(e2e['pass'])} |",
+                f"W5 {int(size):,} phones, {label}: rows equal (count, checksum) "
+                f"| {equal['value']} | equal | {_ok(equal['pass'])} |",
+            ]
+    return rows
 
 
 def _delivery_rows(result: dict[str, Any]) -> list[str]:
@@ -232,7 +251,7 @@ DETAIL = {
     "W2": _w2_rows,
     "W4": _w4_rows,
     "W6": _w6_rows,
-    "IMPORT": _import_rows,
+    "W5": _w5_rows,
     "DELIVERY": _delivery_rows,
     "CLI": _cli_rows,
 }

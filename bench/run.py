@@ -1,6 +1,6 @@
 """Run the HTTP benchmarks of docs/architecture.md ("Performance bars") and record them.
 
-    python -m bench.run [--workload W2|W4|W6|IMPORT|DELIVERY|CLI|all] [--quick] [--db URL]
+    python -m bench.run [--workload W2|W4|W5|W6|DELIVERY|CLI|all] [--quick] [--db URL]
                         [--no-access-log]
 
 Each run builds its own fleet in a scratch store (a SQLite file in a temporary directory, or a
@@ -184,15 +184,15 @@ def _finish(
 Written = tuple[str, dict[str, Any]]
 
 
-def _import_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
-    """IMPORT builds its own scratch stores: no served fleet."""
-    from bench import fleet_import
+def _w5_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """W5 builds its own scratch stores: no served fleet."""
+    from bench import w5_ingest
 
-    params = fleet_import.Params.of(quick=args.quick)
-    reporter.phase("IMPORT: a Fleet export, end to end", total=params.hosts)
-    result = fleet_import.run(args.db, params, reporter.note, reporter.advance)
+    params = w5_ingest.Params.of(quick=args.quick)
+    reporter.phase("W5: ingest, fresh and re-import", total=sum(params.sizes))
+    result = w5_ingest.run(args.db, params, reporter.note, reporter.advance)
     info = machine(result["parameters"]["store"])
-    name = result_name("IMPORT", result["parameters"]["backend"], args.quick)
+    name = result_name("W5", result["parameters"]["backend"], args.quick)
     written = (name, _finish(result, info, args.quick, started))
     write_result(*written)
     return written
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workload",
-        choices=["W2", "W4", "W6", "IMPORT", "DELIVERY", "CLI", "ALL"],
+        choices=["W2", "W4", "W6", "W5", "DELIVERY", "CLI", "ALL"],
         default="ALL",
         type=str.upper,
     )
@@ -305,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workloads = (
-        ["W2", "W6", "W4", "IMPORT", "DELIVERY", "CLI"]
-        if args.workload == "ALL"
-        else [args.workload]
+        ["W2", "W6", "W4", "W5", "DELIVERY", "CLI"] if args.workload == "ALL" else [args.workload]
     )
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
@@ -321,13 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     written: list[tuple[str, dict[str, Any]]] = []
     started = datetime.now(UTC)
     with reporter.session():
-        if "IMPORT" in workloads:
-            written.append(_import_workload(args, reporter, started))
+        if "W5" in workloads:
+            written.append(_w5_workload(args, reporter, started))
         if "DELIVERY" in workloads:
             written.append(_delivery_workload(args, reporter, started))
         if "CLI" in workloads:
             written.append(_cli_workload(args, reporter, started))
-        served = [w for w in workloads if w not in ("IMPORT", "DELIVERY", "CLI")]
+        served = [w for w in workloads if w not in ("W5", "DELIVERY", "CLI")]
         if served:
             written += _fleet_workloads(args, served, reporter, started)
     if not args.no_readme:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -123,15 +123,26 @@ def device_views(uow: UnitOfWork, device_ids: Collection[int]) -> dict[int, Devi
     return views
 
 
-def exemption_windows(
-    uow: UnitOfWork, policy_id: str, device: DeviceView, owner_id: int | None
-) -> list[ExemptionWindow]:
-    """Approved exemptions of the policy that cover the device or its owner."""
-    rows = uow.session.scalars(
+def granted_exemptions(uow: UnitOfWork, policy_id: str) -> Sequence[Exemption]:
+    """The policy's exemptions that were ever granted (approved, or approved then revoked)."""
+    return uow.session.scalars(
         select(Exemption).where(
             Exemption.policy_id == policy_id, Exemption.status.in_(["approved", "revoked"])
         )
     ).all()
+
+
+def exemption_windows(
+    uow: UnitOfWork,
+    policy_id: str,
+    device: DeviceView,
+    owner_id: int | None,
+    *,
+    granted: Sequence[Exemption] | None = None,
+) -> list[ExemptionWindow]:
+    """Approved exemptions of the policy that cover the device or its owner; `granted`: the
+    policy's `granted_exemptions`, when the caller read them once for many devices."""
+    rows = granted_exemptions(uow, policy_id) if granted is None else granted
     windows = []
     for e in rows:
         if not (

@@ -3,7 +3,8 @@ states and first-seen times that evaluation maintains."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from appwarden.compliance.evaluate import (
@@ -19,11 +20,13 @@ from appwarden.compliance.models import ComplianceRecord
 from appwarden.compliance.rules import (
     device_views,
     exemption_windows,
+    granted_exemptions,
     rules_of,
     stored_first_seen,
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
+from appwarden.exemptions.models import Exemption
 from appwarden.policies.models import PolicyFirstSeen, PolicyVersion
 from appwarden.policies.service import in_effect, released_versions
 from appwarden.vocabulary import ComplianceState
@@ -53,16 +56,31 @@ def evaluate_device(uow: UnitOfWork, device: Device, at: datetime) -> list[Outco
     return DeviceEvaluator(uow, device).at(at)
 
 
+@dataclass
+class SharedReads:
+    """What evaluating many devices reads once for all of them: the released versions, their
+    rules, each policy's granted exemptions, and the devices' views (`prefetch`)."""
+
+    released: list[PolicyVersion] | None = None
+    rules: dict[int, PolicyRules] = field(default_factory=dict)
+    granted: dict[str, Sequence[Exemption]] = field(default_factory=dict)
+    views: dict[int, DeviceView] = field(default_factory=dict)
+
+    def prefetch(self, uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000) -> None:
+        """The views of these devices, in a fixed number of queries per chunk of them."""
+        for start in range(0, len(device_ids), chunk):
+            self.views.update(device_views(uow, device_ids[start : start + chunk]))
+
+
 class DeviceEvaluator:
     """One device under the versions in effect at each instant asked for; what does not depend
-    on the instant (its observations, the versions' rules, exemptions) is read once."""
+    on the instant (its observations, the versions' rules, exemptions) is read once, and with
+    `shared`, once for every device evaluated with the same `SharedReads`."""
 
-    def __init__(self, uow: UnitOfWork, device: Device) -> None:
+    def __init__(self, uow: UnitOfWork, device: Device, shared: SharedReads | None = None) -> None:
         self.uow = uow
         self.device = device
-        self._view: DeviceView | None = None
-        self._released: list[PolicyVersion] | None = None
-        self._rules: dict[int, PolicyRules] = {}
+        self._shared = shared or SharedReads()
         self._windows: dict[str, list[ExemptionWindow]] = {}
         self._outcomes: dict[datetime, list[Outcome]] = {}
 
@@ -70,20 +88,27 @@ class DeviceEvaluator:
         known = self._outcomes.get(instant)
         if known is not None:
             return known
-        uow, device = self.uow, self.device
-        if self._view is None:
-            self._view = device_views(uow, [device.id])[device.id]
-        view = self._view
-        if self._released is None:
-            self._released = released_versions(uow)
+        uow, device, shared = self.uow, self.device, self._shared
+        view = shared.views.get(device.id)
+        if view is None:
+            view = shared.views[device.id] = device_views(uow, [device.id])[device.id]
+        if shared.released is None:
+            shared.released = released_versions(uow)
         outcomes = []
-        for version in in_effect(self._released, instant):
-            rules = self._rules.get(version.id)
+        for version in in_effect(shared.released, instant):
+            rules = shared.rules.get(version.id)
             if rules is None:
-                rules = self._rules[version.id] = rules_of(uow, version)
+                rules = shared.rules[version.id] = rules_of(uow, version)
             windows = self._windows.get(rules.policy_id)
             if windows is None:
-                windows = exemption_windows(uow, rules.policy_id, view, device.owner_id)
+                granted = shared.granted.get(rules.policy_id)
+                if granted is None:
+                    granted = shared.granted[rules.policy_id] = granted_exemptions(
+                        uow, rules.policy_id
+                    )
+                windows = exemption_windows(
+                    uow, rules.policy_id, view, device.owner_id, granted=granted
+                )
                 self._windows[rules.policy_id] = windows
             evaluation = evaluate(
                 rules,

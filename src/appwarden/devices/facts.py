@@ -28,7 +28,14 @@ from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceOwnerHistory, DeviceResource, FactConflict
 from appwarden.errors import Conflict, InvalidInput, NotFound
 from appwarden.identity.models import Person
-from appwarden.identity.service import ensure_person, find_person, normalise_email, set_groups
+from appwarden.identity.service import (
+    PersonLookup,
+    ensure_person,
+    find_person,
+    new_person,
+    normalise_email,
+    set_groups,
+)
 from appwarden.timeutil import iso
 from appwarden.vocabulary import ConflictStatus, DeviceStatus, Fact, PersonStatus
 
@@ -60,6 +67,11 @@ class Authority:
     # This run offers to retire too many of the source's devices at once: hold every retirement
     # for an admin, as the mass-lockout breaker holds denials.
     hold_retirements: bool = False
+    # The batch's owners looked up at once (the bulk ingest path); None: one lookup per address.
+    people: PersonLookup | None = None
+
+    def find_person(self, uow: UnitOfWork, email: str) -> Person | None:
+        return self.people.find(uow, email) if self.people is not None else find_person(uow, email)
 
     def authoritative_source(self, fact: Fact, record_source: str | None) -> str | None:
         configured = (self.fact_sources or {}).get(str(fact))
@@ -72,12 +84,16 @@ class Authority:
     def person(self, uow: UnitOfWork, email: str, display_name: str | None = None) -> Person | None:
         """The person with this email, alias or account name; created (and owned by this source)
         if new and in the organisation's domains. None: an outside address that names nobody."""
-        known = find_person(uow, email)
+        known = self.find_person(uow, email)
         if known is not None:
             return known
         if not self.in_organisation(email):
             return None
-        return ensure_person(uow, email, display_name, source=self.source)
+        if self.people is None:
+            return ensure_person(uow, email, display_name, source=self.source)
+        person = new_person(uow, email, display_name, source=self.source)
+        self.people.remember(person)
+        return person
 
     def admits(
         self,

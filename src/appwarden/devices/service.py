@@ -9,10 +9,11 @@ never overwrites a newer one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from sqlalchemy import func, select
 
@@ -39,7 +40,7 @@ from appwarden.devices.models import (
 )
 from appwarden.devices.schemas import DeviceFacts, ReportFacts
 from appwarden.errors import Ambiguous, IdentifierConflict, InvalidInput, NotFound
-from appwarden.identity.service import find_person, normalise_email
+from appwarden.identity.service import normalise_email
 from appwarden.vocabulary import (
     PLATFORM_NAMESPACES,
     DeviceNamespace,
@@ -188,7 +189,7 @@ def apply_device_facts(
 
 def _apply_owner(uow: UnitOfWork, device: Device, email: str, authority: Authority) -> None:
     current = owner_email(uow, device)
-    named = find_person(uow, email)
+    named = authority.find_person(uow, email)
     if named is None and not authority.in_organisation(email):
         # Not one of ours: the device stays as it is, and admins see the address it offered.
         device.unmatched_owner = normalise_email(email)
@@ -253,7 +254,7 @@ def apply_report(
     and the coverage shrinks to exactly those identifiers."""
     observed_at = min(report.observed_at or uow.now, uow.now)
     feed = _Feed(device.id, report.source, report.evidence_kind, observed_at)
-    apps, covered = _reported(report, device.platform, minimise)
+    apps, covered = reported_apps(report, device.platform, minimise)
     existing = {
         (o.namespace, o.value): o
         for o in uow.session.scalars(
@@ -285,16 +286,60 @@ def apply_report(
     return ReportOutcome.APPLIED if applied_any else ReportOutcome.STALE
 
 
+class _Sighting(Protocol):
+    """A stored observation, as an ORM row or as the bulk path's diff holds it."""
+
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def last_seen_at(self) -> datetime: ...
+
+
+class _Spoken(Protocol):
+    """A stored coverage part: when the report that speaks for it observed."""
+
+    @property
+    def observed_at(self) -> datetime: ...
+
+
 def _repeats(
     uow: UnitOfWork,
     feed: _Feed,
     apps: Apps,
     covered: list[tuple[str, str]],
-    existing: dict[tuple[str, str], Observation],
-    stored: dict[tuple[str, str], Coverage],
+    existing: Mapping[tuple[str, str], _Sighting],
+    stored: Mapping[tuple[str, str], _Spoken],
 ) -> bool:
     """Does the feed already hold exactly this report (the same page imported again)?"""
-    at = feed.observed_at
+
+    def latest_report() -> datetime | None:
+        return uow.session.scalar(
+            select(func.max(Report.observed_at)).where(
+                Report.device_id == feed.device_id,
+                Report.source == feed.source,
+                Report.evidence_kind == feed.kind,
+            )
+        )
+
+    return feed_repeats(
+        feed.observed_at, apps, covered, existing, stored, latest_report=latest_report
+    )
+
+
+def feed_repeats(
+    at: datetime,
+    apps: Apps,
+    covered: list[tuple[str, str]],
+    existing: Mapping[tuple[str, str], _Sighting],
+    stored: Mapping[tuple[str, str], _Spoken],
+    *,
+    latest_report: Callable[[], datetime | None],
+) -> bool:
+    """Does a feed holding `existing` and `stored` already hold exactly this report, observed
+    `at`? `latest_report`: when the feed's newest report observed (asked only for a report
+    with neither coverage nor apps)."""
     if any((current := stored.get(part)) is None or current.observed_at != at for part in covered):
         return False
     for key, (_, version, name) in apps.items():
@@ -310,17 +355,11 @@ def _repeats(
         return False  # it would remove what it no longer lists
     if covered or apps:
         return True
-    latest = uow.session.scalar(
-        select(func.max(Report.observed_at)).where(
-            Report.device_id == feed.device_id,
-            Report.source == feed.source,
-            Report.evidence_kind == feed.kind,
-        )
-    )
+    latest = latest_report()
     return latest is not None and latest == at
 
 
-def _reported(
+def reported_apps(
     report: ReportFacts, platform: str, minimise: MinimisationSet | None
 ) -> tuple[Apps, list[tuple[str, str]]]:
     """The apps the report saw, by match key, and the coverage it proves; with `minimise`, both
@@ -453,7 +492,7 @@ def _apply_observations(
 
 
 def stale_part(
-    stored: dict[tuple[str, str], Coverage], namespace: str, key: str, observed_at: datetime
+    stored: Mapping[tuple[str, str], _Spoken], namespace: str, key: str, observed_at: datetime
 ) -> bool:
     """Is a newer report already authoritative for this identifier?"""
     return any(

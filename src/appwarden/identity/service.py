@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 
@@ -148,6 +149,58 @@ def find_person(uow: UnitOfWork, email: str) -> Person | None:
     ).first()
 
 
+@dataclass
+class PersonLookup:
+    """`find_person` for many addresses at once: one query per way a person is named (primary
+    email, alias, account name) for all of them, then answers from memory. A person created
+    afterwards must be `remember`ed; an address not asked for falls back to `find_person`."""
+
+    found: dict[str, Person | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, uow: UnitOfWork, addresses: Iterable[str], chunk: int = 5_000) -> PersonLookup:
+        keys = sorted({normalise_email(a) for a in addresses})
+        by_email: dict[str, Person] = {}
+        by_alias: dict[str, Person] = {}
+        by_account: dict[str, Person] = {}
+        session = uow.session
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            by_email.update(
+                (p.email, p) for p in session.scalars(select(Person).where(Person.email.in_(part)))
+            )
+            by_alias.update(
+                (alias, person)
+                for person, alias in session.execute(
+                    select(Person, PersonAlias.email)
+                    .join(PersonAlias, PersonAlias.person_id == Person.id)
+                    .where(PersonAlias.email.in_(part))
+                )
+            )
+            by_account.update(
+                (name, person)
+                for person, name in session.execute(
+                    select(Person, PersonAccount.name)
+                    .join(PersonAccount, PersonAccount.person_id == Person.id)
+                    .where(PersonAccount.name.in_({key.casefold() for key in part}))
+                )
+            )
+        # The order find_person asks in: primary email, then alias, then account name.
+        return cls(
+            {
+                key: by_email.get(key) or by_alias.get(key) or by_account.get(key.casefold())
+                for key in keys
+            }
+        )
+
+    def find(self, uow: UnitOfWork, email: str) -> Person | None:
+        key = normalise_email(email)
+        return self.found[key] if key in self.found else find_person(uow, email)
+
+    def remember(self, person: Person) -> None:
+        self.found[person.email] = person
+
+
 def person_by_address(uow: UnitOfWork, address: str) -> Person | None:
     """The person whose primary address or alias this is (case-insensitively); never by an
     account name: sign-in mail goes to an address a person reads."""
@@ -175,16 +228,22 @@ def ensure_person(
     """The person with this address or alias; created if new (owned by `source`, the inventory
     source that first named them, if any: see devices/facts.py)."""
     person = find_person(uow, email)
-    if person is None:
-        person = Person(
-            email=normalise_email(email),
-            display_name=display_name,
-            status=PersonStatus.ACTIVE,
-            created_at=uow.now,
-            source=source,
-        )
-        uow.session.add(person)
-        uow.session.flush()
+    return person if person is not None else new_person(uow, email, display_name, source=source)
+
+
+def new_person(
+    uow: UnitOfWork, email: str, display_name: str | None = None, *, source: str | None = None
+) -> Person:
+    """A new person with this address, which the caller knows names nobody yet."""
+    person = Person(
+        email=normalise_email(email),
+        display_name=display_name,
+        status=PersonStatus.ACTIVE,
+        created_at=uow.now,
+        source=source,
+    )
+    uow.session.add(person)
+    uow.session.flush()
     return person
 
 

@@ -4,7 +4,7 @@ device is re-evaluated and its decisions updated in the same transaction (read-y
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 from appwarden.access.service import refresh_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
-from appwarden.compliance.service import DeviceEvaluator, record_outcomes
+from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.uow import UnitOfWork
+from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
 from appwarden.devices.facts import Authority
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
@@ -29,7 +30,7 @@ from appwarden.devices.service import (
 from appwarden.errors import IdentifierConflict, InvalidInput
 from appwarden.events import DecisionChanged, DeviceEvaluated
 from appwarden.identity.schemas import PersonFacts
-from appwarden.identity.service import groups_of, upsert_person
+from appwarden.identity.service import PersonLookup, groups_of, upsert_person
 from appwarden.policies.service import live_identifier_keys
 from appwarden.timeutil import iso
 from appwarden.vocabulary import DeviceStatus, EvidenceKind, Fact, Ownership, PersonStatus
@@ -204,6 +205,102 @@ def _awaits_join(uow: UnitOfWork, device: Device, report: ReportFacts) -> None:
         device.join_pending_until = uow.now + JOIN_WAIT
 
 
+@dataclass
+class _BatchReports:
+    """A batch's reports applied one by one (`devices.service`) or in bulk (`devices.bulk`):
+    the same rules, the same tables written, the same outcomes counted."""
+
+    uow: UnitOfWork
+    writer: Writer
+    result: IngestResult
+    authority: Callable[[str], Authority]
+    minimise_personal: bool
+    on_report: Callable[[], None] | None
+    touched: dict[int, Device] = field(default_factory=dict)  # changed: re-evaluated
+    seen: dict[int, Device] = field(default_factory=dict)  # reported, changed or not
+    _minimisation: MinimisationSet | None = None
+    _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
+
+    def _checked(self, report: ReportFacts) -> bool:
+        problem = _check_values(report)
+        if problem:
+            self.result.skipped.append(f"{report.where}: {problem}".lstrip(": "))
+        return problem is None
+
+    def _refused(self, report: ReportFacts, exc: IdentifierConflict | InvalidInput) -> None:
+        if isinstance(exc, IdentifierConflict):
+            self.result.quarantined.append(f"{report.where}: {exc.message}".lstrip(": "))
+            self.result.listed_device_ids.update(exc.device_ids)
+        else:
+            self.result.skipped.append(f"{report.where}: {exc.message}".lstrip(": "))
+
+    def _facts(self, device: Device, report: ReportFacts) -> tuple[bool, MinimisationSet | None]:
+        """Apply the report's device facts; whether the device changed, and the minimisation
+        its report goes through."""
+        _awaits_join(self.uow, device, report)
+        authority = self.authority(report.source)
+        if self._people is not None:
+            authority = replace(authority, people=self._people)
+        changed = apply_device_facts(self.uow, device, report.device, authority)
+        if not (self.minimise_personal and device.ownership == Ownership.PERSONAL):
+            return changed, None
+        if self._minimisation is None:
+            self._minimisation = MinimisationSet(frozenset(live_identifier_keys(self.uow)))
+        return changed, self._minimisation
+
+    def _counted(
+        self, device: Device, outcome: ReportOutcome, *, changed: bool, joined: bool
+    ) -> None:
+        self.result.count(outcome)
+        self.seen[device.id] = device
+        if changed or joined or outcome == ReportOutcome.APPLIED:
+            self.touched[device.id] = device
+        if self.on_report is not None:
+            self.on_report()
+
+    def apply_one_by_one(self, reports: Iterable[ReportFacts]) -> None:
+        for report in reports:
+            if not self._checked(report):
+                continue
+            try:
+                device, joined = resolve_device(self.uow, report.device, source=report.source)
+            except (IdentifierConflict, InvalidInput) as exc:
+                self._refused(report, exc)
+                continue
+            changed, minimise = self._facts(device, report)
+            outcome = apply_report(
+                self.uow, device, report, minimise=minimise, token_id=self.writer.token_id
+            )
+            self._counted(device, outcome, changed=changed, joined=joined)
+
+    def apply_in_bulk(self, reports: Sequence[ReportFacts]) -> None:
+        checked = [report for report in reports if self._checked(report)]
+        resolver = DeviceResolver(self.uow)
+        resolver.prepare(checked)
+        resolved: list[tuple[ReportFacts, Device, bool]] = []
+        for report in checked:
+            try:
+                try:
+                    device, joined = resolver.resolve(report)
+                except NeedsOneByOne:
+                    device, joined = resolver.resolve_one_by_one(report)
+            except (IdentifierConflict, InvalidInput) as exc:
+                self._refused(report, exc)
+                continue
+            resolved.append((report, device, joined))
+        resolver.flush()
+        writer = ReportWriter(self.uow, token_id=self.writer.token_id)
+        writer.prepare(feed_keys((device, report) for report, device, _ in resolved))
+        self._people = PersonLookup.of(
+            self.uow, [r.device.owner_email for r, _, _ in resolved if r.device.owner_email]
+        )
+        for report, device, joined in resolved:
+            changed, minimise = self._facts(device, report)
+            outcome = writer.apply(device, report, minimise=minimise)
+            self._counted(device, outcome, changed=changed, joined=joined)
+        writer.flush()
+
+
 def ingest(
     uow: UnitOfWork,
     batch: InventoryBatch,
@@ -242,52 +339,54 @@ def ingest(
         seen[device.id] = device
         if apply_device_facts(uow, device, facts, authority(entry_source)) or joined:
             touched[device.id] = device
-    minimisation: MinimisationSet | None = None
-    for report in batch.reports:
-        problem = _check_values(report)
-        if problem:
-            result.skipped.append(f"{report.where}: {problem}".lstrip(": "))
-            continue
-        try:
-            device, joined = resolve_device(uow, report.device, source=report.source)
-        except IdentifierConflict as exc:
-            result.quarantined.append(f"{report.where}: {exc.message}".lstrip(": "))
-            result.listed_device_ids.update(exc.device_ids)
-            continue
-        except InvalidInput as exc:
-            result.skipped.append(f"{report.where}: {exc.message}".lstrip(": "))
-            continue
-        _awaits_join(uow, device, report)
-        changed = apply_device_facts(uow, device, report.device, authority(report.source))
-        minimise = None
-        if minimise_personal and device.ownership == Ownership.PERSONAL:
-            if minimisation is None:
-                minimisation = MinimisationSet(frozenset(live_identifier_keys(uow)))
-            minimise = minimisation
-        outcome = apply_report(uow, device, report, minimise=minimise, token_id=writer.token_id)
-        result.count(outcome)
-        seen[device.id] = device
-        if changed or joined or outcome == ReportOutcome.APPLIED:
-            touched[device.id] = device
-        if on_report is not None:
-            on_report()
+    reports = _BatchReports(uow, writer, result, authority, minimise_personal, on_report)
+    if len(batch.reports) > 1:
+        reports.apply_in_bulk(batch.reports)
+    else:  # a single report (W4): the one-by-one path, fewest statements for one device
+        reports.apply_one_by_one(batch.reports)
+    seen.update(reports.seen)
+    touched.update(reports.touched)
     result.devices = len(seen)
     result.listed_device_ids.update(seen)
     result.retirements_held = sum(held.values())
     result.outside_domains += sorted(
         {d.unmatched_owner for d in seen.values() if d.unmatched_owner is not None}
     )
-    for device in touched.values():  # only what changed: the same page twice changes nothing
-        result.decision_changes += reevaluate_device(uow, device)
+    # Only what changed: the same page twice changes nothing.
+    result.decision_changes += reevaluate_devices(uow, list(touched.values()))
     return result
 
 
+# Devices whose views one evaluation pass holds at once (their observations are all loaded).
+EVALUATION_CHUNK = 1_000
+
+
+def reevaluate_devices(uow: UnitOfWork, devices: Sequence[Device]) -> list[DecisionChanged]:
+    """`reevaluate_device` for each, in order, reading what they share once: the versions,
+    rules and exemptions for all, the devices' views a chunk at a time."""
+    changes: list[DecisionChanged] = []
+    shared = SharedReads()
+    for start in range(0, len(devices), EVALUATION_CHUNK):
+        chunk = devices[start : start + EVALUATION_CHUNK]
+        shared.views.clear()
+        if len(chunk) > 1:
+            shared.prefetch(uow, [device.id for device in chunk])
+        for device in chunk:
+            changes += reevaluate_device(uow, device, shared=shared)
+    return changes
+
+
 def reevaluate_device(
-    uow: UnitOfWork, device: Device, *, admit: frozenset[str] = frozenset()
+    uow: UnitOfWork,
+    device: Device,
+    *,
+    admit: frozenset[str] = frozenset(),
+    shared: SharedReads | None = None,
 ) -> list[DecisionChanged]:
     """Store the device's states and decisions anew; `admit`: policies whose held denies an
-    admin releases (`usecases.breakers`)."""
-    evaluator = DeviceEvaluator(uow, device)
+    admin releases (`usecases.breakers`); `shared`: reads shared with other devices evaluated
+    in the same unit of work (`reevaluate_devices`)."""
+    evaluator = DeviceEvaluator(uow, device, shared)
     outcomes = evaluator.at(uow.now)
     record_outcomes(uow, device.id, outcomes)
     changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit)

@@ -1,0 +1,537 @@
+"""Many reports at once: the bulk ingest path (docs/architecture.md, "Bulk ingest").
+
+The same rules as `devices.service` applies one report at a time (stale parts, repeated
+reports, coverage, `first_seen_at` kept), applied set-wise:
+
+- `DeviceResolver` finds the devices of every report of a batch with one identifier query per
+  chunk of values, creates the new ones in one flush and their identifiers in one insert; only a
+  report whose identifiers name two devices takes the one-by-one path (it quarantines).
+- `ReportWriter` loads the stored observations, coverage and latest report of every feed the
+  batch touches in one query each, diffs each report in memory (in batch order, so two reports of
+  one device see each other), and writes the result at the end: reports with one multi-row insert,
+  coverage with one upsert, observations with `executemany` (SQLite) or `COPY` into a staging table
+  and one merge statement (PostgreSQL), and the deletions with one statement per chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from appwarden.db.uow import UnitOfWork
+from appwarden.devices.models import Coverage, Device, DeviceIdentifier, Observation, Report
+from appwarden.devices.schemas import ReportFacts
+from appwarden.devices.service import (
+    Apps,
+    MinimisationSet,
+    ReportOutcome,
+    clean_identifiers,
+    coverage_hash,
+    feed_repeats,
+    reported_apps,
+    resolve_device,
+    stale_part,
+)
+from appwarden.errors import InvalidInput
+from appwarden.vocabulary import DeviceStatus, EvidenceKind, Platform
+
+# Values per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits.
+CHUNK = 5_000
+
+
+def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+# ── devices ──────────────────────────────────────────────────────────────────────────────────
+
+
+class NeedsOneByOne(Exception):
+    """The report's identifiers name more than one device: resolve it on its own (quarantine)."""
+
+
+@dataclass
+class DeviceResolver:
+    """The devices of a batch's reports, resolved set-wise (see the module docstring).
+
+    `prepare` loads what the batch's identifiers name; `resolve` then answers report by report
+    in batch order, as `devices.service.resolve_device` would."""
+
+    uow: UnitOfWork
+    _known: dict[tuple[str, str], Device] = field(default_factory=dict)
+    _identifier_rows: dict[tuple[str, str], tuple[int, datetime]] = field(default_factory=dict)
+    _new_identifiers: list[tuple[Device, str, str, str]] = field(default_factory=list)
+    _touched_identifiers: set[int] = field(default_factory=set)
+
+    def prepare(self, reports: Iterable[ReportFacts]) -> None:
+        values = sorted(
+            {value for report in reports for _, value in clean_identifiers(report.device)}
+        )
+        found: list[tuple[int, int, str, str, datetime]] = []
+        for part in chunks(values):
+            found += [
+                (row.id, row.device_id, row.namespace, row.value, row.last_seen_at)
+                for row in self.uow.session.execute(
+                    select(
+                        DeviceIdentifier.id,
+                        DeviceIdentifier.device_id,
+                        DeviceIdentifier.namespace,
+                        DeviceIdentifier.value,
+                        DeviceIdentifier.last_seen_at,
+                    ).where(DeviceIdentifier.value.in_(part))
+                )
+            ]
+        device_ids = sorted({device_id for _, device_id, _, _, _ in found})
+        devices: dict[int, Device] = {}
+        for part in chunks(device_ids):
+            devices.update(
+                (d.id, d)
+                for d in self.uow.session.scalars(select(Device).where(Device.id.in_(part)))
+            )
+        for row_id, device_id, namespace, value, last_seen_at in found:
+            self._known[(namespace, value)] = devices[device_id]
+            self._identifier_rows[(namespace, value)] = (row_id, last_seen_at)
+
+    def resolve(self, report: ReportFacts) -> tuple[Device, bool]:
+        """The report's device and whether that changed what is stored; raises InvalidInput
+        (no usable identifier) or NeedsOneByOne."""
+        identifiers = clean_identifiers(report.device)
+        if not identifiers:
+            raise InvalidInput(
+                "the device has no usable identifier (placeholder serials are ignored)"
+            )
+        named = {id(d): d for pair in identifiers if (d := self._known.get(pair)) is not None}
+        if len(named) > 1:
+            raise NeedsOneByOne
+        if named:
+            (device,) = named.values()
+        else:
+            device = Device(
+                platform=Platform.UNKNOWN,
+                form_factor="unknown",
+                ownership="unknown",
+                status=DeviceStatus.ACTIVE,
+                created_at=self.uow.now,
+                mdm_source=report.source,  # the MDM of record: authoritative for its facts
+            )
+            self.uow.session.add(device)
+        changed = False
+        for pair in identifiers:
+            stored = self._identifier_rows.get(pair)
+            if pair not in self._known:
+                changed = True
+                self._known[pair] = device
+                self._new_identifiers.append((device, pair[0], pair[1], report.source))
+            elif stored is not None and stored[1] < self.uow.now:
+                self._touched_identifiers.add(stored[0])
+        return device, changed
+
+    def resolve_one_by_one(self, report: ReportFacts) -> tuple[Device, bool]:
+        """The per-device path for a report the set-wise one cannot answer: what this resolver
+        holds is written first, so that path sees the store as the batch left it."""
+        self.flush()
+        device, changed = resolve_device(self.uow, report.device, source=report.source)
+        for pair in clean_identifiers(report.device):
+            self._known[pair] = device
+            self._identifier_rows.pop(pair, None)  # touched by resolve_device itself
+        return device, changed
+
+    def flush(self) -> None:
+        """Write the new devices, their identifiers and the identifiers seen again."""
+        self.uow.session.flush()  # new devices get their ids, in the order they were named
+        session, now = self.uow.session, self.uow.now
+        if self._new_identifiers:
+            session.execute(
+                insert(DeviceIdentifier),
+                [
+                    {
+                        "device_id": device.id,
+                        "namespace": namespace,
+                        "value": value,
+                        "source": source,
+                        "first_seen_at": now,
+                        "last_seen_at": now,
+                    }
+                    for device, namespace, value, source in self._new_identifiers
+                ],
+            )
+            self._new_identifiers.clear()
+        for part in chunks(sorted(self._touched_identifiers)):
+            session.execute(
+                update(DeviceIdentifier)
+                .where(DeviceIdentifier.id.in_(part))
+                .values(last_seen_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        self._identifier_rows = {
+            pair: (row_id, now if row_id in self._touched_identifiers else seen)
+            for pair, (row_id, seen) in self._identifier_rows.items()
+        }
+        self._touched_identifiers.clear()
+
+
+# ── reports and observations ─────────────────────────────────────────────────────────────────
+
+FeedKey = tuple[int, str, str]  # (device id, source, evidence kind)
+
+
+@dataclass(slots=True)
+class StoredObservation:
+    """An observation as the diff holds it; `id` None: not stored yet."""
+
+    id: int | None
+    raw_value: str
+    version: str | None
+    name: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+    dirty: bool = False
+    created: int = 0  # new rows: the order the one-by-one path would insert them in
+
+
+@dataclass(slots=True)
+class StoredCoverage:
+    """A coverage part; `report` indexes the batch's new reports, or None (stored, unchanged)."""
+
+    observed_at: datetime
+    report: int | None = None
+
+
+@dataclass
+class FeedState:
+    observations: dict[tuple[str, str], StoredObservation] = field(default_factory=dict)
+    coverage: dict[tuple[str, str], StoredCoverage] = field(default_factory=dict)
+    latest_report: datetime | None = None
+    deleted: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ReportWriter:
+    """Diffs a batch's reports against their feeds in memory, then writes set-wise."""
+
+    uow: UnitOfWork
+    token_id: int | None = None
+    feeds: dict[FeedKey, FeedState] = field(default_factory=dict)
+    _reports: list[dict[str, Any]] = field(default_factory=list)
+    _created: int = 0
+
+    def prepare(self, keys: Iterable[FeedKey]) -> None:
+        """Load the stored state of these feeds: one query per table and chunk of devices."""
+        wanted = {key: None for key in keys if key not in self.feeds}  # in batch order
+        for key in wanted:
+            self.feeds[key] = FeedState()
+        device_ids = sorted({device_id for device_id, _, _ in wanted})
+        session = self.uow.session
+        for part in chunks(device_ids):
+            for o in session.execute(
+                select(
+                    Observation.id,
+                    Observation.device_id,
+                    Observation.source,
+                    Observation.evidence_kind,
+                    Observation.namespace,
+                    Observation.value,
+                    Observation.raw_value,
+                    Observation.version,
+                    Observation.name,
+                    Observation.first_seen_at,
+                    Observation.last_seen_at,
+                ).where(Observation.device_id.in_(part))
+            ):
+                state = self.feeds.get((o.device_id, o.source, o.evidence_kind))
+                if state is not None and (o.device_id, o.source, o.evidence_kind) in wanted:
+                    state.observations[(o.namespace, o.value)] = StoredObservation(
+                        o.id, o.raw_value, o.version, o.name, o.first_seen_at, o.last_seen_at
+                    )
+            for c in session.execute(
+                select(
+                    Coverage.device_id,
+                    Coverage.source,
+                    Coverage.evidence_kind,
+                    Coverage.namespace,
+                    Coverage.value,
+                    Coverage.observed_at,
+                ).where(Coverage.device_id.in_(part))
+            ):
+                key = (c.device_id, c.source, c.evidence_kind)
+                if key in wanted:
+                    self.feeds[key].coverage[(c.namespace, c.value)] = StoredCoverage(c.observed_at)
+            for device_id, source, kind, latest in session.execute(
+                select(
+                    Report.device_id,
+                    Report.source,
+                    Report.evidence_kind,
+                    func.max(Report.observed_at),
+                )
+                .where(Report.device_id.in_(part))
+                .group_by(Report.device_id, Report.source, Report.evidence_kind)
+            ):
+                if (device_id, source, kind) in wanted:
+                    self.feeds[(device_id, source, kind)].latest_report = latest
+
+    def apply(
+        self, device: Device, report: ReportFacts, *, minimise: MinimisationSet | None
+    ) -> ReportOutcome:
+        """What `devices.service.apply_report` does, held in memory until `flush`."""
+        now = self.uow.now
+        observed_at = min(report.observed_at or now, now)
+        kind = report.evidence_kind
+        state = self.feeds.setdefault((device.id, report.source, str(kind)), FeedState())
+        apps, covered = reported_apps(report, device.platform, minimise)
+        if feed_repeats(
+            observed_at,
+            apps,
+            covered,
+            state.observations,
+            state.coverage,
+            latest_report=lambda: state.latest_report,
+        ):
+            return ReportOutcome.REPEATED
+        index = len(self._reports)
+        row = {
+            "device_id": device.id,
+            "source": report.source,
+            "evidence_kind": str(kind),
+            "observed_at": observed_at,
+            "received_at": now,
+            "coverage_namespaces": sorted({ns for ns, _ in covered}),
+            "coverage_hash": coverage_hash(covered) if covered else None,
+            "app_count": len(apps),
+            "applied": True,
+            "token_id": self.token_id,
+        }
+        self._reports.append(row)
+        if state.latest_report is None or observed_at > state.latest_report:
+            state.latest_report = observed_at
+        if device.first_report_at is None or observed_at < device.first_report_at:
+            device.first_report_at = observed_at
+        replaced = self._replace_coverage(state, covered, observed_at, index)
+        observed = self._observe(state, apps, observed_at, replaced)
+        row["applied"] = bool(replaced) or observed or kind == EvidenceKind.NONE
+        return ReportOutcome.APPLIED if row["applied"] else ReportOutcome.STALE
+
+    @staticmethod
+    def _replace_coverage(
+        state: FeedState, covered: list[tuple[str, str]], observed_at: datetime, index: int
+    ) -> list[tuple[str, str]]:
+        replaced = []
+        for part in covered:
+            current = state.coverage.get(part)
+            if current is not None and current.observed_at > observed_at:
+                continue  # a newer report already spoke for this part
+            replaced.append(part)
+            state.coverage[part] = StoredCoverage(observed_at, index)
+        return replaced
+
+    def _observe(
+        self, state: FeedState, apps: Apps, observed_at: datetime, replaced: list[tuple[str, str]]
+    ) -> bool:
+        """As `devices.service._apply_observations`, on the feed's state in memory."""
+        for pair in [
+            pair
+            for pair in state.observations
+            if pair not in apps
+            and any(ns == pair[0] and value in ("", pair[1]) for ns, value in replaced)
+        ]:
+            gone = state.observations.pop(pair)
+            if gone.id is not None:
+                state.deleted.append(gone.id)
+        applied_any = False
+        for (namespace, key), (raw, version, name) in apps.items():
+            seen = state.observations.get((namespace, key))
+            if seen is None:
+                if stale_part(state.coverage, namespace, key, observed_at):
+                    continue
+                applied_any = True
+                self._created += 1
+                state.observations[(namespace, key)] = StoredObservation(
+                    None, raw, version, name, observed_at, observed_at, True, self._created
+                )
+            elif observed_at >= seen.last_seen_at:
+                applied_any = True
+                seen.last_seen_at = observed_at
+                seen.version = version
+                seen.name = name or seen.name
+                seen.first_seen_at = min(seen.first_seen_at, observed_at)
+                seen.dirty = True
+            elif observed_at < seen.first_seen_at:
+                seen.first_seen_at = observed_at  # an older report proves an earlier sighting
+                seen.dirty = True
+        return applied_any
+
+    def flush(self) -> None:
+        """Write what the batch's reports changed, table by table."""
+        session = self.uow.session
+        session.flush()  # the devices' own changes (first_report_at) go with the ORM
+        report_ids: list[int] = []
+        if self._reports:
+            report_ids = list(
+                session.scalars(
+                    insert(Report).returning(Report.id, sort_by_parameter_order=True),
+                    self._reports,
+                )
+            )
+        self._write_coverage(report_ids)
+        deleted = sorted(i for state in self.feeds.values() for i in state.deleted)
+        for part in chunks(deleted):
+            session.execute(
+                delete(Observation)
+                .where(Observation.id.in_(part))
+                .execution_options(synchronize_session=False)
+            )
+        write_observations(self.uow, self._observation_rows())
+        self._reports.clear()
+        self.feeds.clear()
+
+    def _write_coverage(self, report_ids: list[int]) -> None:
+        rows = [
+            {
+                "device_id": device_id,
+                "source": source,
+                "evidence_kind": kind,
+                "namespace": namespace,
+                "value": value,
+                "observed_at": part.observed_at,
+                "report_id": report_ids[part.report],
+            }
+            for (device_id, source, kind), state in self.feeds.items()
+            for (namespace, value), part in state.coverage.items()
+            if part.report is not None
+        ]
+        if not rows:
+            return
+        statement = (
+            postgresql_insert(Coverage)
+            if self.uow.dialect == "postgresql"
+            else sqlite_insert(Coverage)
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["device_id", "source", "evidence_kind", "namespace", "value"],
+            set_={
+                "observed_at": statement.excluded.observed_at,
+                "report_id": statement.excluded.report_id,
+            },
+        )
+        self.uow.session.execute(statement, rows)
+
+    def _observation_rows(self) -> list[tuple[Any, ...]]:
+        """Changed rows first, then new ones in the order they were seen."""
+        dirty = sorted(
+            (
+                (o.created, key, pair, o)
+                for key, state in self.feeds.items()
+                for pair, o in state.observations.items()
+                if o.dirty
+            ),
+            key=lambda entry: entry[0],
+        )
+        return [
+            (
+                o.id,
+                device_id,
+                source,
+                kind,
+                namespace,
+                value,
+                o.raw_value,
+                o.version,
+                o.name,
+                o.first_seen_at,
+                o.last_seen_at,
+            )
+            for _, (device_id, source, kind), (namespace, value), o in dirty
+        ]
+
+
+# ── the observation writes: executemany (SQLite), COPY + one merge (PostgreSQL) ──────────────
+
+OBSERVATION_COLUMNS = (
+    "device_id",
+    "source",
+    "evidence_kind",
+    "namespace",
+    "value",
+    "raw_value",
+    "version",
+    "name",
+    "first_seen_at",
+    "last_seen_at",
+)
+_COLUMNS = ", ".join(OBSERVATION_COLUMNS)
+_CHANGED = ("raw_value", "version", "name", "first_seen_at", "last_seen_at")
+# Fixed column names, no input: the statements every observation row goes through. A row seen
+# before is updated by its id and a new one inserted (an upsert would spend an id on every
+# row it updates on PostgreSQL, so new rows would not get the ids the one-by-one path gives).
+SQLITE_INSERT = (
+    f"INSERT INTO observation ({_COLUMNS}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in OBSERVATION_COLUMNS)})"
+)
+SQLITE_UPDATE = f"UPDATE observation SET {', '.join(f'{c} = ?' for c in _CHANGED)} WHERE id = ?"  # noqa: S608
+# The staging table lives as long as the connection and is emptied by every commit; `position`
+# keeps the batch's order, so new rows get their ids in the order the one-by-one path gives.
+POSTGRESQL_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS observation_stage (position integer, id integer, "
+    "device_id integer, source varchar(64), evidence_kind varchar(16), namespace varchar(32), "
+    "value varchar(512), raw_value varchar(512), version varchar(200), name varchar(1000), "
+    "first_seen_at timestamptz, last_seen_at timestamptz) ON COMMIT DELETE ROWS"
+)
+POSTGRESQL_COPY = f"COPY observation_stage (position, id, {_COLUMNS}) FROM STDIN"
+POSTGRESQL_MERGE = (
+    "WITH updated AS (UPDATE observation AS o SET "  # noqa: S608
+    f"{', '.join(f'{c} = s.{c}' for c in _CHANGED)} "
+    "FROM observation_stage AS s WHERE s.id IS NOT NULL AND o.id = s.id) "
+    f"INSERT INTO observation ({_COLUMNS}) SELECT {_COLUMNS} FROM observation_stage "
+    "WHERE id IS NULL ORDER BY position"
+)
+
+
+def write_observations(uow: UnitOfWork, rows: list[tuple[Any, ...]]) -> None:
+    """Store these observation rows, `(id, *OBSERVATION_COLUMNS)` with aware UTC times: rows
+    with an id update that row, rows without one are inserted, in the caller's transaction."""
+    if not rows:
+        return
+    dbapi = uow.session.connection().connection.driver_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        if uow.dialect == "postgresql":
+            cursor.execute(POSTGRESQL_STAGE)
+            cursor.execute("TRUNCATE observation_stage")
+            with cursor.copy(POSTGRESQL_COPY) as copy:
+                for position, row in enumerate(rows):
+                    copy.write_row((position, *row))
+            cursor.execute(POSTGRESQL_MERGE)
+            return
+        as_text = _SqliteTimes()
+        cursor.executemany(
+            SQLITE_UPDATE,
+            [(*row[6:9], as_text(row[9]), as_text(row[10]), row[0]) for row in rows if row[0]],
+        )
+        cursor.executemany(
+            SQLITE_INSERT,
+            [(*row[1:9], as_text(row[9]), as_text(row[10])) for row in rows if row[0] is None],
+        )
+    finally:
+        cursor.close()
+
+
+class _SqliteTimes(dict[datetime, str]):
+    """Instants as `db.base.UTCDateTime` stores them on SQLite, each rendered once (a batch
+    holds few distinct instants: one per report at most)."""
+
+    def __call__(self, instant: datetime) -> str:
+        text = self.get(instant)
+        if text is None:
+            text = self[instant] = instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return text
+
+
+def feed_keys(pairs: Iterable[tuple[Device, ReportFacts]]) -> list[FeedKey]:
+    return [(device.id, report.source, str(report.evidence_kind)) for device, report in pairs]
