@@ -3,14 +3,14 @@ data pages pass axe-core and fit a phone."""
 
 from __future__ import annotations
 
-from tests.browser.test_portal_pages_in_a_browser import NOW, device_ids, signed_in_page
+from tests.browser.test_portal_pages_in_a_browser import NOW, device_ids
 
 DAVE_PHONE = "Dave's iPhone"
 
 
 def test_dave_confirms_removal_and_reads_what_is_kept(portal, pages):
     portal.clock.set(NOW)
-    page = signed_in_page(portal, pages, "dave@example.com")
+    page = portal.signed_in(pages, "dave@example.com")
     page.goto(f"{portal.url}/me/devices/{device_ids(portal)[DAVE_PHONE]}")
     main = page.locator("main")
     assert "Run the check app (on a phone or tablet) or the agent" in main.inner_text()
