@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from appwarden.db.uow import unit_of_work
+from appwarden.devices.models import Device
 from appwarden.identity.service import get_person
 from appwarden.settings import Settings
 from appwarden.timeutil import iso, parse_instant
@@ -91,6 +92,18 @@ def open_session(
 def signed_in(client: TestClient, secret: str) -> TestClient:
     client.cookies.set(SESSION_COOKIE, secret)
     return client
+
+
+def person_client(app: Any, store: Any, email: str, at: datetime = MORNING) -> TestClient:
+    """An HTTPS client whose browser holds a fresh session of `email`, opened at `at`."""
+    return signed_in(https_client(app), open_session(store, email, at))
+
+
+def device_named(store: Any, name: str) -> int:
+    """The store id of the reference organisation's device called `name`."""
+    with unit_of_work(store.engine, now=MORNING, write=False) as uow:
+        found: int = uow.session.scalars(select(Device.id).where(Device.name == name)).one()
+        return found
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')

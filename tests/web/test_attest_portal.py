@@ -5,56 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from sqlalchemy import select
 from tests.conftest import api_token, bearer, table_digest
 from tests.portal_harness import (
-    MORNING,
-    TimeFile,
     csrf_of,
+    device_named,
     https_client,
-    open_session,
-    portal_settings,
-    signed_in,
+    person_client,
 )
 
-from appwarden.db.uow import unit_of_work
-from appwarden.devices.models import Device
 from appwarden.vocabulary import Permission
-from appwarden.web.app import create_app
 
 POLICY = "tiktok-mobile-email"
 ROOT = Path(__file__).resolve().parents[2]
 UNCHANGED = ("portal_session",)  # a page view may touch the session's last use
 
 
-@pytest.fixture
-def clock(tmp_path) -> TimeFile:
-    time = TimeFile(tmp_path / "now")
-    time.set(MORNING)
-    return time
-
-
-@pytest.fixture
-def app(store, demo, clock, tmp_path, monkeypatch):
-    monkeypatch.setenv("APPWARDEN_MAILDIR", str(tmp_path / "mail"))
-    app = create_app(portal_settings(store, clock, tmp_path))
-    with https_client(app):
-        yield app
-
-
-def browser(app, store, email: str, clock: TimeFile):
-    return signed_in(https_client(app), open_session(store, email, clock.now()))
-
-
-def device_id(store, name: str) -> int:
-    with unit_of_work(store.engine, now=MORNING, write=False) as uow:
-        return uow.session.scalars(select(Device.id).where(Device.name == name)).one()
-
-
 def test_dave_confirms_removal_on_his_phones_page(store, app, clock):
-    dave = browser(app, store, "dave@example.com", clock)
-    phone = device_id(store, "Dave's iPhone")
+    dave = person_client(app, store, "dave@example.com", clock.now())
+    phone = device_named(store, "Dave's iPhone")
     page = dave.get(f"/me/devices/{phone}?policy={POLICY}")
     assert "Run the check app (on a phone or tablet) or the agent" in page.text
     assert f'id="attest-{POLICY}"' in page.text
@@ -71,8 +39,8 @@ def test_dave_confirms_removal_on_his_phones_page(store, app, clock):
 
 
 def test_a_violating_device_cannot_be_confirmed_away(store, app, clock):
-    alice = browser(app, store, "alice@example.com", clock)
-    phone = device_id(store, "Alice's iPhone")
+    alice = person_client(app, store, "alice@example.com", clock.now())
+    phone = device_named(store, "Alice's iPhone")
     token = csrf_of(alice.get(f"/me/devices/{phone}").text)
     before = table_digest(store.engine, exclude=UNCHANGED)
     refused = alice.post(
@@ -84,8 +52,8 @@ def test_a_violating_device_cannot_be_confirmed_away(store, app, clock):
 
 
 def test_nobody_confirms_for_someone_elses_device(store, app, clock):
-    alice = browser(app, store, "alice@example.com", clock)
-    phone = device_id(store, "Dave's iPhone")
+    alice = person_client(app, store, "alice@example.com", clock.now())
+    phone = device_named(store, "Dave's iPhone")
     token = csrf_of(alice.get("/me/").text)
     before = table_digest(store.engine, exclude=UNCHANGED)
     answers = [
@@ -109,7 +77,7 @@ def test_nobody_confirms_for_someone_elses_device(store, app, clock):
 
 
 def test_the_api_takes_the_persons_session_and_its_csrf_token_only(store, app, clock):
-    dave = browser(app, store, "dave@example.com", clock)
+    dave = person_client(app, store, "dave@example.com", clock.now())
     token = csrf_of(dave.get("/me/").text)
     body = {"device": "enrollment_id:D4VE-USER-ENROLLMENT-0001", "policy": POLICY}
     admin = bearer(api_token(store, Permission.ADMIN, name="admin"))
@@ -137,7 +105,7 @@ def test_the_privacy_page_is_docs_privacy_md(store, app, clock):
     assert shipped.read_text() == (ROOT / "docs" / "privacy.md").read_text(), (
         "copy docs/privacy.md to src/appwarden/web/privacy.md"
     )
-    dave = browser(app, store, "dave@example.com", clock)
+    dave = person_client(app, store, "dave@example.com", clock.now())
     page = dave.get("/me/privacy")
     assert page.status_code == 200
     assert "<h1>Your devices and your privacy</h1>" in page.text

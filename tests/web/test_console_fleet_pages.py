@@ -55,13 +55,6 @@ PAGES = (
 )
 
 
-@pytest.fixture
-def clock(tmp_path) -> TimeFile:
-    time = TimeFile(tmp_path / "now")
-    time.set(MORNING)
-    return time
-
-
 def _write(store, source: str, document: dict) -> None:
     text = orjson.dumps({"format": "appwarden.inventory/v1", "source": source, **document})
     with unit_of_work(store.engine, now=MORNING, actor=f"token:{source}") as uow:

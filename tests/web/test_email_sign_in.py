@@ -16,7 +16,6 @@ from tests.portal_harness import (
     FLOW_COOKIE,
     MORNING,
     SESSION_COOKIE,
-    TimeFile,
     ask_for_link,
     csrf_of,
     follow_link,
@@ -32,13 +31,6 @@ from appwarden.notifications.models import Notice, OutboxMail
 from appwarden.timeutil import iso
 from appwarden.web.app import create_app
 from appwarden.web.clients import client_address
-
-
-@pytest.fixture
-def clock(tmp_path) -> TimeFile:
-    time = TimeFile(tmp_path / "now")
-    time.set(MORNING)
-    return time
 
 
 @pytest.fixture

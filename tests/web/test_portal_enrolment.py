@@ -8,48 +8,24 @@ import hashlib
 import re
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 from tests.conftest import table_digest
 from tests.portal_harness import (
     MORNING,
-    TimeFile,
     csrf_of,
-    https_client,
-    open_session,
-    portal_settings,
-    signed_in,
+    device_named,
+    person_client,
 )
 
 from appwarden.db.uow import unit_of_work
-from appwarden.devices.models import AgentEnrolmentCode, Device
-from appwarden.web.app import create_app
+from appwarden.devices.models import AgentEnrolmentCode
 
 IGNORED = ("portal_session",)
 
 
-@pytest.fixture
-def app(store, demo, tmp_path, monkeypatch):
-    monkeypatch.setenv("APPWARDEN_MAILDIR", str(tmp_path / "mail"))
-    clock = TimeFile(tmp_path / "now")
-    clock.set(MORNING)
-    app = create_app(portal_settings(store, clock, tmp_path))
-    with https_client(app):
-        yield app
-
-
-def _device(store, name: str) -> int:
-    with unit_of_work(store.engine, now=MORNING, write=False) as uow:
-        return uow.session.scalars(select(Device.id).where(Device.name == name)).one()
-
-
-def _browser(app, store, email: str):
-    return signed_in(https_client(app), open_session(store, email, MORNING))
-
-
 def test_dave_gets_a_code_for_his_own_iphone_shown_once_and_stored_hashed(store, app):
-    dave = _browser(app, store, "dave@example.com")
-    phone = _device(store, "Dave's iPhone")
+    dave = person_client(app, store, "dave@example.com")
+    phone = device_named(store, "Dave's iPhone")
     page = dave.get(f"/me/devices/{phone}").text
     assert "Get a code for the agent or check app" in page
     made = dave.post(f"/me/devices/{phone}/agent-code", data={"csrf": csrf_of(page)})
@@ -66,9 +42,9 @@ def test_dave_gets_a_code_for_his_own_iphone_shown_once_and_stored_hashed(store,
 
 
 def test_someone_elses_device_or_a_missing_csrf_token_changes_nothing(store, app):
-    alice = _browser(app, store, "alice@example.com")
-    dave_phone = _device(store, "Dave's iPhone")
-    alice_phone = _device(store, "Alice's iPhone")
+    alice = person_client(app, store, "alice@example.com")
+    dave_phone = device_named(store, "Dave's iPhone")
+    alice_phone = device_named(store, "Alice's iPhone")
     token = csrf_of(alice.get("/me/").text)
     before = table_digest(store.engine, exclude=IGNORED)
     assert (

@@ -8,52 +8,25 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 from tests.conftest import table_digest
 from tests.portal_harness import (
     MORNING,
-    TimeFile,
     csrf_of,
+    device_named,
     https_client,
     open_session,
-    portal_settings,
+    person_client,
     signed_in,
     statements_while_rendering,
 )
 
 from appwarden.audit.models import AuditEntry
 from appwarden.db.uow import unit_of_work
-from appwarden.devices.models import Device
 from appwarden.exemptions.models import Exemption
 from appwarden.timeutil import iso
-from appwarden.web.app import create_app
 
 POLICY = "tiktok-mobile-email"
-
-
-@pytest.fixture
-def clock(tmp_path) -> TimeFile:
-    time = TimeFile(tmp_path / "now")
-    time.set(MORNING)
-    return time
-
-
-@pytest.fixture
-def app(store, demo, clock, tmp_path, monkeypatch):
-    monkeypatch.setenv("APPWARDEN_MAILDIR", str(tmp_path / "mail"))
-    app = create_app(portal_settings(store, clock, tmp_path))
-    with https_client(app):
-        yield app
-
-
-def browser_of(app, store, email: str, clock: TimeFile):
-    return signed_in(https_client(app), open_session(store, email, clock.now()))
-
-
-def device_id(store, name: str) -> int:
-    with unit_of_work(store.engine, now=MORNING, write=False) as uow:
-        return uow.session.scalars(select(Device.id).where(Device.name == name)).one()
 
 
 def main_text(html: str) -> str:
@@ -64,11 +37,11 @@ def main_text(html: str) -> str:
 
 
 def test_alice_sees_her_phone_with_the_deadline_in_her_zone_counting_down(store, app, clock):
-    alice = browser_of(app, store, "alice@example.com", clock)
+    alice = person_client(app, store, "alice@example.com", clock.now())
     home = main_text(alice.get("/me/").text)
     assert home.index("Alice's iPhone") < home.index("Alice's MacBook")  # what needs doing first
     assert "Action required Mandatory removal of TikTok" in home
-    phone = device_id(store, "Alice's iPhone")
+    phone = device_named(store, "Alice's iPhone")
     page = main_text(alice.get(f"/me/devices/{phone}?policy={POLICY}").text)
     assert "Please remove it by Friday, July 10, 2020 at 11:59 PM PDT" in page
     assert "13 hours, 59 minutes left" in page
@@ -77,26 +50,26 @@ def test_alice_sees_her_phone_with_the_deadline_in_her_zone_counting_down(store,
     assert "only ever affects company email" in page
     assert "read what you copy to the clipboard" in page  # the rationale
     clock.advance(timedelta(hours=12))  # (a session unused that long has ended: a new one)
-    alice = browser_of(app, store, "alice@example.com", clock)
+    alice = person_client(app, store, "alice@example.com", clock.now())
     assert "1 hour, 59 minutes left" in main_text(alice.get(f"/me/devices/{phone}").text)
     clock.advance(timedelta(hours=2))  # past the deadline: the gate denies, the page says so
-    alice = browser_of(app, store, "alice@example.com", clock)
+    alice = person_client(app, store, "alice@example.com", clock.now())
     late = main_text(alice.get(f"/me/devices/{phone}").text)
     assert "Access blocked" in late
     assert "Access to company email is blocked on this device" in late
 
 
 def test_a_deadline_reads_in_each_persons_own_zone(store, app, clock):
-    carol = browser_of(app, store, "carol@example.com", clock)
-    galaxy = device_id(store, "Carol's Galaxy")
+    carol = person_client(app, store, "carol@example.com", clock.now())
+    galaxy = device_named(store, "Carol's Galaxy")
     page = main_text(carol.get(f"/me/devices/{galaxy}").text)
     assert "Saturday, July 11, 2020 at 8:59 AM CEST" in page
     assert "Europe/Berlin" in page
 
 
 def test_an_unknown_device_says_what_can_be_done(store, app, clock):
-    dave = browser_of(app, store, "dave@example.com", clock)
-    phone = device_id(store, "Dave's iPhone")
+    dave = person_client(app, store, "dave@example.com", clock.now())
+    phone = device_named(store, "Dave's iPhone")
     page = main_text(dave.get(f"/me/devices/{phone}").text)
     assert "Cannot confirm" in page
     assert "its device management reports only the apps it installed itself" in page
@@ -106,8 +79,8 @@ def test_an_unknown_device_says_what_can_be_done(store, app, clock):
 
 
 def test_someone_elses_device_reads_exactly_like_a_missing_one(store, app, clock):
-    alice = browser_of(app, store, "alice@example.com", clock)
-    bob_pixel = device_id(store, "Bob's Pixel")
+    alice = person_client(app, store, "alice@example.com", clock.now())
+    bob_pixel = device_named(store, "Bob's Pixel")
     answers = [alice.get(f"/me/devices/{ref}") for ref in (bob_pixel, 999999, "abc", "1e3", "-1")]
     assert {a.status_code for a in answers} == {404}
     assert len({a.text for a in answers}) == 1
@@ -119,8 +92,8 @@ def test_someone_elses_device_reads_exactly_like_a_missing_one(store, app, clock
 
 
 def test_a_form_posted_without_its_csrf_token_is_refused(store, app, clock):
-    alice = browser_of(app, store, "alice@example.com", clock)
-    phone = device_id(store, "Alice's iPhone")
+    alice = person_client(app, store, "alice@example.com", clock.now())
+    phone = device_named(store, "Alice's iPhone")
     other = open_session(store, "bob@example.com", clock.now())
     bobs_token = csrf_of(signed_in(https_client(app), other).get("/me/").text)
     before = table_digest(store.engine, exclude=("portal_session",))
@@ -133,8 +106,8 @@ def test_a_form_posted_without_its_csrf_token_is_refused(store, app, clock):
 
 
 def test_alice_asks_for_an_exemption_and_sees_the_decision(store, app, clock, cli):
-    alice = browser_of(app, store, "alice@example.com", clock)
-    phone = device_id(store, "Alice's iPhone")
+    alice = person_client(app, store, "alice@example.com", clock.now())
+    phone = device_named(store, "Alice's iPhone")
     page = alice.get(f"/me/devices/{phone}")
     empty = alice.post(
         f"/me/devices/{phone}/exemptions",
@@ -192,8 +165,8 @@ def test_alice_asks_for_an_exemption_and_sees_the_decision(store, app, clock, cl
 
 
 def test_a_denied_request_shows_why(store, app, clock, cli):
-    dave = browser_of(app, store, "dave@example.com", clock)
-    phone = device_id(store, "Dave's iPhone")
+    dave = person_client(app, store, "dave@example.com", clock.now())
+    phone = device_named(store, "Dave's iPhone")
     page = dave.get(f"/me/devices/{phone}")
     dave.post(
         f"/me/devices/{phone}/exemptions",
@@ -234,22 +207,22 @@ def test_a_retracted_policy_shows_no_action_needed_with_the_correction(store, ap
         at,
     )
     assert retracted.code == 0, retracted.err
-    alice = browser_of(app, store, "alice@example.com", clock)
-    phone = device_id(store, "Alice's iPhone")
+    alice = person_client(app, store, "alice@example.com", clock.now())
+    phone = device_named(store, "Alice's iPhone")
     page = main_text(alice.get(f"/me/devices/{phone}?policy={POLICY}").text)
     assert "No action needed" in page
     assert "Sent in error. Keep your apps." in page
     assert "Action required" not in page
     assert "Ask for an exemption" not in page
     # The laptop was never in scope, and erin was never told: no card for either.
-    laptop = device_id(store, "Alice's MacBook")
+    laptop = device_named(store, "Alice's MacBook")
     assert "Mandatory removal" not in main_text(alice.get(f"/me/devices/{laptop}").text)
-    erin = browser_of(app, store, "erin@example.com", clock)
+    erin = person_client(app, store, "erin@example.com", clock.now())
     assert "Mandatory removal" not in main_text(erin.get("/me/").text)
 
 
 def test_the_data_page_lists_what_is_stored_about_my_devices(store, app, clock):
-    alice = browser_of(app, store, "alice@example.com", clock)
+    alice = person_client(app, store, "alice@example.com", clock.now())
     page = main_text(alice.get("/me/data").text)
     assert "alice@example.com" in page
     assert "udid 00008110-000A1B2C3D4E801E, from mdm-export" in page
@@ -264,7 +237,7 @@ def test_templates_run_no_sql(store, app, clock, monkeypatch):
     the statements this thread sends while `pages.render` runs, and there must be none."""
     with statements_while_rendering(app, monkeypatch) as counts:
         for email in ("alice@example.com", "dave@example.com", "frank@example.com"):
-            browser = browser_of(app, store, email, clock)
+            browser = person_client(app, store, email, clock.now())
             home = browser.get("/me/")
             for link in set(re.findall(r'href="(/me/devices/\d+)"', home.text)):
                 assert browser.get(link).status_code == 200

@@ -12,7 +12,6 @@ from tests.portal_harness import (
     FLOW_COOKIE,
     MORNING,
     SESSION_COOKIE,
-    TimeFile,
     csrf_of,
     https_client,
     open_session,
@@ -29,13 +28,6 @@ from appwarden.identity.service import require
 from appwarden.usecases.sign_in import HOME, safe_return_to
 from appwarden.vocabulary import Permission
 from appwarden.web.app import create_app
-
-
-@pytest.fixture
-def clock(tmp_path) -> TimeFile:
-    time = TimeFile(tmp_path / "now")
-    time.set(MORNING)
-    return time
 
 
 @pytest.fixture

@@ -29,24 +29,13 @@ def attest(
 ) -> None:
     """Confirm that a policy's apps are not on one of your own devices (`--as` is you).
     Accepted only where the policy lists `attestation` among its evidence."""
-    from appwarden.timeutil import iso
     from appwarden.usecases.attest import attest as attest_removal
 
     context = ctx(actor)
     with context.uow(context.at(at)) as uow:
         done = attest_removal(uow, device, policy)
-    out = {
-        "device": done.device_id,
-        "policy": done.policy_id,
-        "version": done.version,
-        "at": iso(done.at),
-        "identifiers": list(done.identifiers),
-        "coverage_hash": done.coverage_hash,
-        "state": done.state,
-        "outcome": done.outcome,
-    }
     if json:
-        emit_json(out)
+        emit_json(done.as_json())
         return
     errors.print(
         f"device {done.device_id}: removal confirmed for {done.policy_id} v{done.version} "

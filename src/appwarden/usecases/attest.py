@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import select
 
@@ -34,6 +34,7 @@ from appwarden.identity.models import Person
 from appwarden.identity.service import find_person
 from appwarden.policies.models import PolicyIdentifier, PolicyVersion
 from appwarden.policies.service import effective_versions
+from appwarden.timeutil import iso
 from appwarden.usecases.ingest import reevaluate_device
 from appwarden.vocabulary import (
     ComplianceState,
@@ -61,6 +62,19 @@ class Attested:
     coverage_hash: str
     state: str  # the device's state under the policy afterwards
     outcome: str  # applied | repeated (the same statement again) | stale (a newer one stands)
+
+    def as_json(self) -> dict[str, Any]:
+        """The answer of `attest --json` and `POST /v1/attestations`."""
+        return {
+            "device": self.device_id,
+            "policy": self.policy_id,
+            "version": self.version,
+            "at": iso(self.at),
+            "identifiers": list(self.identifiers),
+            "coverage_hash": self.coverage_hash,
+            "state": self.state,
+            "outcome": self.outcome,
+        }
 
 
 def attester(uow: UnitOfWork) -> Person:

@@ -18,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from appwarden.errors import InvalidInput, NotFound, PermissionDenied, Problem
-from appwarden.timeutil import iso
 from appwarden.usecases import attest, portal
 from appwarden.usecases.sign_in import Visitor
 from appwarden.web import Runtime
@@ -62,19 +61,6 @@ def _confirm(runtime: Runtime, visitor: Visitor, device: str, policy: str) -> at
         return attest.attest(uow, device, policy)
 
 
-def _as_json(done: attest.Attested) -> dict[str, Any]:
-    return {
-        "device": done.device_id,
-        "policy": done.policy_id,
-        "version": done.version,
-        "at": iso(done.at),
-        "identifiers": list(done.identifiers),
-        "coverage_hash": done.coverage_hash,
-        "state": done.state,
-        "outcome": done.outcome,
-    }
-
-
 def _field(body: Any, name: str) -> str:
     value = body.get(name) if isinstance(body, dict) else None
     if not isinstance(value, str) or not value.strip():
@@ -95,7 +81,7 @@ async def post_attestation(request: Request, visitor: Person) -> Response:
     device, policy = _field(body, "device"), _field(body, "policy")
     runtime = runtime_of(request)
     done = await run_in_threadpool(_confirm, runtime, visitor, device, policy)
-    return JSONResponse(_as_json(done), status_code=201)
+    return JSONResponse(done.as_json(), status_code=201)
 
 
 async def attest_from_portal(request: Request, device: str, visitor: Employee) -> Response:
