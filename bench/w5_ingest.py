@@ -43,6 +43,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, insert, select, text
 
+from appwarden.devices.bulk import OBSERVATION_COLUMNS
 from bench.fleet import BASE_TIME, SOURCE, _environment, check_free_space, scratch_store
 from bench.fleet import store_version as version_of
 
@@ -57,18 +58,6 @@ END_TO_END_BAR = 0.20
 Note = Callable[[str], None]
 Advance = Callable[[int], None]
 
-OBSERVATION_COLUMNS = (
-    "device_id",
-    "source",
-    "evidence_kind",
-    "namespace",
-    "value",
-    "raw_value",
-    "version",
-    "name",
-    "first_seen_at",
-    "last_seen_at",
-)
 # Fixed names, no input: the statements of the baseline.
 SELECT = f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observation"  # noqa: S608
 INSERT = (
