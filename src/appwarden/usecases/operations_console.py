@@ -32,6 +32,7 @@ from appwarden.usecases.deliver import retry_failed
 from appwarden.usecases.exemptions import after_decision
 from appwarden.usecases.fleet_console import FIRST_PAGE, checked_choice, emails_of, id_after, id_key
 from appwarden.usecases.notices import NoticeConfig
+from appwarden.usecases.outbox import notice_row
 from appwarden.usecases.paging import Page, Window, page_of
 from appwarden.vocabulary import NoticeStatus, Permission
 
@@ -65,24 +66,7 @@ def notice_page(
     shown = page_of(list(uow.session.scalars(query.limit(window.fetch))), window, id_key)
     notices = shown.rows
     emails = emails_of(uow, {n.person_id for n in notices})
-    rows = [
-        {
-            "id": n.id,
-            "kind": n.kind,
-            "person": emails.get(n.person_id),
-            "address": n.address,
-            "policy": n.policy_id,
-            "status": n.status,
-            "subject": n.subject,
-            "due_at": iso(n.due_at),
-            "created_at": iso(n.created_at),
-            "sent_at": iso(n.sent_at),
-            "attempts": n.attempts,
-            "last_error": n.last_error,
-            "cancelled_reason": n.cancelled_reason,
-        }
-        for n in notices
-    ]
+    rows = [notice_row(n, emails.get(n.person_id)) for n in notices]
     return Page(rows, shown.next_after)
 
 

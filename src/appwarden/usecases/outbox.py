@@ -39,23 +39,25 @@ def notice_rows(
         query = query.where(Notice.policy_id == policy)
     if status:
         query = query.where(Notice.status == status)
-    return [
-        {
-            "id": n.id,
-            "kind": n.kind,
-            "person": email,
-            "address": n.address,
-            "policy": n.policy_id,
-            "status": n.status,
-            "message_id": n.message_id,
-            "in_reply_to": n.in_reply_to,
-            "subject": n.subject,
-            "due_at": iso(n.due_at),
-            "created_at": iso(n.created_at),
-            "sent_at": iso(n.sent_at),
-            "attempts": n.attempts,
-            "last_error": n.last_error,
-            "cancelled_reason": n.cancelled_reason,
-        }
-        for n, email in uow.session.execute(query.order_by(Notice.id))
-    ]
+    return [notice_row(n, email) for n, email in uow.session.execute(query.order_by(Notice.id))]
+
+
+def notice_row(n: Notice, email: str | None) -> dict[str, Any]:
+    """One notice as `appwarden notices --json` and the console list it (bodies left out)."""
+    return {
+        "id": n.id,
+        "kind": n.kind,
+        "person": email,
+        "address": n.address,
+        "policy": n.policy_id,
+        "status": n.status,
+        "message_id": n.message_id,
+        "in_reply_to": n.in_reply_to,
+        "subject": n.subject,
+        "due_at": iso(n.due_at),
+        "created_at": iso(n.created_at),
+        "sent_at": iso(n.sent_at),
+        "attempts": n.attempts,
+        "last_error": n.last_error,
+        "cancelled_reason": n.cancelled_reason,
+    }
