@@ -18,6 +18,7 @@ from appwarden.errors import InvalidInput, Problem
 from appwarden.sources.common import ImportOptions
 from appwarden.sources.registry import PARSERS, parse_files
 from appwarden.usecases.ingest import IngestResult, Writer, ingest
+from appwarden.usecases.statistics import refresh_inventory_statistics
 
 Users = Annotated[
     Path | None,
@@ -130,6 +131,9 @@ def _ingest_each(
                         writer=writer,
                     )
                 )
+    # The next fleet evaluation (`status`, a release) is planned from what the files added.
+    with context.uow(now, write=False) as uow:
+        refresh_inventory_statistics(uow)
     return results
 
 
