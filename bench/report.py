@@ -38,6 +38,8 @@ BAR_LABELS = {
     ("W6", "other_process_p99"): "other process: p99 until the answer flips",
     ("IMPORT", "ratio"): "app rows/s end to end / raw insert of the same rows",
     ("IMPORT", "rows_equal"): "stored rows equal the raw insert's (count, checksum)",
+    ("EVAL", "ratio"): "full evaluation right after an import, PostgreSQL / SQLite (first run)",
+    ("EVAL", "rows_equal"): "both stores evaluate the same rows",
 }
 
 
@@ -179,7 +181,32 @@ def _import_rows(result: dict[str, Any]) -> list[str]:
     ]
 
 
-DETAIL = {"W2": _w2_rows, "W4": _w4_rows, "W6": _w6_rows, "IMPORT": _import_rows}
+def _eval_rows(result: dict[str, Any]) -> list[str]:
+    bars = result["bars"]
+    sqlite, postgresql = result["sqlite"], result["postgresql"]
+
+    def seconds(store: dict[str, Any]) -> str:
+        runs = " / ".join(str(s) for s in store["evaluation_seconds"])
+        return f"{runs} s (import {store['import_seconds']} s)"
+
+    return [
+        f"EVAL full evaluation right after importing {result['parameters']['phones']:,} phones: "
+        f"PostgreSQL {seconds(postgresql)}, SQLite {seconds(sqlite)}; best of "
+        f"{len(sqlite['evaluation_seconds'])} ratio {result['ratio_best']} "
+        f"| ratio {bars['ratio']['value']} | {bars['ratio']['bar']} "
+        f"| {_ok(bars['ratio']['pass'])} |",
+        f"EVAL rows evaluated: {postgresql['rows']:,} PostgreSQL, {sqlite['rows']:,} SQLite "
+        f"| {bars['rows_equal']['value']} | equal | {_ok(bars['rows_equal']['pass'])} |",
+    ]
+
+
+DETAIL = {
+    "W2": _w2_rows,
+    "W4": _w4_rows,
+    "W6": _w6_rows,
+    "IMPORT": _import_rows,
+    "EVAL": _eval_rows,
+}
 
 
 def detail_rows(result: Result) -> list[str]:

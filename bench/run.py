@@ -1,6 +1,7 @@
 """Run the HTTP benchmarks of docs/architecture.md ("Performance bars") and record them.
 
-    python -m bench.run [--workload W2|W6|all] [--quick] [--db URL] [--no-access-log]
+    python -m bench.run [--workload W2|W4|W6|IMPORT|EVAL|all] [--quick] [--db URL]
+                        [--no-access-log]
 
 Each run builds its own fleet in a scratch store (a SQLite file in a temporary directory, or a
 scratch database on the PostgreSQL server `--db` names), runs the workloads against uvicorn
@@ -197,6 +198,20 @@ def _import_workload(args: argparse.Namespace, reporter: Reporter, started: date
     return written
 
 
+def _eval_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """EVAL builds a scratch store on each backend: no served fleet."""
+    from bench import eval_after_import
+
+    params = eval_after_import.Params.of(quick=args.quick)
+    reporter.phase("EVAL: the full evaluation after an import", total=2 * params.phones)
+    result = eval_after_import.run(args.db, params, reporter.note, reporter.advance)
+    info = machine(result["parameters"]["store"])
+    name = result_name("EVAL", "postgresql", args.quick)
+    written = (name, _finish(result, info, args.quick, started))
+    write_result(*written)
+    return written
+
+
 def _fleet_workloads(
     args: argparse.Namespace, workloads: list[str], reporter: Reporter, started: datetime
 ) -> list[Written]:
@@ -253,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--workload", choices=["W2", "W4", "W6", "IMPORT", "ALL"], default="ALL", type=str.upper
+        "--workload",
+        choices=["W2", "W4", "W6", "IMPORT", "EVAL", "ALL"],
+        default="ALL",
+        type=str.upper,
     )
     parser.add_argument("--quick", action="store_true", help="1,000 extra devices, short runs")
     parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
@@ -269,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workloads = ["W2", "W6", "W4", "IMPORT"] if args.workload == "ALL" else [args.workload]
+    if args.workload == "ALL" and args.db is not None and args.db.startswith("postgres"):
+        workloads.append("EVAL")  # it compares with SQLite: only where a server is named
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
         return 2
@@ -283,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     with reporter.session():
         if "IMPORT" in workloads:
             written.append(_import_workload(args, reporter, started))
-        served = [w for w in workloads if w != "IMPORT"]
+        if "EVAL" in workloads:
+            written.append(_eval_workload(args, reporter, started))
+        served = [w for w in workloads if w not in ("IMPORT", "EVAL")]
         if served:
             written += _fleet_workloads(args, served, reporter, started)
     if not args.no_readme:

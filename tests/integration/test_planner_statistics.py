@@ -1,6 +1,6 @@
 """Planner statistics after large writes (db/statistics.py): `appwarden import` and the fleet
 evaluation leave PostgreSQL's statistics current; SQLite is left as it is; the fleet statement
-runs without JIT and puts the setting back."""
+runs without JIT and with more memory, and puts the settings back."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_fleet_evaluation_refreshes_missing_statistics_first(store, demo):
         assert _sqlite_stat_tables(store) == 0
 
 
-def test_fleet_statement_runs_without_jit_and_restores_it(store, demo):
+def test_fleet_statement_runs_without_jit_and_restores_the_settings(store, demo):
     at = datetime(2020, 7, 11, 18, tzinfo=UTC)
     with unit_of_work(store.engine, now=at, write=False) as uow:
         (version,) = effective_versions(uow, at)
@@ -112,22 +112,24 @@ def test_fleet_statement_runs_without_jit_and_restores_it(store, demo):
         postgres = store.backend == "postgresql"
         if postgres:
             uow.session.execute(text("SET LOCAL jit = on"))
+            uow.session.execute(text("SET LOCAL work_mem = '3MB'"))
         executed: list[str] = []
-        jit_during: list[str] = []
+        during: list[tuple[str, ...]] = []
         original = uow.session.execute
+        settings = text("SELECT current_setting('jit'), current_setting('work_mem')")
 
         def spy(statement, *args, **kwargs):
             executed.append(str(statement))
             if postgres and "scoped" in str(statement):
-                jit_during.append(str(original(text("SHOW jit")).scalar_one()))
+                during.append(tuple(original(settings).one()))
             return original(statement, *args, **kwargs)
 
         uow.session.execute = spy  # type: ignore[method-assign]
         fleet_rows(uow, rules, now=at)
         uow.session.execute = original  # type: ignore[method-assign]
         if postgres:
-            assert jit_during == ["off"]
-            assert original(text("SHOW jit")).scalar_one() == "on"
-        else:  # SQLite has no JIT: the fleet statement alone, nothing set around it
+            assert during == [("off", "64MB")]
+            assert tuple(original(settings).one()) == ("on", "3MB")
+        else:  # SQLite has no such settings: the fleet statement alone, nothing set around it
             assert len(executed) == 1
             assert "scoped" in executed[0]

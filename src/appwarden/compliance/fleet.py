@@ -28,7 +28,7 @@ from sqlalchemy.sql.selectable import CTE
 
 from appwarden.compliance.evaluate import PolicyRules
 from appwarden.db.base import UTCDateTime
-from appwarden.db.statistics import refresh_statistics, without_jit
+from appwarden.db.statistics import bulk_read_settings, refresh_statistics
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
 from appwarden.exemptions.models import Exemption
@@ -162,7 +162,7 @@ FLEET_TABLES: tuple[str, ...] = tuple(
 def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[FleetRow]:
     """The state of every in-scope device under `rules` at `now`."""
     refresh_statistics(uow.engine, FLEET_TABLES, only_stale=True)
-    with without_jit(uow.session):
+    with bulk_read_settings(uow.session):
         rows = uow.session.execute(_fleet_query(rules, now)).mappings().all()
     return [_fleet_row(r) for r in rows]
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
+
 from appwarden.compliance.evaluate import (
     DeviceView,
     Evaluation,
@@ -21,6 +23,7 @@ from appwarden.compliance.rules import (
     exemption_windows,
     rules_of,
     stored_first_seen,
+    stored_first_seens,
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
@@ -55,7 +58,12 @@ def evaluate_device(uow: UnitOfWork, device: Device, at: datetime) -> list[Outco
 
 class DeviceEvaluator:
     """One device under the versions in effect at each instant asked for; what does not depend
-    on the instant (its observations, the versions' rules, exemptions) is read once."""
+    on the instant (its observations, the versions' rules, exemptions, stored first sightings)
+    is read once, so the instants `access.service.next_decision` asks about cost no query.
+
+    The first sightings are those stored when the evaluator first looked: `record_outcomes`
+    stores the first sighting the evaluation at that instant found, and a later instant with the
+    same facts finds the same one, so reading them again would not change an evaluation."""
 
     def __init__(self, uow: UnitOfWork, device: Device) -> None:
         self.uow = uow
@@ -64,16 +72,30 @@ class DeviceEvaluator:
         self._released: list[PolicyVersion] | None = None
         self._rules: dict[int, PolicyRules] = {}
         self._windows: dict[str, list[ExemptionWindow]] = {}
+        self._first_seen: dict[str, PolicyFirstSeen] | None = None
         self._outcomes: dict[datetime, list[Outcome]] = {}
+        self._held: list[object] = []  # the owner, so that event reactions find it in the session
+
+    @property
+    def view(self) -> DeviceView:
+        if self._view is None:
+            device = self.device
+            views = device_views(self.uow, [device.id], loaded=[device], keep=self._held)
+            self._view = views[device.id]
+        return self._view
+
+    def _stored_first_seen(self, policy_id: str) -> datetime | None:
+        if self._first_seen is None:
+            self._first_seen = stored_first_seens(self.uow, self.device.id)
+        row = self._first_seen.get(policy_id)
+        return None if row is None else row.first_seen_at
 
     def at(self, instant: datetime) -> list[Outcome]:
         known = self._outcomes.get(instant)
         if known is not None:
             return known
         uow, device = self.uow, self.device
-        if self._view is None:
-            self._view = device_views(uow, [device.id])[device.id]
-        view = self._view
+        view = self.view
         if self._released is None:
             self._released = released_versions(uow)
         outcomes = []
@@ -90,7 +112,7 @@ class DeviceEvaluator:
                 view,
                 now=instant,
                 exemptions=windows,
-                stored_first_seen=stored_first_seen(uow, rules.policy_id, view.device_id),
+                stored_first_seen=self._stored_first_seen(rules.policy_id),
             )
             outcomes.append(Outcome(version, rules, evaluation))
         self._outcomes[instant] = outcomes
@@ -162,6 +184,12 @@ def fleet_status(uow: UnitOfWork, rules: PolicyRules, at: datetime) -> list[tupl
 
 def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) -> None:
     """Store in-scope states and first-seen times for one device (in the caller's transaction)."""
+    records = {  # one query for the device's stored states, however many versions
+        r.version_id: r
+        for r in uow.session.scalars(
+            select(ComplianceRecord).where(ComplianceRecord.device_id == device_id)
+        )
+    }
     for outcome in outcomes:
         evaluation = outcome.evaluation
         key = (outcome.version.id, device_id)
@@ -177,7 +205,7 @@ def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) ->
                 )
             elif evaluation.first_seen < first.first_seen_at:
                 first.first_seen_at = evaluation.first_seen
-        stored = uow.session.get(ComplianceRecord, key)
+        stored = records.get(key[0])
         if evaluation.state == ComplianceState.NOT_APPLICABLE:
             if stored is not None:
                 uow.session.delete(stored)

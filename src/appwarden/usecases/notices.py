@@ -738,6 +738,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             rendered=rendered,
             domain=config.domain,
             payload={"template": str(kind), "device": device.id, "resource": event.resource},
+            looked=True,
         )
 
 
