@@ -187,7 +187,9 @@ def _eval_rows(result: dict[str, Any]) -> list[str]:
 
     def seconds(store: dict[str, Any]) -> str:
         runs = " / ".join(str(s) for s in store["evaluation_seconds"])
-        return f"{runs} s (import {store['import_seconds']} s)"
+        refresh = store.get("statistics_refresh_seconds")
+        analysed = f", statistics {refresh} s" if refresh is not None else ""
+        return f"{runs} s (import {store['import_seconds']} s{analysed})"
 
     return [
         f"EVAL full evaluation right after importing {result['parameters']['phones']:,} phones: "
