@@ -1,7 +1,8 @@
 """A synthetic fleet in a fresh store: the reference organisation (`appwarden demo`) plus `extra`
 people, each with one phone that syncs mail over ActiveSync, imported through the native format
-(`appwarden import native`'s path: parse, then one ingest per batch) in batches built in memory,
-so nothing large is ever written to disk.
+(`appwarden import native`'s path: parse, then one ingest per batch, then the planner-statistics
+refresh the command ends with) in batches built in memory, so nothing large is ever written to
+disk.
 
 Device `i` (0-based) belongs to `bench{i:06d}@bench.example.com` (ActiveSync user `bench{i:06d}`),
 has the ActiveSync DeviceId `BE` + 30 hex digits and reports an inventory observed before the
@@ -258,6 +259,7 @@ def build_fleet(
     from appwarden.sources.native import parse_native
     from appwarden.usecases.ingest import ingest
     from appwarden.usecases.release import refresh_expired, release_due
+    from appwarden.usecases.statistics import refresh_inventory_statistics
 
     started = time.perf_counter()
     env = {
@@ -285,6 +287,8 @@ def build_fleet(
             if result.skipped or result.quarantined or result.reports_applied != stop - start:
                 raise SystemExit(f"bench: importing devices {start}..{stop} failed: {result}")
             advance(stop - start)
+        with unit_of_work(engine, now=imported_at, write=False) as uow:
+            refresh_inventory_statistics(uow)  # as `appwarden import` ends (PostgreSQL)
         at: datetime = parse_instant(BENCH_AT)
         with unit_of_work(engine, now=at) as uow:
             release_due(uow)

@@ -90,16 +90,18 @@ def device_views(
         else session.scalars(select(Device).where(Device.id.in_(ids))).all()
     )
     owner_ids = {d.owner_id for d in devices if d.owner_id is not None}
-    people = {p.id: p for p in session.scalars(select(Person).where(Person.id.in_(owner_ids)))}
+    people: dict[int, Person] = {}
+    groups: dict[int, set[str]] = defaultdict(set)
+    for person, group in session.execute(  # owners and their groups in one statement
+        select(Person, PersonGroup.group_name)
+        .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
+        .where(Person.id.in_(owner_ids))
+    ):
+        people[person.id] = person
+        if group is not None:
+            groups[person.id].add(group)
     if keep is not None:
         keep.extend(people.values())
-    groups: dict[int, set[str]] = defaultdict(set)
-    for person_id, group in session.execute(
-        select(PersonGroup.person_id, PersonGroup.group_name).where(
-            PersonGroup.person_id.in_(owner_ids)
-        )
-    ):
-        groups[person_id].add(group)
     resources: dict[int, set[str]] = defaultdict(set)
     for device_id, resource in session.execute(
         select(DeviceResource.device_id, DeviceResource.resource).where(
