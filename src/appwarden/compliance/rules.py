@@ -92,14 +92,14 @@ def device_views(
     owner_ids = {d.owner_id for d in devices if d.owner_id is not None}
     people: dict[int, Person] = {}
     groups: dict[int, set[str]] = defaultdict(set)
-    for person, group in session.execute(  # owners and their groups in one statement
+    for member, group in session.execute(  # owners and their groups in one statement
         select(Person, PersonGroup.group_name)
         .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
         .where(Person.id.in_(owner_ids))
     ):
-        people[person.id] = person
+        people[member.id] = member
         if group is not None:
-            groups[person.id].add(group)
+            groups[member.id].add(group)
     if keep is not None:
         keep.extend(people.values())
     resources: dict[int, set[str]] = defaultdict(set)
