@@ -91,14 +91,14 @@ def _importtime(command: list[str], env: dict[str, str]) -> list[dict[str, Any]]
 def run(params: Params, note: Note, advance: Advance) -> dict[str, Any]:
     import os
 
-    from bench.delivery import _cli
+    from bench.fleet import run_cli
 
     with tempfile.TemporaryDirectory(prefix="appwarden-cli-") as tmp:
         workdir = Path(tmp)
         url = f"sqlite:///{workdir / 'demo.db'}"
         note("loading the reference organisation")
         with _environment({"APPWARDEN_ENV": "test"}):
-            _cli(url, workdir, "demo", "--base-time", BASE_TIME)
+            run_cli(url, workdir, "demo", "--base-time", BASE_TIME)
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPWARDEN_")}
         env["APPWARDEN_MAILDIR"] = str(workdir / "mail")
         commands = _commands(url)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.generator import BytesGenerator
 from functools import partial
@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.fleet import BASE_TIME, _environment, scratch_store, store_version
+from bench.fleet import BASE_TIME, run_cli, scratch_store, store_version
 
 Note = Callable[[str], None]
 Advance = Callable[[int], None]
@@ -135,21 +135,6 @@ def smtp_sink(workdir: Path, name: str) -> Iterator[Sink]:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-
-
-def _cli(url: str, workdir: Path, *args: str) -> None:
-    from appwarden.cli.main import run
-
-    env = {
-        "APPWARDEN_ENV": "test",
-        "APPWARDEN_DATABASE_URL": url,
-        "APPWARDEN_MAILDIR": str(workdir / "mail"),
-    }
-    said = io.StringIO()
-    with _environment(env), redirect_stderr(said), redirect_stdout(io.StringIO()):
-        code = run(list(args))
-    if code != 0:
-        raise SystemExit(f"bench: `appwarden {args[0]}` failed ({code}): {said.getvalue()}")
 
 
 def _settings(url: str, workdir: Path, port: int, batch: int) -> Any:
@@ -330,7 +315,7 @@ def run(db: str | None, params: Params, note: Note, advance: Advance) -> dict[st
         workdir = Path(tmp)
         with scratch_store(db, workdir) as (url, backend):
             note("loading the reference organisation")
-            _cli(url, workdir, "demo", "--base-time", BASE_TIME)
+            run_cli(url, workdir, "demo", "--base-time", BASE_TIME)
             version = store_version(url)
             note("warm-up: the reference organisation's own notices")
             with smtp_sink(workdir, "warm-up") as sink:

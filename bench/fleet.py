@@ -1,7 +1,8 @@
 """A synthetic fleet in a fresh store: the reference organisation (`appwarden demo`) plus `extra`
 people, each with one phone that syncs mail over ActiveSync, imported through the native format
-(`appwarden import native`'s path: parse, then one ingest per batch) in batches built in memory,
-so nothing large is ever written to disk.
+(`appwarden import native`'s path: parse, then one ingest per batch, then the planner-statistics
+refresh the command ends with) in batches built in memory, so nothing large is ever written to
+disk.
 
 Device `i` (0-based) belongs to `bench{i:06d}@bench.example.com` (ActiveSync user `bench{i:06d}`),
 has the ActiveSync DeviceId `BE` + 30 hex digits and reports an inventory observed before the
@@ -18,7 +19,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -186,6 +187,25 @@ def check_free_space(path: Path, needed: int = MIN_FREE_BYTES) -> None:
         raise SystemExit(f"bench: {path} has {free >> 20} MiB free; at least {needed >> 20} needed")
 
 
+def run_cli(url: str, workdir: Path, *args: str) -> None:
+    """`appwarden ARGS...` in this process on the store at `url` (test environment, mail to a
+    maildir under `workdir`), quiet; a failure stops the benchmark with what the command said."""
+    from appwarden.cli.main import run
+
+    env = {
+        "APPWARDEN_ENV": "test",
+        "APPWARDEN_DATABASE_URL": url,
+        "APPWARDEN_MAILDIR": str(workdir / "mail"),
+    }
+    said = io.StringIO()
+    with _environment(env), redirect_stderr(said), redirect_stdout(io.StringIO()):
+        code = run(list(args))
+    if code != 0:
+        raise SystemExit(
+            f"bench: `appwarden {' '.join(args[:2])}` failed ({code}): {said.getvalue()}"
+        )
+
+
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
@@ -264,6 +284,7 @@ def build_fleet(
     from appwarden.sources.native import parse_native
     from appwarden.usecases.ingest import ingest
     from appwarden.usecases.release import refresh_expired, release_due
+    from appwarden.usecases.statistics import refresh_inventory_statistics
 
     started = time.perf_counter()
     env = {
@@ -291,6 +312,8 @@ def build_fleet(
             if result.skipped or result.quarantined or result.reports_applied != stop - start:
                 raise SystemExit(f"bench: importing devices {start}..{stop} failed: {result}")
             advance(stop - start)
+        with unit_of_work(engine, now=imported_at, write=False) as uow:
+            refresh_inventory_statistics(uow)  # as `appwarden import` ends (PostgreSQL)
         at: datetime = parse_instant(BENCH_AT)
         with unit_of_work(engine, now=at) as uow:
             release_due(uow)

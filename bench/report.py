@@ -55,6 +55,8 @@ BAR_LABELS = {
             ("rows_equal", "stored rows equal (count, checksum)"),
         )
     },
+    ("EVAL", "ratio"): "full evaluation right after an import, PostgreSQL / SQLite (first run)",
+    ("EVAL", "rows_equal"): "both stores evaluate the same rows",
 }
 
 
@@ -247,6 +249,27 @@ def _cli_rows(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _eval_rows(result: dict[str, Any]) -> list[str]:
+    bars = result["bars"]
+    sqlite, postgresql = result["sqlite"], result["postgresql"]
+
+    def seconds(store: dict[str, Any]) -> str:
+        runs = " / ".join(str(s) for s in store["evaluation_seconds"])
+        refresh = store.get("statistics_refresh_seconds")
+        analysed = f", statistics {refresh} s" if refresh is not None else ""
+        return f"{runs} s (import {store['import_seconds']} s{analysed})"
+
+    return [
+        f"EVAL full evaluation right after importing {result['parameters']['phones']:,} phones: "
+        f"PostgreSQL {seconds(postgresql)}, SQLite {seconds(sqlite)}; best of "
+        f"{len(sqlite['evaluation_seconds'])} ratio {result['ratio_best']} "
+        f"| ratio {bars['ratio']['value']} | {bars['ratio']['bar']} "
+        f"| {_ok(bars['ratio']['pass'])} |",
+        f"EVAL rows evaluated: {postgresql['rows']:,} PostgreSQL, {sqlite['rows']:,} SQLite "
+        f"| {bars['rows_equal']['value']} | equal | {_ok(bars['rows_equal']['pass'])} |",
+    ]
+
+
 DETAIL = {
     "W2": _w2_rows,
     "W4": _w4_rows,
@@ -254,6 +277,7 @@ DETAIL = {
     "W5": _w5_rows,
     "DELIVERY": _delivery_rows,
     "CLI": _cli_rows,
+    "EVAL": _eval_rows,
 }
 
 

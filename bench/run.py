@@ -1,6 +1,6 @@
 """Run the HTTP benchmarks of docs/architecture.md ("Performance bars") and record them.
 
-    python -m bench.run [--workload W2|W4|W5|W6|DELIVERY|CLI|all] [--quick] [--db URL]
+    python -m bench.run [--workload W2|W4|W5|W6|EVAL|DELIVERY|CLI|all] [--quick] [--db URL]
                         [--no-access-log]
 
 Each run builds its own fleet in a scratch store (a SQLite file in a temporary directory, or a
@@ -230,6 +230,20 @@ def _cli_workload(args: argparse.Namespace, reporter: Reporter, started: datetim
     return written
 
 
+def _eval_workload(args: argparse.Namespace, reporter: Reporter, started: datetime) -> Written:
+    """EVAL builds a scratch store on each backend: no served fleet."""
+    from bench import eval_after_import
+
+    params = eval_after_import.Params.of(quick=args.quick)
+    reporter.phase("EVAL: the full evaluation after an import", total=2 * params.phones)
+    result = eval_after_import.run(args.db, params, reporter.note, reporter.advance)
+    info = machine(result["parameters"]["store"])
+    name = result_name("EVAL", "postgresql", args.quick)
+    written = (name, _finish(result, info, args.quick, started))
+    write_result(*written)
+    return written
+
+
 def _fleet_workloads(
     args: argparse.Namespace, workloads: list[str], reporter: Reporter, started: datetime
 ) -> list[Written]:
@@ -287,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workload",
-        choices=["W2", "W4", "W6", "W5", "DELIVERY", "CLI", "ALL"],
+        choices=["W2", "W4", "W6", "W5", "EVAL", "DELIVERY", "CLI", "ALL"],
         default="ALL",
         type=str.upper,
     )
@@ -307,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     workloads = (
         ["W2", "W6", "W4", "W5", "DELIVERY", "CLI"] if args.workload == "ALL" else [args.workload]
     )
+    if args.workload == "ALL" and args.db is not None and args.db.startswith("postgres"):
+        workloads.append("EVAL")  # it compares with SQLite: only where a server is named
     if "W2" in workloads and shutil.which("wrk") is None:
         stderr.print("bench: W2 needs wrk (apt-get install -y wrk)")
         return 2
@@ -325,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             written.append(_delivery_workload(args, reporter, started))
         if "CLI" in workloads:
             written.append(_cli_workload(args, reporter, started))
-        served = [w for w in workloads if w not in ("W5", "DELIVERY", "CLI")]
+        if "EVAL" in workloads:
+            written.append(_eval_workload(args, reporter, started))
+        served = [w for w in workloads if w not in ("W5", "EVAL", "DELIVERY", "CLI")]
         if served:
             written += _fleet_workloads(args, served, reporter, started)
     if not args.no_readme:

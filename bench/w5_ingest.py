@@ -31,11 +31,9 @@ the import as the source's person.
 from __future__ import annotations
 
 import hashlib
-import io
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ import orjson
 from sqlalchemy import Engine, insert, select, text
 
 from appwarden.devices.bulk import OBSERVATION_COLUMNS
-from bench.fleet import BASE_TIME, SOURCE, _environment, check_free_space, scratch_store
+from bench.fleet import BASE_TIME, SOURCE, _environment, check_free_space, run_cli, scratch_store
 from bench.fleet import store_version as version_of
 
 APPS = 88
@@ -135,23 +133,6 @@ def pages(phones: int, *, reimport: bool) -> Iterator[bytes]:
 # ── the stores ───────────────────────────────────────────────────────────────────────────────
 
 
-def _cli(url: str, workdir: Path, *args: str) -> None:
-    from appwarden.cli.main import run
-
-    env = {
-        "APPWARDEN_ENV": "test",
-        "APPWARDEN_DATABASE_URL": url,
-        "APPWARDEN_MAILDIR": str(workdir / "mail"),
-    }
-    said = io.StringIO()
-    with _environment(env), redirect_stderr(said), redirect_stdout(io.StringIO()):
-        code = run(list(args))
-    if code != 0:
-        raise SystemExit(
-            f"bench: `appwarden {' '.join(args[:2])}` failed ({code}): {said.getvalue()}"
-        )
-
-
 def _bulk(url: str, workdir: Path, documents: list[bytes], at: str) -> float:
     """Seconds to ingest the pre-parsed documents as `appwarden import native` would."""
     from appwarden.db.engine import make_engine
@@ -195,7 +176,7 @@ def _end_to_end(url: str, workdir: Path, documents: list[bytes], at: str, tag: s
     for path, document in zip(paths, documents, strict=True):
         path.write_bytes(document)
     started = time.perf_counter()
-    _cli(url, workdir, "import", "native", *map(str, paths), "--at", at)
+    run_cli(url, workdir, "import", "native", *map(str, paths), "--at", at)
     seconds = time.perf_counter() - started
     for path in paths:
         path.unlink()
@@ -305,7 +286,7 @@ def _size(db: str | None, phones: int, workdir: Path, note: Note) -> dict[str, A
         scratch_store(_named(db, workdir, "raw"), workdir, tag="_raw") as (raw_url, _),
     ):
         for url in (bulk_url, e2e_url):
-            _cli(url, workdir, "demo", "--base-time", BASE_TIME)
+            run_cli(url, workdir, "demo", "--base-time", BASE_TIME)
         bulk, e2e, raw = make_engine(bulk_url), make_engine(e2e_url), make_engine(raw_url)
         try:
             migrate.upgrade(raw)

@@ -125,7 +125,8 @@ def refresh_decisions(
     """Recompute the device's materialised decisions at the unit of work's time, through the
     breaker (`access.breaker`; `admit`: policies whose held denies an admin releases); publish a
     DecisionChanged for each one that changed."""
-    resources = set(resources_of(uow, device.id))
+    # The evaluator read the device's resources already (its view): no second query.
+    resources = set(evaluator.view.resources if evaluator else resources_of(uow, device.id))
     for outcome in outcomes:
         resources |= outcome.rules.deny
     stored = {

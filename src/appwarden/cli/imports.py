@@ -119,6 +119,7 @@ def _ingest_each(
     """A transaction per file: a crash or an error leaves every file applied whole or not at
     all, and a large multi-page import never holds one transaction open for all of it."""
     from appwarden.usecases.ingest import Writer, ingest
+    from appwarden.usecases.statistics import refresh_inventory_statistics
 
     results = []
     settings = context.settings
@@ -139,6 +140,9 @@ def _ingest_each(
                         writer=writer,
                     )
                 )
+    # The next fleet evaluation (`status`, a release) is planned from what the files added.
+    with context.uow(now, write=False) as uow:
+        refresh_inventory_statistics(uow)
     return results
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.sql.selectable import CTE
 
 from appwarden.compliance.evaluate import PolicyRules
 from appwarden.db.base import UTCDateTime
+from appwarden.db.statistics import bulk_read_settings, refresh_statistics
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
 from appwarden.exemptions.models import Exemption
@@ -140,9 +141,29 @@ def _in_scope(rules: PolicyRules) -> Select[int, str, int]:
     )
 
 
+# The tables the fleet statement reads: their planner statistics are refreshed before it runs
+# when missing or stale (db/statistics.py; PostgreSQL only).
+FLEET_TABLES: tuple[str, ...] = tuple(
+    model.__tablename__
+    for model in (
+        Device,
+        Person,
+        PersonGroup,
+        DeviceResource,
+        Observation,
+        Coverage,
+        PolicyIdentifier,
+        PolicyFirstSeen,
+        Exemption,
+    )
+)
+
+
 def fleet_rows(uow: UnitOfWork, rules: PolicyRules, *, now: datetime) -> list[FleetRow]:
     """The state of every in-scope device under `rules` at `now`."""
-    rows = uow.session.execute(_fleet_query(rules, now)).mappings().all()
+    refresh_statistics(uow.engine, FLEET_TABLES, only_stale=True)
+    with bulk_read_settings(uow.session):
+        rows = uow.session.execute(_fleet_query(rules, now)).mappings().all()
     return [_fleet_row(r) for r in rows]
 
 

@@ -67,22 +67,41 @@ def rules_of(
     )
 
 
-def device_views(uow: UnitOfWork, device_ids: Collection[int]) -> dict[int, DeviceView]:
-    """Everything evaluation needs about these devices, in a fixed number of queries."""
+def device_views(
+    uow: UnitOfWork,
+    device_ids: Collection[int],
+    *,
+    loaded: Collection[Device] = (),
+    keep: list[object] | None = None,
+) -> dict[int, DeviceView]:
+    """Everything evaluation needs about these devices, in a fixed number of queries.
+
+    `loaded`: devices the caller holds already (not read again when they are all of them);
+    `keep` receives the owners read, so that the caller's later `session.get` of one finds it
+    in the session instead of reading it again (the session holds its objects weakly)."""
     ids = list(device_ids)
     if not ids:
         return {}
     session = uow.session
-    devices = session.scalars(select(Device).where(Device.id.in_(ids))).all()
+    held = {d.id: d for d in loaded}
+    devices = (
+        [held[i] for i in ids]
+        if all(i in held for i in ids)
+        else session.scalars(select(Device).where(Device.id.in_(ids))).all()
+    )
     owner_ids = {d.owner_id for d in devices if d.owner_id is not None}
-    people = {p.id: p for p in session.scalars(select(Person).where(Person.id.in_(owner_ids)))}
+    people: dict[int, Person] = {}
     groups: dict[int, set[str]] = defaultdict(set)
-    for person_id, group in session.execute(
-        select(PersonGroup.person_id, PersonGroup.group_name).where(
-            PersonGroup.person_id.in_(owner_ids)
-        )
+    for member, group in session.execute(  # owners and their groups in one statement
+        select(Person, PersonGroup.group_name)
+        .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
+        .where(Person.id.in_(owner_ids))
     ):
-        groups[person_id].add(group)
+        people[member.id] = member
+        if group is not None:
+            groups[member.id].add(group)
+    if keep is not None:
+        keep.extend(people.values())
     resources: dict[int, set[str]] = defaultdict(set)
     for device_id, resource in session.execute(
         select(DeviceResource.device_id, DeviceResource.resource).where(
@@ -154,6 +173,16 @@ def exemption_windows(
         ends = min(e.ends_at, e.revoked_at) if e.revoked_at is not None else e.ends_at
         windows.append(ExemptionWindow(e.id, e.starts_at, ends))
     return windows
+
+
+def stored_first_seens(uow: UnitOfWork, device_id: int) -> dict[str, PolicyFirstSeen]:
+    """The device's stored first sightings, by policy id, in one query."""
+    return {
+        row.policy_id: row
+        for row in uow.session.scalars(
+            select(PolicyFirstSeen).where(PolicyFirstSeen.device_id == device_id)
+        )
+    }
 
 
 def stored_first_seen(uow: UnitOfWork, policy_id: str, device_id: int) -> datetime | None:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import select
+
 from appwarden.compliance.evaluate import (
     DeviceView,
     Evaluation,
@@ -23,6 +25,7 @@ from appwarden.compliance.rules import (
     granted_exemptions,
     rules_of,
     stored_first_seen,
+    stored_first_seens,
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
@@ -74,24 +77,47 @@ class SharedReads:
 
 class DeviceEvaluator:
     """One device under the versions in effect at each instant asked for; what does not depend
-    on the instant (its observations, the versions' rules, exemptions) is read once, and with
-    `shared`, once for every device evaluated with the same `SharedReads`."""
+    on the instant (its observations, the versions' rules, exemptions, stored first sightings)
+    is read once, so the instants `access.service.next_decision` asks about cost no query; with
+    `shared`, what is not the device's own is read once for every device evaluated with the same
+    `SharedReads`.
+
+    The first sightings are those stored when the evaluator first looked: `record_outcomes`
+    stores the first sighting the evaluation at that instant found, and a later instant with the
+    same facts finds the same one, so reading them again would not change an evaluation."""
 
     def __init__(self, uow: UnitOfWork, device: Device, shared: SharedReads | None = None) -> None:
         self.uow = uow
         self.device = device
         self._shared = shared or SharedReads()
         self._windows: dict[str, list[ExemptionWindow]] = {}
+        self._first_seen: dict[str, PolicyFirstSeen] | None = None
         self._outcomes: dict[datetime, list[Outcome]] = {}
+        self._held: list[object] = []  # the owner, so that event reactions find it in the session
+
+    @property
+    def view(self) -> DeviceView:
+        """The device's view: the shared one where `SharedReads.prefetch` read it, else read here
+        with the device (and its owner, kept) already in the session."""
+        device = self.device
+        view = self._shared.views.get(device.id)
+        if view is None:
+            views = device_views(self.uow, [device.id], loaded=[device], keep=self._held)
+            view = self._shared.views[device.id] = views[device.id]
+        return view
+
+    def _stored_first_seen(self, policy_id: str) -> datetime | None:
+        if self._first_seen is None:
+            self._first_seen = stored_first_seens(self.uow, self.device.id)
+        row = self._first_seen.get(policy_id)
+        return None if row is None else row.first_seen_at
 
     def at(self, instant: datetime) -> list[Outcome]:
         known = self._outcomes.get(instant)
         if known is not None:
             return known
         uow, device, shared = self.uow, self.device, self._shared
-        view = shared.views.get(device.id)
-        if view is None:
-            view = shared.views[device.id] = device_views(uow, [device.id])[device.id]
+        view = self.view
         if shared.released is None:
             shared.released = released_versions(uow)
         outcomes = []
@@ -115,7 +141,7 @@ class DeviceEvaluator:
                 view,
                 now=instant,
                 exemptions=windows,
-                stored_first_seen=stored_first_seen(uow, rules.policy_id, view.device_id),
+                stored_first_seen=self._stored_first_seen(rules.policy_id),
             )
             outcomes.append(Outcome(version, rules, evaluation))
         self._outcomes[instant] = outcomes
@@ -187,6 +213,12 @@ def fleet_status(uow: UnitOfWork, rules: PolicyRules, at: datetime) -> list[tupl
 
 def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) -> None:
     """Store in-scope states and first-seen times for one device (in the caller's transaction)."""
+    records = {  # one query for the device's stored states, however many versions
+        r.version_id: r
+        for r in uow.session.scalars(
+            select(ComplianceRecord).where(ComplianceRecord.device_id == device_id)
+        )
+    }
     for outcome in outcomes:
         evaluation = outcome.evaluation
         key = (outcome.version.id, device_id)
@@ -202,7 +234,7 @@ def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) ->
                 )
             elif evaluation.first_seen < first.first_seen_at:
                 first.first_seen_at = evaluation.first_seen
-        stored = uow.session.get(ComplianceRecord, key)
+        stored = records.get(key[0])
         if evaluation.state == ComplianceState.NOT_APPLICABLE:
             if stored is not None:
                 uow.session.delete(stored)

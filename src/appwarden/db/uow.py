@@ -51,6 +51,13 @@ class UnitOfWork:
     def dialect(self) -> str:
         return self.session.get_bind().dialect.name
 
+    @property
+    def engine(self) -> Engine:
+        """The engine the unit of work's connection came from (for work on a connection of
+        its own, such as `db.statistics.refresh_statistics`)."""
+        bind = self.session.get_bind()
+        return bind if isinstance(bind, Engine) else bind.engine
+
 
 @contextmanager
 def unit_of_work(

@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from appwarden.catalog.matching import key_matches, match_key
 from appwarden.db.uow import UnitOfWork
@@ -460,25 +460,26 @@ def _apply_observations(
         ):
             uow.session.delete(gone)
     applied_any = False
+    added: list[dict[str, object]] = []
     for (namespace, key), (raw, version, name) in apps.items():
         observation = existing.get((namespace, key))
         if observation is None:
             if stale_part(stored, namespace, key, observed_at):
                 continue
             applied_any = True
-            uow.session.add(
-                Observation(
-                    device_id=feed.device_id,
-                    source=feed.source,
-                    evidence_kind=feed.kind,
-                    namespace=namespace,
-                    value=key,
-                    raw_value=raw,
-                    version=version,
-                    name=name,
-                    first_seen_at=observed_at,
-                    last_seen_at=observed_at,
-                )
+            added.append(
+                {
+                    "device_id": feed.device_id,
+                    "source": feed.source,
+                    "evidence_kind": feed.kind,
+                    "namespace": namespace,
+                    "value": key,
+                    "raw_value": raw,
+                    "version": version,
+                    "name": name,
+                    "first_seen_at": observed_at,
+                    "last_seen_at": observed_at,
+                }
             )
         elif observed_at >= observation.last_seen_at:
             applied_any = True
@@ -488,6 +489,9 @@ def _apply_observations(
             observation.first_seen_at = min(observation.first_seen_at, observed_at)
         elif observed_at < observation.first_seen_at:
             observation.first_seen_at = observed_at  # an older report proves an earlier sighting
+    if added:  # one statement for the report's new apps (the session adds one per object)
+        uow.session.flush()
+        uow.session.execute(insert(Observation), added)
     return applied_any
 
 

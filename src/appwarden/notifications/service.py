@@ -55,9 +55,11 @@ def enqueue(
     domain: str,
     payload: dict[str, Any] | None = None,
     in_reply_to: str | None = None,
+    looked: bool = False,
 ) -> Notice | None:
-    """Queue a notice unless that (person, policy, kind, slot) was already queued."""
-    if find(uow, person_id, policy_id, kind, due_slot) is not None:
+    """Queue a notice unless that (person, policy, kind, slot) was already queued (`looked`: the
+    caller has just found it was not, with `find` in this transaction)."""
+    if not looked and find(uow, person_id, policy_id, kind, due_slot) is not None:
         return None
     notice = Notice(
         person_id=person_id,

@@ -708,9 +708,8 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
         slot = event.at.strftime("%Y-%m-%dT%H")
         if outbox.find(uow, person.id, policy_id, kind, slot):
             continue  # debounce: one of each per person and policy per hour
-        ids = device_identifiers(uow, [device.id])[device.id]
-        line = DeviceLine(
-            name=device.name or ids[0],
+        line = DeviceLine(  # an unnamed device is called by its first identifier
+            name=device.name or device_identifiers(uow, [device.id])[device.id][0],
             device_id=device.id,
             platform=device.platform,
             variant=_blocked_variant(uow, event, policy_id)
@@ -739,6 +738,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             rendered=rendered,
             domain=config.domain,
             payload={"template": str(kind), "device": device.id, "resource": event.resource},
+            looked=True,
         )
 
 

@@ -50,6 +50,7 @@ from appwarden.sources.registry import crawl_for, parse_files
 from appwarden.timeutil import iso
 from appwarden.usecases.deliver import OpenUnitOfWork
 from appwarden.usecases.ingest import IngestResult, Writer, ingest, retire_absent
+from appwarden.usecases.statistics import refresh_inventory_statistics
 
 log = logging.getLogger("appwarden.sync")
 
@@ -265,6 +266,9 @@ def _finish(run: _Run, *, elapsed: float) -> SyncOutcome:
         if outcome.complete:
             runs.promote_listed(uow, outcome.source, outcome.run_id)
             _retire_absent(uow, run)
+        # The pages' own transactions are committed: a run that changed many rows leaves the
+        # next fleet evaluation planned from what the tables hold now.
+        refresh_inventory_statistics(uow)
     _log(outcome)
     return outcome
 

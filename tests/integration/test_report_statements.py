@@ -1,0 +1,122 @@
+"""W4's path (docs/architecture.md, "Performance bars"): one device's report, from the ingest call
+to the committed decision, costs a bounded number of statements on both stores, one per table
+and purpose, not one per app, identifier or policy row. Counted with SQLAlchemy's cursor event,
+so a change that adds a round trip per report fails here before it shows in the benchmark."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import event, select
+
+from appwarden.access.models import DecisionRecord
+from appwarden.db.uow import unit_of_work
+from appwarden.devices.models import DeviceIdentifier
+from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
+from appwarden.notifications.models import Notice
+from appwarden.settings import Settings
+from appwarden.usecases.ingest import ingest
+from appwarden.vocabulary import EvidenceKind, Ownership, Platform
+from appwarden.wiring import Services
+
+IMPORTED = datetime(2020, 7, 11, 18, tzinfo=UTC)  # after the reference memo's deadline
+OBSERVED = datetime(2020, 7, 10, 15, tzinfo=UTC)  # before its release: TikTok is overdue
+CLEANED = datetime(2020, 7, 11, 18, 30, tzinfo=UTC)
+AT = datetime(2020, 7, 11, 19, tzinfo=UTC)
+TIKTOK = AppSeen("apple_bundle_id", "com.zhiliaoapp.musically", "38.4.0", "TikTok")
+# The statements of one report that clears a denied phone: resolving it, storing the report
+# (report, coverage, observations updated, removed and added), evaluating it, writing its state
+# and decision, the "restored" notice, and the commit's stamp. Measured 28 on both stores
+# (SQLite's BEGIN IMMEDIATE included, PostgreSQL's NOTIFY for the gate copies; a named device
+# saves one more); 35 before the evaluator kept what it had read, owners came with their groups
+# and the new apps went in one statement (one INSERT each).
+BOUND = 28
+
+
+def _apps(count: int) -> list[AppSeen]:
+    return [
+        AppSeen("apple_bundle_id", f"com.example.app{i:03d}", "1.0", None) for i in range(count)
+    ]
+
+
+def _report(udid: str, owner: str | None, apps: list[AppSeen], at: datetime) -> InventoryBatch:
+    """A phone's inventory; without `owner`, its identifiers only (as W4's reports: an MDM's
+    device facts arrive with the first one)."""
+    identifiers = (("udid", udid), ("eas_device_id", f"EAS{udid}"))
+    device = (
+        DeviceFacts(
+            identifiers=identifiers,
+            platform=Platform.IOS,
+            form_factor="phone",
+            ownership=Ownership.CORPORATE,
+            owner_email=owner,
+            resources=("email",),
+        )
+        if owner
+        else DeviceFacts(identifiers=identifiers)
+    )
+    return InventoryBatch(
+        reports=(
+            ReportFacts(
+                device=device,
+                source="mdm-export",
+                evidence_kind=EvidenceKind.INVENTORY,
+                observed_at=at,
+                apps=tuple(apps),
+            ),
+        )
+    )
+
+
+def _counted(store, services: Services, batch: InventoryBatch) -> list[str]:
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, _params, _context, _many) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        with services.uow(AT) as uow:
+            result = ingest(uow, batch)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    assert result.reports_applied == 1
+    assert len(result.decision_changes) == 1  # deny -> allow
+    return statements
+
+
+def _first_lines(statements: list[str]) -> list[str]:
+    return [" ".join(s.split())[:100] for s in statements]
+
+
+def _decision(store, udid: str) -> str:
+    with unit_of_work(store.engine, now=AT, write=False) as uow:
+        device_id = uow.session.scalar(
+            select(DeviceIdentifier.device_id).where(DeviceIdentifier.value == udid)
+        )
+        record = uow.session.get(DecisionRecord, (device_id, "email"))
+        assert record is not None
+        return record.decision
+
+
+def test_one_report_costs_a_bounded_number_of_statements(store, demo, tmp_path: Path):
+    phones = {"SMALL-1": ("alice@example.com", 2), "LARGE-1": ("bob@example.com", 40)}
+    with unit_of_work(store.engine, now=IMPORTED) as uow:  # both phones denied for TikTok
+        for udid, (owner, apps) in phones.items():
+            ingest(uow, _report(udid, owner, [TIKTOK, *_apps(apps)], OBSERVED))
+    services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
+    counts: dict[str, list[str]] = {}
+    for udid, (_, apps) in phones.items():
+        assert _decision(store, udid) == "deny"
+        # TikTok gone, a quarter of the other apps replaced: rows updated, added and removed
+        shift = max(1, apps // 4)
+        cleaned = _apps(apps + shift)[shift:]
+        counts[udid] = _counted(store, services, _report(udid, None, cleaned, CLEANED))
+        assert _decision(store, udid) == "allow"
+    small, large = (_first_lines(counts[udid]) for udid in ("SMALL-1", "LARGE-1"))
+    assert small == large, "\n".join([*small, "---", *large])  # per table, not per row
+    assert len(small) <= BOUND, "\n".join(small)
+    with unit_of_work(store.engine, now=AT, write=False) as uow:  # the reactions ran
+        kinds = set(uow.session.scalars(select(Notice.kind)))
+    assert "restored" in kinds
