@@ -86,7 +86,7 @@ def test_alice_walks_from_the_notice_to_an_exemption_and_a_retraction(portal, pa
     page.wait_for_url(f"{portal.url}/me/")
     pages.check(page, "home")
     page.get_by_role("link", name="What we store").click()
-    page.get_by_text("00008110-000A1B2C3D4E801E").wait_for()
+    page.get_by_text("00008110-000A1B2C3D4E801E").first.wait_for()  # listed, and in its rows
     pages.check(page, "data")
 
     # The memo is taken back: her page says nothing is needed, with the correction.
