@@ -10,7 +10,7 @@ says what happened in words of its own (`DONE`), so nothing posted is ever echoe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Final
 
 from fastapi import Request
@@ -20,6 +20,7 @@ from appwarden.errors import InvalidInput, Problem
 from appwarden.usecases import fleet_console as fleet
 from appwarden.usecases.conflicts import settle_conflict
 from appwarden.usecases.inventory import DeviceFilters
+from appwarden.usecases.paging import Page
 from appwarden.usecases.sign_in import Visitor
 from appwarden.vocabulary import ComplianceState, Permission, Platform
 from appwarden.web.console import (
@@ -75,6 +76,31 @@ def shown(request: Request, visitor: Visitor, template: str, **values: Any) -> R
     return console_page(request, template, visitor, values)
 
 
+async def listed(
+    request: Request,
+    visitor: Visitor,
+    work: Callable[..., Page[Any]],
+    template: str,
+    *,
+    filters: Iterable[str],
+    rows: str,
+    defaults: Mapping[str, str] | None = None,
+    **values: Any,
+) -> Response:
+    """A list page: the `filters` asked for (a filter absent from the query takes its entry in
+    `defaults`), one page of `work`'s rows given to the template as `rows`, and the link to the
+    next page."""
+    asked = query_values(request, filters)
+    for name, value in (defaults or {}).items():
+        if name not in request.query_params:
+            asked[name] = value
+    found = await run_as(request, visitor, work, **asked, window=window_of(request), write=False)
+    values[rows] = found.rows
+    return shown(
+        request, visitor, template, asked=asked, next_url=next_page_url(request, found), **values
+    )
+
+
 # ── devices ───────────────────────────────────────────────────────────────────────────────────
 
 DEVICE_FILTERS: Final = ("person", "identifier", "platform", "state", "source")
@@ -118,17 +144,13 @@ async def merge_device(request: Request, device_id: int, form: AdminForm) -> Res
 
 async def people_page(request: Request, visitor: Reader) -> Response:
     """People, one by name, or by status (`left`: the leavers)."""
-    asked = query_values(request, ("name", "status"))
-    found = await run_as(
-        request, visitor, fleet.people_page, **asked, window=window_of(request), write=False
-    )
-    return shown(
+    return await listed(
         request,
         visitor,
+        fleet.people_page,
         "console/people.html",
-        asked=asked,
-        people=found.rows,
-        next_url=next_page_url(request, found),
+        filters=("name", "status"),
+        rows="people",
     )
 
 
@@ -137,18 +159,14 @@ async def people_page(request: Request, visitor: Reader) -> Response:
 
 async def conflicts_page(request: Request, visitor: Reader) -> Response:
     """Fact conflicts (open by default), each settled by accepting or rejecting it."""
-    asked = query_values(request, ("show",))
-    found = await run_as(
-        request, visitor, fleet.conflict_page, **asked, window=window_of(request), write=False
-    )
-    return shown(
+    return await listed(
         request,
         visitor,
+        fleet.conflict_page,
         "console/conflicts.html",
-        asked=asked,
-        conflicts=found.rows,
+        filters=("show",),
+        rows="conflicts",
         views=fleet.CONFLICT_VIEWS,
-        next_url=next_page_url(request, found),
     )
 
 
@@ -185,18 +203,14 @@ async def settle_conflict_form(request: Request, conflict_id: int, form: AdminFo
 
 async def quarantine_page(request: Request, visitor: Reader) -> Response:
     """Reports held back because their identifiers named several devices."""
-    asked = query_values(request, ("show",))
-    found = await run_as(
-        request, visitor, fleet.quarantine_page, **asked, window=window_of(request), write=False
-    )
-    return shown(
+    return await listed(
         request,
         visitor,
+        fleet.quarantine_page,
         "console/quarantine.html",
-        asked=asked,
-        held=found.rows,
+        filters=("show",),
+        rows="held",
         views=fleet.CONFLICT_VIEWS,
-        next_url=next_page_url(request, found),
     )
 
 

@@ -20,8 +20,8 @@ from appwarden.usecases.health import health_rows
 from appwarden.usecases.sign_in import Visitor
 from appwarden.vocabulary import NoticeStatus, Permission
 from appwarden.web.auth import runtime_of
-from appwarden.web.console import Posted, Route, next_page_url, posted, run_as, signed_in, window_of
-from appwarden.web.console_fleet import chosen, query_values, shown
+from appwarden.web.console import Posted, Route, posted, run_as, signed_in
+from appwarden.web.console_fleet import chosen, listed, shown
 from appwarden.web.pages import redirect
 
 Reader = Annotated[Visitor, signed_in(Permission.READ)]
@@ -44,18 +44,14 @@ async def sources_page(request: Request, visitor: Reader) -> Response:
 
 async def notices_page(request: Request, visitor: Reader) -> Response:
     """Notices, newest first, by status and policy; failed ones can be queued again."""
-    asked = query_values(request, ("status", "policy"))
-    found = await run_as(
-        request, visitor, operations.notice_page, **asked, window=window_of(request), write=False
-    )
-    return shown(
+    return await listed(
         request,
         visitor,
+        operations.notice_page,
         "console/notices.html",
-        asked=asked,
-        notices=found.rows,
+        filters=("status", "policy"),
+        rows="notices",
         statuses=list(NoticeStatus),
-        next_url=next_page_url(request, found),
     )
 
 
@@ -77,25 +73,15 @@ async def retry_notices(request: Request, form: RetryForm) -> Response:
 
 async def exemptions_page(request: Request, visitor: Reader) -> Response:
     """The exemptions queue (requests first) and every decided exemption, by status."""
-    asked = query_values(request, ("status", "policy"))
-    if "status" not in request.query_params:
-        asked["status"] = "requested"
-    found = await run_as(
+    return await listed(
         request,
         visitor,
         operations.exemption_page,
-        **asked,
-        window=window_of(request),
-        write=False,
-    )
-    return shown(
-        request,
-        visitor,
         "console/exemptions.html",
-        asked=asked,
-        exemptions=found.rows,
+        filters=("status", "policy"),
+        defaults={"status": "requested"},
+        rows="exemptions",
         statuses=operations.EXEMPTION_STATUSES,
-        next_url=next_page_url(request, found),
     )
 
 
@@ -144,21 +130,17 @@ async def settings_page(request: Request, visitor: Admin) -> Response:
 
 async def audit_page(request: Request, visitor: Reader) -> Response:
     """The audit log, newest first, by action; `?verify=1` checks the whole chain too."""
-    asked = query_values(request, ("action",))
-    found = await run_as(
-        request, visitor, operations.audit_page, **asked, window=window_of(request), write=False
-    )
     verification = None
     if request.query_params.get("verify") == "1":
         verification = await run_as(request, visitor, operations.audit_verification, write=False)
-    return shown(
+    return await listed(
         request,
         visitor,
+        operations.audit_page,
         "console/audit.html",
-        asked=asked,
-        entries=found.rows,
+        filters=("action",),
+        rows="entries",
         verification=verification,
-        next_url=next_page_url(request, found),
     )
 
 
