@@ -13,6 +13,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,15 +67,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """One migrated PostgreSQL database for the session; tests empty it between runs."""
+@contextmanager
+def migrated_postgres_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database named `prefix_<random>`, migrated; its URL. Dropped on exit.
+    Fails (or skips, without APPWARDEN_REQUIRE_SERVICES=1) when no server is reachable."""
     problem = _postgres_available()
     if problem:
         if REQUIRE_SERVICES:
             pytest.fail(f"PostgreSQL is required (APPWARDEN_REQUIRE_SERVICES=1): {problem}")
         pytest.skip(f"PostgreSQL not reachable: {problem}")
-    name = f"appwarden_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -82,10 +84,19 @@ def postgres_database() -> Iterator[str]:
     engine = make_engine(url)
     migrate.upgrade(engine)
     engine.dispose()
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """One migrated PostgreSQL database for the session; tests empty it between runs."""
+    with migrated_postgres_database("appwarden_test") as url:
+        yield url
 
 
 def _empty_postgres(engine: Engine) -> None:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, Table, create_engine, func, select, text
-from sqlalchemy.engine import make_url
-from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_SERVICES, _postgres_available
+from sqlalchemy import Engine, Table, func, select, text
+from tests.conftest import migrated_postgres_database
 from tests.portal_harness import (
     MORNING,
     TimeFile,
@@ -35,7 +34,6 @@ from tests.portal_harness import (
 )
 
 from appwarden.cli.main import run
-from appwarden.db import migrate
 from appwarden.db.engine import make_engine
 from appwarden.policies.models import PolicyVersion
 from appwarden.vocabulary import SignInMethod
@@ -353,26 +351,20 @@ def big_store(
 ) -> Iterator[tuple[str, Engine, float]]:
     """A store holding the reference organisation and 100,000 more devices; how long writing
     the fleet took."""
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("fleet") / "fleet.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        url, drop = f"sqlite:///{path}", None
-    else:
-        problem = _postgres_available()
-        if problem:
-            if REQUIRE_SERVICES:
-                pytest.fail(f"PostgreSQL is required (APPWARDEN_REQUIRE_SERVICES=1): {problem}")
-            pytest.skip(f"PostgreSQL not reachable: {problem}")
-        name = f"appwarden_fleet_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        migrating = make_engine(url)
-        migrate.upgrade(migrating)
-        migrating.dispose()
-        drop = (admin, name)
-    engine = make_engine(url)
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            path = tmp_path_factory.mktemp("fleet") / "fleet.db"
+            shutil.copy(request.getfixturevalue("sqlite_template"), path)
+            url = f"sqlite:///{path}"
+        else:
+            url = stack.enter_context(migrated_postgres_database("appwarden_fleet"))
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        yield url, engine, _written(url, engine)
+
+
+def _written(url: str, engine: Engine) -> float:
+    """Write the reference organisation and the fleet; the seconds the fleet took."""
     _organisation(url)
     started = time.perf_counter()
     _fleet(engine)
@@ -385,16 +377,7 @@ def big_store(
                     )
                 )
             connection.execute(text("ANALYZE"))
-    written = time.perf_counter() - started
-    try:
-        yield url, engine, written
-    finally:
-        engine.dispose()
-        if drop is not None:
-            admin, name = drop
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    return time.perf_counter() - started
 
 
 def _sized(path: str, size: int) -> str:
