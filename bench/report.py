@@ -244,9 +244,17 @@ def _cli_rows(result: dict[str, Any]) -> list[str]:
         f"| {bars['help_seconds']['value']} s | {bars['help_seconds']['bar']} "
         f"| {_ok(bars['help_seconds']['pass'])} |",
         f"CLI `appwarden decide` {median['decide']} s / `import sqlalchemy.orm` "
-        f"{median['import_sqlalchemy_orm']} s | ratio {bars['decide_ratio']['value']} "
+        f"{median['import_sqlalchemy_orm']} s{_libraries(median)} "
+        f"| ratio {bars['decide_ratio']['value']} "
         f"| {bars['decide_ratio']['bar']} | {_ok(bars['decide_ratio']['pass'])} |",
     ]
+
+
+def _libraries(median: dict[str, float]) -> str:
+    """The libraries' own start (a diagnostic that results before 2026-12-02 lack)."""
+    if "libraries" not in median:
+        return ""
+    return f" (typer, pydantic-settings and the ORM together: {median['libraries']} s)"
 
 
 def _eval_rows(result: dict[str, Any]) -> list[str]:

@@ -30,11 +30,8 @@ NOT_FOR_HELP = (
 PROBE = """
 import json, sys
 sys.argv = ["appwarden", *sys.argv[1:]]
-from appwarden.cli.main import main
-try:
-    main()
-except SystemExit:
-    pass
+from appwarden.cli.main import run
+run(sys.argv[1:])
 sys.stderr.write(json.dumps(sorted(sys.modules)))
 """
 

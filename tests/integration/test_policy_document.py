@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 from appwarden.catalog.loader import load_catalog
-from appwarden.cli import render
+from appwarden.cli import consoles, render
 from appwarden.notifications.templates import templates_digest
 from appwarden.policies.document import parse_policy
 from appwarden.policies.service import content_hash, resolve_identifiers
@@ -92,7 +92,7 @@ def test_on_a_terminal_the_document_is_literal_text(monkeypatch):
     """The document is user text: on a terminal no markup is interpreted and no control
     character reaches it; piped, it is written exactly."""
     screen = io.StringIO()
-    terminal = render.PlainConsole(file=screen, force_terminal=True, width=200)
+    terminal = consoles.PlainConsole(file=screen, force_terminal=True, width=200)
     monkeypatch.setattr(render, "console", terminal)
     render.emit_document("title: [bold]x[/bold] [link=https://evil.example]y[/link]\x1b[2J\n")
     shown = screen.getvalue()

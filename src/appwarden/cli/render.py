@@ -12,12 +12,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 # C0 and C1 controls (but tab and newline), DEL, and the bidirectional overrides that can make
 # text read differently from what it is: shown as Python escapes (`\x1b`), never sent raw.
@@ -38,21 +39,24 @@ def plain(text: str) -> str:
     return text.translate(_UNSAFE)
 
 
-class PlainConsole(Console):
-    """A console on which every string is literal text: no markup, no emoji codes, no controls.
-
-    Every string rich prints (a message, a table cell or title) goes through `render_str`."""
+class _Console:
+    """A `PlainConsole` (cli/consoles.py) made on first use: importing rich costs a command
+    that prints nothing with it, and `--help`, a tenth of a second."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(highlight=False, markup=False, emoji=False, **kwargs)
+        self._kwargs = kwargs
+        self._made: Console | None = None
 
-    def render_str(self, text: str, **kwargs: Any) -> Text:
-        kwargs.update(markup=False, emoji=False)
-        return super().render_str(plain(text), **kwargs)
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            from appwarden.cli.consoles import PlainConsole
+
+            self._made = PlainConsole(**self._kwargs)
+        return getattr(self._made, name)
 
 
-console = PlainConsole()
-errors = PlainConsole(stderr=True)
+console = cast("Console", _Console())
+errors = cast("Console", _Console(stderr=True))
 
 STATE_STYLE = {
     "non_compliant": "bold red",
@@ -84,6 +88,10 @@ def emit_document(text: str) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich.table import Table
+
+    from appwarden.cli.consoles import PlainConsole
+
     grid = Table(title=title, title_justify="left", show_lines=False, expand=False)
     for column in columns:
         grid.add_column(column, overflow="fold")
@@ -97,12 +105,16 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
 
 def styled(cell: Any) -> Text:
     """A table cell: a state or decision in its colour, anything else as literal text."""
+    from rich.text import Text
+
     text = plain("" if cell is None else str(cell))
     return Text(text, style=STATE_STYLE.get(text, ""))
 
 
 def bold(text: str) -> Text:
     """Emphasis for a value we print (literal text, whatever it contains)."""
+    from rich.text import Text
+
     return Text(plain(text), style="bold")
 
 
