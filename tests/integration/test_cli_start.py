@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 # What a command imports only when it runs: the migrations, the delivery stack, the server,
-# HTTP clients, templates, the store's ORM and the settings model, the vendor formats.
+# HTTP clients, templates, the store's ORM and the settings model, the vendor formats, rich.
 NOT_FOR_HELP = (
     "alembic",
     "appwarden.db.migrate",
@@ -23,7 +23,7 @@ NOT_FOR_HELP = (
     "httpx",
     "jinja2",
     "pydantic_settings",
-    "rich.progress",
+    "rich",
     "sqlalchemy",
 )
 
