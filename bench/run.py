@@ -188,7 +188,7 @@ def _w5_workload(args: argparse.Namespace, reporter: Reporter, started: datetime
     """W5 builds its own scratch stores: no served fleet."""
     from bench import w5_ingest
 
-    params = w5_ingest.Params.of(quick=args.quick)
+    params = w5_ingest.Params.of(quick=args.quick, sizes=args.w5_phones)
     reporter.phase("W5: ingest, fresh and re-import", total=sum(params.sizes))
     result = w5_ingest.run(args.db, params, reporter.note, reporter.advance)
     info = machine(result["parameters"]["store"])
@@ -307,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="1,000 extra devices, short runs")
     parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
+    parser.add_argument(
+        "--w5-phones",
+        type=lambda text: tuple(int(n.replace("_", "")) for n in text.split(",")),
+        default=None,
+        metavar="N[,N]",
+        help="W5's fleet sizes (default: 20,000 and 100,000; --quick: 500)",
+    )
     parser.add_argument(
         "--no-access-log",
         action="store_true",

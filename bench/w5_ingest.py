@@ -73,8 +73,8 @@ class Params:
     sizes: tuple[int, ...]
 
     @classmethod
-    def of(cls, *, quick: bool) -> Params:
-        return cls((500,) if quick else (20_000, 100_000))
+    def of(cls, *, quick: bool, sizes: tuple[int, ...] | None = None) -> Params:
+        return cls(sizes or ((500,) if quick else (20_000, 100_000)))
 
 
 # ── the phones ───────────────────────────────────────────────────────────────────────────────
