@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 
 from appwarden.access.breaker import DeviceFlips
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
@@ -59,6 +59,17 @@ def decide_for(
 CHANGES_CHANNEL = "appwarden_decisions"
 _WRITTEN_KEY = "appwarden.decisions_written"
 _STAMP_CHUNK = 500
+# Built once: every transaction that writes decisions runs them (W4; see `compliance.rules`).
+_DECISIONS_OF_DEVICE = select(DecisionRecord).where(
+    DecisionRecord.device_id == bindparam("device_id")
+)
+_STAMP = (
+    update(DecisionRecord)
+    .where(DecisionRecord.device_id.in_(bindparam("ids", expanding=True)))
+    .values(written_at=bindparam("stamp"))
+    .execution_options(synchronize_session=False)
+)
+_NOTIFY = text("SELECT pg_notify(:channel, '')")
 
 
 def written_devices(uow: UnitOfWork) -> set[int]:
@@ -77,14 +88,9 @@ def _stamp_written(uow: UnitOfWork, written: set[int]) -> None:
     ids = sorted(written)
     stamp = datetime.now(UTC)
     for start in range(0, len(ids), _STAMP_CHUNK):
-        uow.session.execute(
-            update(DecisionRecord)
-            .where(DecisionRecord.device_id.in_(ids[start : start + _STAMP_CHUNK]))
-            .values(written_at=stamp)
-            .execution_options(synchronize_session=False)
-        )
+        uow.session.execute(_STAMP, {"ids": ids[start : start + _STAMP_CHUNK], "stamp": stamp})
     if uow.dialect == "postgresql":
-        uow.session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGES_CHANNEL})
+        uow.session.execute(_NOTIFY, {"channel": CHANGES_CHANNEL})
 
 
 def next_decision(
@@ -130,15 +136,13 @@ def refresh_decisions(
     for outcome in outcomes:
         resources |= outcome.rules.deny
     stored = {
-        r.resource: r
-        for r in uow.session.scalars(
-            select(DecisionRecord).where(DecisionRecord.device_id == device.id)
-        )
+        r.resource: r for r in uow.session.scalars(_DECISIONS_OF_DEVICE, {"device_id": device.id})
     }
     changes = []
     written_devices(uow).add(device.id)
     evaluator = evaluator or DeviceEvaluator(uow, device)
     flips = DeviceFlips(uow, device, admit)
+    versions = tuple((o.version.policy_id, o.version.id) for o in outcomes)
     for resource in sorted(resources | set(stored)):
         raw = decide_for(uow, device, resource, uow.now, outcomes)
         record = stored.get(resource)
@@ -155,7 +159,9 @@ def refresh_decisions(
         if old != result.decision:
             record.changed_at = uow.now
             causes = _denying(result.reasons) if result.decision == Decision.DENY else denied_before
-            change = DecisionChanged(device.id, resource, old, result.decision, causes, uow.now)
+            change = DecisionChanged(
+                device.id, resource, old, result.decision, causes, uow.now, versions
+            )
             changes.append(change)
     flips.finish()
     uow.session.flush()

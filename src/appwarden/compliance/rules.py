@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 
 from appwarden.compliance.evaluate import (
     Covered,
@@ -24,6 +24,28 @@ from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person, PersonGroup
 from appwarden.policies.models import PolicyFirstSeen, PolicyIdentifier, PolicyVersion
 
+# Statements evaluation runs for every device are built once (a statement built and keyed per
+# call costs more Python than SQLite takes to run it: W4, bench/README.md).
+_IDS: BindParameter[int] = bindparam("ids", expanding=True)
+_IDENTIFIERS_OF_VERSION = select(PolicyIdentifier).where(
+    PolicyIdentifier.version_id == bindparam("version_id")
+)
+_DEVICES = select(Device).where(Device.id.in_(_IDS))
+_OWNERS_AND_GROUPS = (
+    select(Person, PersonGroup.group_name)
+    .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
+    .where(Person.id.in_(_IDS))
+)
+_RESOURCES = select(DeviceResource.device_id, DeviceResource.resource).where(
+    DeviceResource.device_id.in_(_IDS)
+)
+_OBSERVATIONS = select(Observation).where(Observation.device_id.in_(_IDS))
+_COVERAGE = select(Coverage).where(Coverage.device_id.in_(_IDS))
+_GRANTED = select(Exemption).where(
+    Exemption.policy_id == bindparam("policy_id"), Exemption.status.in_(["approved", "revoked"])
+)
+_FIRST_SEENS = select(PolicyFirstSeen).where(PolicyFirstSeen.device_id == bindparam("device_id"))
+
 
 def _set(value: object) -> frozenset[str] | None:
     return None if value is None else frozenset(str(v) for v in value)  # type: ignore[attr-defined]
@@ -35,9 +57,7 @@ def rules_of(
     """The evaluation rules of a version. `release_at` stands in for an unreleased version."""
     scope = version.document["spec"].get("scope") or {}
     people = scope.get("people") or {}
-    identifiers = uow.session.scalars(
-        select(PolicyIdentifier).where(PolicyIdentifier.version_id == version.id)
-    ).all()
+    identifiers = uow.session.scalars(_IDENTIFIERS_OF_VERSION, {"version_id": version.id}).all()
     released = version.release_at or release_at
     if released is None:
         raise ValueError(f"version {version.id} is not released: pass release_at")
@@ -87,35 +107,28 @@ def device_views(
     devices = (
         [held[i] for i in ids]
         if all(i in held for i in ids)
-        else session.scalars(select(Device).where(Device.id.in_(ids))).all()
+        else session.scalars(_DEVICES, {"ids": ids}).all()
     )
     owner_ids = {d.owner_id for d in devices if d.owner_id is not None}
     people: dict[int, Person] = {}
     groups: dict[int, set[str]] = defaultdict(set)
-    for member, group in session.execute(  # owners and their groups in one statement
-        select(Person, PersonGroup.group_name)
-        .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
-        .where(Person.id.in_(owner_ids))
-    ):
+    # owners and their groups in one statement
+    for member, group in session.execute(_OWNERS_AND_GROUPS, {"ids": sorted(owner_ids)}):
         people[member.id] = member
         if group is not None:
             groups[member.id].add(group)
     if keep is not None:
         keep.extend(people.values())
     resources: dict[int, set[str]] = defaultdict(set)
-    for device_id, resource in session.execute(
-        select(DeviceResource.device_id, DeviceResource.resource).where(
-            DeviceResource.device_id.in_(ids)
-        )
-    ):
+    for device_id, resource in session.execute(_RESOURCES, {"ids": ids}):
         resources[device_id].add(resource)
     seen: dict[int, list[Seen]] = defaultdict(list)
-    for o in session.scalars(select(Observation).where(Observation.device_id.in_(ids))):
+    for o in session.scalars(_OBSERVATIONS, {"ids": ids}):
         seen[o.device_id].append(
             Seen(o.source, o.evidence_kind, o.namespace, o.value, o.first_seen_at, o.last_seen_at)
         )
     covered: dict[int, list[Covered]] = defaultdict(list)
-    for c in session.scalars(select(Coverage).where(Coverage.device_id.in_(ids))):
+    for c in session.scalars(_COVERAGE, {"ids": ids}):
         covered[c.device_id].append(
             Covered(c.source, c.evidence_kind, c.namespace, c.value, c.observed_at)
         )
@@ -144,11 +157,7 @@ def device_views(
 
 def granted_exemptions(uow: UnitOfWork, policy_id: str) -> Sequence[Exemption]:
     """The policy's exemptions that were ever granted (approved, or approved then revoked)."""
-    return uow.session.scalars(
-        select(Exemption).where(
-            Exemption.policy_id == policy_id, Exemption.status.in_(["approved", "revoked"])
-        )
-    ).all()
+    return uow.session.scalars(_GRANTED, {"policy_id": policy_id}).all()
 
 
 def exemption_windows(
@@ -178,10 +187,7 @@ def exemption_windows(
 def stored_first_seens(uow: UnitOfWork, device_id: int) -> dict[str, PolicyFirstSeen]:
     """The device's stored first sightings, by policy id, in one query."""
     return {
-        row.policy_id: row
-        for row in uow.session.scalars(
-            select(PolicyFirstSeen).where(PolicyFirstSeen.device_id == device_id)
-        )
+        row.policy_id: row for row in uow.session.scalars(_FIRST_SEENS, {"device_id": device_id})
     }
 
 

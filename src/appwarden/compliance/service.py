@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from appwarden.compliance.evaluate import (
     DeviceView,
@@ -211,13 +211,16 @@ def fleet_status(uow: UnitOfWork, rules: PolicyRules, at: datetime) -> list[tupl
     ]
 
 
+# Built once: every report's evaluation runs it (W4; see `compliance.rules`).
+_STATES_OF_DEVICE = select(ComplianceRecord).where(
+    ComplianceRecord.device_id == bindparam("device_id")
+)
+
+
 def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) -> None:
     """Store in-scope states and first-seen times for one device (in the caller's transaction)."""
     records = {  # one query for the device's stored states, however many versions
-        r.version_id: r
-        for r in uow.session.scalars(
-            select(ComplianceRecord).where(ComplianceRecord.device_id == device_id)
-        )
+        r.version_id: r for r in uow.session.scalars(_STATES_OF_DEVICE, {"device_id": device_id})
     }
     for outcome in outcomes:
         evaluation = outcome.evaluation

@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 
 from appwarden.catalog.matching import key_matches, match_key
 from appwarden.db.uow import UnitOfWork
@@ -74,6 +74,13 @@ def clean_identifiers(facts: DeviceFacts) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda pair: (join_rank(pair[0]), pair[1]))
 
 
+# Statements a report runs every time are built once: building and keying one costs more Python
+# than the SQLite query itself (W4; bench/README.md).
+_IDENTIFIERS_BY_VALUE = select(DeviceIdentifier).where(
+    DeviceIdentifier.value.in_(bindparam("values", expanding=True))
+)
+
+
 def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> tuple[Device, bool]:
     """Find or create the device these identifiers name; True when that changed what is stored
     (a new device, or a new identifier for a known one).
@@ -85,9 +92,7 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> tuple
     if not identifiers:
         raise InvalidInput("the device has no usable identifier (placeholder serials are ignored)")
     rows = uow.session.scalars(
-        select(DeviceIdentifier).where(
-            DeviceIdentifier.value.in_({value for _, value in identifiers})
-        )
+        _IDENTIFIERS_BY_VALUE, {"values": sorted({value for _, value in identifiers})}
     ).all()
     known = {(r.namespace, r.value): r for r in rows if (r.namespace, r.value) in set(identifiers)}
     device_ids = sorted({r.device_id for r in known.values()})
@@ -242,6 +247,18 @@ class ReportOutcome(StrEnum):
     )
 
 
+_FEED_OBSERVATIONS = select(Observation).where(
+    Observation.device_id == bindparam("device_id"),
+    Observation.source == bindparam("source"),
+    Observation.evidence_kind == bindparam("kind"),
+)
+_FEED_COVERAGE = select(Coverage).where(
+    Coverage.device_id == bindparam("device_id"),
+    Coverage.source == bindparam("source"),
+    Coverage.evidence_kind == bindparam("kind"),
+)
+
+
 def apply_report(
     uow: UnitOfWork,
     device: Device,
@@ -255,25 +272,10 @@ def apply_report(
     observed_at = min(report.observed_at or uow.now, uow.now)
     feed = _Feed(device.id, report.source, report.evidence_kind, observed_at)
     apps, covered = reported_apps(report, device.platform, minimise)
-    existing = {
-        (o.namespace, o.value): o
-        for o in uow.session.scalars(
-            select(Observation).where(
-                Observation.device_id == feed.device_id,
-                Observation.source == feed.source,
-                Observation.evidence_kind == feed.kind,
-            )
-        )
-    }
+    where = {"device_id": feed.device_id, "source": feed.source, "kind": feed.kind}
+    existing = {(o.namespace, o.value): o for o in uow.session.scalars(_FEED_OBSERVATIONS, where)}
     stored_coverage = {
-        (c.namespace, c.value): c
-        for c in uow.session.scalars(
-            select(Coverage).where(
-                Coverage.device_id == feed.device_id,
-                Coverage.source == feed.source,
-                Coverage.evidence_kind == feed.kind,
-            )
-        )
+        (c.namespace, c.value): c for c in uow.session.scalars(_FEED_COVERAGE, where)
     }
     if _repeats(uow, feed, apps, covered, existing, stored_coverage):
         return ReportOutcome.REPEATED

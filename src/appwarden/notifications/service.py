@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
@@ -28,17 +28,20 @@ class Rendered:
     html: str
 
 
+# Built once: every decision change looks for its notice (W4; see `compliance.rules`).
+_NOTICE = select(Notice).where(
+    Notice.person_id == bindparam("person_id"),
+    Notice.policy_id == bindparam("policy_id"),
+    Notice.kind == bindparam("kind"),
+    Notice.due_slot == bindparam("due_slot"),
+)
+
+
 def find(
     uow: UnitOfWork, person_id: int, policy_id: str, kind: str, due_slot: str
 ) -> Notice | None:
-    return uow.session.scalars(
-        select(Notice).where(
-            Notice.person_id == person_id,
-            Notice.policy_id == policy_id,
-            Notice.kind == kind,
-            Notice.due_slot == due_slot,
-        )
-    ).first()
+    where = {"person_id": person_id, "policy_id": policy_id, "kind": kind, "due_slot": due_slot}
+    return uow.session.scalars(_NOTICE, where).first()
 
 
 def enqueue(

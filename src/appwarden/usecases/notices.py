@@ -698,8 +698,9 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
     if person is None:
         return
     kind = NoticeKind.BLOCKED if event.new == "deny" else NoticeKind.RESTORED
+    in_effect = dict(event.versions)
     for policy_id in event.causes:
-        version = _version_behind(uow, policy_id, event.at)
+        version = _version_behind(uow, policy_id, event.at, in_effect.get(policy_id))
         if version is None or version.state == VersionState.RETRACTED:
             continue
         doc = document_of(version)
@@ -750,9 +751,17 @@ def _blocked_variant(uow: UnitOfWork, event: DecisionChanged, policy_id: str) ->
     return "unverified" if states == [ComplianceState.UNKNOWN] else "violating"
 
 
-def _version_behind(uow: UnitOfWork, policy_id: str, at: datetime) -> PolicyVersion | None:
-    """The version in effect at `at`, or the one that ended exactly then (retired/retracted)."""
-    live = live_version(uow, policy_id, at)
+def _version_behind(
+    uow: UnitOfWork, policy_id: str, at: datetime, in_effect: int | None = None
+) -> PolicyVersion | None:
+    """The version in effect at `at`, or the one that ended exactly then (retired/retracted).
+    `in_effect`: the id of the version the event says was in effect at `at` (the evaluation
+    that raised it holds it in the session: no query)."""
+    live = (
+        uow.session.get(PolicyVersion, in_effect)
+        if in_effect is not None
+        else live_version(uow, policy_id, at)
+    )
     if live is not None:
         return live
     ended = [v for v in versions_of(uow, policy_id) if v.ended_at is not None and v.ended_at <= at]
