@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, func, select, update
 
 from appwarden.access.breaker import DeviceFlips
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
@@ -69,7 +69,16 @@ _STAMP = (
     .values(written_at=bindparam("stamp"))
     .execution_options(synchronize_session=False)
 )
-_NOTIFY = text("SELECT pg_notify(:channel, '')")
+# PostgreSQL: the last chunk's stamp and the NOTIFY in one round trip (a data-modifying WITH runs
+# whether or not the query reads it).
+_DECISION_TABLE = DecisionRecord.__table__
+_STAMP_AND_NOTIFY = select(func.pg_notify(bindparam("channel"), "")).add_cte(
+    update(_DECISION_TABLE)
+    .where(_DECISION_TABLE.c.device_id.in_(bindparam("ids", expanding=True)))
+    .values(written_at=bindparam("stamp"))
+    .returning(_DECISION_TABLE.c.device_id)
+    .cte("stamped")
+)
 
 
 def written_devices(uow: UnitOfWork) -> set[int]:
@@ -87,10 +96,13 @@ def _stamp_written(uow: UnitOfWork, written: set[int]) -> None:
         return
     ids = sorted(written)
     stamp = datetime.now(UTC)
+    postgresql = uow.dialect == "postgresql"
     for start in range(0, len(ids), _STAMP_CHUNK):
-        uow.session.execute(_STAMP, {"ids": ids[start : start + _STAMP_CHUNK], "stamp": stamp})
-    if uow.dialect == "postgresql":
-        uow.session.execute(_NOTIFY, {"channel": CHANGES_CHANNEL})
+        chunk = {"ids": ids[start : start + _STAMP_CHUNK], "stamp": stamp}
+        if postgresql and start + _STAMP_CHUNK >= len(ids):
+            uow.session.execute(_STAMP_AND_NOTIFY, {**chunk, "channel": CHANGES_CHANNEL})
+        else:
+            uow.session.execute(_STAMP, chunk)
 
 
 def next_decision(
