@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 
 from appwarden.access.breaker import DeviceFlips
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
@@ -71,7 +71,7 @@ _STAMP = (
 )
 # PostgreSQL: the last chunk's stamp and the NOTIFY in one round trip (a data-modifying WITH runs
 # whether or not the query reads it).
-_DECISION_TABLE = DecisionRecord.__table__
+_DECISION_TABLE = cast(Table, DecisionRecord.__table__)
 _STAMP_AND_NOTIFY = select(func.pg_notify(bindparam("channel"), "")).add_cte(
     update(_DECISION_TABLE)
     .where(_DECISION_TABLE.c.device_id.in_(bindparam("ids", expanding=True)))
