@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import BindParameter, bindparam, select
@@ -20,6 +20,7 @@ from appwarden.compliance.evaluate import (
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
+from appwarden.devices.service import DeviceRows
 from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person, PersonGroup
 from appwarden.policies.models import PolicyFirstSeen, PolicyIdentifier, PolicyVersion
@@ -93,12 +94,15 @@ def device_views(
     *,
     loaded: Collection[Device] = (),
     keep: list[object] | None = None,
+    observed: Mapping[int, DeviceRows] | None = None,
 ) -> dict[int, DeviceView]:
     """Everything evaluation needs about these devices, in a fixed number of queries.
 
     `loaded`: devices the caller holds already (not read again when they are all of them);
     `keep` receives the owners read, so that the caller's later `session.get` of one finds it
-    in the session instead of reading it again (the session holds its objects weakly)."""
+    in the session instead of reading it again (the session holds its objects weakly);
+    `observed`: the devices' observations and coverage as the caller just wrote them
+    (`devices.service.apply_report`), not read again when it has all of them."""
     ids = list(device_ids)
     if not ids:
         return {}
@@ -123,15 +127,22 @@ def device_views(
     for device_id, resource in session.execute(_RESOURCES, {"ids": ids}):
         resources[device_id].add(resource)
     seen: dict[int, list[Seen]] = defaultdict(list)
-    for o in session.scalars(_OBSERVATIONS, {"ids": ids}):
-        seen[o.device_id].append(
-            Seen(o.source, o.evidence_kind, o.namespace, o.value, o.first_seen_at, o.last_seen_at)
-        )
     covered: dict[int, list[Covered]] = defaultdict(list)
-    for c in session.scalars(_COVERAGE, {"ids": ids}):
-        covered[c.device_id].append(
-            Covered(c.source, c.evidence_kind, c.namespace, c.value, c.observed_at)
-        )
+    if observed is not None and all(i in observed for i in ids):
+        for i in ids:
+            seen[i] = [Seen(*row) for row in observed[i].observations]
+            covered[i] = [Covered(*row) for row in observed[i].coverage]
+    else:
+        for o in session.scalars(_OBSERVATIONS, {"ids": ids}):
+            seen[o.device_id].append(
+                Seen(
+                    o.source, o.evidence_kind, o.namespace, o.value, o.first_seen_at, o.last_seen_at
+                )
+            )
+        for c in session.scalars(_COVERAGE, {"ids": ids}):
+            covered[c.device_id].append(
+                Covered(c.source, c.evidence_kind, c.namespace, c.value, c.observed_at)
+            )
     views = {}
     for d in devices:
         person = people.get(d.owner_id) if d.owner_id is not None else None

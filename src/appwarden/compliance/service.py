@@ -29,6 +29,7 @@ from appwarden.compliance.rules import (
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
+from appwarden.devices.service import DeviceRows
 from appwarden.exemptions.models import Exemption
 from appwarden.policies.models import PolicyFirstSeen, PolicyVersion
 from appwarden.policies.service import in_effect, released_versions
@@ -68,6 +69,9 @@ class SharedReads:
     rules: dict[int, PolicyRules] = field(default_factory=dict)
     granted: dict[str, Sequence[Exemption]] = field(default_factory=dict)
     views: dict[int, DeviceView] = field(default_factory=dict)
+    # Devices whose rows a report just wrote (`devices.service.apply_report`): their views are
+    # built from these instead of reading observations and coverage again.
+    observed: dict[int, DeviceRows] = field(default_factory=dict)
 
     def prefetch(self, uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000) -> None:
         """The views of these devices, in a fixed number of queries per chunk of them."""
@@ -102,7 +106,13 @@ class DeviceEvaluator:
         device = self.device
         view = self._shared.views.get(device.id)
         if view is None:
-            views = device_views(self.uow, [device.id], loaded=[device], keep=self._held)
+            views = device_views(
+                self.uow,
+                [device.id],
+                loaded=[device],
+                keep=self._held,
+                observed=self._shared.observed,
+            )
             view = self._shared.views[device.id] = views[device.id]
         return view
 
