@@ -707,8 +707,6 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
         if not (doc.notices.blocked if kind == NoticeKind.BLOCKED else doc.notices.restored):
             continue
         slot = event.at.strftime("%Y-%m-%dT%H")
-        if outbox.find(uow, person.id, policy_id, kind, slot):
-            continue  # debounce: one of each per person and policy per hour
         line = DeviceLine(  # an unnamed device is called by its first identifier
             name=device.name or device_identifiers(uow, [device.id])[device.id][0],
             device_id=device.id,
@@ -727,7 +725,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             devices=(line,),
             resource=event.resource,
         )
-        outbox.enqueue(
+        outbox.enqueue_once(  # debounce: one of each per person and policy per hour
             uow,
             person_id=person.id,
             address=person.email,
@@ -739,7 +737,6 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             rendered=rendered,
             domain=config.domain,
             payload={"template": str(kind), "device": device.id, "resource": event.resource},
-            looked=True,
         )
 
 
