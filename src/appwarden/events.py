@@ -18,6 +18,9 @@ class DecisionChanged:
     new: str
     causes: tuple[str, ...]  # policies that deny now (for a deny) or denied before (for an allow)
     at: datetime
+    # (policy id, version id) of the versions in effect at `at` that the decision was computed
+    # from, so that a reaction finds a cause's version without reading the versions again.
+    versions: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

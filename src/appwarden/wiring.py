@@ -11,15 +11,13 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, event
+from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from appwarden.access import models as _access_models  # noqa: F401 - registers tables
 from appwarden.access.service import written_devices
 from appwarden.audit import models as _audit_models  # noqa: F401
-from appwarden.audit.models import AuditEntry
-from appwarden.audit.service import chain
+from appwarden.audit.service import chain, recorded
 from appwarden.catalog.loader import load_catalog
 from appwarden.catalog.model import Catalog
 from appwarden.compliance import models as _compliance_models  # noqa: F401
@@ -184,7 +182,6 @@ class Services:
         """A unit of work at logical time `at`. After a writing one commits, the devices whose
         decisions it wrote are announced and the audit entries it recorded are chained.
         `employee_only`: the actor's roles do not apply (a portal session)."""
-        audited = False
         with unit_of_work(
             self.engine,
             now=at,
@@ -195,18 +192,13 @@ class Services:
             employee_only=employee_only,
         ) as uow:
             written = written_devices(uow)
-            if write:
-
-                def _saw_audit(session: Session, *_: Any) -> None:
-                    nonlocal audited
-                    audited = audited or any(isinstance(o, AuditEntry) for o in session.new)
-
-                event.listen(uow.session, "before_flush", _saw_audit)
             yield uow
         if write and written:
             for callback in self.on_decisions_written:
                 callback(written)
-        if audited:
+        # `audit.service.record` marks the session (a flag, not a flush listener on every unit
+        # of work: W4); a read-only unit of work's entries were rolled back.
+        if write and recorded(uow.session):
             self.chain_audit(at)
 
     def chain_audit(self, at: datetime) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Table, bindparam, func, select, update
 
 from appwarden.access.breaker import DeviceFlips
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
@@ -59,6 +59,26 @@ def decide_for(
 CHANGES_CHANNEL = "appwarden_decisions"
 _WRITTEN_KEY = "appwarden.decisions_written"
 _STAMP_CHUNK = 500
+# Built once: every transaction that writes decisions runs them (W4; see `compliance.rules`).
+_DECISIONS_OF_DEVICE = select(DecisionRecord).where(
+    DecisionRecord.device_id == bindparam("device_id")
+)
+_STAMP = (
+    update(DecisionRecord)
+    .where(DecisionRecord.device_id.in_(bindparam("ids", expanding=True)))
+    .values(written_at=bindparam("stamp"))
+    .execution_options(synchronize_session=False)
+)
+# PostgreSQL: the last chunk's stamp and the NOTIFY in one round trip (a data-modifying WITH runs
+# whether or not the query reads it).
+_DECISION_TABLE = cast(Table, DecisionRecord.__table__)
+_STAMP_AND_NOTIFY = select(func.pg_notify(bindparam("channel"), "")).add_cte(
+    update(_DECISION_TABLE)
+    .where(_DECISION_TABLE.c.device_id.in_(bindparam("ids", expanding=True)))
+    .values(written_at=bindparam("stamp"))
+    .returning(_DECISION_TABLE.c.device_id)
+    .cte("stamped")
+)
 
 
 def written_devices(uow: UnitOfWork) -> set[int]:
@@ -76,15 +96,13 @@ def _stamp_written(uow: UnitOfWork, written: set[int]) -> None:
         return
     ids = sorted(written)
     stamp = datetime.now(UTC)
+    postgresql = uow.dialect == "postgresql"
     for start in range(0, len(ids), _STAMP_CHUNK):
-        uow.session.execute(
-            update(DecisionRecord)
-            .where(DecisionRecord.device_id.in_(ids[start : start + _STAMP_CHUNK]))
-            .values(written_at=stamp)
-            .execution_options(synchronize_session=False)
-        )
-    if uow.dialect == "postgresql":
-        uow.session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGES_CHANNEL})
+        chunk = {"ids": ids[start : start + _STAMP_CHUNK], "stamp": stamp}
+        if postgresql and start + _STAMP_CHUNK >= len(ids):
+            uow.session.execute(_STAMP_AND_NOTIFY, {**chunk, "channel": CHANGES_CHANNEL})
+        else:
+            uow.session.execute(_STAMP, chunk)
 
 
 def next_decision(
@@ -130,15 +148,13 @@ def refresh_decisions(
     for outcome in outcomes:
         resources |= outcome.rules.deny
     stored = {
-        r.resource: r
-        for r in uow.session.scalars(
-            select(DecisionRecord).where(DecisionRecord.device_id == device.id)
-        )
+        r.resource: r for r in uow.session.scalars(_DECISIONS_OF_DEVICE, {"device_id": device.id})
     }
     changes = []
     written_devices(uow).add(device.id)
     evaluator = evaluator or DeviceEvaluator(uow, device)
     flips = DeviceFlips(uow, device, admit)
+    versions = tuple((o.version.policy_id, o.version.id) for o in outcomes)
     for resource in sorted(resources | set(stored)):
         raw = decide_for(uow, device, resource, uow.now, outcomes)
         record = stored.get(resource)
@@ -155,7 +171,9 @@ def refresh_decisions(
         if old != result.decision:
             record.changed_at = uow.now
             causes = _denying(result.reasons) if result.decision == Decision.DENY else denied_before
-            change = DecisionChanged(device.id, resource, old, result.decision, causes, uow.now)
+            change = DecisionChanged(
+                device.id, resource, old, result.decision, causes, uow.now, versions
+            )
             changes.append(change)
     flips.finish()
     uow.session.flush()

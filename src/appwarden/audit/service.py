@@ -13,6 +13,7 @@ from appwarden.audit.models import AuditEntry
 from appwarden.db.uow import UnitOfWork
 
 GENESIS = "0" * 64
+_RECORDED_KEY = "appwarden.audit_recorded"
 
 
 def record(
@@ -25,6 +26,7 @@ def record(
     after: dict[str, Any] | None = None,
 ) -> None:
     """Write an entry in the caller's transaction; it is chained after commit."""
+    uow.session.info[_RECORDED_KEY] = True
     uow.session.add(
         AuditEntry(
             at=uow.now,
@@ -36,6 +38,11 @@ def record(
             after=after,
         )
     )
+
+
+def recorded(session: Session) -> bool:
+    """Did this session `record` an entry (which then waits to be chained)?"""
+    return bool(session.info.get(_RECORDED_KEY))
 
 
 def entry_digest(prev_hash: str, entry: AuditEntry) -> str:

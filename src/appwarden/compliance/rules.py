@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 
 from appwarden.compliance.evaluate import (
     Covered,
@@ -20,9 +20,32 @@ from appwarden.compliance.evaluate import (
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
+from appwarden.devices.service import DeviceRows
 from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person, PersonGroup
 from appwarden.policies.models import PolicyFirstSeen, PolicyIdentifier, PolicyVersion
+
+# Statements evaluation runs for every device are built once (a statement built and keyed per
+# call costs more Python than SQLite takes to run it: W4, bench/README.md).
+_IDS: BindParameter[int] = bindparam("ids", expanding=True)
+_IDENTIFIERS_OF_VERSION = select(PolicyIdentifier).where(
+    PolicyIdentifier.version_id == bindparam("version_id")
+)
+_DEVICES = select(Device).where(Device.id.in_(_IDS))
+_OWNERS_AND_GROUPS = (
+    select(Person, PersonGroup.group_name)
+    .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
+    .where(Person.id.in_(_IDS))
+)
+_RESOURCES = select(DeviceResource.device_id, DeviceResource.resource).where(
+    DeviceResource.device_id.in_(_IDS)
+)
+_OBSERVATIONS = select(Observation).where(Observation.device_id.in_(_IDS))
+_COVERAGE = select(Coverage).where(Coverage.device_id.in_(_IDS))
+_GRANTED = select(Exemption).where(
+    Exemption.policy_id == bindparam("policy_id"), Exemption.status.in_(["approved", "revoked"])
+)
+_FIRST_SEENS = select(PolicyFirstSeen).where(PolicyFirstSeen.device_id == bindparam("device_id"))
 
 
 def _set(value: object) -> frozenset[str] | None:
@@ -35,9 +58,7 @@ def rules_of(
     """The evaluation rules of a version. `release_at` stands in for an unreleased version."""
     scope = version.document["spec"].get("scope") or {}
     people = scope.get("people") or {}
-    identifiers = uow.session.scalars(
-        select(PolicyIdentifier).where(PolicyIdentifier.version_id == version.id)
-    ).all()
+    identifiers = uow.session.scalars(_IDENTIFIERS_OF_VERSION, {"version_id": version.id}).all()
     released = version.release_at or release_at
     if released is None:
         raise ValueError(f"version {version.id} is not released: pass release_at")
@@ -73,12 +94,15 @@ def device_views(
     *,
     loaded: Collection[Device] = (),
     keep: list[object] | None = None,
+    observed: Mapping[int, DeviceRows] | None = None,
 ) -> dict[int, DeviceView]:
     """Everything evaluation needs about these devices, in a fixed number of queries.
 
     `loaded`: devices the caller holds already (not read again when they are all of them);
     `keep` receives the owners read, so that the caller's later `session.get` of one finds it
-    in the session instead of reading it again (the session holds its objects weakly)."""
+    in the session instead of reading it again (the session holds its objects weakly);
+    `observed`: the devices' observations and coverage as the caller just wrote them
+    (`devices.service.apply_report`), not read again when it has all of them."""
     ids = list(device_ids)
     if not ids:
         return {}
@@ -87,38 +111,38 @@ def device_views(
     devices = (
         [held[i] for i in ids]
         if all(i in held for i in ids)
-        else session.scalars(select(Device).where(Device.id.in_(ids))).all()
+        else session.scalars(_DEVICES, {"ids": ids}).all()
     )
     owner_ids = {d.owner_id for d in devices if d.owner_id is not None}
     people: dict[int, Person] = {}
     groups: dict[int, set[str]] = defaultdict(set)
-    for member, group in session.execute(  # owners and their groups in one statement
-        select(Person, PersonGroup.group_name)
-        .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
-        .where(Person.id.in_(owner_ids))
-    ):
+    # owners and their groups in one statement
+    for member, group in session.execute(_OWNERS_AND_GROUPS, {"ids": sorted(owner_ids)}):
         people[member.id] = member
         if group is not None:
             groups[member.id].add(group)
     if keep is not None:
         keep.extend(people.values())
     resources: dict[int, set[str]] = defaultdict(set)
-    for device_id, resource in session.execute(
-        select(DeviceResource.device_id, DeviceResource.resource).where(
-            DeviceResource.device_id.in_(ids)
-        )
-    ):
+    for device_id, resource in session.execute(_RESOURCES, {"ids": ids}):
         resources[device_id].add(resource)
     seen: dict[int, list[Seen]] = defaultdict(list)
-    for o in session.scalars(select(Observation).where(Observation.device_id.in_(ids))):
-        seen[o.device_id].append(
-            Seen(o.source, o.evidence_kind, o.namespace, o.value, o.first_seen_at, o.last_seen_at)
-        )
     covered: dict[int, list[Covered]] = defaultdict(list)
-    for c in session.scalars(select(Coverage).where(Coverage.device_id.in_(ids))):
-        covered[c.device_id].append(
-            Covered(c.source, c.evidence_kind, c.namespace, c.value, c.observed_at)
-        )
+    if observed is not None and all(i in observed for i in ids):
+        for i in ids:
+            seen[i] = [Seen(*row) for row in observed[i].observations]
+            covered[i] = [Covered(*row) for row in observed[i].coverage]
+    else:
+        for o in session.scalars(_OBSERVATIONS, {"ids": ids}):
+            seen[o.device_id].append(
+                Seen(
+                    o.source, o.evidence_kind, o.namespace, o.value, o.first_seen_at, o.last_seen_at
+                )
+            )
+        for c in session.scalars(_COVERAGE, {"ids": ids}):
+            covered[c.device_id].append(
+                Covered(c.source, c.evidence_kind, c.namespace, c.value, c.observed_at)
+            )
     views = {}
     for d in devices:
         person = people.get(d.owner_id) if d.owner_id is not None else None
@@ -144,11 +168,7 @@ def device_views(
 
 def granted_exemptions(uow: UnitOfWork, policy_id: str) -> Sequence[Exemption]:
     """The policy's exemptions that were ever granted (approved, or approved then revoked)."""
-    return uow.session.scalars(
-        select(Exemption).where(
-            Exemption.policy_id == policy_id, Exemption.status.in_(["approved", "revoked"])
-        )
-    ).all()
+    return uow.session.scalars(_GRANTED, {"policy_id": policy_id}).all()
 
 
 def exemption_windows(
@@ -178,10 +198,7 @@ def exemption_windows(
 def stored_first_seens(uow: UnitOfWork, device_id: int) -> dict[str, PolicyFirstSeen]:
     """The device's stored first sightings, by policy id, in one query."""
     return {
-        row.policy_id: row
-        for row in uow.session.scalars(
-            select(PolicyFirstSeen).where(PolicyFirstSeen.device_id == device_id)
-        )
+        row.policy_id: row for row in uow.session.scalars(_FIRST_SEENS, {"device_id": device_id})
     }
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from appwarden.compliance.evaluate import (
     DeviceView,
@@ -29,6 +29,7 @@ from appwarden.compliance.rules import (
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
+from appwarden.devices.service import DeviceRows
 from appwarden.exemptions.models import Exemption
 from appwarden.policies.models import PolicyFirstSeen, PolicyVersion
 from appwarden.policies.service import in_effect, released_versions
@@ -68,6 +69,9 @@ class SharedReads:
     rules: dict[int, PolicyRules] = field(default_factory=dict)
     granted: dict[str, Sequence[Exemption]] = field(default_factory=dict)
     views: dict[int, DeviceView] = field(default_factory=dict)
+    # Devices whose rows a report just wrote (`devices.service.apply_report`): their views are
+    # built from these instead of reading observations and coverage again.
+    observed: dict[int, DeviceRows] = field(default_factory=dict)
 
     def prefetch(self, uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000) -> None:
         """The views of these devices, in a fixed number of queries per chunk of them."""
@@ -102,7 +106,13 @@ class DeviceEvaluator:
         device = self.device
         view = self._shared.views.get(device.id)
         if view is None:
-            views = device_views(self.uow, [device.id], loaded=[device], keep=self._held)
+            views = device_views(
+                self.uow,
+                [device.id],
+                loaded=[device],
+                keep=self._held,
+                observed=self._shared.observed,
+            )
             view = self._shared.views[device.id] = views[device.id]
         return view
 
@@ -211,13 +221,16 @@ def fleet_status(uow: UnitOfWork, rules: PolicyRules, at: datetime) -> list[tupl
     ]
 
 
+# Built once: every report's evaluation runs it (W4; see `compliance.rules`).
+_STATES_OF_DEVICE = select(ComplianceRecord).where(
+    ComplianceRecord.device_id == bindparam("device_id")
+)
+
+
 def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) -> None:
     """Store in-scope states and first-seen times for one device (in the caller's transaction)."""
     records = {  # one query for the device's stored states, however many versions
-        r.version_id: r
-        for r in uow.session.scalars(
-            select(ComplianceRecord).where(ComplianceRecord.device_id == device_id)
-        )
+        r.version_id: r for r in uow.session.scalars(_STATES_OF_DEVICE, {"device_id": device_id})
     }
     for outcome in outcomes:
         evaluation = outcome.evaluation

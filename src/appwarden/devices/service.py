@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, inspect, select
 
 from appwarden.catalog.matching import key_matches, match_key
 from appwarden.db.uow import UnitOfWork
@@ -74,6 +74,17 @@ def clean_identifiers(facts: DeviceFacts) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda pair: (join_rank(pair[0]), pair[1]))
 
 
+# Statements a report runs every time are built once: building and keying one costs more Python
+# than the SQLite query itself (W4; bench/README.md).
+# The identifiers with their devices: the device a report names is read with them, not by a
+# second statement (W4).
+_IDENTIFIERS_BY_VALUE = (
+    select(DeviceIdentifier, Device)
+    .join(Device, Device.id == DeviceIdentifier.device_id)
+    .where(DeviceIdentifier.value.in_(bindparam("values", expanding=True)))
+)
+
+
 def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> tuple[Device, bool]:
     """Find or create the device these identifiers name; True when that changed what is stored
     (a new device, or a new identifier for a known one).
@@ -84,13 +95,13 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> tuple
     identifiers = clean_identifiers(facts)
     if not identifiers:
         raise InvalidInput("the device has no usable identifier (placeholder serials are ignored)")
-    rows = uow.session.scalars(
-        select(DeviceIdentifier).where(
-            DeviceIdentifier.value.in_({value for _, value in identifiers})
-        )
+    wanted = set(identifiers)
+    rows = uow.session.execute(
+        _IDENTIFIERS_BY_VALUE, {"values": sorted({value for _, value in identifiers})}
     ).all()
-    known = {(r.namespace, r.value): r for r in rows if (r.namespace, r.value) in set(identifiers)}
-    device_ids = sorted({r.device_id for r in known.values()})
+    known = {(r.namespace, r.value): r for r, _ in rows if (r.namespace, r.value) in wanted}
+    devices = {d.id: d for r, d in rows if (r.namespace, r.value) in wanted}
+    device_ids = sorted(devices)
     if len(device_ids) > 1:
         uow.session.add(
             Quarantine(
@@ -109,8 +120,7 @@ def resolve_device(uow: UnitOfWork, facts: DeviceFacts, *, source: str) -> tuple
         )
     changed = len(known) < len(identifiers)
     if device_ids:
-        device = uow.session.get(Device, device_ids[0])
-        assert device is not None
+        device = devices[device_ids[0]]
     else:
         device = Device(
             platform=Platform.UNKNOWN,
@@ -242,6 +252,34 @@ class ReportOutcome(StrEnum):
     )
 
 
+_FEED_OBSERVATIONS = select(Observation).where(
+    Observation.device_id == bindparam("device_id"),
+    Observation.source == bindparam("source"),
+    Observation.evidence_kind == bindparam("kind"),
+)
+_FEED_COVERAGE = select(Coverage).where(
+    Coverage.device_id == bindparam("device_id"),
+    Coverage.source == bindparam("source"),
+    Coverage.evidence_kind == bindparam("kind"),
+)
+
+
+_DEVICE_OBSERVATIONS = select(Observation).where(Observation.device_id == bindparam("device_id"))
+_DEVICE_COVERAGE = select(Coverage).where(Coverage.device_id == bindparam("device_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRows:
+    """Every observation and coverage row of a device as `apply_report` left them, as plain
+    tuples: the device's evaluation in the same transaction takes them instead of reading the
+    two tables again (W4). Evaluation's `Seen` and `Covered` fields, in their order."""
+
+    # (source, evidence kind, namespace, value, first seen, last seen)
+    observations: tuple[tuple[str, str, str, str, datetime, datetime], ...]
+    # (source, evidence kind, namespace, value, observed at)
+    coverage: tuple[tuple[str, str, str, str, datetime], ...]
+
+
 def apply_report(
     uow: UnitOfWork,
     device: Device,
@@ -249,41 +287,73 @@ def apply_report(
     *,
     minimise: MinimisationSet | None = None,
     token_id: int | None = None,
+    rows: dict[int, DeviceRows] | None = None,
 ) -> ReportOutcome:
     """Store one report's facts. With `minimise`, only identifiers of some live policy are kept
-    and the coverage shrinks to exactly those identifiers."""
+    and the coverage shrinks to exactly those identifiers. With `rows`, the device's rows of
+    every feed are read (in as many statements as the feed's) and left in `rows[device.id]`
+    as they stand afterwards; nothing else may write them before they are used."""
     observed_at = min(report.observed_at or uow.now, uow.now)
     feed = _Feed(device.id, report.source, report.evidence_kind, observed_at)
     apps, covered = reported_apps(report, device.platform, minimise)
-    existing = {
-        (o.namespace, o.value): o
-        for o in uow.session.scalars(
-            select(Observation).where(
-                Observation.device_id == feed.device_id,
-                Observation.source == feed.source,
-                Observation.evidence_kind == feed.kind,
-            )
-        )
-    }
-    stored_coverage = {
-        (c.namespace, c.value): c
-        for c in uow.session.scalars(
-            select(Coverage).where(
-                Coverage.device_id == feed.device_id,
-                Coverage.source == feed.source,
-                Coverage.evidence_kind == feed.kind,
-            )
-        )
-    }
-    if _repeats(uow, feed, apps, covered, existing, stored_coverage):
-        return ReportOutcome.REPEATED
-    row = _record_report(uow, device, feed, covered, app_count=len(apps), token_id=token_id)
-    replaced = _replace_coverage(uow, feed, covered, stored_coverage, report_id=row.id)
-    observed = _apply_observations(uow, feed, apps, existing, stored_coverage, replaced)
-    applied_any = bool(replaced) or observed or feed.kind == EvidenceKind.NONE
-    row.applied = applied_any
-    uow.session.flush()
-    return ReportOutcome.APPLIED if applied_any else ReportOutcome.STALE
+    if rows is None:
+        where: dict[str, object] = {
+            "device_id": feed.device_id,
+            "source": feed.source,
+            "kind": feed.kind,
+        }
+        observations = uow.session.scalars(_FEED_OBSERVATIONS, where).all()
+        coverage = uow.session.scalars(_FEED_COVERAGE, where).all()
+    else:
+        observations = uow.session.scalars(_DEVICE_OBSERVATIONS, {"device_id": device.id}).all()
+        coverage = uow.session.scalars(_DEVICE_COVERAGE, {"device_id": device.id}).all()
+    existing = {(o.namespace, o.value): o for o in observations if _in_feed(o, feed)}
+    stored_coverage = {(c.namespace, c.value): c for c in coverage if _in_feed(c, feed)}
+    added: list[dict[str, Any]] = []
+    new_coverage: list[tuple[str, str]] = []
+    outcome = ReportOutcome.REPEATED
+    if not _repeats(uow, feed, apps, covered, existing, stored_coverage):
+        row = _record_report(uow, device, feed, covered, app_count=len(apps), token_id=token_id)
+        replaced = _replace_coverage(uow, feed, covered, stored_coverage, report_id=row.id)
+        new_coverage = [part for part in replaced if part not in stored_coverage]
+        observed = _apply_observations(uow, feed, apps, existing, stored_coverage, replaced, added)
+        applied_any = bool(replaced) or observed or feed.kind == EvidenceKind.NONE
+        row.applied = applied_any
+        uow.session.flush()
+        outcome = ReportOutcome.APPLIED if applied_any else ReportOutcome.STALE
+    if rows is not None:
+        rows[device.id] = _rows_after(feed, observations, coverage, added, new_coverage)
+    return outcome
+
+
+def _in_feed(row: Observation | Coverage, feed: _Feed) -> bool:
+    return row.source == feed.source and row.evidence_kind == feed.kind
+
+
+def _rows_after(
+    feed: _Feed,
+    observations: Iterable[Observation],
+    coverage: Iterable[Coverage],
+    added: list[dict[str, Any]],
+    new_coverage: list[tuple[str, str]],
+) -> DeviceRows:
+    """The device's rows once the report's writes are flushed: those read, less the deleted,
+    with what it added (observations went in by one INSERT, so no ORM object holds them)."""
+    kind, at = str(feed.kind), feed.observed_at.astimezone(UTC)  # as the store returns it
+    return DeviceRows(
+        observations=(
+            *(
+                (o.source, o.evidence_kind, o.namespace, o.value, o.first_seen_at, o.last_seen_at)
+                for o in observations
+                if not inspect(o).was_deleted
+            ),
+            *((feed.source, kind, a["namespace"], a["value"], at, at) for a in added),
+        ),
+        coverage=(
+            *((c.source, c.evidence_kind, c.namespace, c.value, c.observed_at) for c in coverage),
+            *((feed.source, kind, ns, value, at) for ns, value in new_coverage),
+        ),
+    )
 
 
 class _Sighting(Protocol):
@@ -450,9 +520,10 @@ def _apply_observations(
     existing: dict[tuple[str, str], Observation],
     stored: dict[tuple[str, str], Coverage],
     replaced: list[tuple[str, str]],
+    added: list[dict[str, Any]],
 ) -> bool:
-    """Delete what the replaced coverage no longer shows, add or refresh what the report saw;
-    returns whether any sighting was newer than what is stored."""
+    """Delete what the replaced coverage no longer shows, add (to `added` too) or refresh what
+    the report saw; returns whether any sighting was newer than what is stored."""
     observed_at = feed.observed_at
     for (namespace, key), gone in existing.items():
         if (namespace, key) not in apps and any(
@@ -460,7 +531,6 @@ def _apply_observations(
         ):
             uow.session.delete(gone)
     applied_any = False
-    added: list[dict[str, object]] = []
     for (namespace, key), (raw, version, name) in apps.items():
         observation = existing.get((namespace, key))
         if observation is None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
@@ -28,17 +29,20 @@ class Rendered:
     html: str
 
 
+# Built once: every decision change looks for its notice (W4; see `compliance.rules`).
+_NOTICE = select(Notice).where(
+    Notice.person_id == bindparam("person_id"),
+    Notice.policy_id == bindparam("policy_id"),
+    Notice.kind == bindparam("kind"),
+    Notice.due_slot == bindparam("due_slot"),
+)
+
+
 def find(
     uow: UnitOfWork, person_id: int, policy_id: str, kind: str, due_slot: str
 ) -> Notice | None:
-    return uow.session.scalars(
-        select(Notice).where(
-            Notice.person_id == person_id,
-            Notice.policy_id == policy_id,
-            Notice.kind == kind,
-            Notice.due_slot == due_slot,
-        )
-    ).first()
+    where = {"person_id": person_id, "policy_id": policy_id, "kind": kind, "due_slot": due_slot}
+    return uow.session.scalars(_NOTICE, where).first()
 
 
 def enqueue(
@@ -62,27 +66,107 @@ def enqueue(
     if not looked and find(uow, person_id, policy_id, kind, due_slot) is not None:
         return None
     notice = Notice(
-        person_id=person_id,
-        policy_id=policy_id,
-        version_id=version_id,
-        kind=kind,
-        due_slot=due_slot,
-        channel="email",
-        address=address,
-        status=NoticeStatus.PENDING,
-        message_id=new_message_id(domain),  # stored: every (re)delivery sends this one
-        in_reply_to=in_reply_to,
-        subject=rendered.subject if rendered else None,
-        body_text=rendered.text if rendered else None,
-        body_html=rendered.html if rendered else None,
-        payload=payload or {},
-        created_at=uow.now,
-        due_at=due_at,
-        next_attempt_at=due_at,
+        **_notice_values(
+            uow,
+            person_id=person_id,
+            address=address,
+            policy_id=policy_id,
+            version_id=version_id,
+            kind=kind,
+            due_slot=due_slot,
+            due_at=due_at,
+            rendered=rendered,
+            domain=domain,
+            payload=payload,
+            in_reply_to=in_reply_to,
+        )
     )
     uow.session.add(notice)
     uow.session.flush()
     return notice
+
+
+_NOTICE_KEY = ["person_id", "policy_id", "kind", "due_slot"]
+_NOTICE_TABLE = cast(Table, Notice.__table__)
+# `enqueue_once`'s insert, which does nothing when the notice's key is queued already.
+_QUEUE_ONCE = {
+    "postgresql": postgresql.insert(_NOTICE_TABLE).on_conflict_do_nothing(
+        index_elements=_NOTICE_KEY
+    ),
+    "sqlite": sqlite.insert(_NOTICE_TABLE).on_conflict_do_nothing(index_elements=_NOTICE_KEY),
+}
+
+
+def enqueue_once(
+    uow: UnitOfWork,
+    *,
+    person_id: int,
+    address: str,
+    policy_id: str,
+    version_id: int | None,
+    kind: str,
+    due_slot: str,
+    due_at: datetime,
+    rendered: Rendered,
+    domain: str,
+    payload: dict[str, Any] | None = None,
+) -> bool:
+    """`enqueue` in one statement instead of a `find` and an insert (one report's decision
+    change, W4): the insert does nothing when that (person, policy, kind, slot) is queued
+    already, or is being queued by a transaction it then waits for. True when it queued."""
+    uow.session.flush()  # a Core statement: the session does not flush for it
+    values = _notice_values(
+        uow,
+        person_id=person_id,
+        address=address,
+        policy_id=policy_id,
+        version_id=version_id,
+        kind=kind,
+        due_slot=due_slot,
+        due_at=due_at,
+        rendered=rendered,
+        domain=domain,
+        payload=payload,
+    )
+    result = uow.session.execute(_QUEUE_ONCE[uow.dialect], values)
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def _notice_values(
+    uow: UnitOfWork,
+    *,
+    person_id: int,
+    address: str,
+    policy_id: str,
+    version_id: int | None,
+    kind: str,
+    due_slot: str,
+    due_at: datetime,
+    rendered: Rendered | None,
+    domain: str,
+    payload: dict[str, Any] | None,
+    in_reply_to: str | None = None,
+) -> dict[str, Any]:
+    """A new pending notice's columns."""
+    return {
+        "person_id": person_id,
+        "policy_id": policy_id,
+        "version_id": version_id,
+        "kind": kind,
+        "due_slot": due_slot,
+        "channel": "email",
+        "address": address,
+        "status": NoticeStatus.PENDING,
+        "message_id": new_message_id(domain),  # stored: every (re)delivery sends this one
+        "in_reply_to": in_reply_to,
+        "subject": rendered.subject if rendered else None,
+        "body_text": rendered.text if rendered else None,
+        "body_html": rendered.html if rendered else None,
+        "payload": payload or {},
+        "created_at": uow.now,
+        "due_at": due_at,
+        "next_attempt_at": due_at,
+    }
 
 
 def cancel_pending(

@@ -469,18 +469,17 @@ def effective_versions(uow: UnitOfWork, at: datetime) -> list[PolicyVersion]:
     return in_effect(candidates, at)
 
 
+# Built once: every report's evaluation runs it (W4; see `compliance.rules`).
+_RELEASED = (
+    select(PolicyVersion)
+    .where(PolicyVersion.release_at.is_not(None), PolicyVersion.state.in_(_RELEASED_STATES))
+    .order_by(PolicyVersion.policy_id, PolicyVersion.number)
+)
+
+
 def released_versions(uow: UnitOfWork) -> list[PolicyVersion]:
     """Every version that was ever released, for `in_effect` at several instants."""
-    return list(
-        uow.session.scalars(
-            select(PolicyVersion)
-            .where(
-                PolicyVersion.release_at.is_not(None),
-                PolicyVersion.state.in_(_RELEASED_STATES),
-            )
-            .order_by(PolicyVersion.policy_id, PolicyVersion.number)
-        )
-    )
+    return list(uow.session.scalars(_RELEASED))
 
 
 def in_effect(released: Sequence[PolicyVersion], at: datetime) -> list[PolicyVersion]:
@@ -519,13 +518,17 @@ def settle(uow: UnitOfWork) -> list[PolicyVersion]:
     return released
 
 
+# Built once: a personal device's report runs it (W4; see `compliance.rules`).
+_LIVE_IDENTIFIERS = (
+    select(PolicyIdentifier.namespace, PolicyIdentifier.value, PolicyIdentifier.like_pattern)
+    .join(PolicyVersion, PolicyVersion.id == PolicyIdentifier.version_id)
+    .where(PolicyVersion.state.in_(sorted([*OPEN_STATES, VersionState.ACTIVE])))
+)
+
+
 def live_identifier_keys(uow: UnitOfWork) -> set[tuple[str, str, bool]]:
     """(namespace, value, is_pattern) of every version not ended: what data minimisation keeps."""
-    rows = uow.session.execute(
-        select(PolicyIdentifier.namespace, PolicyIdentifier.value, PolicyIdentifier.like_pattern)
-        .join(PolicyVersion, PolicyVersion.id == PolicyIdentifier.version_id)
-        .where(PolicyVersion.state.in_([*OPEN_STATES, VersionState.ACTIVE]))
-    )
+    rows = uow.session.execute(_LIVE_IDENTIFIERS)
     return {(ns, value, like is not None) for ns, value, like in rows}
 
 

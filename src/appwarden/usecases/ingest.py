@@ -21,6 +21,7 @@ from appwarden.devices.facts import Authority
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import (
+    DeviceRows,
     MinimisationSet,
     ReportOutcome,
     apply_device_facts,
@@ -218,6 +219,8 @@ class _BatchReports:
     on_report: Callable[[], None] | None
     touched: dict[int, Device] = field(default_factory=dict)  # changed: re-evaluated
     seen: dict[int, Device] = field(default_factory=dict)  # reported, changed or not
+    # The rows each report of the one-by-one path left (the device's evaluation reads no more).
+    observed: dict[int, DeviceRows] = field(default_factory=dict)
     _minimisation: MinimisationSet | None = None
     _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
 
@@ -269,7 +272,12 @@ class _BatchReports:
                 continue
             changed, minimise = self._facts(device, report)
             outcome = apply_report(
-                self.uow, device, report, minimise=minimise, token_id=self.writer.token_id
+                self.uow,
+                device,
+                report,
+                minimise=minimise,
+                token_id=self.writer.token_id,
+                rows=self.observed,
             )
             self._counted(device, outcome, changed=changed, joined=joined)
 
@@ -353,7 +361,9 @@ def ingest(
         {d.unmatched_owner for d in seen.values() if d.unmatched_owner is not None}
     )
     # Only what changed: the same page twice changes nothing.
-    result.decision_changes += reevaluate_devices(uow, list(touched.values()))
+    result.decision_changes += reevaluate_devices(
+        uow, list(touched.values()), observed=reports.observed
+    )
     return result
 
 
@@ -361,11 +371,17 @@ def ingest(
 EVALUATION_CHUNK = 1_000
 
 
-def reevaluate_devices(uow: UnitOfWork, devices: Sequence[Device]) -> list[DecisionChanged]:
+def reevaluate_devices(
+    uow: UnitOfWork,
+    devices: Sequence[Device],
+    *,
+    observed: Mapping[int, DeviceRows] | None = None,
+) -> list[DecisionChanged]:
     """`reevaluate_device` for each, in order, reading what they share once: the versions,
-    rules and exemptions for all, the devices' views a chunk at a time."""
+    rules and exemptions for all, the devices' views a chunk at a time. `observed`: rows a
+    report just wrote for some of them (`devices.service.apply_report`)."""
     changes: list[DecisionChanged] = []
-    shared = SharedReads()
+    shared = SharedReads(observed=dict(observed or {}))
     for start in range(0, len(devices), EVALUATION_CHUNK):
         chunk = devices[start : start + EVALUATION_CHUNK]
         shared.views.clear()

@@ -698,16 +698,15 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
     if person is None:
         return
     kind = NoticeKind.BLOCKED if event.new == "deny" else NoticeKind.RESTORED
+    in_effect = dict(event.versions)
     for policy_id in event.causes:
-        version = _version_behind(uow, policy_id, event.at)
+        version = _version_behind(uow, policy_id, event.at, in_effect.get(policy_id))
         if version is None or version.state == VersionState.RETRACTED:
             continue
         doc = document_of(version)
         if not (doc.notices.blocked if kind == NoticeKind.BLOCKED else doc.notices.restored):
             continue
         slot = event.at.strftime("%Y-%m-%dT%H")
-        if outbox.find(uow, person.id, policy_id, kind, slot):
-            continue  # debounce: one of each per person and policy per hour
         line = DeviceLine(  # an unnamed device is called by its first identifier
             name=device.name or device_identifiers(uow, [device.id])[device.id][0],
             device_id=device.id,
@@ -726,7 +725,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             devices=(line,),
             resource=event.resource,
         )
-        outbox.enqueue(
+        outbox.enqueue_once(  # debounce: one of each per person and policy per hour
             uow,
             person_id=person.id,
             address=person.email,
@@ -738,7 +737,6 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             rendered=rendered,
             domain=config.domain,
             payload={"template": str(kind), "device": device.id, "resource": event.resource},
-            looked=True,
         )
 
 
@@ -750,9 +748,17 @@ def _blocked_variant(uow: UnitOfWork, event: DecisionChanged, policy_id: str) ->
     return "unverified" if states == [ComplianceState.UNKNOWN] else "violating"
 
 
-def _version_behind(uow: UnitOfWork, policy_id: str, at: datetime) -> PolicyVersion | None:
-    """The version in effect at `at`, or the one that ended exactly then (retired/retracted)."""
-    live = live_version(uow, policy_id, at)
+def _version_behind(
+    uow: UnitOfWork, policy_id: str, at: datetime, in_effect: int | None = None
+) -> PolicyVersion | None:
+    """The version in effect at `at`, or the one that ended exactly then (retired/retracted).
+    `in_effect`: the id of the version the event says was in effect at `at` (the evaluation
+    that raised it holds it in the session: no query)."""
+    live = (
+        uow.session.get(PolicyVersion, in_effect)
+        if in_effect is not None
+        else live_version(uow, policy_id, at)
+    )
     if live is not None:
         return live
     ended = [v for v in versions_of(uow, policy_id) if v.ended_at is not None and v.ended_at <= at]
