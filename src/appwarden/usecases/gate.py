@@ -331,6 +331,15 @@ class IndexFacts:
     knows to be current; anything it does not know, or a decision whose `valid_until` has come,
     raises NeedStore, so the answer is always the store's. `authoritative=True` (the store is
     down, `on_store_failure: last_known`): the copy's last known state is the answer.
+
+    `complete=True`: the caller knows the copy to be loaded and current (`LiveIndex.fresh`), so
+    it holds every identifier of its namespaces and every device's owner, kind and first such
+    identifier: an identifier it does not know is one the store does not have, and a person's
+    devices in it are all of their devices. What it still cannot answer (NeedStore): a name it
+    does not know (people who own no device are loaded only in full), a device without a
+    current materialised decision for the resource, and a blocking device with no identifier
+    in the gate's namespace (the store's 403 shows one of another namespace).
+
     `not_found`: identifiers and names the store said it does not know, moments ago
     (`web.gate.NotFoundCache`): answered as unknown without asking again.
     """
@@ -341,11 +350,15 @@ class IndexFacts:
         now: datetime,
         *,
         authoritative: bool,
+        complete: bool = False,
+        namespace: str = DeviceNamespace.EAS_DEVICE_ID,
         not_found: RememberedMisses | None = None,
     ) -> None:
         self.index = index
         self.now = now
         self.authoritative = authoritative
+        self.complete = complete and namespace in index.namespaces
+        self.namespace = namespace
         self.not_found = not_found
 
     def people(self, name: str) -> Sequence[PersonRef]:
@@ -360,6 +373,8 @@ class IndexFacts:
         found = self.index.device(namespace, value)
         if found is not None or self.authoritative:
             return found
+        if self.complete and namespace in self.index.namespaces:
+            return None
         if self.not_found is not None and self.not_found.knows((namespace, value)):
             return None
         raise NeedStore
@@ -377,13 +392,18 @@ class IndexFacts:
         raise NeedStore
 
     def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:
-        if not self.authoritative:
+        if not (self.authoritative or self.complete):
             raise NeedStore  # the copy may not know every device of theirs
         return [DeviceRef(d, person) for d in self.index.devices_of(person.id)]
 
     def describe(self, device: DeviceRef, policies: tuple[str, ...]) -> BlockingDevice:
-        value = self.index.identifier_of(device.id)
-        return BlockingDevice("unknown", "unknown", _hint(value), policies)
+        described = self.index.describe(device.id, self.namespace)
+        if described is not None:
+            platform, form_factor, value = described
+            return BlockingDevice(platform, form_factor, _hint(value), policies)
+        if not self.authoritative:
+            raise NeedStore  # the store's 403 names it by an identifier the copy does not hold
+        return BlockingDevice("unknown", "unknown", _hint(self.index.identifier_of(device.id)), policies)
 
 
 class RememberedMisses(Protocol):

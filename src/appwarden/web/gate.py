@@ -366,12 +366,15 @@ class Gate:
         )
 
     def from_memory(self, request: GateRequest, now: datetime | None = None) -> GateAnswer | None:
-        """The answer from the in-memory copy, which the caller knows to be current (`live.fresh`),
-        or None when the copy cannot give it with certainty (the store must)."""
+        """The answer from the in-memory copy, which the caller knows to be current (`live.fresh`,
+        or it has just caught up): so complete, and what it does not hold the store does not
+        have either. None when the copy cannot give it with certainty (the store must)."""
         facts = IndexFacts(
             self.live.index,
             now or self.runtime.now(),
             authoritative=False,
+            complete=self.live.index.loaded,
+            namespace=self.policy.device_namespace,
             not_found=self.not_found,
         )
         try:
@@ -402,7 +405,9 @@ class Gate:
         self, mode: str, request: GateRequest, now: datetime
     ) -> tuple[GateAnswer, str | None]:
         if mode == "last_known" and self.live.index.loaded:
-            facts = IndexFacts(self.live.index, now, authoritative=True)
+            facts = IndexFacts(
+                self.live.index, now, authoritative=True, namespace=self.policy.device_namespace
+            )
             return answer(facts, request, self.policy), "last_known"
         if request.resource is None and request.problem is None:
             return GateAnswer(Decision.ALLOW, "not_gated"), None
