@@ -197,6 +197,12 @@ class DecisionIndex:
         self._marks = marks
         return found
 
+    def moved(self, connection: Connection) -> bool:
+        """Whether an identifier of the copy's namespaces or an owner was written since the last
+        load (two index lookups): on PostgreSQL a transaction that wrote no decision sends no
+        NOTIFY, so the listener asks this as it checks its connection."""
+        return _marks(connection, self.namespaces) != self._marks
+
     def load_devices(self, connection: Connection, device_ids: Collection[int]) -> None:
         """Replace what the copy holds about these devices (and their owners) with the store's."""
         ids = sorted(set(device_ids))

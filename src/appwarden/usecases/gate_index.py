@@ -34,3 +34,9 @@ def load_devices(engine: Engine, index: DecisionIndex, device_ids: Collection[in
     """Reload these devices (after this process committed decisions for them)."""
     with _reading(engine) as connection:
         index.load_devices(connection, device_ids)
+
+
+def moved(engine: Engine, index: DecisionIndex) -> bool:
+    """Whether identifiers or owners were written that no catch-up has read yet."""
+    with _reading(engine) as connection:
+        return index.moved(connection)
