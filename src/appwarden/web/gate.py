@@ -51,7 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appwarden.access.gate import GateConfig, GateRequest, parse_gate_request
-from appwarden.access.index import DeviceRef, PersonRef
+from appwarden.access.index import DecisionRef, DeviceRef, PersonRef
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import AppwardenError
 from appwarden.settings import Settings
@@ -89,6 +89,8 @@ MIN_PROXY_KEY_BYTES: Final = 32
 #: another process's write must reach this one's gate (docs/gates.md).
 NOT_FOUND_SECONDS: Final = 1.0
 NOT_FOUND_ENTRIES: Final = 100_000
+#: Decisions the store computed for devices that have none materialised (`Gate.computed`).
+COMPUTED_ENTRIES: Final = 10_000
 #: How long a request that needs the store waits for a place on the gate's store path before it
 #: is answered 503 (`StorePath`); below the proxies' read timeouts in docs/gates.md (5 s).
 BUSY_WAIT_SECONDS: Final = 2.0
@@ -321,6 +323,7 @@ class Gate:
         self._would_deny = metrics.gate_would_deny
         self._problem = functools.lru_cache(maxsize=4096)(self._render_problem)
         self.not_found = NotFoundCache()
+        self._computed: dict[tuple[int, str], tuple[object, DecisionRef]] = {}
         self.store_path = StorePath(settings.gate_store_concurrency)
         self.pacer = Pacer(settings.gate_unknown_per_second)
         runtime.on_decisions_written.append(self.not_found.clear)
@@ -365,6 +368,28 @@ class Gate:
             lower_cased=True,
         )
 
+    def computed(self, device_id: int, resource: str) -> DecisionRef | None:
+        """An allow the store computed for a device with no materialised decision for the
+        resource (say a person's laptop, never decided for email, while their new phone asks),
+        believed while the copy reflects the same commit as when the store computed it: nothing
+        written since, so the store would compute the same until the decision's `valid_until`.
+        Without this, every unseen DeviceId of that person would take the store path."""
+        entry = self._computed.get((device_id, resource))
+        if entry is None or entry[0] != self.live.seen:
+            return None
+        return entry[1]
+
+    def _remember_computed(self, marker: object, facts: StoreFacts) -> None:
+        if marker is None:
+            return
+        for device_id, resource, decision in facts.computed:
+            # Only allows without a deny: a new deny is judged by the breaker, whose verdict
+            # may change with time alone.
+            if decision.decision == Decision.ALLOW and not decision.denying:
+                if len(self._computed) >= COMPUTED_ENTRIES:
+                    self._computed.clear()
+                self._computed[(device_id, resource)] = (marker, decision)
+
     def from_memory(self, request: GateRequest, now: datetime | None = None) -> GateAnswer | None:
         """The answer from the in-memory copy, which the caller knows to be current (`live.fresh`,
         or it has just caught up): so complete, and what it does not hold the store does not
@@ -376,6 +401,7 @@ class Gate:
             complete=self.live.index.loaded,
             namespace=self.policy.device_namespace,
             not_found=self.not_found,
+            computed=self.computed,
         )
         try:
             return answer(facts, request, self.policy)
@@ -390,12 +416,15 @@ class Gate:
         try:
             if not self.live.fresh():
                 self.live.catch_up()
+            marker = self.live.seen  # before the store is read: a later commit moves it
             remembered = self.from_memory(request, now)
             if remembered is not None:
                 return remembered, None
             with self.runtime.uow(now, write=False) as uow:
                 facts = _RecordingStoreFacts(uow, self.policy.device_namespace, self.not_found)
-                return answer(facts, request, self.policy), None
+                found = answer(facts, request, self.policy)
+            self._remember_computed(marker, facts)
+            return found, None
         except (DBAPIError, ServiceUnavailable):
             mode = self.runtime.settings.on_store_failure
             log.warning("gate: the store is not reachable; answering %s", mode)

@@ -84,6 +84,12 @@ class LiveIndex:
             return self._marker == self._seen and time.monotonic() < self._verified_until
         return False  # no way to hear of other processes' changes: always ask the store
 
+    @property
+    def seen(self) -> object:
+        """The change marker the copy reflects: it moves with every catch-up that follows a
+        commit (None: the copy is not current)."""
+        return self._seen
+
     def _current_marker(self) -> object:
         if self._data_version is not None:
             return self._data_version.read()
