@@ -426,7 +426,9 @@ class IndexFacts:
             return BlockingDevice(platform, form_factor, _hint(value), policies)
         if not self.authoritative:
             raise NeedStore  # the store's 403 names it by an identifier the copy does not hold
-        return BlockingDevice("unknown", "unknown", _hint(self.index.identifier_of(device.id)), policies)
+        return BlockingDevice(
+            "unknown", "unknown", _hint(self.index.identifier_of(device.id)), policies
+        )
 
 
 class RememberedMisses(Protocol):
