@@ -21,9 +21,11 @@ Two paths give the same answer (`usecases.gate.answer` over two sources of facts
   line and latency sample as `web.observability` does for every other request), answers a trusted
   request from the process's in-memory copy (`web.live_index`) on the event loop, when the copy
   is current and knows everything the answer needs. That is nearly every request: a dictionary
-  lookup. Otherwise (a copy that must catch up first, an unknown device or user, a decision whose
-  time has come) it asks `Gate.decide` on the store path: catch up, ask the copy again, then the
-  store; with the store down, `on_store_failure` decides.
+  lookup. A current copy holds every identifier and every person's devices, so a known person's
+  unseen DeviceId is answered from it too. Otherwise (a copy that must catch up first, a name it
+  does not know, a device never decided for the resource, a decision whose time has come) it
+  asks `Gate.decide` on the store path: catch up, ask the copy again, then the store; with the
+  store down, `on_store_failure` decides.
 - The `/gate/...` routes answer the rest: an untrusted caller (401), and any request the fast
   path failed on (the same `Gate.decide`).
 """
