@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from tests.conftest import wait_until_current
 
 from appwarden.access.gate import NO_IDENTITY, GateRequest, Identity, account_name
@@ -444,3 +444,33 @@ def test_each_prepared_decision_is_what_a_fresh_evaluation_says_when_it_applies(
                 assert prepared == (fresh.decision, list(fresh.reasons)), (record.device_id, at)
                 checked += 1
     assert checked >= 6
+
+
+def test_a_computed_allow_is_remembered_until_the_next_commit(store, demo, cli, tmp_path):
+    """Alice has a device never decided for email: the first unseen DeviceId of hers asks the
+    store, which computes that device's allow; the next ones are answered from memory with the
+    same answer, until something is committed."""
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    app = create_app(_settings(store, tmp_path, AFTER))
+    statements = _statements(app)
+    alice = "Basic " + base64.b64encode(b"alice@example.com:pw").decode()
+    with TestClient(app) as client:
+        wait_until_current(app)
+
+        def ask(device: str) -> tuple[int, str]:
+            headers = {**_gate_headers(device, "alice@example.com"), "Authorization": alice}
+            answered = client.get("/gate/forward", headers=headers)
+            return answered.status_code, answered.text
+
+        statements.clear()
+        first = ask("AAAA0001")
+        assert statements  # the store computed her laptop's decision
+        statements.clear()
+        assert ask("AAAA0002") == (first[0], first[1].replace("AAAA0001", "AAAA0002"))
+        assert statements == []
+        with store.engine.begin() as connection:  # another process commits (anything)
+            connection.execute(text("UPDATE person SET email = email"))
+        statements.clear()
+        assert ask("AAAA0003")[0] == first[0]
+        if store.engine.dialect.name == "sqlite":  # any commit moves the WAL-index header
+            assert statements  # the copy caught up, and the remembered allow was dropped

@@ -329,6 +329,8 @@ class Gate:
         self.store_path = StorePath(settings.gate_store_concurrency)
         self.pacer = Pacer(settings.gate_unknown_per_second)
         runtime.on_decisions_written.append(self.not_found.clear)
+        # this process's own commit: on PostgreSQL its NOTIFY comes back a moment later
+        runtime.on_decisions_written.append(lambda _written: self._computed.clear())
 
     def _render_problem(
         self,
