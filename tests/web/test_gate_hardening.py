@@ -178,27 +178,34 @@ def test_metric_labels_take_only_known_methods(store, tmp_path):
     assert "other" in methods
 
 
-def test_an_unknown_device_id_asks_the_store_once_a_second(store, demo, tmp_path):
+def test_an_unknown_name_asks_the_store_once_a_second(store, demo, tmp_path):
+    """A current copy answers an unseen DeviceId of a known person itself; a name it does not
+    know goes to the store, and the store's "nobody by that name" is remembered for a second."""
     app = create_app(settings_for(store, tmp_path, gate_proxy="nginx"))
     unknown = ("eas_device_id", "FEEDFACE00000000000000000000BEEF")
     uri = f"{EAS}?Cmd=Sync&DeviceId={unknown[1]}&DeviceType=x"
-    headers = {
-        "X-Appwarden-Proxy-Key": KEY,
-        "X-Original-URI": uri,
-        "Authorization": basic("EXAMPLE\\bob"),  # signed in: the copy alone cannot say "unseen"
-    }
+    headers = {"X-Appwarden-Proxy-Key": KEY, "X-Original-URI": uri}
     with TestClient(app) as client:
-        assert client.get("/gate/forward", headers=headers).status_code == 200  # unseen_device
+        wait_until_current(app)
         gate = app.state.gate
-        assert gate.not_found.knows(unknown)
-        # remembered: the copy answers "unseen" without deferring to the store
+        signed_in = {**headers, "Authorization": basic("EXAMPLE\\bob")}
+        assert client.get("/gate/forward", headers=signed_in).status_code == 200  # unseen_device
+        assert not gate.not_found.knows(unknown)  # answered from the copy, not the store
+        stranger = {**headers, "Authorization": basic("nobody@example.com")}
+        answered = client.get("/gate/forward", headers=stranger)
+        assert (answered.status_code, answered.json()["reason"]) == (
+            403,
+            "unseen_device_of_unknown_person",
+        )
+        assert gate.not_found.knows("nobody@example.com")
+        # remembered: the copy answers "nobody" without deferring to the store
         facts = IndexFacts(
             gate.live.index, parse_instant(AFTER), authoritative=False, not_found=gate.not_found
         )
-        assert facts.device(*unknown) is None
+        assert facts.people("nobody@example.com") == ()
         gate.not_found.clear()
         with pytest.raises(NeedStore):
-            facts.device(*unknown)
+            facts.people("nobody@example.com")
 
 
 def test_only_strangers_are_paced_not_known_devices_while_the_copy_catches_up(

@@ -12,13 +12,14 @@ import base64
 import io
 import logging
 import sqlite3
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from tests.conftest import wait_until_current
 
 from appwarden.access.gate import NO_IDENTITY, GateRequest, Identity, account_name
@@ -93,8 +94,9 @@ def _requests(store) -> list[GateRequest]:
     return requests
 
 
-def _compare(store, live: LiveIndex, at: str) -> tuple[int, int]:
-    """(answered from memory, deferred to the store); fails on the first disagreement."""
+def _compare(store, live: LiveIndex, at: str, *, complete: bool = False) -> tuple[int, int]:
+    """(answered from memory, deferred to the store); fails on the first disagreement.
+    `complete`: the copy is known current, so what it does not hold the store does not have."""
     now = parse_instant(at)
     answered = deferred = 0
     for policy in (GatePolicy(), GatePolicy(unseen_device="deny")):
@@ -102,7 +104,8 @@ def _compare(store, live: LiveIndex, at: str) -> tuple[int, int]:
             with unit_of_work(store.engine, now=now, write=False) as uow:
                 expected = answer(StoreFacts(uow), request, policy)
             try:
-                got = answer(IndexFacts(live.index, now, authoritative=False), request, policy)
+                facts = IndexFacts(live.index, now, authoritative=False, complete=complete)
+                got = answer(facts, request, policy)
             except NeedStore:
                 deferred += 1
                 continue
@@ -126,6 +129,39 @@ def test_the_copy_answers_as_the_store_or_defers(store, demo, cli):
     assert cli("worker", "--once", "--at", AFTER).code == 0
     live.catch_up()
     assert _compare(store, live, AFTER) == (answered, deferred)
+
+
+@pytest.mark.parametrize("at", [BEFORE, AFTER])
+def test_a_complete_copy_answers_unseen_devices_as_the_store(store, demo, cli, at):
+    """A copy known to be current holds every identifier and every person's devices: the unseen
+    DeviceId of a known person (allowed, or denied with their own blocked devices listed, as
+    the store's 403 lists them) is answered from memory, exactly as the store answers it. Names
+    it does not know, and people with a device never decided for the resource, still go to the
+    store."""
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    live = LiveIndex(store.engine)
+    live.catch_up(full=True)
+    partial = _compare(store, live, at)
+    answered, deferred = _compare(store, live, at, complete=True)
+    assert answered > partial[0]
+    assert answered + deferred == sum(partial)
+    now = parse_instant(at)
+    unseen = [
+        r
+        for r in _requests(store)
+        if r.device_id == "FFFF0000FFFF0000FFFF0000FFFF0000" and r.resource == "email"
+    ]
+    outcomes = set()
+    for request in unseen:
+        facts = IndexFacts(live.index, now, authoritative=False, complete=True)
+        try:
+            got = answer(facts, request, GatePolicy())
+        except NeedStore:  # an unknown name, or a device of theirs never decided for email
+            continue
+        outcomes.add((got.reason, bool(got.blocking)))
+    assert ("unseen_device", False) in outcomes
+    if at == AFTER:  # carol's phone is denied: her new DeviceId is too, her phone listed
+        assert ("unseen_device_of_blocked_person", True) in outcomes
 
 
 def _assert_prepared_decisions_are_fresh(store, at: str) -> None:
@@ -179,11 +215,15 @@ def _gate_headers(device: str, user: str) -> dict[str, str]:
 
 
 def _statements(app) -> list[str]:
-    """Every SQL statement the application's engine runs from now on."""
+    """Every SQL statement the application's engine runs from now on, but the copy's own
+    upkeep (its threads: on PostgreSQL the listener looks for new identifiers as it pings)."""
     statements: list[str] = []
-    event.listen(
-        app.state.runtime.engine, "before_cursor_execute", lambda *a: statements.append(a[2])
-    )
+
+    def seen(*args: object) -> None:
+        if not threading.current_thread().name.startswith("appwarden-index"):
+            statements.append(str(args[2]))
+
+    event.listen(app.state.runtime.engine, "before_cursor_execute", seen)
     return statements
 
 
@@ -219,13 +259,61 @@ def test_a_current_copy_answers_without_the_store(store, demo, cli, tmp_path):
         # a decision, and the mail server challenges the request itself: no store.
         unseen = client.get("/gate/forward", headers=_gate_headers("AAAA1111", "zed"))
         assert (unseen.status_code, statements) == (200, [])
-        # Signed in, the unseen device of a known person: the store is asked (all their devices).
+        # Signed in, the unseen device of a known person: a current copy holds every identifier
+        # and all of bob's devices, so "not in the copy" is "not in the store": no store either.
         signed_in = {
             **_gate_headers("AAAA1111", "bob"),
             "Authorization": "Basic " + base64.b64encode(b"EXAMPLE\\bob:pw").decode(),
         }
         assert client.get("/gate/forward", headers=signed_in).status_code == 200
-        assert statements
+        assert statements == []
+        assert app.state.gate.not_found.knows(("eas_device_id", "AAAA1111")) is False
+
+
+def test_a_device_another_process_adds_is_known_before_the_next_answer(store, demo, cli, tmp_path):
+    """A device written by another process with no decision at all (no decision row to stamp,
+    no NOTIFY of its own): its identifier must reach the copy before the gate could call it
+    unseen. Asked as bob, the device is someone else's: 403, where "unseen" would be 200."""
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    app = create_app(_settings(store, tmp_path, AFTER))
+    signed_in = {
+        **_gate_headers("DDDD2222", "bob"),
+        "Authorization": "Basic " + base64.b64encode(b"EXAMPLE\\bob:pw").decode(),
+    }
+    with TestClient(app) as client:
+        wait_until_current(app)
+        assert client.get("/gate/forward", headers=signed_in).status_code == 200  # unseen
+        now = parse_instant(AFTER)
+        with store.engine.begin() as connection:
+            device_id = connection.execute(
+                Device.__table__.insert().values(
+                    platform="ios",
+                    form_factor="phone",
+                    ownership="unknown",
+                    status="active",
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]
+            connection.execute(
+                DeviceIdentifier.__table__.insert().values(
+                    device_id=device_id,
+                    namespace="eas_device_id",
+                    value="DDDD2222",
+                    source="test",
+                    first_seen_at=now,
+                    last_seen_at=now,
+                )
+            )
+        if store.engine.dialect.name == "postgresql":
+            # No NOTIFY came (no decision was written): the listener's next check-in or the
+            # poll picks it up; until then the copy is still believed current, so wait for it.
+            live: LiveIndex = app.state.live_index
+            deadline = time.monotonic() + 10
+            while live.index.device("eas_device_id", "DDDD2222") is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        answered = client.get("/gate/forward", headers=signed_in)
+        assert (answered.status_code, answered.json()["reason"]) == (403, "user_is_not_the_owner")
 
 
 def test_another_process_commit_is_seen_before_the_next_answer(store, demo, cli, tmp_path):
@@ -356,3 +444,33 @@ def test_each_prepared_decision_is_what_a_fresh_evaluation_says_when_it_applies(
                 assert prepared == (fresh.decision, list(fresh.reasons)), (record.device_id, at)
                 checked += 1
     assert checked >= 6
+
+
+def test_a_computed_allow_is_remembered_until_the_next_commit(store, demo, cli, tmp_path):
+    """Alice has a device never decided for email: the first unseen DeviceId of hers asks the
+    store, which computes that device's allow; the next ones are answered from memory with the
+    same answer, until something is committed."""
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    app = create_app(_settings(store, tmp_path, AFTER))
+    statements = _statements(app)
+    alice = "Basic " + base64.b64encode(b"alice@example.com:pw").decode()
+    with TestClient(app) as client:
+        wait_until_current(app)
+
+        def ask(device: str) -> tuple[int, str]:
+            headers = {**_gate_headers(device, "alice@example.com"), "Authorization": alice}
+            answered = client.get("/gate/forward", headers=headers)
+            return answered.status_code, answered.text
+
+        statements.clear()
+        first = ask("AAAA0001")
+        assert statements  # the store computed her laptop's decision
+        statements.clear()
+        assert ask("AAAA0002") == (first[0], first[1].replace("AAAA0001", "AAAA0002"))
+        assert statements == []
+        with store.engine.begin() as connection:  # another process commits (anything)
+            connection.execute(text("UPDATE person SET email = email"))
+        statements.clear()
+        assert ask("AAAA0003")[0] == first[0]
+        if store.engine.dialect.name == "sqlite":  # any commit moves the WAL-index header
+            assert statements  # the copy caught up, and the remembered allow was dropped

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import re
 import struct
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -392,6 +393,24 @@ def identity_of(
         return NO_IDENTITY
     if len(value) > MAX_CREDENTIALS_LENGTH:
         return Identity(None, "none", "unreadable_credentials")
+    # A client sends the same credentials on every request: what they name is remembered, by a
+    # digest of them (the cache must not become a store of passwords and tokens).
+    key = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    known = _credentials_seen.get(key)
+    if known is None:
+        if len(_credentials_seen) >= _CREDENTIALS_CACHED:
+            _credentials_seen.clear()  # whatever callers send, the cache stays this small
+        known = _credentials_seen[key] = _read_credentials(value)
+    return known
+
+
+#: How many credentials' identities are remembered (`identity_of`): a digest and an Identity
+#: each, a few megabytes at most.
+_CREDENTIALS_CACHED = 65536
+_credentials_seen: dict[bytes, Identity] = {}
+
+
+def _read_credentials(value: str) -> Identity:
     scheme, _, credentials = value.strip().partition(" ")
     scheme = scheme.casefold()
     if scheme == "basic":

@@ -18,15 +18,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from appwarden.access.models import DecisionRecord
-from appwarden.devices.models import Device, DeviceIdentifier
+from appwarden.devices.models import Device, DeviceIdentifier, DeviceOwnerHistory
 from appwarden.identity.models import Person, PersonAccount, PersonAlias
 from appwarden.vocabulary import Decision
 
 #: Devices per IN (...) list when loading a set of devices.
 CHUNK = 500
+#: How far below the highest identifier / owner-history row seen a catch-up reads again: a
+#: transaction that took its row ids before another's and committed after it (PostgreSQL
+#: sequences) is still read, as long as fewer than this many rows were committed in between.
+ID_SLACK = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,9 @@ class _Tables:
     people_by_name: dict[str, tuple[int, ...]] = field(default_factory=dict)
     decisions: dict[tuple[int, str], DecisionRef] = field(default_factory=dict)
     resources_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # (platform, form factor) of every device, one shared tuple per distinct pair: what a 403
+    # lists about the asking person's own blocked devices
+    kind_of: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,8 @@ class _Loaded:
     """What one read returned: the devices it covers (all of their facts), and their owners."""
 
     devices: frozenset[int]
-    identifiers: Sequence[tuple[str, str, int]]
-    owners: Sequence[tuple[int, int | None]]
+    identifiers: Sequence[tuple[str, str, int]]  # in the store's order of identifier ids
+    owners: Sequence[tuple[int, int | None, str, str]]  # device, owner, platform, form factor
     people: Sequence[PersonRef]
     decisions: Sequence[tuple[int, str, DecisionRef]]
 
@@ -98,6 +105,8 @@ class DecisionIndex:
         self._tables = _Tables()
         self._lock = threading.Lock()
         self.loaded = False
+        # the highest identifier and owner-history row ids seen (`changed`)
+        self._marks: tuple[int, int] = (0, 0)
 
     # ── reading ──────────────────────────────────────────────────────────────────────────────
 
@@ -125,6 +134,17 @@ class DecisionIndex:
             keys = self._tables.identifiers_of.get(device_id, ())
             return keys[0][1] if keys else None
 
+    def describe(self, device_id: int, namespace: str) -> tuple[str, str, str] | None:
+        """Platform, form factor and first identifier value in `namespace` (by the store's
+        identifier order) of a device; None when the copy holds no such identifier of it."""
+        with self._lock:
+            t = self._tables
+            kind = t.kind_of.get(device_id)
+            for held, value in t.identifiers_of.get(device_id, ()):
+                if held == namespace and kind is not None:
+                    return kind[0], kind[1], value
+            return None
+
     def decision(self, device_id: int, resource: str) -> DecisionRef | None:
         with self._lock:
             return self._tables.decisions.get((device_id, resource))
@@ -140,12 +160,48 @@ class DecisionIndex:
 
     def load_all(self, connection: Connection) -> None:
         """Replace the whole copy with what the store holds now."""
+        marks = _marks(connection)  # before the rows: a later insert is re-read
         loaded = _read(connection, None, self.namespaces)
         fresh = _Tables()
         _apply(fresh, loaded)
         with self._lock:
             self._tables = fresh
+            self._marks = marks
             self.loaded = True
+
+    def changed(self, connection: Connection, since: datetime) -> set[int]:
+        """The devices a catch-up must reload: those whose decisions were written at or after
+        `since`, and those that got an identifier in the copy's namespaces or a new owner since
+        the last load, which the copy does not hold yet (a device with no decision at all is in
+        neither of the first: without this the copy could say "unseen" of an identifier the
+        store has)."""
+        marks = _marks(connection)
+        # SQLite has one writer at a time: rows commit in the order of their ids.
+        slack = 0 if connection.dialect.name == "sqlite" else ID_SLACK
+        low_identifier, low_owner = (max(0, m - slack) for m in self._marks)
+        found = changed_since(connection, since)
+        identifiers = connection.execute(
+            select(DeviceIdentifier.device_id, DeviceIdentifier.namespace, DeviceIdentifier.value)
+            .where(DeviceIdentifier.id > low_identifier)
+            .where(DeviceIdentifier.namespace.in_(self.namespaces))
+        ).all()
+        owners = connection.execute(
+            select(DeviceOwnerHistory.device_id, DeviceOwnerHistory.person_id).where(
+                DeviceOwnerHistory.id > low_owner
+            )
+        ).all()
+        with self._lock:  # rows fetched first: readers wait only for these lookups
+            t = self._tables
+            found.update(d for d, n, v in identifiers if t.device_by_identifier.get((n, v)) != d)
+            found.update(d for d, p in owners if t.owner_of.get(d) != p)
+        self._marks = marks
+        return found
+
+    def moved(self, connection: Connection) -> bool:
+        """Whether an identifier of the copy's namespaces or an owner was written since the last
+        load (two index lookups): on PostgreSQL a transaction that wrote no decision sends no
+        NOTIFY, so the listener asks this as it checks its connection."""
+        return _marks(connection) != self._marks
 
     def load_devices(self, connection: Connection, device_ids: Collection[int]) -> None:
         """Replace what the copy holds about these devices (and their owners) with the store's."""
@@ -165,13 +221,21 @@ def changed_since(connection: Connection, since: datetime) -> set[int]:
     return {device_id for (device_id,) in rows}
 
 
+def _marks(connection: Connection) -> tuple[int, int]:
+    # The highest ids of all namespaces: a lookup at the end of the primary key, where a
+    # namespace filter would walk that namespace's index entries.
+    identifiers = connection.scalar(select(func.max(DeviceIdentifier.id)))
+    owners = connection.scalar(select(func.max(DeviceOwnerHistory.id)))
+    return int(identifiers or 0), int(owners or 0)
+
+
 def _read(
     connection: Connection, device_ids: Sequence[int] | None, namespaces: Sequence[str]
 ) -> _Loaded:
     identifiers = select(
         DeviceIdentifier.namespace, DeviceIdentifier.value, DeviceIdentifier.device_id
     ).where(DeviceIdentifier.namespace.in_(namespaces))
-    owners = select(Device.id, Device.owner_id)
+    owners = select(Device.id, Device.owner_id, Device.platform, Device.form_factor)
     decisions = select(
         DecisionRecord.device_id,
         DecisionRecord.resource,
@@ -186,9 +250,10 @@ def _read(
         identifiers = identifiers.where(DeviceIdentifier.device_id.in_(device_ids))
         owners = owners.where(Device.id.in_(device_ids))
         decisions = decisions.where(DecisionRecord.device_id.in_(device_ids))
-    owner_rows = [(d, o) for d, o in connection.execute(owners)]
-    covered = frozenset(d for d, _ in owner_rows)
-    person_ids = sorted({o for _, o in owner_rows if o is not None})
+    identifiers = identifiers.order_by(DeviceIdentifier.id)  # as the store's 403 picks one
+    owner_rows = [(d, o, p, f) for d, o, p, f in connection.execute(owners)]
+    covered = frozenset(d for d, *_ in owner_rows)
+    person_ids = sorted({o for _, o, *_ in owner_rows if o is not None})
     return _Loaded(
         # Every device asked for: one the store no longer has is forgotten.
         devices=covered if device_ids is None else frozenset(device_ids),
@@ -247,6 +312,10 @@ def _decision(
 _DECISIONS: Final = {str(d): d for d in Decision}
 
 
+#: One tuple per distinct (platform, form factor) for every device of the copy.
+_KINDS: Final[dict[tuple[str, str], tuple[str, str]]] = {}
+
+
 def _apply(t: _Tables, loaded: _Loaded) -> None:
     """Patch `t` so that it says exactly what `loaded` says about its devices and people."""
     for device_id in loaded.devices:
@@ -258,6 +327,7 @@ def _apply(t: _Tables, loaded: _Loaded) -> None:
             _drop(t.devices_of, old_owner, device_id)
         for resource in t.resources_of.pop(device_id, ()):
             t.decisions.pop((device_id, resource), None)
+        t.kind_of.pop(device_id, None)
     for person in loaded.people:
         _forget_person(t, person.id)
         t.people[person.id] = person
@@ -266,7 +336,10 @@ def _apply(t: _Tables, loaded: _Loaded) -> None:
     for namespace, value, device_id in loaded.identifiers:
         t.device_by_identifier[(namespace, value)] = device_id
         t.identifiers_of[device_id] = (*t.identifiers_of.get(device_id, ()), (namespace, value))
-    for device_id, owner_id in loaded.owners:
+    kinds = _KINDS
+    for device_id, owner_id, platform, form_factor in loaded.owners:
+        kind = (platform, form_factor)
+        t.kind_of[device_id] = kinds.setdefault(kind, kind)
         t.owner_of[device_id] = owner_id
         if owner_id is not None:
             t.devices_of[owner_id] = (*t.devices_of.get(owner_id, ()), device_id)

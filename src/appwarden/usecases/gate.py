@@ -16,7 +16,7 @@ asking" and "Devices appwarden has never seen").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol
@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, Protocol
 from sqlalchemy import select
 
 from appwarden.access.breaker import judged_view
+from appwarden.access.decide import DecisionResult
 from appwarden.access.gate import GateRequest
 from appwarden.access.index import DecisionIndex, DecisionRef, DeviceRef, PersonRef
 from appwarden.access.models import DecisionRecord
@@ -240,8 +241,8 @@ def _policies(blocking: Iterable[BlockingDevice]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for device in blocking for p in device.policies))
 
 
-def _denying(reasons: Iterable[Mapping[str, Any]]) -> list[str]:
-    return [str(r["policy"]) for r in reasons if r.get("effect") == "deny"]
+def _denying(reasons: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    return tuple(str(r["policy"]) for r in reasons if r.get("effect") == "deny")
 
 
 def _hint(value: str | None) -> str:
@@ -254,6 +255,9 @@ class StoreFacts:
     def __init__(self, uow: UnitOfWork, namespace: str = DeviceNamespace.EAS_DEVICE_ID) -> None:
         self.uow = uow
         self.namespace = namespace
+        # decisions computed because none was ever materialised (a laptop never decided for
+        # email): the gate may remember them while nothing is committed (`web.gate`)
+        self.computed: list[tuple[int, str, DecisionRef]] = []
 
     def people(self, name: str) -> Sequence[PersonRef]:
         session = self.uow.session
@@ -281,8 +285,14 @@ class StoreFacts:
         return self.device(namespace, value)
 
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
-        row = self.uow.session.get(Device, device.id)
+        session = self.uow.session
+        row = session.get(Device, device.id)
         assert row is not None
+        if session.get(DecisionRecord, (device.id, resource)) is None:
+            result = computed_decision(self.uow, row, resource, self.uow.now)
+            found = DecisionRef(result.decision, result.valid_until, _denying(result.reasons))
+            self.computed.append((device.id, resource, found))
+            return found
         decision, reasons = current_decision(self.uow, row, resource, self.uow.now)
         return DecisionRef(decision, None, tuple(_denying(reasons)))
 
@@ -320,8 +330,15 @@ def current_decision(
         upcoming = record.next_valid_until
         if record.next_decision is not None and (upcoming is None or now < upcoming):
             return Decision(record.next_decision), list(record.next_reasons or ())
-    result = judged_view(uow, device, resource, now, decide_for(uow, device, resource, now))
+    result = computed_decision(uow, device, resource, now)
     return result.decision, list(result.reasons)
+
+
+def computed_decision(
+    uow: UnitOfWork, device: Device, resource: str, now: datetime
+) -> DecisionResult:
+    """The decision evaluated now, as the breaker lets a reader see it (nothing written)."""
+    return judged_view(uow, device, resource, now, decide_for(uow, device, resource, now))
 
 
 class IndexFacts:
@@ -331,8 +348,19 @@ class IndexFacts:
     knows to be current; anything it does not know, or a decision whose `valid_until` has come,
     raises NeedStore, so the answer is always the store's. `authoritative=True` (the store is
     down, `on_store_failure: last_known`): the copy's last known state is the answer.
+
+    `complete=True`: the caller knows the copy to be loaded and current (`LiveIndex.fresh`), so
+    it holds every identifier of its namespaces and every device's owner, kind and first such
+    identifier: an identifier it does not know is one the store does not have, and a person's
+    devices in it are all of their devices. What it still cannot answer (NeedStore): a name it
+    does not know (people who own no device are loaded only in full), a device without a
+    current materialised decision for the resource, and a blocking device with no identifier
+    in the gate's namespace (the store's 403 shows one of another namespace).
+
     `not_found`: identifiers and names the store said it does not know, moments ago
-    (`web.gate.NotFoundCache`): answered as unknown without asking again.
+    (`web.gate.NotFoundCache`): answered as unknown without asking again. `computed`: a
+    decision the store computed for a device that has none materialised for the resource,
+    while nothing has been committed since (`web.gate.Gate.computed`).
     """
 
     def __init__(
@@ -341,12 +369,18 @@ class IndexFacts:
         now: datetime,
         *,
         authoritative: bool,
+        complete: bool = False,
+        namespace: str = DeviceNamespace.EAS_DEVICE_ID,
         not_found: RememberedMisses | None = None,
+        computed: Callable[[int, str], DecisionRef | None] | None = None,
     ) -> None:
         self.index = index
         self.now = now
         self.authoritative = authoritative
+        self.complete = complete and namespace in index.namespaces
+        self.namespace = namespace
         self.not_found = not_found
+        self.computed = computed
 
     def people(self, name: str) -> Sequence[PersonRef]:
         found = self.index.people_named(name)
@@ -360,6 +394,8 @@ class IndexFacts:
         found = self.index.device(namespace, value)
         if found is not None or self.authoritative:
             return found
+        if self.complete and namespace in self.index.namespaces:
+            return None
         if self.not_found is not None and self.not_found.knows((namespace, value)):
             return None
         raise NeedStore
@@ -369,6 +405,8 @@ class IndexFacts:
 
     def decision(self, device: DeviceRef, resource: str) -> DecisionRef:
         known = self.index.decision(device.id, resource)
+        if known is None and self.computed is not None:
+            known = self.computed(device.id, resource)
         current = known.at(self.now) if known is not None else None
         if current is not None:
             return current
@@ -377,13 +415,20 @@ class IndexFacts:
         raise NeedStore
 
     def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:
-        if not self.authoritative:
+        if not (self.authoritative or self.complete):
             raise NeedStore  # the copy may not know every device of theirs
         return [DeviceRef(d, person) for d in self.index.devices_of(person.id)]
 
     def describe(self, device: DeviceRef, policies: tuple[str, ...]) -> BlockingDevice:
-        value = self.index.identifier_of(device.id)
-        return BlockingDevice("unknown", "unknown", _hint(value), policies)
+        described = self.index.describe(device.id, self.namespace)
+        if described is not None:
+            platform, form_factor, value = described
+            return BlockingDevice(platform, form_factor, _hint(value), policies)
+        if not self.authoritative:
+            raise NeedStore  # the store's 403 names it by an identifier the copy does not hold
+        return BlockingDevice(
+            "unknown", "unknown", _hint(self.index.identifier_of(device.id)), policies
+        )
 
 
 class RememberedMisses(Protocol):

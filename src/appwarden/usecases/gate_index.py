@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
-from appwarden.access.index import DecisionIndex, changed_since
+from appwarden.access.index import DecisionIndex
 
 
 def _reading(engine: Engine) -> Connection:
@@ -24,12 +24,19 @@ def load_all(engine: Engine, index: DecisionIndex) -> None:
 
 
 def load_changed(engine: Engine, index: DecisionIndex, since: datetime) -> None:
-    """Reload the devices whose decisions were written after `since`."""
+    """Reload the devices whose decisions were written after `since`, or that got an identifier
+    or an owner the copy does not hold (`DecisionIndex.changed`)."""
     with _reading(engine) as connection:
-        index.load_devices(connection, changed_since(connection, since))
+        index.load_devices(connection, index.changed(connection, since))
 
 
 def load_devices(engine: Engine, index: DecisionIndex, device_ids: Collection[int]) -> None:
     """Reload these devices (after this process committed decisions for them)."""
     with _reading(engine) as connection:
         index.load_devices(connection, device_ids)
+
+
+def moved(engine: Engine, index: DecisionIndex) -> bool:
+    """Whether identifiers or owners were written that no catch-up has read yet."""
+    with _reading(engine) as connection:
+        return index.moved(connection)

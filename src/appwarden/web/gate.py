@@ -21,9 +21,11 @@ Two paths give the same answer (`usecases.gate.answer` over two sources of facts
   line and latency sample as `web.observability` does for every other request), answers a trusted
   request from the process's in-memory copy (`web.live_index`) on the event loop, when the copy
   is current and knows everything the answer needs. That is nearly every request: a dictionary
-  lookup. Otherwise (a copy that must catch up first, an unknown device or user, a decision whose
-  time has come) it asks `Gate.decide` on the store path: catch up, ask the copy again, then the
-  store; with the store down, `on_store_failure` decides.
+  lookup. A current copy holds every identifier and every person's devices, so a known person's
+  unseen DeviceId is answered from it too. Otherwise (a copy that must catch up first, a name it
+  does not know, a device never decided for the resource, a decision whose time has come) it
+  asks `Gate.decide` on the store path: catch up, ask the copy again, then the store; with the
+  store down, `on_store_failure` decides.
 - The `/gate/...` routes answer the rest: an untrusted caller (401), and any request the fast
   path failed on (the same `Gate.decide`).
 """
@@ -51,7 +53,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appwarden.access.gate import GateConfig, GateRequest, parse_gate_request
-from appwarden.access.index import DeviceRef, PersonRef
+from appwarden.access.index import DecisionRef, DeviceRef, PersonRef
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import AppwardenError
 from appwarden.settings import Settings
@@ -89,6 +91,8 @@ MIN_PROXY_KEY_BYTES: Final = 32
 #: another process's write must reach this one's gate (docs/gates.md).
 NOT_FOUND_SECONDS: Final = 1.0
 NOT_FOUND_ENTRIES: Final = 100_000
+#: Decisions the store computed for devices that have none materialised (`Gate.computed`).
+COMPUTED_ENTRIES: Final = 10_000
 #: How long a request that needs the store waits for a place on the gate's store path before it
 #: is answered 503 (`StorePath`); below the proxies' read timeouts in docs/gates.md (5 s).
 BUSY_WAIT_SECONDS: Final = 2.0
@@ -321,9 +325,12 @@ class Gate:
         self._would_deny = metrics.gate_would_deny
         self._problem = functools.lru_cache(maxsize=4096)(self._render_problem)
         self.not_found = NotFoundCache()
+        self._computed: dict[tuple[int, str], tuple[object, DecisionRef]] = {}
         self.store_path = StorePath(settings.gate_store_concurrency)
         self.pacer = Pacer(settings.gate_unknown_per_second)
         runtime.on_decisions_written.append(self.not_found.clear)
+        # this process's own commit: on PostgreSQL its NOTIFY comes back a moment later
+        runtime.on_decisions_written.append(lambda _written: self._computed.clear())
 
     def _render_problem(
         self,
@@ -365,14 +372,40 @@ class Gate:
             lower_cased=True,
         )
 
+    def computed(self, device_id: int, resource: str) -> DecisionRef | None:
+        """An allow the store computed for a device with no materialised decision for the
+        resource (say a person's laptop, never decided for email, while their new phone asks),
+        believed while the copy reflects the same commit as when the store computed it: nothing
+        written since, so the store would compute the same until the decision's `valid_until`.
+        Without this, every unseen DeviceId of that person would take the store path."""
+        entry = self._computed.get((device_id, resource))
+        if entry is None or entry[0] != self.live.seen:
+            return None
+        return entry[1]
+
+    def _remember_computed(self, marker: object, facts: StoreFacts) -> None:
+        if marker is None:
+            return
+        for device_id, resource, decision in facts.computed:
+            # Only allows without a deny: a new deny is judged by the breaker, whose verdict
+            # may change with time alone.
+            if decision.decision == Decision.ALLOW and not decision.denying:
+                if len(self._computed) >= COMPUTED_ENTRIES:
+                    self._computed.clear()
+                self._computed[(device_id, resource)] = (marker, decision)
+
     def from_memory(self, request: GateRequest, now: datetime | None = None) -> GateAnswer | None:
-        """The answer from the in-memory copy, which the caller knows to be current (`live.fresh`),
-        or None when the copy cannot give it with certainty (the store must)."""
+        """The answer from the in-memory copy, which the caller knows to be current (`live.fresh`,
+        or it has just caught up): so complete, and what it does not hold the store does not
+        have either. None when the copy cannot give it with certainty (the store must)."""
         facts = IndexFacts(
             self.live.index,
             now or self.runtime.now(),
             authoritative=False,
+            complete=self.live.index.loaded,
+            namespace=self.policy.device_namespace,
             not_found=self.not_found,
+            computed=self.computed,
         )
         try:
             return answer(facts, request, self.policy)
@@ -387,12 +420,15 @@ class Gate:
         try:
             if not self.live.fresh():
                 self.live.catch_up()
+            marker = self.live.seen  # before the store is read: a later commit moves it
             remembered = self.from_memory(request, now)
             if remembered is not None:
                 return remembered, None
             with self.runtime.uow(now, write=False) as uow:
                 facts = _RecordingStoreFacts(uow, self.policy.device_namespace, self.not_found)
-                return answer(facts, request, self.policy), None
+                found = answer(facts, request, self.policy)
+            self._remember_computed(marker, facts)
+            return found, None
         except (DBAPIError, ServiceUnavailable):
             mode = self.runtime.settings.on_store_failure
             log.warning("gate: the store is not reachable; answering %s", mode)
@@ -402,7 +438,9 @@ class Gate:
         self, mode: str, request: GateRequest, now: datetime
     ) -> tuple[GateAnswer, str | None]:
         if mode == "last_known" and self.live.index.loaded:
-            facts = IndexFacts(self.live.index, now, authoritative=True)
+            facts = IndexFacts(
+                self.live.index, now, authoritative=True, namespace=self.policy.device_namespace
+            )
             return answer(facts, request, self.policy), "last_known"
         if request.resource is None and request.problem is None:
             return GateAnswer(Decision.ALLOW, "not_gated"), None

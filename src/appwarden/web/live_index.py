@@ -12,7 +12,9 @@ first (`catch_up()`) or asks the store. How "current" is known:
 - PostgreSQL: a thread LISTENs on `access.service.CHANGES_CHANNEL` (`db.changes.Notifications`;
   every transaction that writes decisions NOTIFYs on commit) and catches up when told; it also
   checks its connection every `interval` seconds, and while it cannot, the copy is not trusted
-  (the store may be gone, and then `on_store_failure` decides);
+  (the store may be gone, and then `on_store_failure` decides); as it does, it also looks for
+  new identifiers and owners (`DecisionIndex.moved`: a transaction that wrote no decision, a
+  device without any, sends no NOTIFY), so those reach the copy within `interval / 2`;
 - and every `FULL_RELOAD_SECONDS` the whole copy is reloaded, which also picks up what changes no
   decision (a person's new address, say).
 
@@ -81,6 +83,12 @@ class LiveIndex:
         if self.engine.dialect.name == "postgresql":
             return self._marker == self._seen and time.monotonic() < self._verified_until
         return False  # no way to hear of other processes' changes: always ask the store
+
+    @property
+    def seen(self) -> object:
+        """The change marker the copy reflects: it moves with every catch-up that follows a
+        commit (None: the copy is not current)."""
+        return self._seen
 
     def _current_marker(self) -> object:
         if self._data_version is not None:
@@ -159,7 +167,9 @@ class LiveIndex:
                     self._vouch()
                     self.catch_up()
                     while not self._stop.is_set():
-                        if feed.wait(self.interval / 2):
+                        if feed.wait(self.interval / 2) or gate_index.moved(
+                            self.engine, self.index
+                        ):
                             self._marker += 1
                             self.catch_up()
                         feed.ping()  # the store still answers
