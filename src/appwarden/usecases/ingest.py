@@ -28,7 +28,7 @@ from appwarden.devices.service import (
     resolve_device,
 )
 from appwarden.errors import IdentifierConflict, InvalidInput
-from appwarden.events import DecisionChanged, DeviceEvaluated
+from appwarden.events import DecisionChanged, DeviceEvaluated, DevicesEvaluated
 from appwarden.identity.schemas import PersonFacts
 from appwarden.identity.service import PersonLookup, groups_of, upsert_person
 from appwarden.policies.service import live_identifier_keys
@@ -364,15 +364,20 @@ EVALUATION_CHUNK = 1_000
 def reevaluate_devices(uow: UnitOfWork, devices: Sequence[Device]) -> list[DecisionChanged]:
     """`reevaluate_device` for each, in order, reading what they share once: the versions,
     rules and exemptions for all, the devices' views a chunk at a time."""
+    if len(devices) <= 1:
+        return [change for device in devices for change in reevaluate_device(uow, device)]
     changes: list[DecisionChanged] = []
+    evaluated: list[DeviceEvaluated] = []
     shared = SharedReads()
     for start in range(0, len(devices), EVALUATION_CHUNK):
         chunk = devices[start : start + EVALUATION_CHUNK]
         shared.views.clear()
-        if len(chunk) > 1:
-            shared.prefetch(uow, [device.id for device in chunk])
+        shared.prefetch(uow, [device.id for device in chunk])
         for device in chunk:
-            changes += reevaluate_device(uow, device, shared=shared)
+            changes += _reevaluate(uow, device, frozenset(), shared, evaluated)
+    # One event for the batch: its reactions (late entrants' notices) read what the devices
+    # share once.
+    uow.publish(DevicesEvaluated(tuple(evaluated), uow.now))
     return changes
 
 
@@ -386,12 +391,28 @@ def reevaluate_device(
     """Store the device's states and decisions anew; `admit`: policies whose held denies an
     admin releases (`usecases.breakers`); `shared`: reads shared with other devices evaluated
     in the same unit of work (`reevaluate_devices`)."""
-    evaluator = DeviceEvaluator(uow, device, shared)
+    return _reevaluate(uow, device, admit, shared)
+
+
+def _reevaluate(
+    uow: UnitOfWork,
+    device: Device,
+    admit: frozenset[str],
+    shared: SharedReads | None,
+    evaluated: list[DeviceEvaluated] | None = None,
+) -> list[DecisionChanged]:
+    """Store the device's states and decisions anew and publish that it was evaluated, or,
+    given `evaluated`, add the event there for the caller to publish with the batch's."""
+    evaluator = DeviceEvaluator(uow, device, shared)  # holds the owner while reactions run
     outcomes = evaluator.at(uow.now)
     record_outcomes(uow, device.id, outcomes)
     changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit)
     states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
-    uow.publish(DeviceEvaluated(device.id, device.owner_id, states, uow.now))
+    event = DeviceEvaluated(device.id, device.owner_id, states, uow.now)
+    if evaluated is None:
+        uow.publish(event)
+    else:
+        evaluated.append(event)
     return changes
 
 
