@@ -185,8 +185,8 @@ def _absence_proofs(
     seen_in: Iterable[Seen] | None = None,
 ) -> list[Covered]:
     """Reports of an allowed evidence kind that cover the identifier and do not show it;
-    `seen_in`: the device's observations in the identifier's namespace, when the caller has
-    them (only those can show it)."""
+    `seen_in`: the device's observations that match the identifier (or a superset of them),
+    when the caller has them (only those can show it)."""
     observations = device.observations if seen_in is None else tuple(seen_in)
     return [
         proof
@@ -211,16 +211,22 @@ class _IdentifierFacts:
 
 
 def _facts(rules: PolicyRules, device: DeviceView) -> list[_IdentifierFacts]:
-    # An identifier matches only observations in its own namespace: grouped once, so a policy
-    # of many identifiers does not scan a phone's ~90 apps once per identifier.
+    # Observations indexed once by namespace and by exact key, so a policy of many identifiers
+    # does not scan a phone's ~90 apps once per identifier: an exact identifier is a lookup, a
+    # pattern scans its namespace. Only what matches the identifier can show it (`_shows`).
     by_namespace: dict[str, list[Seen]] = {}
+    by_key: dict[tuple[str, str], list[Seen]] = {}
     for s in device.observations:
         by_namespace.setdefault(s.namespace, []).append(s)
+        by_key.setdefault((s.namespace, s.key), []).append(s)
     facts = []
     for ident in rules.identifiers:
-        in_namespace = by_namespace.get(ident.namespace, ())
-        seen = [s for s in in_namespace if ident.matches(s.namespace, s.key)]
-        proofs = _absence_proofs(rules, device, ident, in_namespace) if device.coverage else ()
+        if ident.is_pattern:
+            in_namespace = by_namespace.get(ident.namespace, ())
+            seen = [s for s in in_namespace if ident.matches(s.namespace, s.key)]
+        else:
+            seen = by_key.get((ident.namespace, ident.value), [])
+        proofs = _absence_proofs(rules, device, ident, seen) if device.coverage else ()
         facts.append(
             _IdentifierFacts(
                 ident=ident,
