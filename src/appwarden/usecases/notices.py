@@ -765,15 +765,16 @@ def _people_entries(
         )
         ids = [d.id for d in devices]
         views = device_views(uow, ids)
-        first_seen = {
-            device_id: at
-            for device_id, at in uow.session.execute(
+        first_seen = dict(
+            uow.session.execute(
                 select(PolicyFirstSeen.device_id, PolicyFirstSeen.first_seen_at).where(
                     PolicyFirstSeen.policy_id == rules.policy_id,
                     PolicyFirstSeen.device_id.in_(ids),
                 )
             )
-        }
+            .tuples()
+            .all()
+        )
         for device in devices:
             if device.owner_id is None or not speaks_for_owner(device, uow.now):
                 continue
