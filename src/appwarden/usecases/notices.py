@@ -771,9 +771,7 @@ def _people_entries(
                     PolicyFirstSeen.policy_id == rules.policy_id,
                     PolicyFirstSeen.device_id.in_(ids),
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         for device in devices:
             if device.owner_id is None or not speaks_for_owner(device, uow.now):
