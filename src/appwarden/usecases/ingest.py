@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from appwarden.access.service import refresh_decisions
+from appwarden.access.models import DecisionRecord
+from appwarden.access.service import refresh_decisions, stored_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
@@ -371,10 +372,14 @@ def reevaluate_devices(uow: UnitOfWork, devices: Sequence[Device]) -> list[Decis
     shared = SharedReads()
     for start in range(0, len(devices), EVALUATION_CHUNK):
         chunk = devices[start : start + EVALUATION_CHUNK]
-        shared.views.clear()
-        shared.prefetch(uow, [device.id for device in chunk])
+        shared.clear()
+        ids = [device.id for device in chunk]
+        shared.prefetch(uow, ids)
+        decisions = stored_decisions(uow, ids)
         for device in chunk:
-            changes += _reevaluate(uow, device, frozenset(), shared, evaluated)
+            changes += _reevaluate(
+                uow, device, frozenset(), shared, evaluated, decisions[device.id]
+            )
     # One event for the batch: its reactions (late entrants' notices) read what the devices
     # share once.
     uow.publish(DevicesEvaluated(tuple(evaluated), uow.now))
@@ -400,13 +405,16 @@ def _reevaluate(
     admit: frozenset[str],
     shared: SharedReads | None,
     evaluated: list[DeviceEvaluated] | None = None,
+    decisions: dict[str, DecisionRecord] | None = None,
 ) -> list[DecisionChanged]:
     """Store the device's states and decisions anew and publish that it was evaluated, or,
-    given `evaluated`, add the event there for the caller to publish with the batch's."""
+    given `evaluated`, add the event there for the caller to publish with the batch's;
+    `decisions`: its stored decisions, read for the batch."""
     evaluator = DeviceEvaluator(uow, device, shared)  # holds the owner while reactions run
     outcomes = evaluator.at(uow.now)
-    record_outcomes(uow, device.id, outcomes)
-    changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit)
+    # refresh_decisions flushes the states with the decisions
+    record_outcomes(uow, device.id, outcomes, shared=shared, flush=False)
+    changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit, stored=decisions)
     states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
     event = DeviceEvaluated(device.id, device.owner_id, states, uow.now)
     if evaluated is None:
