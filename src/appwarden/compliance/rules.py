@@ -112,7 +112,7 @@ def device_views(
     seen: dict[int, list[Seen]] = defaultdict(list)
     # Columns, not ORM objects: a phone has ~90 observations, and building (and identity-mapping)
     # an Observation object for each cost more than the rest of its evaluation.
-    for device_id, *seen_row in session.execute(
+    for device_id, source, kind, namespace, value, first_at, last_at in session.execute(
         select(
             Observation.device_id,
             Observation.source,
@@ -123,9 +123,9 @@ def device_views(
             Observation.last_seen_at,
         ).where(Observation.device_id.in_(ids))
     ):
-        seen[device_id].append(Seen(*seen_row))
+        seen[device_id].append(Seen(source, kind, namespace, value, first_at, last_at))
     covered: dict[int, list[Covered]] = defaultdict(list)
-    for device_id, *covered_row in session.execute(
+    for device_id, source, kind, namespace, value, observed_at in session.execute(
         select(
             Coverage.device_id,
             Coverage.source,
@@ -135,7 +135,7 @@ def device_views(
             Coverage.observed_at,
         ).where(Coverage.device_id.in_(ids))
     ):
-        covered[device_id].append(Covered(*covered_row))
+        covered[device_id].append(Covered(source, kind, namespace, value, observed_at))
     views = {}
     for d in devices:
         person = people.get(d.owner_id) if d.owner_id is not None else None
