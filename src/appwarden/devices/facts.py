@@ -195,8 +195,18 @@ def stored_resources(uow: UnitOfWork, device: Device) -> list[str]:
     )
 
 
-def set_resources(uow: UnitOfWork, device: Device, resources: Sequence[str]) -> None:
-    uow.session.execute(delete(DeviceResource).where(DeviceResource.device_id == device.id))
+def set_resources(
+    uow: UnitOfWork,
+    device: Device,
+    resources: Sequence[str],
+    *,
+    stored: Sequence[str] | None = None,
+) -> None:
+    """Replace the device's resources; `stored`: what `stored_resources` just read, when the
+    caller has it: with none stored there is nothing to delete, and a new device's resources
+    are only added (a DELETE is synchronised over every object in the session)."""
+    if stored is None or stored:
+        uow.session.execute(delete(DeviceResource).where(DeviceResource.device_id == device.id))
     for resource in sorted(set(resources)):
         uow.session.add(DeviceResource(device_id=device.id, resource=resource))
 

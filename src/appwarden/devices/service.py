@@ -181,7 +181,7 @@ def apply_device_facts(
         if authority.admits(
             uow, Fact.RESOURCES, stored=stored_list, offered=offered, device=device
         ):
-            set_resources(uow, device, offered)
+            set_resources(uow, device, offered, stored=stored_list)
             resources_changed = True
     uow.session.flush()
     return resources_changed or _fingerprint(device) != before
