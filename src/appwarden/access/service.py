@@ -137,11 +137,14 @@ def refresh_decisions(
     *,
     admit: frozenset[str] = frozenset(),
     stored: dict[str, DecisionRecord] | None = None,
+    flush: bool = True,
 ) -> list[DecisionChanged]:
     """Recompute the device's materialised decisions at the unit of work's time, through the
     breaker (`access.breaker`; `admit`: policies whose held denies an admin releases); publish a
     DecisionChanged for each one that changed. `stored`: the device's decisions by resource, as
-    `stored_decisions` read them for a batch (kept up to date here); else read here."""
+    `stored_decisions` read them for a batch (kept up to date here); else read here.
+    `flush=False`: the writes wait for the session's next flush (a reaction's query, the next
+    device's, the batch's end), so a batch's go to the store in fewer, larger statements."""
     # The evaluator read the device's resources already (its view): no second query.
     resources = set(evaluator.view.resources if evaluator else resources_of(uow, device.id))
     for outcome in outcomes:
@@ -177,7 +180,8 @@ def refresh_decisions(
             change = DecisionChanged(device.id, resource, old, result.decision, causes, uow.now)
             changes.append(change)
     flips.finish()
-    uow.session.flush()
+    if flush:
+        uow.session.flush()
     for change in changes:
         uow.publish(change)
     return changes

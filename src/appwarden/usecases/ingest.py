@@ -380,6 +380,7 @@ def reevaluate_devices(uow: UnitOfWork, devices: Sequence[Device]) -> list[Decis
             changes += _reevaluate(
                 uow, device, frozenset(), shared, evaluated, decisions[device.id]
             )
+    uow.session.flush()  # the last devices' states and decisions (refresh_decisions left them)
     # One event for the batch: its reactions (late entrants' notices) read what the devices
     # share once.
     uow.publish(DevicesEvaluated(tuple(evaluated), uow.now))
@@ -414,7 +415,9 @@ def _reevaluate(
     outcomes = evaluator.at(uow.now)
     # refresh_decisions flushes the states with the decisions
     record_outcomes(uow, device.id, outcomes, shared=shared, flush=False)
-    changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit, stored=decisions)
+    changes = refresh_decisions(
+        uow, device, outcomes, evaluator, admit=admit, stored=decisions, flush=decisions is None
+    )
     states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
     event = DeviceEvaluated(device.id, device.owner_id, states, uow.now)
     if evaluated is None:
