@@ -35,7 +35,7 @@ def _phone(n: int, *, ownership: Ownership = Ownership.CORPORATE, **extra: objec
         form_factor=None,
         ownership=ownership,
         owner_email=OWNERS[n % len(OWNERS)],
-        resources=("email",),
+        resources=extra.pop("resources", ("email",)),  # type: ignore[arg-type]
         **extra,  # type: ignore[arg-type]
     )
 
@@ -74,7 +74,7 @@ def _first_batch() -> InventoryBatch:
 
 def _second_batch() -> InventoryBatch:
     """A day later: one app changed on some phones, one removed, a stale and a repeated
-    report, and a report whose identifiers name two devices (quarantined)."""
+    report, a report whose identifiers name two devices (quarantined), and resources changed."""
     reports = [
         _report(_phone(n), SECOND, OUTLOOK, *([SLACK] if n % 4 == 0 else [ZOOM])) for n in range(8)
     ]
@@ -90,6 +90,9 @@ def _second_batch() -> InventoryBatch:
         _report(_phone(20, ownership=Ownership.PERSONAL), SECOND, ZOOM),
         _report(_phone(30), SECOND, TIKTOK),
         _report(_phone(30), SECOND, TIKTOK),
+        # resources changed on a stored phone, and a new phone's two
+        _report(_phone(11, resources=("email", "vpn")), SECOND, OUTLOOK, TIKTOK),
+        _report(_phone(31, resources=("vpn", "email")), SECOND, TIKTOK),
     ]
     return InventoryBatch(reports=tuple(reports))
 

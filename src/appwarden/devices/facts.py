@@ -195,6 +195,22 @@ def stored_resources(uow: UnitOfWork, device: Device) -> list[str]:
     )
 
 
+def stored_resources_of(
+    uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 5_000
+) -> dict[int, list[str]]:
+    """`stored_resources` of many devices, by device id (sorted; absent: none stored)."""
+    ids = list(device_ids)
+    found: dict[int, list[str]] = {}
+    for start in range(0, len(ids), chunk):
+        for device_id, resource in uow.session.execute(
+            select(DeviceResource.device_id, DeviceResource.resource)
+            .where(DeviceResource.device_id.in_(ids[start : start + chunk]))
+            .order_by(DeviceResource.device_id, DeviceResource.resource)
+        ):
+            found.setdefault(device_id, []).append(resource)
+    return found
+
+
 def set_resources(
     uow: UnitOfWork,
     device: Device,

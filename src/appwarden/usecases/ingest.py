@@ -18,7 +18,7 @@ from appwarden.catalog.matching import match_key
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
-from appwarden.devices.facts import Authority
+from appwarden.devices.facts import Authority, stored_resources_of
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import (
@@ -221,6 +221,7 @@ class _BatchReports:
     seen: dict[int, Device] = field(default_factory=dict)  # reported, changed or not
     _minimisation: MinimisationSet | None = None
     _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
+    _resources: dict[int, list[str]] | None = None  # the bulk path's devices' stored resources
 
     def _checked(self, report: ReportFacts) -> bool:
         problem = _check_values(report)
@@ -242,7 +243,9 @@ class _BatchReports:
         authority = self.authority(report.source)
         if self._people is not None:
             authority = replace(authority, people=self._people)
-        changed = apply_device_facts(self.uow, device, report.device, authority)
+        changed = apply_device_facts(
+            self.uow, device, report.device, authority, resources=self._resources
+        )
         if not (self.minimise_personal and device.ownership == Ownership.PERSONAL):
             return changed, None
         if self._minimisation is None:
@@ -295,10 +298,12 @@ class _BatchReports:
         self._people = PersonLookup.of(
             self.uow, [r.device.owner_email for r, _, _ in resolved if r.device.owner_email]
         )
+        self._resources = stored_resources_of(self.uow, sorted({d.id for _, d, _ in resolved}))
         for report, device, joined in resolved:
             changed, minimise = self._facts(device, report)
             outcome = writer.apply(device, report, minimise=minimise)
             self._counted(device, outcome, changed=changed, joined=joined)
+        self.uow.session.flush()  # the facts (apply_device_facts left them to one flush)
         writer.flush()
 
 
