@@ -31,7 +31,13 @@ from appwarden.devices.service import (
 from appwarden.errors import IdentifierConflict, InvalidInput
 from appwarden.events import DecisionChanged, DeviceEvaluated, DevicesEvaluated
 from appwarden.identity.schemas import PersonFacts
-from appwarden.identity.service import PersonLookup, groups_of, upsert_person
+from appwarden.identity.service import (
+    PersonLookup,
+    groups_of,
+    new_people,
+    normalise_email,
+    upsert_person,
+)
 from appwarden.policies.service import live_identifier_keys
 from appwarden.timeutil import iso
 from appwarden.vocabulary import DeviceStatus, EvidenceKind, Fact, Ownership, PersonStatus
@@ -262,6 +268,32 @@ class _BatchReports:
         if self.on_report is not None:
             self.on_report()
 
+    def _create_owners(self, resolved: Sequence[tuple[ReportFacts, Device, bool]]) -> None:
+        """Make at once, in batch order, the people `apply_device_facts` would make one by one
+        (a flush each): the unknown in-organisation owners of devices without one, whose owner
+        fact is then unset and so admitted from any source. It stops at the first report that
+        would make a person otherwise (a device whose owner changes to somebody unknown): that
+        one and those after it are made one by one, so the ids come out in the same order."""
+        assert self._people is not None
+        owned: set[int] = set()  # devices an earlier report of the batch gives an owner
+        new: dict[str, tuple[str, str | None, str | None]] = {}
+        for report, device, _ in resolved:
+            email = report.device.owner_email
+            if email is None:
+                continue
+            authority = self.authority(report.source)
+            unknown = (
+                self._people.find(self.uow, email) is None and normalise_email(email) not in new
+            )
+            if device.owner_id is None and device.id not in owned:
+                owned.add(device.id)
+                if unknown and authority.in_organisation(email):
+                    new[normalise_email(email)] = (email, None, authority.source)
+            elif unknown and authority.in_organisation(email):
+                break
+        for person in new_people(self.uow, list(new.values())) if new else ():
+            self._people.remember(person)
+
     def apply_one_by_one(self, reports: Iterable[ReportFacts]) -> None:
         for report in reports:
             if not self._checked(report):
@@ -298,6 +330,7 @@ class _BatchReports:
         self._people = PersonLookup.of(
             self.uow, [r.device.owner_email for r, _, _ in resolved if r.device.owner_email]
         )
+        self._create_owners(resolved)
         self._resources = stored_resources_of(self.uow, sorted({d.id for _, d, _ in resolved}))
         for report, device, joined in resolved:
             changed, minimise = self._facts(device, report)
