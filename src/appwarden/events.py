@@ -33,7 +33,16 @@ class DeviceEvaluated:
     at: datetime
 
 
-Event = DecisionChanged | DeviceEvaluated
+@dataclass(frozen=True, slots=True)
+class DevicesEvaluated:
+    """Many devices were (re)evaluated in one batch (`usecases.ingest.reevaluate_devices`): one
+    event, so that reactions read what the devices share once, not once per device."""
+
+    devices: tuple[DeviceEvaluated, ...]  # in the order they were evaluated
+    at: datetime
+
+
+Event = DecisionChanged | DeviceEvaluated | DevicesEvaluated
 Handler = Callable[[Any, Any], None]
 
 

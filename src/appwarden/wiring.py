@@ -24,7 +24,7 @@ from appwarden.compliance import models as _compliance_models  # noqa: F401
 from appwarden.db.base import Base
 from appwarden.db.uow import UnitOfWork, unit_of_work
 from appwarden.devices import models as _devices_models  # noqa: F401
-from appwarden.events import DecisionChanged, DeviceEvaluated, EventBus
+from appwarden.events import DecisionChanged, DeviceEvaluated, DevicesEvaluated, EventBus
 from appwarden.exemptions import models as _exemptions_models  # noqa: F401
 from appwarden.identity import models as _identity_models  # noqa: F401
 from appwarden.identity.models import Person
@@ -42,6 +42,7 @@ from appwarden.usecases.notices import (
     AUDIENCE_STATES,
     NoticeConfig,
     announce_entrant,
+    announce_entrants,
     on_decision_changed,
 )
 
@@ -78,8 +79,20 @@ def build_bus(
                     if version is not None:
                         announce_entrant(uow, person, version, notice_config)
 
+        def announce_late_entrants_of_batch(uow: UnitOfWork, event: DevicesEvaluated) -> None:
+            candidates = [
+                (evaluated.owner_id, version_id)
+                for evaluated in event.devices
+                if evaluated.owner_id is not None
+                for version_id, state in evaluated.states
+                if state in AUDIENCE_STATES
+            ]
+            if candidates:
+                announce_entrants(uow, candidates, notice_config)
+
         bus.subscribe(DecisionChanged, notify_decision)
         bus.subscribe(DeviceEvaluated, announce_late_entrants)
+        bus.subscribe(DevicesEvaluated, announce_late_entrants_of_batch)
     if webhook_url:
         url = webhook_url
 

@@ -2,7 +2,8 @@
 "Bulk ingest"): the same batches, applied once as batches (bulk) and once report by report (the
 single-report path), leave every table identical, on both stores. The batches cover new devices,
 a re-import with changes, stale and repeated reports, two reports of one device in one batch,
-minimisation, a quarantine and a report without a usable identifier."""
+minimisation, a quarantine, a report without a usable identifier, resources changed, and owners
+the import makes (before and after an owner change to somebody unknown)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def _phone(n: int, *, ownership: Ownership = Ownership.CORPORATE, **extra: objec
         platform=Platform.IOS,
         form_factor=None,
         ownership=ownership,
-        owner_email=OWNERS[n % len(OWNERS)],
-        resources=("email",),
+        owner_email=extra.pop("owner_email", OWNERS[n % len(OWNERS)]),  # type: ignore[arg-type]
+        resources=extra.pop("resources", ("email",)),  # type: ignore[arg-type]
         **extra,  # type: ignore[arg-type]
     )
 
@@ -68,13 +69,17 @@ def _first_batch() -> InventoryBatch:
             checked=(("apple_bundle_id", TIKTOK.value),),
         ),
         _report(_phone(23), FIRST, kind=EvidenceKind.NONE),
+        # owners nobody knows yet: made by the import
+        _report(_phone(24, owner_email="late.a@example.com"), FIRST, OUTLOOK),
+        _report(_phone(25, owner_email="late.b@example.com"), FIRST, TIKTOK),
     ]
     return InventoryBatch(reports=tuple(reports))
 
 
 def _second_batch() -> InventoryBatch:
     """A day later: one app changed on some phones, one removed, a stale and a repeated
-    report, and a report whose identifiers name two devices (quarantined)."""
+    report, a report whose identifiers name two devices (quarantined), resources changed, and
+    owners nobody knew."""
     reports = [
         _report(_phone(n), SECOND, OUTLOOK, *([SLACK] if n % 4 == 0 else [ZOOM])) for n in range(8)
     ]
@@ -90,6 +95,14 @@ def _second_batch() -> InventoryBatch:
         _report(_phone(20, ownership=Ownership.PERSONAL), SECOND, ZOOM),
         _report(_phone(30), SECOND, TIKTOK),
         _report(_phone(30), SECOND, TIKTOK),
+        # resources changed on a stored phone, and a new phone's two
+        _report(_phone(11, resources=("email", "vpn")), SECOND, OUTLOOK, TIKTOK),
+        _report(_phone(31, resources=("vpn", "email")), SECOND, TIKTOK),
+        # a new owner for phone 24 nobody knows, then a new phone's new owner and a known one
+        _report(_phone(32, owner_email="late.d@example.com"), SECOND, OUTLOOK),
+        _report(_phone(24, owner_email="late.c@example.com"), SECOND, OUTLOOK),
+        _report(_phone(33, owner_email="late.e@example.com"), SECOND, OUTLOOK),
+        _report(_phone(34, owner_email="late.a@example.com"), SECOND, OUTLOOK),
     ]
     return InventoryBatch(reports=tuple(reports))
 

@@ -9,7 +9,7 @@ commit rows stamped minutes in the past) and, on PostgreSQL, sends a NOTIFY on `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -132,6 +132,21 @@ def _denying(reasons: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     return tuple(str(r["policy"]) for r in reasons if r.get("effect") == "deny")
 
 
+def stored_decisions(
+    uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000
+) -> dict[int, dict[str, DecisionRecord]]:
+    """The stored decisions of these devices by device and resource (every device has an
+    entry), read a chunk of devices at a time, for `refresh_decisions(stored=...)`."""
+    stored: dict[int, dict[str, DecisionRecord]] = {device_id: {} for device_id in device_ids}
+    ids = list(device_ids)
+    for start in range(0, len(ids), chunk):
+        for record in uow.session.scalars(
+            select(DecisionRecord).where(DecisionRecord.device_id.in_(ids[start : start + chunk]))
+        ):
+            stored[record.device_id][record.resource] = record
+    return stored
+
+
 def refresh_decisions(
     uow: UnitOfWork,
     device: Device,
@@ -139,17 +154,24 @@ def refresh_decisions(
     evaluator: DeviceEvaluator | None = None,
     *,
     admit: frozenset[str] = frozenset(),
+    stored: dict[str, DecisionRecord] | None = None,
+    flush: bool = True,
 ) -> list[DecisionChanged]:
     """Recompute the device's materialised decisions at the unit of work's time, through the
     breaker (`access.breaker`; `admit`: policies whose held denies an admin releases); publish a
-    DecisionChanged for each one that changed."""
+    DecisionChanged for each one that changed. `stored`: the device's decisions by resource, as
+    `stored_decisions` read them for a batch (kept up to date here); else read here.
+    `flush=False`: the writes wait for the session's next flush (a reaction's query, the next
+    device's, the batch's end), so a batch's go to the store in fewer, larger statements."""
     # The evaluator read the device's resources already (its view): no second query.
     resources = set(evaluator.view.resources if evaluator else resources_of(uow, device.id))
     for outcome in outcomes:
         resources |= outcome.rules.deny
-    stored = {
-        r.resource: r for r in uow.session.scalars(_DECISIONS_OF_DEVICE, {"device_id": device.id})
-    }
+    if stored is None:
+        stored = {
+            r.resource: r
+            for r in uow.session.scalars(_DECISIONS_OF_DEVICE, {"device_id": device.id})
+        }
     changes = []
     written_devices(uow).add(device.id)
     evaluator = evaluator or DeviceEvaluator(uow, device)
@@ -167,6 +189,7 @@ def refresh_decisions(
         if record is None:
             record = DecisionRecord(device_id=device.id, resource=resource, changed_at=uow.now)
             uow.session.add(record)
+            stored[resource] = record
         _write(record, result, upcoming)
         if old != result.decision:
             record.changed_at = uow.now
@@ -176,7 +199,8 @@ def refresh_decisions(
             )
             changes.append(change)
     flips.finish()
-    uow.session.flush()
+    if flush:
+        uow.session.flush()
     for change in changes:
         uow.publish(change)
     return changes

@@ -167,26 +167,34 @@ def not_applicable_reason(rules: PolicyRules, device: DeviceView) -> str | None:
     return None
 
 
-def _shows(device: DeviceView, proof: Covered, ident: IdentifierRule) -> bool:
+def _shows(seen_in: Iterable[Seen], proof: Covered, ident: IdentifierRule) -> bool:
     """Did the proof's own feed list the identifier as present at the proof's time?"""
     return any(
         seen.source == proof.source
         and seen.evidence_kind == proof.evidence_kind
         and ident.matches(seen.namespace, seen.key)
         and seen.last_seen_at >= proof.observed_at
-        for seen in device.observations
+        for seen in seen_in
     )
 
 
-def _absence_proofs(rules: PolicyRules, device: DeviceView, ident: IdentifierRule) -> list[Covered]:
-    """Reports of an allowed evidence kind that cover the identifier and do not show it."""
+def _absence_proofs(
+    rules: PolicyRules,
+    device: DeviceView,
+    ident: IdentifierRule,
+    seen_in: Iterable[Seen] | None = None,
+) -> list[Covered]:
+    """Reports of an allowed evidence kind that cover the identifier and do not show it;
+    `seen_in`: the device's observations that match the identifier (or a superset of them),
+    when the caller has them (only those can show it)."""
+    observations = device.observations if seen_in is None else tuple(seen_in)
     return [
         proof
         for proof in device.coverage
         if proof.evidence_kind in rules.evidence
         and proof.namespace == ident.namespace
         and proof.value in ("", ident.value)
-        and not _shows(device, proof, ident)
+        and not _shows(observations, proof, ident)
     ]
 
 
@@ -203,15 +211,28 @@ class _IdentifierFacts:
 
 
 def _facts(rules: PolicyRules, device: DeviceView) -> list[_IdentifierFacts]:
+    # Observations indexed once by namespace and by exact key, so a policy of many identifiers
+    # does not scan a phone's ~90 apps once per identifier: an exact identifier is a lookup, a
+    # pattern scans its namespace. Only what matches the identifier can show it (`_shows`).
+    by_namespace: dict[str, list[Seen]] = {}
+    by_key: dict[tuple[str, str], list[Seen]] = {}
+    for s in device.observations:
+        by_namespace.setdefault(s.namespace, []).append(s)
+        by_key.setdefault((s.namespace, s.key), []).append(s)
     facts = []
     for ident in rules.identifiers:
-        seen = [s for s in device.observations if ident.matches(s.namespace, s.key)]
+        if ident.is_pattern:
+            in_namespace = by_namespace.get(ident.namespace, ())
+            seen = [s for s in in_namespace if ident.matches(s.namespace, s.key)]
+        else:
+            seen = by_key.get((ident.namespace, ident.value), [])
+        proofs = _absence_proofs(rules, device, ident, seen) if device.coverage else ()
         facts.append(
             _IdentifierFacts(
                 ident=ident,
                 last_seen=max((s.last_seen_at for s in seen), default=None),
                 first_seen=min((s.first_seen_at for s in seen), default=None),
-                proofs=tuple(p.observed_at for p in _absence_proofs(rules, device, ident)),
+                proofs=tuple(p.observed_at for p in proofs),
             )
         )
     return facts

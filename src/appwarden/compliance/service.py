@@ -72,11 +72,36 @@ class SharedReads:
     # Devices whose rows a report just wrote (`devices.service.apply_report`): their views are
     # built from these instead of reading observations and coverage again.
     observed: dict[int, DeviceRows] = field(default_factory=dict)
+    # The prefetched devices' stored states and first sightings, by device id (every prefetched
+    # device has an entry, empty when it has none), so that neither `DeviceEvaluator` nor
+    # `record_outcomes` asks the store about them device by device. Held here, the rows also
+    # stay in the session's identity map.
+    records: dict[int, dict[int, ComplianceRecord]] = field(default_factory=dict)
+    first_seens: dict[int, dict[str, PolicyFirstSeen]] = field(default_factory=dict)
 
     def prefetch(self, uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000) -> None:
-        """The views of these devices, in a fixed number of queries per chunk of them."""
+        """The views, stored states and first sightings of these devices, in a fixed number of
+        queries per chunk of them."""
         for start in range(0, len(device_ids), chunk):
-            self.views.update(device_views(uow, device_ids[start : start + chunk]))
+            ids = device_ids[start : start + chunk]
+            self.views.update(device_views(uow, ids))
+            for device_id in ids:
+                self.records[device_id] = {}
+                self.first_seens[device_id] = {}
+            for record in uow.session.scalars(
+                select(ComplianceRecord).where(ComplianceRecord.device_id.in_(ids))
+            ):
+                self.records[record.device_id][record.version_id] = record
+            for first in uow.session.scalars(
+                select(PolicyFirstSeen).where(PolicyFirstSeen.device_id.in_(ids))
+            ):
+                self.first_seens[first.device_id][first.policy_id] = first
+
+    def clear(self) -> None:
+        """Forget the prefetched devices (the versions, rules and exemptions stay)."""
+        self.views.clear()
+        self.records.clear()
+        self.first_seens.clear()
 
 
 class DeviceEvaluator:
@@ -118,7 +143,10 @@ class DeviceEvaluator:
 
     def _stored_first_seen(self, policy_id: str) -> datetime | None:
         if self._first_seen is None:
-            self._first_seen = stored_first_seens(self.uow, self.device.id)
+            prefetched = self._shared.first_seens.get(self.device.id)
+            self._first_seen = (
+                stored_first_seens(self.uow, self.device.id) if prefetched is None else prefetched
+            )
         row = self._first_seen.get(policy_id)
         return None if row is None else row.first_seen_at
 
@@ -227,37 +255,63 @@ _STATES_OF_DEVICE = select(ComplianceRecord).where(
 )
 
 
-def record_outcomes(uow: UnitOfWork, device_id: int, outcomes: list[Outcome]) -> None:
-    """Store in-scope states and first-seen times for one device (in the caller's transaction)."""
-    records = {  # one query for the device's stored states, however many versions
-        r.version_id: r for r in uow.session.scalars(_STATES_OF_DEVICE, {"device_id": device_id})
-    }
+def record_outcomes(
+    uow: UnitOfWork,
+    device_id: int,
+    outcomes: list[Outcome],
+    *,
+    shared: SharedReads | None = None,
+    flush: bool = True,
+) -> None:
+    """Store in-scope states and first-seen times for one device (in the caller's transaction).
+    `shared`: reads that prefetched the device's stored states and first sightings (no query
+    here then); `flush=False` leaves the writes to the session's next flush, so that a batch's
+    go to the store together."""
+    prefetched = shared.records.get(device_id) if shared is not None else None
+    firsts = shared.first_seens.get(device_id) if shared is not None else None
+    records = (
+        {  # one query for the device's stored states, however many versions
+            r.version_id: r
+            for r in uow.session.scalars(_STATES_OF_DEVICE, {"device_id": device_id})
+        }
+        if prefetched is None
+        else prefetched
+    )
     for outcome in outcomes:
         evaluation = outcome.evaluation
         key = (outcome.version.id, device_id)
         if evaluation.first_seen is not None:
-            first = uow.session.get(PolicyFirstSeen, (outcome.version.policy_id, device_id))
+            policy_id = outcome.version.policy_id
+            first = (
+                uow.session.get(PolicyFirstSeen, (policy_id, device_id))
+                if firsts is None
+                else firsts.get(policy_id)
+            )
             if first is None:
-                uow.session.add(
-                    PolicyFirstSeen(
-                        policy_id=outcome.version.policy_id,
-                        device_id=device_id,
-                        first_seen_at=evaluation.first_seen,
-                    )
+                first = PolicyFirstSeen(
+                    policy_id=policy_id, device_id=device_id, first_seen_at=evaluation.first_seen
                 )
+                uow.session.add(first)
+                if firsts is not None:
+                    firsts[policy_id] = first
             elif evaluation.first_seen < first.first_seen_at:
                 first.first_seen_at = evaluation.first_seen
         stored = records.get(key[0])
         if evaluation.state == ComplianceState.NOT_APPLICABLE:
             if stored is not None:
                 uow.session.delete(stored)
+                if prefetched is not None:
+                    del prefetched[key[0]]
             continue
         if stored is None:
             stored = ComplianceRecord(version_id=key[0], device_id=device_id)
             uow.session.add(stored)
+            if prefetched is not None:
+                prefetched[key[0]] = stored
         stored.state = evaluation.state
         stored.since = evaluation.since or uow.now
         stored.due_at = evaluation.due
         stored.reasons = list(evaluation.reasons)
         stored.evaluated_at = uow.now
-    uow.session.flush()
+    if flush:
+        uow.session.flush()

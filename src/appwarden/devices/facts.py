@@ -195,8 +195,34 @@ def stored_resources(uow: UnitOfWork, device: Device) -> list[str]:
     )
 
 
-def set_resources(uow: UnitOfWork, device: Device, resources: Sequence[str]) -> None:
-    uow.session.execute(delete(DeviceResource).where(DeviceResource.device_id == device.id))
+def stored_resources_of(
+    uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 5_000
+) -> dict[int, list[str]]:
+    """`stored_resources` of many devices, by device id (sorted; absent: none stored)."""
+    ids = list(device_ids)
+    found: dict[int, list[str]] = {}
+    for start in range(0, len(ids), chunk):
+        for device_id, resource in uow.session.execute(
+            select(DeviceResource.device_id, DeviceResource.resource)
+            .where(DeviceResource.device_id.in_(ids[start : start + chunk]))
+            .order_by(DeviceResource.device_id, DeviceResource.resource)
+        ):
+            found.setdefault(device_id, []).append(resource)
+    return found
+
+
+def set_resources(
+    uow: UnitOfWork,
+    device: Device,
+    resources: Sequence[str],
+    *,
+    stored: Sequence[str] | None = None,
+) -> None:
+    """Replace the device's resources; `stored`: what `stored_resources` just read, when the
+    caller has it: with none stored there is nothing to delete, and a new device's resources
+    are only added (a DELETE is synchronised over every object in the session)."""
+    if stored is None or stored:
+        uow.session.execute(delete(DeviceResource).where(DeviceResource.device_id == device.id))
     for resource in sorted(set(resources)):
         uow.session.add(DeviceResource(device_id=device.id, resource=resource))
 

@@ -164,10 +164,19 @@ def _fingerprint(device: Device) -> tuple[object, ...]:
 
 
 def apply_device_facts(
-    uow: UnitOfWork, device: Device, facts: DeviceFacts, authority: Authority
+    uow: UnitOfWork,
+    device: Device,
+    facts: DeviceFacts,
+    authority: Authority,
+    *,
+    resources: dict[int, list[str]] | None = None,
 ) -> bool:
     """Apply what `facts` say about the device; a fact from a source that is not authoritative
-    for it is held as a conflict instead (devices/facts.py). True when the device changed."""
+    for it is held as a conflict instead (devices/facts.py). True when the device changed.
+
+    `resources`: a batch's devices' stored resources (`stored_resources_of`), kept up to date
+    here; the writes then wait for the session's next flush, so that a batch's facts cost no
+    query and no flush of their own per device."""
     before = _fingerprint(device)
     resources_changed = False
     for fact, attribute in DEVICE_ATTRIBUTES.items():
@@ -187,13 +196,18 @@ def apply_device_facts(
         _apply_owner(uow, device, facts.owner_email, authority)
     if facts.resources is not None:
         offered = sorted(set(facts.resources))
-        stored_list = stored_resources(uow, device)
+        stored_list = (
+            stored_resources(uow, device) if resources is None else resources.get(device.id, [])
+        )
         if authority.admits(
             uow, Fact.RESOURCES, stored=stored_list, offered=offered, device=device
         ):
-            set_resources(uow, device, offered)
+            set_resources(uow, device, offered, stored=stored_list)
             resources_changed = True
-    uow.session.flush()
+            if resources is not None:
+                resources[device.id] = offered
+    if resources is None:
+        uow.session.flush()
     return resources_changed or _fingerprint(device) != before
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
@@ -235,16 +235,27 @@ def new_person(
     uow: UnitOfWork, email: str, display_name: str | None = None, *, source: str | None = None
 ) -> Person:
     """A new person with this address, which the caller knows names nobody yet."""
-    person = Person(
-        email=normalise_email(email),
-        display_name=display_name,
-        status=PersonStatus.ACTIVE,
-        created_at=uow.now,
-        source=source,
-    )
-    uow.session.add(person)
+    return new_people(uow, [(email, display_name, source)])[0]
+
+
+def new_people(
+    uow: UnitOfWork, entries: Sequence[tuple[str, str | None, str | None]]
+) -> list[Person]:
+    """New people, each (address, display name, source), which the caller knows name nobody
+    yet, made in this order (their ids follow it) with one flush."""
+    people = [
+        Person(
+            email=normalise_email(email),
+            display_name=display_name,
+            status=PersonStatus.ACTIVE,
+            created_at=uow.now,
+            source=source,
+        )
+        for email, display_name, source in entries
+    ]
+    uow.session.add_all(people)
     uow.session.flush()
-    return person
+    return people
 
 
 def upsert_person(uow: UnitOfWork, facts: PersonFacts) -> Person:

@@ -11,13 +11,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from appwarden.access.service import refresh_decisions
+from appwarden.access.models import DecisionRecord
+from appwarden.access.service import refresh_decisions, stored_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
-from appwarden.devices.facts import Authority
+from appwarden.devices.facts import Authority, stored_resources_of
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import (
@@ -29,9 +30,15 @@ from appwarden.devices.service import (
     resolve_device,
 )
 from appwarden.errors import IdentifierConflict, InvalidInput
-from appwarden.events import DecisionChanged, DeviceEvaluated
+from appwarden.events import DecisionChanged, DeviceEvaluated, DevicesEvaluated
 from appwarden.identity.schemas import PersonFacts
-from appwarden.identity.service import PersonLookup, groups_of, upsert_person
+from appwarden.identity.service import (
+    PersonLookup,
+    groups_of,
+    new_people,
+    normalise_email,
+    upsert_person,
+)
 from appwarden.policies.service import live_identifier_keys
 from appwarden.timeutil import iso
 from appwarden.vocabulary import DeviceStatus, EvidenceKind, Fact, Ownership, PersonStatus
@@ -223,6 +230,7 @@ class _BatchReports:
     observed: dict[int, DeviceRows] = field(default_factory=dict)
     _minimisation: MinimisationSet | None = None
     _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
+    _resources: dict[int, list[str]] | None = None  # the bulk path's devices' stored resources
 
     def _checked(self, report: ReportFacts) -> bool:
         problem = _check_values(report)
@@ -244,7 +252,9 @@ class _BatchReports:
         authority = self.authority(report.source)
         if self._people is not None:
             authority = replace(authority, people=self._people)
-        changed = apply_device_facts(self.uow, device, report.device, authority)
+        changed = apply_device_facts(
+            self.uow, device, report.device, authority, resources=self._resources
+        )
         if not (self.minimise_personal and device.ownership == Ownership.PERSONAL):
             return changed, None
         if self._minimisation is None:
@@ -260,6 +270,32 @@ class _BatchReports:
             self.touched[device.id] = device
         if self.on_report is not None:
             self.on_report()
+
+    def _create_owners(self, resolved: Sequence[tuple[ReportFacts, Device, bool]]) -> None:
+        """Make at once, in batch order, the people `apply_device_facts` would make one by one
+        (a flush each): the unknown in-organisation owners of devices without one, whose owner
+        fact is then unset and so admitted from any source. It stops at the first report that
+        would make a person otherwise (a device whose owner changes to somebody unknown): that
+        one and those after it are made one by one, so the ids come out in the same order."""
+        assert self._people is not None
+        owned: set[int] = set()  # devices an earlier report of the batch gives an owner
+        new: dict[str, tuple[str, str | None, str | None]] = {}
+        for report, device, _ in resolved:
+            email = report.device.owner_email
+            if email is None:
+                continue
+            authority = self.authority(report.source)
+            unknown = (
+                self._people.find(self.uow, email) is None and normalise_email(email) not in new
+            )
+            if device.owner_id is None and device.id not in owned:
+                owned.add(device.id)
+                if unknown and authority.in_organisation(email):
+                    new[normalise_email(email)] = (email, None, authority.source)
+            elif unknown and authority.in_organisation(email):
+                break
+        for person in new_people(self.uow, list(new.values())) if new else ():
+            self._people.remember(person)
 
     def apply_one_by_one(self, reports: Iterable[ReportFacts]) -> None:
         for report in reports:
@@ -302,10 +338,13 @@ class _BatchReports:
         self._people = PersonLookup.of(
             self.uow, [r.device.owner_email for r, _, _ in resolved if r.device.owner_email]
         )
+        self._create_owners(resolved)
+        self._resources = stored_resources_of(self.uow, sorted({d.id for _, d, _ in resolved}))
         for report, device, joined in resolved:
             changed, minimise = self._facts(device, report)
             outcome = writer.apply(device, report, minimise=minimise)
             self._counted(device, outcome, changed=changed, joined=joined)
+        self.uow.session.flush()  # the facts (apply_device_facts left them to one flush)
         writer.flush()
 
 
@@ -380,15 +419,27 @@ def reevaluate_devices(
     """`reevaluate_device` for each, in order, reading what they share once: the versions,
     rules and exemptions for all, the devices' views a chunk at a time. `observed`: rows a
     report just wrote for some of them (`devices.service.apply_report`)."""
-    changes: list[DecisionChanged] = []
     shared = SharedReads(observed=dict(observed or {}))
+    if len(devices) <= 1:  # one report (W4): its rows are at hand, nothing to prefetch
+        return [
+            change for device in devices for change in reevaluate_device(uow, device, shared=shared)
+        ]
+    changes: list[DecisionChanged] = []
+    evaluated: list[DeviceEvaluated] = []
     for start in range(0, len(devices), EVALUATION_CHUNK):
         chunk = devices[start : start + EVALUATION_CHUNK]
-        shared.views.clear()
-        if len(chunk) > 1:
-            shared.prefetch(uow, [device.id for device in chunk])
+        shared.clear()
+        ids = [device.id for device in chunk]
+        shared.prefetch(uow, ids)
+        decisions = stored_decisions(uow, ids)
         for device in chunk:
-            changes += reevaluate_device(uow, device, shared=shared)
+            changes += _reevaluate(
+                uow, device, frozenset(), shared, evaluated, decisions[device.id]
+            )
+    uow.session.flush()  # the last devices' states and decisions (refresh_decisions left them)
+    # One event for the batch: its reactions (late entrants' notices) read what the devices
+    # share once.
+    uow.publish(DevicesEvaluated(tuple(evaluated), uow.now))
     return changes
 
 
@@ -402,12 +453,33 @@ def reevaluate_device(
     """Store the device's states and decisions anew; `admit`: policies whose held denies an
     admin releases (`usecases.breakers`); `shared`: reads shared with other devices evaluated
     in the same unit of work (`reevaluate_devices`)."""
-    evaluator = DeviceEvaluator(uow, device, shared)
+    return _reevaluate(uow, device, admit, shared)
+
+
+def _reevaluate(
+    uow: UnitOfWork,
+    device: Device,
+    admit: frozenset[str],
+    shared: SharedReads | None,
+    evaluated: list[DeviceEvaluated] | None = None,
+    decisions: dict[str, DecisionRecord] | None = None,
+) -> list[DecisionChanged]:
+    """Store the device's states and decisions anew and publish that it was evaluated, or,
+    given `evaluated`, add the event there for the caller to publish with the batch's;
+    `decisions`: its stored decisions, read for the batch."""
+    evaluator = DeviceEvaluator(uow, device, shared)  # holds the owner while reactions run
     outcomes = evaluator.at(uow.now)
-    record_outcomes(uow, device.id, outcomes)
-    changes = refresh_decisions(uow, device, outcomes, evaluator, admit=admit)
+    # refresh_decisions flushes the states with the decisions
+    record_outcomes(uow, device.id, outcomes, shared=shared, flush=False)
+    changes = refresh_decisions(
+        uow, device, outcomes, evaluator, admit=admit, stored=decisions, flush=decisions is None
+    )
     states = tuple((o.version.id, str(o.evaluation.state)) for o in outcomes)
-    uow.publish(DeviceEvaluated(device.id, device.owner_id, states, uow.now))
+    event = DeviceEvaluated(device.id, device.owner_id, states, uow.now)
+    if evaluated is None:
+        uow.publish(event)
+    else:
+        evaluated.append(event)
     return changes
 
 

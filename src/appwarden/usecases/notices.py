@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -22,8 +23,13 @@ from sqlalchemy import select
 
 from appwarden.access.models import DecisionRecord
 from appwarden.catalog.model import Catalog
-from appwarden.compliance.evaluate import Evaluation
-from appwarden.compliance.rules import device_views, rules_of
+from appwarden.compliance.evaluate import Evaluation, evaluate
+from appwarden.compliance.rules import (
+    device_views,
+    exemption_windows,
+    granted_exemptions,
+    rules_of,
+)
 from appwarden.compliance.service import evaluate_view, fleet_status
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceResource
@@ -36,7 +42,7 @@ from appwarden.notifications import service as outbox
 from appwarden.notifications.messages import DeviceLine, NoticeContext, render
 from appwarden.notifications.models import Notice
 from appwarden.policies.document import PolicyDocument
-from appwarden.policies.models import PolicyVersion
+from appwarden.policies.models import PolicyFirstSeen, PolicyVersion
 from appwarden.policies.service import document_of, live_version, versions_of
 from appwarden.timeutil import iso
 from appwarden.vocabulary import ComplianceState, NoticeKind, NoticeStatus, VersionState
@@ -598,10 +604,87 @@ def announce_entrant(
         return []
     if _was_announced(uow, version.policy_id, person.id):
         return []
+    return _announce(uow, person, version, config, _person_entries(uow, version, person))
+
+
+def announce_entrants(
+    uow: UnitOfWork, candidates: Sequence[tuple[int, int]], config: NoticeConfig
+) -> list[Notice]:
+    """`announce_entrant` for each (person id, version id), in order, for a batch of evaluated
+    devices: what it reads per person (the people, whether they were announced, their devices'
+    views and first sightings) is read once per version for all of them. The same notices, in
+    the same order, as announcing them one by one."""
+    people = {p.id: p for p in _read_in_chunks(uow, Person, [p for p, _ in candidates])}
+    versions = {
+        v.id: v for v in _read_in_chunks(uow, PolicyVersion, sorted({v for _, v in candidates}))
+    }
+    entries: dict[int, dict[int, list[tuple[Device, Evaluation]]]] = {}
+    announced: dict[int, set[int]] = {}
+    for version_id, version in versions.items():
+        audience = [
+            people[p]
+            for p, v in candidates
+            if v == version_id and p in people and people[p].status == "active"
+        ]
+        if not released(version) or not audience:
+            continue
+        announced[version_id] = _announced_among(uow, version.policy_id, [p.id for p in audience])
+        entries[version_id] = _people_entries(
+            uow, version, [p for p in audience if p.id not in announced[version_id]]
+        )
+    queued: list[Notice] = []
+    for person_id, version_id in candidates:
+        person, version = people.get(person_id), versions.get(version_id)
+        if person is None or version is None or version_id not in entries:
+            continue
+        if person.status != "active" or person_id in announced[version_id]:
+            continue
+        notices = _announce(uow, person, version, config, entries[version_id].get(person_id, []))
+        if notices:  # announced now: a later device of theirs finds it so, as one by one
+            announced[version_id].add(person_id)
+        queued += notices
+    return queued
+
+
+_READ_CHUNK = 1_000
+
+
+def _read_in_chunks(uow: UnitOfWork, model: type[Any], ids: Sequence[int]) -> list[Any]:
+    unique = sorted(set(ids))
+    rows: list[Any] = []
+    for start in range(0, len(unique), _READ_CHUNK):
+        chunk = unique[start : start + _READ_CHUNK]
+        rows += uow.session.scalars(select(model).where(model.id.in_(chunk)))
+    return rows
+
+
+def _announced_among(uow: UnitOfWork, policy_id: str, person_ids: Sequence[int]) -> set[int]:
+    """`_was_announced` for many people at once."""
+    found: set[int] = set()
+    for start in range(0, len(person_ids), _READ_CHUNK):
+        found.update(
+            uow.session.scalars(
+                select(Notice.person_id).where(
+                    Notice.policy_id == policy_id,
+                    Notice.person_id.in_(person_ids[start : start + _READ_CHUNK]),
+                    Notice.kind == NoticeKind.ANNOUNCE,
+                    Notice.status != NoticeStatus.CANCELLED,
+                )
+            )
+        )
+    return found
+
+
+def _announce(
+    uow: UnitOfWork,
+    person: Person,
+    version: PolicyVersion,
+    config: NoticeConfig,
+    person_entries: list[tuple[Device, Evaluation]],
+) -> list[Notice]:
+    """Announce the version to a person not yet told, given their devices' evaluations now."""
     doc = document_of(version)
-    entries = [
-        (d, e) for d, e in _person_entries(uow, version, person) if e.state in AUDIENCE_STATES
-    ]
+    entries = [(d, e) for d, e in person_entries if e.state in AUDIENCE_STATES]
     if not entries:
         return []
     devices = _lines(uow, entries, app_names(doc, config.catalog))
@@ -658,6 +741,53 @@ def _person_entries(
         evaluation = evaluate_view(uow, rules, views[device.id], device.owner_id, uow.now)
         if evaluation.state != ComplianceState.NOT_APPLICABLE:
             entries.append((device, evaluation))
+    return entries
+
+
+def _people_entries(
+    uow: UnitOfWork, version: PolicyVersion, people: Sequence[Person]
+) -> dict[int, list[tuple[Device, Evaluation]]]:
+    """`_person_entries` for many people, by person id: their devices, views, the policy's
+    exemptions and the devices' first sightings read once for all of them."""
+    entries: dict[int, list[tuple[Device, Evaluation]]] = defaultdict(list)
+    if not people:
+        return entries
+    rules = rules_of(uow, version)
+    granted = granted_exemptions(uow, rules.policy_id)
+    person_ids = sorted(p.id for p in people)
+    for start in range(0, len(person_ids), _READ_CHUNK):
+        devices = list(
+            uow.session.scalars(
+                select(Device)
+                .where(Device.owner_id.in_(person_ids[start : start + _READ_CHUNK]))
+                .order_by(Device.id)
+            )
+        )
+        ids = [d.id for d in devices]
+        views = device_views(uow, ids)
+        first_seen = dict(
+            uow.session.execute(
+                select(PolicyFirstSeen.device_id, PolicyFirstSeen.first_seen_at).where(
+                    PolicyFirstSeen.policy_id == rules.policy_id,
+                    PolicyFirstSeen.device_id.in_(ids),
+                )
+            ).all()
+        )
+        for device in devices:
+            if device.owner_id is None or not speaks_for_owner(device, uow.now):
+                continue
+            view = views[device.id]
+            evaluation = evaluate(
+                rules,
+                view,
+                now=uow.now,
+                exemptions=exemption_windows(
+                    uow, rules.policy_id, view, device.owner_id, granted=granted
+                ),
+                stored_first_seen=first_seen.get(device.id),
+            )
+            if evaluation.state != ComplianceState.NOT_APPLICABLE:
+                entries[device.owner_id].append((device, evaluation))
     return entries
 
 
