@@ -150,10 +150,14 @@ def device_views(
             seen[i] = [Seen(*row) for row in observed[i].observations]
             covered[i] = [Covered(*row) for row in observed[i].coverage]
     else:
-        for device_id, *seen_row in session.execute(_OBSERVATIONS, {"ids": ids}):
-            seen[device_id].append(Seen(*seen_row))
-        for device_id, *covered_row in session.execute(_COVERAGE, {"ids": ids}):
-            covered[device_id].append(Covered(*covered_row))
+        for device_id, source, kind, namespace, value, first_at, last_at in session.execute(
+            _OBSERVATIONS, {"ids": ids}
+        ):
+            seen[device_id].append(Seen(source, kind, namespace, value, first_at, last_at))
+        for device_id, source, kind, namespace, value, observed_at in session.execute(
+            _COVERAGE, {"ids": ids}
+        ):
+            covered[device_id].append(Covered(source, kind, namespace, value, observed_at))
     views = {}
     for d in devices:
         person = people.get(d.owner_id) if d.owner_id is not None else None
