@@ -16,6 +16,7 @@ from appwarden.access.service import refresh_decisions, stored_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
+from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
 from appwarden.devices.facts import Authority, stored_resources_of
@@ -389,6 +390,7 @@ def ingest(
     reports = _BatchReports(uow, writer, result, authority, minimise_personal, on_report)
     if len(batch.reports) > 1:
         reports.apply_in_bulk(batch.reports)
+        publish_write_counts(uow.session)  # the import's ANALYZE judges by these counts
     else:  # a single report (W4): the one-by-one path, fewest statements for one device
         reports.apply_one_by_one(batch.reports)
     seen.update(reports.seen)
