@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -141,6 +141,11 @@ class Breakers:
         self.uow = uow
         self._rows: dict[str, Breaker] = {}
         self._sources: dict[str, tuple[bool, datetime | None]] = {}
+        # (policy, hour) → that hour's count row, None for none. Read once per unit of work:
+        # `row` holds the policy's breaker locked, so no other transaction counts meanwhile, and
+        # a query per flip would flush the whole batch's pending writes each time.
+        self._counted: dict[tuple[str, datetime], BreakerCount | None] = {}
+        self._prefetched_holds: dict[int, dict[str, BreakerHold]] = {}
 
     # ── the state ────────────────────────────────────────────────────────────────────────────
 
@@ -188,22 +193,24 @@ class Breakers:
     def _counts(self, policy_id: str, at: datetime) -> tuple[BreakerCount | None, int]:
         """(This hour's count row, the previous hour's count) of the hour holding `at`."""
         hour = hour_of(at)
-        rows = {
-            hour_of(r.hour): r
-            for r in self.uow.session.scalars(
+        hours = (hour, hour - WINDOW)
+        missing = [h for h in hours if (policy_id, h) not in self._counted]
+        if missing:
+            self._counted.update(((policy_id, h), None) for h in missing)
+            for row in self.uow.session.scalars(
                 select(BreakerCount).where(
-                    BreakerCount.policy_id == policy_id,
-                    BreakerCount.hour.in_((hour, hour - WINDOW)),
+                    BreakerCount.policy_id == policy_id, BreakerCount.hour.in_(missing)
                 )
-            )
-        }
-        previous = rows.get(hour - WINDOW)
-        return rows.get(hour), previous.admitted if previous is not None else 0
+            ):
+                self._counted[policy_id, hour_of(row.hour)] = row
+        previous = self._counted[policy_id, hour - WINDOW]
+        return self._counted[policy_id, hour], previous.admitted if previous is not None else 0
 
     def _admit(self, policy_id: str, at: datetime, counted: BreakerCount | None) -> None:
         if counted is None:
             counted = BreakerCount(policy_id=policy_id, hour=hour_of(at), admitted=0)
             self.uow.session.add(counted)
+            self._counted[policy_id, hour_of(at)] = counted
         counted.admitted += 1
 
     def withdraw(self, policy_id: str, at: datetime) -> None:
@@ -275,18 +282,35 @@ class Breakers:
 
     # ── holds ────────────────────────────────────────────────────────────────────────────────
 
+    def prefetch_holds(self, device_ids: Sequence[int], chunk: int = 2_000) -> None:
+        """Read these devices' held denies at once for their next `keep_holds`, which then
+        queries nothing (a query per device would flush a whole batch's pending writes each
+        time). Each device's are used once: a later call reads them again."""
+        prefetched: dict[int, dict[str, BreakerHold]] = {device_id: {} for device_id in device_ids}
+        ids = list(device_ids)
+        for start in range(0, len(ids), chunk):
+            for hold in self.uow.session.scalars(
+                select(BreakerHold).where(BreakerHold.device_id.in_(ids[start : start + chunk]))
+            ):
+                prefetched[hold.device_id][hold.policy_id] = hold
+        self._prefetched_holds.update(prefetched)
+
     def keep_holds(
         self, device_id: int, held: Mapping[str, tuple[str, datetime]], *, had: bool
     ) -> None:
         """Make the device's held denies exactly `held` (policy → cause, when it would have
         taken effect); `had`: its stored decisions showed a hold."""
+        existing = self._prefetched_holds.pop(device_id, None)
         if not held and not had:
             return
         session = self.uow.session
-        existing = {
-            h.policy_id: h
-            for h in session.scalars(select(BreakerHold).where(BreakerHold.device_id == device_id))
-        }
+        if existing is None:
+            existing = {
+                h.policy_id: h
+                for h in session.scalars(
+                    select(BreakerHold).where(BreakerHold.device_id == device_id)
+                )
+            }
         for policy_id, gone in existing.items():
             if policy_id not in held:
                 session.delete(gone)

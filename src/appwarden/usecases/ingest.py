@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from appwarden.access.breaker import breakers
 from appwarden.access.models import DecisionRecord
 from appwarden.access.service import refresh_decisions, stored_decisions
 from appwarden.audit.service import record
@@ -434,6 +435,7 @@ def reevaluate_devices(
         ids = [device.id for device in chunk]
         shared.prefetch(uow, ids)
         decisions = stored_decisions(uow, ids)
+        breakers(uow).prefetch_holds(ids)
         for device in chunk:
             changes += _reevaluate(
                 uow, device, frozenset(), shared, evaluated, decisions[device.id]
