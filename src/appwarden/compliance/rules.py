@@ -118,8 +118,8 @@ def device_views(
     `loaded`: devices the caller holds already (not read again when they are all of them);
     `keep` receives the owners read, so that the caller's later `session.get` of one finds it
     in the session instead of reading it again (the session holds its objects weakly);
-    `observed`: the devices' observations and coverage as the caller just wrote them
-    (`devices.service.apply_report`), not read again when it has all of them."""
+    `observed`: devices' observations and coverage as the caller just wrote them
+    (`devices.service.apply_report`, `devices.bulk.ReportWriter.flush`), not read again."""
     ids = list(device_ids)
     if not ids:
         return {}
@@ -145,17 +145,23 @@ def device_views(
         resources[device_id].add(resource)
     seen: dict[int, list[Seen]] = defaultdict(list)
     covered: dict[int, list[Covered]] = defaultdict(list)
-    if observed is not None and all(i in observed for i in ids):
+    unread = ids
+    if observed is not None:
+        unread = []
         for i in ids:
-            seen[i] = [Seen(*row) for row in observed[i].observations]
-            covered[i] = [Covered(*row) for row in observed[i].coverage]
-    else:
+            rows = observed.get(i)
+            if rows is None:
+                unread.append(i)
+            else:
+                seen[i] = [Seen(*row) for row in rows.observations]
+                covered[i] = [Covered(*row) for row in rows.coverage]
+    if unread:
         for device_id, source, kind, namespace, value, first_at, last_at in session.execute(
-            _OBSERVATIONS, {"ids": ids}
+            _OBSERVATIONS, {"ids": unread}
         ):
             seen[device_id].append(Seen(source, kind, namespace, value, first_at, last_at))
         for device_id, source, kind, namespace, value, observed_at in session.execute(
-            _COVERAGE, {"ids": ids}
+            _COVERAGE, {"ids": unread}
         ):
             covered[device_id].append(Covered(source, kind, namespace, value, observed_at))
     views = {}

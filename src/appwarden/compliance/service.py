@@ -84,7 +84,7 @@ class SharedReads:
         queries per chunk of them."""
         for start in range(0, len(device_ids), chunk):
             ids = device_ids[start : start + chunk]
-            self.views.update(device_views(uow, ids))
+            self.views.update(device_views(uow, ids, observed=self.observed))
             for device_id in ids:
                 self.records[device_id] = {}
                 self.first_seens[device_id] = {}

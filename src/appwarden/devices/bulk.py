@@ -29,6 +29,7 @@ from appwarden.devices.models import Coverage, Device, DeviceIdentifier, Observa
 from appwarden.devices.schemas import ReportFacts
 from appwarden.devices.service import (
     Apps,
+    DeviceRows,
     MinimisationSet,
     ReportOutcome,
     clean_identifiers,
@@ -221,13 +222,18 @@ class ReportWriter:
     feeds: dict[FeedKey, FeedState] = field(default_factory=dict)
     _reports: list[dict[str, Any]] = field(default_factory=list)
     _created: int = 0
+    # Devices whose every feed is in `feeds` (read by `prepare`), so that `flush` can tell
+    # their rows as they stand afterwards.
+    _devices: set[int] = field(default_factory=set)
 
     def prepare(self, keys: Iterable[FeedKey]) -> None:
-        """Load the stored state of these feeds: one query per table and chunk of devices."""
+        """Load the stored state of these feeds' devices, every feed of them: one query per
+        table and chunk of devices."""
         wanted = {key: None for key in keys if key not in self.feeds}  # in batch order
         for key in wanted:
             self.feeds[key] = FeedState()
-        device_ids = sorted({device_id for device_id, _, _ in wanted})
+        device_ids = sorted({device_id for device_id, _, _ in wanted} - self._devices)
+        self._devices.update(device_ids)
         session = self.uow.session
         for part in chunks(device_ids):
             for o in session.execute(
@@ -244,12 +250,24 @@ class ReportWriter:
                     Observation.first_seen_at,
                     Observation.last_seen_at,
                 ).where(Observation.device_id.in_(part))
-            ):
-                state = self.feeds.get((o.device_id, o.source, o.evidence_kind))
-                if state is not None and (o.device_id, o.source, o.evidence_kind) in wanted:
-                    state.observations[(o.namespace, o.value)] = StoredObservation(
-                        o.id, o.raw_value, o.version, o.name, o.first_seen_at, o.last_seen_at
-                    )
+            ):  # unpacked by position: a hundred thousand rows read attributes by name slowly
+                (
+                    row_id,
+                    device_id,
+                    source,
+                    kind,
+                    namespace,
+                    value,
+                    raw,
+                    version,
+                    name,
+                    first,
+                    last,
+                ) = o
+                state = self.feeds.setdefault((device_id, source, kind), FeedState())
+                state.observations[(namespace, value)] = StoredObservation(
+                    row_id, raw, version, name, first, last
+                )
             for c in session.execute(
                 select(
                     Coverage.device_id,
@@ -260,9 +278,8 @@ class ReportWriter:
                     Coverage.observed_at,
                 ).where(Coverage.device_id.in_(part))
             ):
-                key = (c.device_id, c.source, c.evidence_kind)
-                if key in wanted:
-                    self.feeds[key].coverage[(c.namespace, c.value)] = StoredCoverage(c.observed_at)
+                state = self.feeds.setdefault((c.device_id, c.source, c.evidence_kind), FeedState())
+                state.coverage[(c.namespace, c.value)] = StoredCoverage(c.observed_at)
             for device_id, source, kind, latest in session.execute(
                 select(
                     Report.device_id,
@@ -273,8 +290,7 @@ class ReportWriter:
                 .where(Report.device_id.in_(part))
                 .group_by(Report.device_id, Report.source, Report.evidence_kind)
             ):
-                if (device_id, source, kind) in wanted:
-                    self.feeds[(device_id, source, kind)].latest_report = latest
+                self.feeds.setdefault((device_id, source, kind), FeedState()).latest_report = latest
 
     def apply(
         self, device: Device, report: ReportFacts, *, minimise: MinimisationSet | None
@@ -366,8 +382,10 @@ class ReportWriter:
                 seen.dirty = True
         return applied_any
 
-    def flush(self) -> None:
-        """Write what the batch's reports changed, table by table."""
+    def flush(self) -> dict[int, DeviceRows]:
+        """Write what the batch's reports changed, table by table; returns the prepared
+        devices' observation and coverage rows as they stand afterwards (their evaluation
+        in the same transaction takes them instead of reading the two tables again)."""
         session = self.uow.session
         session.flush()  # the devices' own changes (first_report_at) go with the ORM
         report_ids: list[int] = []
@@ -387,8 +405,34 @@ class ReportWriter:
                 .execution_options(synchronize_session=False)
             )
         write_observations(self.uow, self._observation_rows())
+        rows = self._device_rows()
         self._reports.clear()
         self.feeds.clear()
+        self._devices.clear()
+        return rows
+
+    def _device_rows(self) -> dict[int, DeviceRows]:
+        observations: dict[int, list[tuple[str, str, str, str, datetime, datetime]]] = {
+            device_id: [] for device_id in self._devices
+        }
+        coverage: dict[int, list[tuple[str, str, str, str, datetime]]] = {
+            device_id: [] for device_id in self._devices
+        }
+        for (device_id, source, kind), state in self.feeds.items():
+            if device_id not in self._devices:
+                continue
+            observations[device_id] += [
+                (source, kind, namespace, value, o.first_seen_at, o.last_seen_at)
+                for (namespace, value), o in state.observations.items()
+            ]
+            coverage[device_id] += [
+                (source, kind, namespace, value, part.observed_at)
+                for (namespace, value), part in state.coverage.items()
+            ]
+        return {
+            device_id: DeviceRows(tuple(observations[device_id]), tuple(coverage[device_id]))
+            for device_id in self._devices
+        }
 
     def _write_coverage(self, report_ids: list[int]) -> None:
         rows = [

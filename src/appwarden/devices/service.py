@@ -582,11 +582,11 @@ def _apply_observations(
 def stale_part(
     stored: Mapping[tuple[str, str], _Spoken], namespace: str, key: str, observed_at: datetime
 ) -> bool:
-    """Is a newer report already authoritative for this identifier?"""
+    """Is a newer report already authoritative for this identifier? (A report speaks for it
+    by covering its whole namespace, value "", or the identifier itself.)"""
     return any(
-        c.observed_at > observed_at
-        for (ns, value), c in stored.items()
-        if ns == namespace and value in ("", key)
+        c is not None and c.observed_at > observed_at
+        for c in (stored.get((namespace, "")), stored.get((namespace, key)))
     )
 
 

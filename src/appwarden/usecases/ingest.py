@@ -228,7 +228,7 @@ class _BatchReports:
     on_report: Callable[[], None] | None
     touched: dict[int, Device] = field(default_factory=dict)  # changed: re-evaluated
     seen: dict[int, Device] = field(default_factory=dict)  # reported, changed or not
-    # The rows each report of the one-by-one path left (the device's evaluation reads no more).
+    # The rows the reports left, by device (the devices' evaluation reads no more).
     observed: dict[int, DeviceRows] = field(default_factory=dict)
     _minimisation: MinimisationSet | None = None
     _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
@@ -347,7 +347,7 @@ class _BatchReports:
             outcome = writer.apply(device, report, minimise=minimise)
             self._counted(device, outcome, changed=changed, joined=joined)
         self.uow.session.flush()  # the facts (apply_device_facts left them to one flush)
-        writer.flush()
+        self.observed.update(writer.flush())
 
 
 def ingest(
