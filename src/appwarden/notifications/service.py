@@ -8,6 +8,7 @@ crash carries the same one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -130,6 +131,16 @@ def enqueue_once(
     )
     result = uow.session.execute(_QUEUE_ONCE[uow.dialect], values)
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def enqueue_all(uow: UnitOfWork, notices: Sequence[Mapping[str, Any]]) -> None:
+    """`enqueue_once` for many notices (its keyword arguments each), in order, in one
+    statement: a batch's announcements."""
+    if not notices:
+        return
+    uow.session.flush()  # a Core statement: the session does not flush for it
+    rows = [_notice_values(uow, **notice) for notice in notices]
+    uow.session.execute(_QUEUE_ONCE[uow.dialect], rows)
 
 
 def _notice_values(

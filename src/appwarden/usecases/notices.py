@@ -553,22 +553,28 @@ def materialise(
 ) -> list[Notice]:
     queued = []
     for planned in notices:
-        notice = outbox.enqueue(
-            uow,
-            person_id=planned.person_id,
-            address=planned.address,
-            policy_id=version.policy_id,
-            version_id=version.id,
-            kind=planned.kind,
-            due_slot=planned.due_slot,
-            due_at=planned.due_at,
-            rendered=outbox.Rendered(planned.subject, planned.text, planned.html),
-            domain=config.domain,
-            payload={"template": planned.template, **planned.payload},
-        )
+        notice = outbox.enqueue(uow, **_queued_as(version, planned, config))
         if notice is not None:
             queued.append(notice)
     return queued
+
+
+def _queued_as(
+    version: PolicyVersion, planned: PlannedNotice, config: NoticeConfig
+) -> dict[str, Any]:
+    """The outbox's arguments for a planned notice of the version."""
+    return {
+        "person_id": planned.person_id,
+        "address": planned.address,
+        "policy_id": version.policy_id,
+        "version_id": version.id,
+        "kind": planned.kind,
+        "due_slot": planned.due_slot,
+        "due_at": planned.due_at,
+        "rendered": outbox.Rendered(planned.subject, planned.text, planned.html),
+        "domain": config.domain,
+        "payload": {"template": planned.template, **planned.payload},
+    }
 
 
 def on_release(uow: UnitOfWork, version: PolicyVersion, config: NoticeConfig) -> list[Notice]:
@@ -609,11 +615,12 @@ def announce_entrant(
 
 def announce_entrants(
     uow: UnitOfWork, candidates: Sequence[tuple[int, int]], config: NoticeConfig
-) -> list[Notice]:
+) -> None:
     """`announce_entrant` for each (person id, version id), in order, for a batch of evaluated
     devices: what it reads per person (the people, whether they were announced, their devices'
-    views and first sightings) is read once per version for all of them. The same notices, in
-    the same order, as announcing them one by one."""
+    views and first sightings) is read once per version for all of them, and the notices are
+    queued with one statement. The same notices, in the same order, as announcing them one by
+    one (a notice whose (person, policy, kind, slot) is queued already is left out either way)."""
     people = {p.id: p for p in _read_in_chunks(uow, Person, [p for p, _ in candidates])}
     versions = {
         v.id: v for v in _read_in_chunks(uow, PolicyVersion, sorted({v for _, v in candidates}))
@@ -632,18 +639,23 @@ def announce_entrants(
         entries[version_id] = _people_entries(
             uow, version, [p for p in audience if p.id not in announced[version_id]]
         )
-    queued: list[Notice] = []
+    queued: list[dict[str, Any]] = []
     for person_id, version_id in candidates:
         person, version = people.get(person_id), versions.get(version_id)
         if person is None or version is None or version_id not in entries:
             continue
         if person.status != "active" or person_id in announced[version_id]:
             continue
-        notices = _announce(uow, person, version, config, entries[version_id].get(person_id, []))
-        if notices:  # announced now: a later device of theirs finds it so, as one by one
+        notices = _announcement(
+            uow, person, version, config, entries[version_id].get(person_id, [])
+        )
+        # Announced now: a later device of theirs finds it so, as one by one. (Where a notice
+        # of the same key was queued before, one by one would try again with the same
+        # person's entries, and be left out again.)
+        if notices:
             announced[version_id].add(person_id)
-        queued += notices
-    return queued
+        queued += [_queued_as(version, planned, config) for planned in notices]
+    outbox.enqueue_all(uow, queued)
 
 
 _READ_CHUNK = 1_000
@@ -683,6 +695,20 @@ def _announce(
     person_entries: list[tuple[Device, Evaluation]],
 ) -> list[Notice]:
     """Announce the version to a person not yet told, given their devices' evaluations now."""
+    return materialise(
+        uow, version, _announcement(uow, person, version, config, person_entries), config
+    )
+
+
+def _announcement(
+    uow: UnitOfWork,
+    person: Person,
+    version: PolicyVersion,
+    config: NoticeConfig,
+    person_entries: list[tuple[Device, Evaluation]],
+) -> list[PlannedNotice]:
+    """The announcement and reminders a person not yet told gets, given their devices'
+    evaluations now (none when no device of theirs is in the audience)."""
     doc = document_of(version)
     entries = [(d, e) for d, e in person_entries if e.state in AUDIENCE_STATES]
     if not entries:
@@ -709,7 +735,7 @@ def _announce(
         )
     ]
     notices += reminders_for(config, person, version, doc, devices, uow.now)
-    return materialise(uow, version, notices, config)
+    return notices
 
 
 def _was_announced(uow: UnitOfWork, policy_id: str, person_id: int) -> bool:
