@@ -285,7 +285,8 @@ class Breakers:
     def prefetch_holds(self, device_ids: Sequence[int], chunk: int = 2_000) -> None:
         """Read these devices' held denies at once for their next `keep_holds`, which then
         queries nothing (a query per device would flush a whole batch's pending writes each
-        time). Each device's are used once: a later call reads them again."""
+        time). Each device's are used once, and only until the next prefetch: a later call
+        reads them again."""
         prefetched: dict[int, dict[str, BreakerHold]] = {device_id: {} for device_id in device_ids}
         ids = list(device_ids)
         for start in range(0, len(ids), chunk):
@@ -293,7 +294,7 @@ class Breakers:
                 select(BreakerHold).where(BreakerHold.device_id.in_(ids[start : start + chunk]))
             ):
                 prefetched[hold.device_id][hold.policy_id] = hold
-        self._prefetched_holds.update(prefetched)
+        self._prefetched_holds = prefetched
 
     def keep_holds(
         self, device_id: int, held: Mapping[str, tuple[str, datetime]], *, had: bool
