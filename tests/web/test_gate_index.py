@@ -414,12 +414,52 @@ def test_the_access_log_is_written_in_batches():
     assert stream.getvalue() == ""  # held
     handler.flush()
     assert stream.getvalue() == "first\n"
-    for n in range(40):  # past max_bytes: written without waiting for a flush
+    for n in range(40):  # past max_bytes: the handler's thread writes without waiting for a flush
         logger.warning("line %d", n)
+    deadline = time.monotonic() + 10
+    while "line 0\n" not in stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert "line 0\n" in stream.getvalue()
     logger.warning("last")
     handler.close()  # logging.shutdown() closes handlers at exit
     assert stream.getvalue().endswith("last\n")
+
+
+class _StalledStream(io.StringIO):
+    """A file whose first write blocks until released (10 s at most), as a disk in writeback
+    can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.writers: set[str] = set()
+
+    def write(self, text: str) -> int:
+        if not self.writers:
+            self.writers.add(threading.current_thread().name)
+            self.release.wait(10)
+        return super().write(text)
+
+
+def test_a_stalled_access_log_never_holds_up_the_logging_thread():
+    stream = _StalledStream()
+    handler = BufferedLineHandler(stream, flush_seconds=0.01, max_bytes=100)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("appwarden.test.stalled")
+    logger.handlers, logger.propagate = [handler], False
+    logger.warning("line 0")
+    deadline = time.monotonic() + 10
+    while "appwarden-log" not in stream.writers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "appwarden-log" in stream.writers  # the handler's thread is stuck writing line 0
+    for n in range(1, 2_000):  # many times max_bytes meanwhile
+        logger.warning("line %d", n)
+    # Every call returned while that write was still stuck (had one waited, the write would
+    # have gone through when its wait ran out, 10 s later).
+    assert stream.getvalue() == ""
+    stream.release.set()
+    handler.close()
+    assert stream.getvalue() == "".join(f"line {n}\n" for n in range(2_000))
 
 
 def test_each_prepared_decision_is_what_a_fresh_evaluation_says_when_it_applies(store, demo, cli):
