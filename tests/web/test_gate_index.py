@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,6 +51,16 @@ CAROL = "CA201C0FFEE0000000000000000A2210"
 BOB = "B0B0A1D2E3F4A5B6C7D8E9F0A1B2C3D4"
 BEFORE = "2020-07-10T12:00:00-07:00"
 AFTER = "2020-07-11T12:00:00-07:00"
+
+
+def _within(seconds: float, condition: Callable[[], bool]) -> bool:
+    """Whether `condition` holds within `seconds` (polled): what another thread does."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _requests(store) -> list[GateRequest]:
@@ -308,10 +319,7 @@ def test_a_device_another_process_adds_is_known_before_the_next_answer(store, de
             # No NOTIFY came (no decision was written): the listener's next check-in or the
             # poll picks it up; until then the copy is still believed current, so wait for it.
             live: LiveIndex = app.state.live_index
-            deadline = time.monotonic() + 10
-            while live.index.device("eas_device_id", "DDDD2222") is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            assert _within(10, lambda: live.index.device("eas_device_id", "DDDD2222") is not None)
         answered = client.get("/gate/forward", headers=signed_in)
         assert (answered.status_code, answered.json()["reason"]) == (403, "user_is_not_the_owner")
 
@@ -416,10 +424,7 @@ def test_the_access_log_is_written_in_batches():
     assert stream.getvalue() == "first\n"
     for n in range(40):  # past max_bytes: the handler's thread writes without waiting for a flush
         logger.warning("line %d", n)
-    deadline = time.monotonic() + 10
-    while "line 0\n" not in stream.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert "line 0\n" in stream.getvalue()
+    assert _within(10, lambda: "line 0\n" in stream.getvalue())
     logger.warning("last")
     handler.close()  # logging.shutdown() closes handlers at exit
     assert stream.getvalue().endswith("last\n")
@@ -448,10 +453,8 @@ def test_a_stalled_access_log_never_holds_up_the_logging_thread():
     logger = logging.getLogger("appwarden.test.stalled")
     logger.handlers, logger.propagate = [handler], False
     logger.warning("line 0")
-    deadline = time.monotonic() + 10
-    while "appwarden-log" not in stream.writers and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert "appwarden-log" in stream.writers  # the handler's thread is stuck writing line 0
+    # the handler's thread is stuck writing line 0
+    assert _within(10, lambda: "appwarden-log" in stream.writers)
     for n in range(1, 2_000):  # many times max_bytes meanwhile
         logger.warning("line %d", n)
     # Every call returned while that write was still stuck (had one waited, the write would

@@ -610,7 +610,8 @@ def announce_entrant(
         return []
     if _was_announced(uow, version.policy_id, person.id):
         return []
-    return _announce(uow, person, version, config, _person_entries(uow, version, person))
+    entries = _person_entries(uow, version, person)
+    return materialise(uow, version, _announcement(uow, person, version, config, entries), config)
 
 
 def announce_entrants(
@@ -685,19 +686,6 @@ def _announced_among(uow: UnitOfWork, policy_id: str, person_ids: Sequence[int])
             )
         )
     return found
-
-
-def _announce(
-    uow: UnitOfWork,
-    person: Person,
-    version: PolicyVersion,
-    config: NoticeConfig,
-    person_entries: list[tuple[Device, Evaluation]],
-) -> list[Notice]:
-    """Announce the version to a person not yet told, given their devices' evaluations now."""
-    return materialise(
-        uow, version, _announcement(uow, person, version, config, person_entries), config
-    )
 
 
 def _announcement(
