@@ -517,3 +517,43 @@ def test_a_computed_allow_is_remembered_until_the_next_commit(store, demo, cli, 
         assert ask("AAAA0003")[0] == first[0]
         if store.engine.dialect.name == "sqlite":  # any commit moves the WAL-index header
             assert statements  # the copy caught up, and the remembered allow was dropped
+
+
+def test_a_remembered_answer_answers_only_the_very_same_request(store, demo, cli, tmp_path):
+    """The fast path remembers what the copy answered by the request's exact bytes (but its
+    request id, which is only echoed): the same DeviceId asked by someone else, or without
+    credentials, is a different question with its own answer; and an answer about a stranger
+    is paced however often it was given before."""
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    app = create_app(_settings(store, tmp_path, AFTER))
+    statements = _statements(app)
+    as_alice = "Basic " + base64.b64encode(b"alice@example.com:pw").decode()
+    as_bob = "Basic " + base64.b64encode(b"EXAMPLE\\bob:pw").decode()
+    paced = []
+    with TestClient(app) as client:
+        wait_until_current(app)
+        pacer = app.state.gate.pacer
+        turn = pacer.turn
+
+        async def counted_turn() -> None:
+            paced.append(1)
+            await turn()
+
+        pacer.turn = counted_turn
+
+        def ask(device: str, authorization: str | None, request_id: str) -> tuple[int, str, str]:
+            headers = {**_gate_headers(device, "alice@example.com"), "X-Request-Id": request_id}
+            if authorization:
+                headers["Authorization"] = authorization
+            answered = client.get("/gate/forward", headers=headers)
+            reason = answered.json()["reason"] if answered.status_code == 403 else ""
+            return answered.status_code, reason, answered.headers["x-request-id"]
+
+        statements.clear()
+        for n in range(3):
+            assert ask(ALICE, as_alice, f"alice-{n}") == (403, "decided", f"alice-{n}")
+            assert ask(ALICE, as_bob, f"bob-{n}") == (403, "user_mismatch", f"bob-{n}")
+            assert ask("AAAA7777", None, f"anon-{n}") == (200, "", f"anon-{n}")
+        assert statements == []
+        assert len(app.fast_path.answers) == 3  # one per question, whatever the request ids
+        assert len(paced) == 3  # the unseen DeviceId without credentials, every time

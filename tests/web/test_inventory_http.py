@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import api_token, as_one_source, bearer, table_digest
+from tests.conftest import api_token, as_one_source, bearer, table_digest, wait_until_current
 
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
@@ -20,6 +20,8 @@ from appwarden.web.worker import EmbeddedWorker
 
 VALID = Path(__file__).parent.parent / "fixtures" / "inventory" / "valid.json"
 ALICE_PHONE = "udid:00008110-000A1B2C3D4E801E"
+ALICE_EAS = "6F24CAD599A5BF1A690246B8C68FAE8D"
+GATE_KEY = "inventory-test-proxy-key-0123456789abcdef"
 
 
 def _settings(store, tmp_path: Path, **overrides) -> Settings:
@@ -131,11 +133,16 @@ def test_an_oversized_body_is_413_before_it_is_read(store, client, writer):
 
 def test_read_your_writes_after_the_deadline(store, tmp_path, demo):
     """Alice removes TikTok after the deadline: her next check-in is committed before the reply,
-    and the very next decision is allow."""
+    and the very next decision is allow, at the gate too (which had answered her phone's
+    request from memory, and remembered that answer)."""
     headers = bearer(
         api_token(store, Permission.INVENTORY_WRITE, Permission.DECISIONS_READ, name="mdm")
     )
-    app = create_app(_settings(store, tmp_path))
+    app = create_app(_settings(store, tmp_path, gate_proxy_key=GATE_KEY))
+    gate_request = {
+        "X-Appwarden-Proxy-Key": GATE_KEY,
+        "X-Original-URI": f"/Microsoft-Server-ActiveSync?Cmd=Sync&DeviceId={ALICE_EAS}",
+    }
     EmbeddedWorker(app.state.runtime).run_once()  # the deadline flipped the stored decision
     report = {
         "format": "appwarden.inventory/v1",
@@ -153,8 +160,12 @@ def test_read_your_writes_after_the_deadline(store, tmp_path, demo):
         ],
     }
     with TestClient(app) as client:
+        wait_until_current(app)
         url = f"/v1/decisions/{ALICE_PHONE}/email"
         assert client.get(url, headers=headers).json()["decision"] == "deny"
+        for _ in range(2):
+            assert client.get("/gate/forward", headers=gate_request).status_code == 403
+        assert len(app.fast_path.answers) == 1
         posted = client.post("/v1/inventory", content=orjson.dumps(report), headers=headers)
         assert posted.status_code == 200, posted.text
         assert posted.json()["reports_applied"] == 1
@@ -162,3 +173,4 @@ def test_read_your_writes_after_the_deadline(store, tmp_path, demo):
         after = client.get(url, headers=headers).json()
         assert after["decision"] == "allow"
         assert after["reasons"][0]["state"] == "compliant"
+        assert client.get("/gate/forward", headers=gate_request).status_code == 200

@@ -105,6 +105,9 @@ class DecisionIndex:
         self._tables = _Tables()
         self._lock = threading.Lock()
         self.loaded = False
+        #: Moves with every change to the copy (a load, a patch): what was read from it under
+        #: one generation holds as long as the generation does (`web.gate.AnswerCache`).
+        self.generation = 0
         # the highest identifier and owner-history row ids seen (`changed`)
         self._marks: tuple[int, int] = (0, 0)
 
@@ -168,6 +171,7 @@ class DecisionIndex:
             self._tables = fresh
             self._marks = marks
             self.loaded = True
+            self.generation += 1
 
     def changed(self, connection: Connection, since: datetime) -> set[int]:
         """The devices a catch-up must reload: those whose decisions were written at or after
@@ -210,6 +214,7 @@ class DecisionIndex:
             loaded = _read(connection, ids[start : start + CHUNK], self.namespaces)
             with self._lock:
                 _apply(self._tables, loaded)
+                self.generation += 1
 
 
 def changed_since(connection: Connection, since: datetime) -> set[int]:

@@ -361,6 +361,10 @@ class IndexFacts:
     (`web.gate.NotFoundCache`): answered as unknown without asking again. `computed`: a
     decision the store computed for a device that has none materialised for the resource,
     while nothing has been committed since (`web.gate.Gate.computed`).
+
+    What an answer read holds while the copy does not change and until `expires` (the earliest
+    `valid_until` among the decisions it read; None: no such end), unless it also read one of
+    those two, which change with time and other threads' work: then `lasting` is False.
     """
 
     def __init__(
@@ -381,12 +385,14 @@ class IndexFacts:
         self.namespace = namespace
         self.not_found = not_found
         self.computed = computed
+        self.lasting = True
+        self.expires: datetime | None = None
 
     def people(self, name: str) -> Sequence[PersonRef]:
         found = self.index.people_named(name)
         if found is not None:
             return found
-        if self.authoritative or (self.not_found is not None and self.not_found.knows(name)):
+        if self.authoritative or self._known_missing(name):
             return ()
         raise NeedStore
 
@@ -396,9 +402,15 @@ class IndexFacts:
             return found
         if self.complete and namespace in self.index.namespaces:
             return None
-        if self.not_found is not None and self.not_found.knows((namespace, value)):
+        if self._known_missing((namespace, value)):
             return None
         raise NeedStore
+
+    def _known_missing(self, key: object) -> bool:
+        if self.not_found is not None and self.not_found.knows(key):
+            self.lasting = False
+            return True
+        return False
 
     def device_for_anonymous(self, namespace: str, value: str) -> DeviceRef | None:
         return self.index.device(namespace, value)
@@ -407,8 +419,12 @@ class IndexFacts:
         known = self.index.decision(device.id, resource)
         if known is None and self.computed is not None:
             known = self.computed(device.id, resource)
+            self.lasting = False
         current = known.at(self.now) if known is not None else None
         if current is not None:
+            until = current.valid_until
+            if until is not None and (self.expires is None or until < self.expires):
+                self.expires = until
             return current
         if self.authoritative:
             return known or _NEVER_DECIDED  # the last known, however old

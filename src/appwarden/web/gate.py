@@ -25,7 +25,9 @@ Two paths give the same answer (`usecases.gate.answer` over two sources of facts
   unseen DeviceId is answered from it too. Otherwise (a copy that must catch up first, a name it
   does not know, a device never decided for the resource, a decision whose time has come) it
   asks `Gate.decide` on the store path: catch up, ask the copy again, then the store; with the
-  store down, `on_store_failure` decides.
+  store down, `on_store_failure` decides. What the copy answered is remembered by the request's
+  exact bytes (`AnswerCache`) while the copy and the decisions it read stay as they were: a
+  client asks the same thing again and again.
 - The `/gate/...` routes answer the rest: an untrusted caller (401), and any request the fast
   path failed on (the same `Gate.decide`).
 """
@@ -34,15 +36,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import hmac
 import ipaddress
 import logging
+import marshal
 import random
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypeVar
 
@@ -82,6 +87,7 @@ from appwarden.web.observability import (
 
 log = logging.getLogger("appwarden.web")
 PROXY_KEY_HEADER: Final = "x-appwarden-proxy-key"
+_PROXY_KEY: Final = PROXY_KEY_HEADER.encode()
 METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 FORWARD_PATH: Final = "/gate/forward"
 EXPLAIN_PATH: Final = "/gate/explain"
@@ -93,6 +99,8 @@ NOT_FOUND_SECONDS: Final = 1.0
 NOT_FOUND_ENTRIES: Final = 100_000
 #: Decisions the store computed for devices that have none materialised (`Gate.computed`).
 COMPUTED_ENTRIES: Final = 10_000
+#: Answers of the in-memory copy remembered by request (`AnswerCache`): about 300 bytes each.
+ANSWER_ENTRIES: Final = 100_000
 #: How long a request that needs the store waits for a place on the gate's store path before it
 #: is answered 503 (`StorePath`); below the proxies' read timeouts in docs/gates.md (5 s).
 BUSY_WAIT_SECONDS: Final = 2.0
@@ -169,6 +177,78 @@ class NotFoundCache:
     def clear(self, _written: object = None) -> None:
         with self._lock:
             self._entries.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class RememberedAnswer:
+    """An answer of the in-memory copy, rendered, and how long it holds."""
+
+    generation: int  # the copy's (`DecisionIndex.generation`) when it was read
+    expires: datetime | None  # the earliest `valid_until` of the decisions it read
+    result: GateAnswer
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+class AnswerCache:
+    """The in-memory copy's answers by the digest of a request's exact bytes (`fingerprint`):
+    a mail client asks the same question every few seconds, and reading its credentials and
+    walking the copy again gives the same answer while the copy is unchanged and no decision
+    the answer read has reached its `valid_until`. An answer that read what changes by itself
+    (the store's recent "not found", a decision the store computed) is not kept. Touched only
+    on the event loop; the oldest entry makes way past `size`."""
+
+    def __init__(self, size: int = ANSWER_ENTRIES) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, RememberedAnswer] = OrderedDict()
+
+    def get(self, key: bytes, generation: int, now: datetime) -> RememberedAnswer | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found.generation != generation or (found.expires is not None and now >= found.expires):
+            del self._entries[key]
+            return None
+        return found
+
+    def put(self, key: bytes, remembered: RememberedAnswer) -> None:
+        self._entries[key] = remembered
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What the fast path reads of a request before anything else."""
+
+    key: bytes  # a digest of method, path, query and headers (the request id left out)
+    proxy_key: bytes | None  # the last X-Appwarden-Proxy-Key
+    request_id: bytes | None  # the last X-Request-Id
+
+
+def fingerprint(scope: Scope, echo_only: bytes | None) -> Fingerprint:
+    """One pass over the request's headers. `echo_only` (the request id header) is left out
+    of the digest: the gate only echoes it, and proxies send a new one with every request.
+    `marshal` writes each part with its length, so two different requests cannot give the
+    same bytes; BLAKE2b keeps the key short."""
+    kept = []
+    proxy_key = request_id = None
+    for header in scope["headers"]:
+        name = header[0]
+        if name == echo_only:
+            request_id = header[1]
+            continue
+        if name == _PROXY_KEY:
+            proxy_key = header[1]
+        kept.append(header)
+    path = scope.get("raw_path"), scope["path"]
+    request = (scope["method"], *path, scope.get("query_string", b""), kept)
+    digest = hashlib.blake2b(marshal.dumps(request), digest_size=16).digest()
+    return Fingerprint(digest, proxy_key, request_id)
 
 
 class _RecordingStoreFacts(StoreFacts):
@@ -345,12 +425,12 @@ class Gate:
         )
         return orjson.dumps(problem_body(denied, self.policy))
 
-    def trusted(self, headers: Mapping[str, str], client: tuple[str, int] | None) -> bool:
-        """The proxy's key, or a loopback socket peer. `client` must be the socket's peer: the
-        server must not rewrite it from X-Forwarded-For (`appwarden serve` does not)."""
-        offered = headers.get(PROXY_KEY_HEADER)
+    def trusted(self, offered: bytes | None, client: tuple[str, int] | None) -> bool:
+        """The proxy's key (`offered`: the request's X-Appwarden-Proxy-Key, its last one), or a
+        loopback socket peer. `client` must be the socket's peer: the server must not rewrite it
+        from X-Forwarded-For (`appwarden serve` does not)."""
         if self._key is not None and offered is not None:
-            return hmac.compare_digest(offered.encode("latin-1"), self._key)
+            return hmac.compare_digest(offered, self._key)
         if self._trust_loopback and client is not None:
             try:
                 return ipaddress.ip_address(client[0]).is_loopback
@@ -394,19 +474,23 @@ class Gate:
                     self._computed.clear()
                 self._computed[(device_id, resource)] = (marker, decision)
 
-    def from_memory(self, request: GateRequest, now: datetime | None = None) -> GateAnswer | None:
-        """The answer from the in-memory copy, which the caller knows to be current (`live.fresh`,
-        or it has just caught up): so complete, and what it does not hold the store does not
-        have either. None when the copy cannot give it with certainty (the store must)."""
-        facts = IndexFacts(
+    def memory_facts(self, now: datetime) -> IndexFacts:
+        """The in-memory copy's facts, for a caller that knows the copy to be current
+        (`live.fresh`, or it has just caught up): so complete, and what it does not hold the
+        store does not have either."""
+        return IndexFacts(
             self.live.index,
-            now or self.runtime.now(),
+            now,
             authoritative=False,
             complete=self.live.index.loaded,
             namespace=self.policy.device_namespace,
             not_found=self.not_found,
             computed=self.computed,
         )
+
+    def from_memory(self, request: GateRequest, facts: IndexFacts) -> GateAnswer | None:
+        """The answer from the in-memory copy; None when it cannot give it with certainty (the
+        store must)."""
         try:
             return answer(facts, request, self.policy)
         except NeedStore:
@@ -421,7 +505,7 @@ class Gate:
             if not self.live.fresh():
                 self.live.catch_up()
             marker = self.live.seen  # before the store is read: a later commit moves it
-            remembered = self.from_memory(request, now)
+            remembered = self.from_memory(request, self.memory_facts(now))
             if remembered is not None:
                 return remembered, None
             with self.runtime.uow(now, write=False) as uow:
@@ -450,17 +534,28 @@ class Gate:
     def render(
         self, result: GateAnswer, source: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Status, headers and body of the answer; counts it. In report mode a denial is
-        counted and logged as what enforcing would have done, and allowed."""
+        """Status, headers and body of the answer; counts it."""
+        self.count(result)
+        return self.response(result, source)
+
+    def count(self, result: GateAnswer) -> None:
+        """Counts an answer given. In report mode a denial is counted and logged as what
+        enforcing would have done (and allowed: `response`)."""
         self._counters[result.decision].inc()
+        if not result.allowed and self._report_only:
+            self._would_deny.labels(_REASONS.get(result.reason, "other")).inc()
+            log.info("gate (report mode) would deny %s: %s", result.device, result.reason)
+
+    def response(
+        self, result: GateAnswer, source: str | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers and body of the answer."""
         headers: list[tuple[bytes, bytes]] = []
         if result.device:
             headers.append((b"x-appwarden-device", result.device.encode()))
         if source is not None:
             headers.append((b"x-appwarden-source", source.encode()))
         if not result.allowed and self._report_only:
-            self._would_deny.labels(_REASONS.get(result.reason, "other")).inc()
-            log.info("gate (report mode) would deny %s: %s", result.device, result.reason)
             headers.append((b"x-appwarden-would-deny", result.reason.encode()))
             return 200, [*headers, (b"content-length", b"0")], b""
         if result.allowed:
@@ -495,6 +590,11 @@ class GateFastPath:
             lambda method, status: metrics.request_seconds.labels(FORWARD_PATH, method, status)
         )
         self._busy_reported = -BUSY_REPORT_SECONDS
+        self.answers = AnswerCache()
+        read = {*gate.config.uri_headers, *gate.config.method_headers}
+        read.update(h.lower() for h in (gate.config.device_header, gate.config.user_header) if h)
+        # the request id is only echoed, unless a setting makes the gate read it
+        self._echo_only = REQUEST_ID_HEADER.encode() if REQUEST_ID_HEADER not in read else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_gate_path(scope["path"]):
@@ -530,39 +630,56 @@ class GateFastPath:
         )
 
     async def _answer(self, scope: Scope) -> Answered | None:
-        headers, duplicated = read_headers(scope["headers"])
-        if not self.gate.trusted(headers, scope.get("client")):
+        seen = fingerprint(scope, self._echo_only)
+        if not self.gate.trusted(seen.proxy_key, scope.get("client")):
             return None  # the application's 401
-        request = self.gate.parse(scope, headers, duplicated)
         try:
-            result, source = await self._decide(request)
+            status, response_headers, body = await self._decide(scope, seen.key)
         except Busy:
             self._report_busy()
             status, response_headers, body = _busy(scope["path"])
-        else:
-            status, response_headers, body = self.gate.render(result, source)
         # The proxy's request id is echoed (and logged); without one, a new id goes only in the
         # log line, if there is one: the proxy would not read it.
-        offered = headers.get(REQUEST_ID_HEADER)
-        request_id = request_id_from(offered) if offered is not None else None
+        offered = seen.request_id
+        request_id = request_id_from(offered.decode("latin-1")) if offered is not None else None
         if request_id is not None:
             response_headers.append((b"x-request-id", request_id.encode()))
         return request_id, status, response_headers, body
 
-    async def _decide(self, request: GateRequest) -> tuple[GateAnswer, str | None]:
-        """From memory when the copy can answer, else on the store path; what concerns callers
-        the gate knows nothing about is paced (`Pacer`). A copy that must catch up first (another
-        process wrote, a checkpoint moved the WAL) is no sign of a stranger: that request goes to
-        the store path unpaced. Raises Busy."""
-        if not self.gate.live.fresh():
-            return await self.gate.store_path.run(self.gate.decide, request)
-        remembered = self.gate.from_memory(request)
+    async def _decide(
+        self, scope: Scope, key: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """From memory when the copy can answer (remembered, or read now), else on the store
+        path; what concerns callers the gate knows nothing about is paced (`Pacer`). A copy
+        that must catch up first (another process wrote, a checkpoint moved the WAL) is no sign
+        of a stranger: that request goes to the store path unpaced. Raises Busy."""
+        gate = self.gate
+        if not gate.live.fresh():
+            return gate.render(*await gate.store_path.run(gate.decide, self._parse(scope)))
+        now = gate.runtime.now()
+        generation = gate.live.index.generation  # before the copy is read: a change moves it
+        remembered = self.answers.get(key, generation, now)
         if remembered is None:
-            await self.gate.pacer.turn()
-            return await self.gate.store_path.run(self.gate.decide, request)
-        if remembered.reason == UNAUTHENTICATED:
-            await self.gate.pacer.turn()
-        return remembered, None
+            request = self._parse(scope)
+            facts = gate.memory_facts(now)
+            result = gate.from_memory(request, facts)
+            if result is None:
+                await gate.pacer.turn()
+                return gate.render(*await gate.store_path.run(gate.decide, request))
+            status, headers, body = gate.response(result, None)
+            remembered = RememberedAnswer(
+                generation, facts.expires, result, status, tuple(headers), body
+            )
+            if facts.lasting:
+                self.answers.put(key, remembered)
+        if remembered.result.reason == UNAUTHENTICATED:
+            await gate.pacer.turn()
+        gate.count(remembered.result)
+        return remembered.status, list(remembered.headers), remembered.body
+
+    def _parse(self, scope: Scope) -> GateRequest:
+        headers, duplicated = read_headers(scope["headers"])
+        return self.gate.parse(scope, headers, duplicated)
 
     def _report_busy(self) -> None:
         """A warning at most every `BUSY_REPORT_SECONDS` while the store path turns requests
@@ -590,7 +707,8 @@ async def _gate(request: Request) -> Response:
     gate: Gate = request.app.state.gate
     headers, duplicated = read_headers(request.scope["headers"])
     client = (request.client.host, request.client.port) if request.client else None
-    if not gate.trusted(headers, client):
+    offered = headers.get(PROXY_KEY_HEADER)
+    if not gate.trusted(offered.encode("latin-1") if offered is not None else None, client):
         raise Unauthenticated(
             "the gate answers only its proxy (X-Appwarden-Proxy-Key)", invalid_token=True
         )
