@@ -78,6 +78,13 @@ class Result:
     def finished(self) -> str:
         return str(self.data["finished_at"])
 
+    @property
+    def scope(self) -> tuple[str, str, tuple[int, ...]]:
+        """What a newer result replaces: the same workload on the same store (for W5, at the
+        same fleet sizes: a run may measure some of them only)."""
+        sizes = self.data["parameters"].get("phones", ()) if self.workload == "W5" else ()
+        return self.workload, self.store.split(" ")[0], tuple(sizes)
+
     def label(self, *, store: bool = False) -> str:
         mode = "quick" if self.data.get("quick") else "full"
         when = self.finished[:16].replace("T", " ")
@@ -99,10 +106,10 @@ def load(directory: Path = RESULTS) -> list[Result]:
 
 
 def latest(results: Sequence[Result]) -> list[Result]:
-    """The newest result of each (workload, store), quick or full, in workload then store order."""
-    newest: dict[tuple[str, str], Result] = {}
+    """The newest result of each `Result.scope`, quick or full, in workload then store order."""
+    newest: dict[tuple[str, str, tuple[int, ...]], Result] = {}
     for result in results:
-        key = (result.workload, result.store.split(" ")[0])
+        key = result.scope
         if key not in newest or result.finished > newest[key].finished:
             newest[key] = result
     return [newest[key] for key in sorted(newest)]

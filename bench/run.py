@@ -193,6 +193,8 @@ def _w5_workload(args: argparse.Namespace, reporter: Reporter, started: datetime
     result = w5_ingest.run(args.db, params, reporter.note, reporter.advance)
     info = machine(result["parameters"]["store"])
     name = result_name("W5", result["parameters"]["backend"], args.quick)
+    if args.w5_phones:  # a run of some sizes only keeps the results of the others
+        name = name.replace(".json", "".join(f"-{n // 1000}k" for n in params.sizes) + ".json")
     written = (name, _finish(result, info, args.quick, started))
     write_result(*written)
     return written

@@ -27,8 +27,7 @@ def test_every_store_and_workload_appears_with_its_failures() -> None:
                 assert f"| {bar['bar']} | — |" in table
             elif not bar["pass"]:
                 assert f"| {bar['bar']} | **FAIL** |" in table
-    stores = {(r.workload, r.store.split(" ")[0]) for r in results}
-    assert len(report.latest(results)) == len(stores)
+    assert len(report.latest(results)) == len({r.scope for r in results})
 
 
 def test_the_latest_result_wins_even_when_it_fails(tmp_path: Path) -> None:
