@@ -3,19 +3,24 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from fastapi import Depends
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Histogram
 from tests.conftest import api_token, as_one_source, bearer
 
 from appwarden.settings import Settings
 from appwarden.vocabulary import Permission
+from appwarden.web import observability
 from appwarden.web.app import create_app
 from appwarden.web.auth import require
-from appwarden.web.observability import JsonFormatter
+from appwarden.web.observability import JsonFormatter, configure_logging
 
 VALID = Path(__file__).parent.parent / "fixtures" / "inventory" / "valid.json"
 
@@ -170,3 +175,68 @@ def test_pinned_clocks_are_refused_outside_test_and_demo(tmp_path, clock):
         create_app(
             Settings(database_url=f"sqlite:///{tmp_path}/x.db", env="production", clock=clock)
         )
+
+
+@pytest.fixture
+def configured_logging() -> Iterator[None]:
+    """`configure_logging` as `appwarden serve` calls it, undone afterwards (it replaces the
+    handlers of process-wide loggers, which caplog relies on)."""
+    names = ("appwarden", "uvicorn.error", observability.access_log.name)
+    saved = [(lg, lg.handlers, lg.propagate, lg.level) for lg in map(logging.getLogger, names)]
+    configure_logging()
+    try:
+        yield
+    finally:
+        for lg, handlers, propagate, level in saved:
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers, lg.propagate, lg.level = handlers, propagate, level
+        observability._direct_lines = None
+
+
+def test_an_access_line_is_the_same_written_directly_or_through_logging(
+    configured_logging, monkeypatch
+):
+    """The access log's direct lane (no LogRecord) writes exactly the line the JSON formatter
+    writes; with another handler added, lines go through logging again, to both."""
+    buffered = observability.access_log.handlers[0]
+    buffered.stream = io.StringIO()
+    monkeypatch.setattr(observability.time, "time_ns", lambda: 1_594_494_000_123_456_789)
+    histogram = Histogram("t_seconds", "t", registry=CollectorRegistry())
+
+    def request() -> None:
+        observability.log_request(
+            histogram,
+            request_id="r-1",
+            method="GET",
+            path="/gate/forward",
+            route="/gate/forward",
+            status=403,
+            duration=0.0000412,
+        )
+
+    request()
+    collected: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = collected.append  # type: ignore[method-assign]
+    observability.access_log.addHandler(other)
+    request()
+    buffered.flush()
+    direct, logged = buffered.stream.getvalue().splitlines()
+    assert direct == logged
+    assert orjson.loads(direct) == {
+        "time": "2020-07-11T19:00:00.123Z",
+        "level": "info",
+        "logger": "appwarden.access",
+        "request_id": "r-1",
+        "method": "GET",
+        "path": "/gate/forward",
+        "route": "/gate/forward",
+        "status": 403,
+        "duration_ms": 0.041,
+        "token": None,
+        "person": None,
+        "client": None,
+    }
+    assert [r.fields["request_id"] for r in collected] == ["r-1"]

@@ -288,7 +288,22 @@ def log_request(
         "person": person,
         "client": client,
     }
+    direct = _direct_lines
+    if direct is not None and access_log.handlers == [direct] and _unfiltered(direct):
+        direct.append(_json_line(time.time_ns(), logging.INFO, access_log.name, fields))
+        return
     access_log.handle(_access_record((method, path, status), fields))
+
+
+#: The access log's handler when `configure_logging` made it and nothing was added since: its
+#: lines are then written without a `LogRecord` and the logging module's dispatch (locks,
+#: filters, two handler lookups), which at gate rates cost as much as the answer (docs/
+#: operations.md). The line is the same `JsonFormatter` would write.
+_direct_lines: BufferedLineHandler | None = None
+
+
+def _unfiltered(handler: logging.Handler) -> bool:
+    return not (access_log.filters or handler.filters or access_log.disabled)
 
 
 # What every access record shares, made once: `LogRecord.__init__` looks up the caller's file,
@@ -391,22 +406,42 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] | None = getattr(record, "fields", None)
+        if record.name == access_log.name and fields and not record.exc_info:
+            return _json_line(int(record.created * 1e9), record.levelno, record.name, fields)
         body: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": _timestamp(int(record.created * 1e9)),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        if record.name == access_log.name and fields:
-            body.update(fields)
-        else:
-            body["message"] = record.getMessage()
-            if fields:
-                body.update({k: v for k, v in fields.items() if k not in body})
+        body["message"] = record.getMessage()
+        if fields:
+            body.update({k: v for k, v in fields.items() if k not in body})
         if record.exc_info:
             body["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(body, default=str).decode()
+
+
+def _json_line(created_ns: int, level: int, logger: str, fields: dict[str, Any]) -> str:
+    """An access line: time, level and logger, then the request's fields."""
+    body = {"time": _timestamp(created_ns), "level": _LEVELS[level], "logger": logger}
+    body.update(fields)
+    return orjson.dumps(body, default=str).decode()
+
+
+_LEVELS: Final = {n: logging.getLevelName(n).lower() for n in range(0, 60, 10)}
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def _timestamp(created_ns: int) -> str:
+    """`2026-12-03T12:05:02.375Z` (UTC, milliseconds). Lines come thousands a second: the
+    second's text is made once (read and replaced as one tuple: any thread may format)."""
+    global _last_second
+    second, rest = divmod(created_ns, 1_000_000_000)
+    cached = _last_second
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = _last_second = (second, text)
+    return f"{cached[1]}.{rest // 1_000_000:03d}Z"
 
 
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -438,10 +473,19 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:  # called under the handler's lock
         try:
-            line = self.format(record) + self.terminator
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self._append(line)
+
+    def append(self, line: str) -> None:
+        """A line formatted by the caller (`log_request`'s direct lane)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._append(line)
+
+    def _append(self, line: str) -> None:
+        line += self.terminator
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self._max_bytes:
@@ -491,3 +535,5 @@ def configure_logging(level: int = logging.INFO) -> None:
     access_log.handlers = [buffered]
     access_log.setLevel(level)
     access_log.propagate = False
+    global _direct_lines
+    _direct_lines = buffered
