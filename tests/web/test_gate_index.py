@@ -9,6 +9,7 @@ it must notice another process's commit before it answers again.
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import logging
 import sqlite3
@@ -557,3 +558,27 @@ def test_a_remembered_answer_answers_only_the_very_same_request(store, demo, cli
         assert statements == []
         assert len(app.fast_path.answers) == 3  # one per question, whatever the request ids
         assert len(paced) == 3  # the unseen DeviceId without credentials, every time
+
+
+def test_the_copy_and_remembered_answers_are_invisible_to_the_cycle_collector(
+    store, demo, cli, tmp_path
+):
+    """A full pass of Python's cycle collector walks every object it tracks, holding the event
+    loop meanwhile: the copy (a million devices' worth) and the remembered answers must not be
+    among them once the collector has looked at them (a few times: a tuple is let go in the pass
+    after the tuples it holds are, and an answer's headers are tuples of tuples)."""
+    assert cli("worker", "--once", "--at", AFTER).code == 0
+    app = create_app(_settings(store, tmp_path, AFTER))
+    with TestClient(app) as client:
+        wait_until_current(app)
+        assert client.get("/gate/forward", headers=_gate_headers(ALICE, "alice")).status_code == 403
+        live = app.state.live_index
+        live.catch_up(full=True)  # a periodic full reload: no freezing after start-up
+        for _ in range(3):
+            gc.collect()
+        tables = live.index._tables
+        held = [*tables.people.values(), *tables.decisions.values()]
+        held += [*app.fast_path.answers._entries.values()]
+        assert len(tables.decisions) >= 3
+        assert len(app.fast_path.answers) == 1
+        assert [h for h in held if gc.is_tracked(h)] == []

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Connection, func, select
 
@@ -33,12 +33,12 @@ CHUNK = 500
 ID_SLACK = 1_000
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRef:
+class DecisionRef(NamedTuple):
     """What the gate needs of a decision (its reasons stay in the store: a million devices'
-    worth would not fit comfortably in every process)."""
+    worth would not fit comfortably in every process). The copy holds it as a plain tuple
+    (`_Tables`); the decision is the `Decision`'s value (`verdict` gives the member)."""
 
-    decision: Decision
+    decision: str  # a `Decision` value: see `verdict`
     valid_until: datetime | None
     denying: tuple[str, ...]  # the policies whose deny this decision carries
     next: DecisionRef | None = None  # what it becomes at valid_until (`DecisionRecord.next_*`)
@@ -53,9 +53,12 @@ class DecisionRef:
             return upcoming
         return None
 
+    @property
+    def verdict(self) -> Decision:
+        return _DECISIONS[self.decision]
 
-@dataclass(frozen=True, slots=True)
-class PersonRef:
+
+class PersonRef(NamedTuple):
     id: int
     email: str
     names: tuple[str, ...] = ()  # aliases and account names, case-folded (the primary is `email`)
@@ -67,6 +70,9 @@ class DeviceRef:
     owner: PersonRef | None
 
 
+_Plain = tuple[Any, ...]
+
+
 @dataclass
 class _Tables:
     """Every map of the copy; replaced whole by a full reload, patched by a partial one."""
@@ -75,10 +81,14 @@ class _Tables:
     identifiers_of: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     owner_of: dict[int, int | None] = field(default_factory=dict)
     devices_of: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    people: dict[int, PersonRef] = field(default_factory=dict)
+    # People and decisions are held as plain tuples of plain values (`PersonRef`, `DecisionRef`
+    # as `tuple(...)`), made into their named types when read: Python's cycle collector stops
+    # tracking an exact tuple of untracked values after its first look, so its full passes do
+    # not walk a copy of a million devices (each would stop the event loop that long).
+    people: dict[int, _Plain] = field(default_factory=dict)
     # every name a person answers to (primary address, aliases, account names) → who has it
     people_by_name: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    decisions: dict[tuple[int, str], DecisionRef] = field(default_factory=dict)
+    decisions: dict[tuple[int, str], _Plain] = field(default_factory=dict)
     resources_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
     # (platform, form factor) of every device, one shared tuple per distinct pair: what a 403
     # lists about the asking person's own blocked devices
@@ -121,7 +131,8 @@ class DecisionIndex:
             if device_id is None:
                 return None
             owner_id = t.owner_of.get(device_id)
-            return DeviceRef(device_id, t.people.get(owner_id) if owner_id is not None else None)
+            owner = t.people.get(owner_id) if owner_id is not None else None
+            return DeviceRef(device_id, PersonRef._make(owner) if owner is not None else None)
 
     def people_named(self, name: str) -> list[PersonRef] | None:
         """Everyone who answers to `name` exactly (a case-folded address, alias or account
@@ -129,7 +140,7 @@ class DecisionIndex:
         with self._lock:
             t = self._tables
             ids = t.people_by_name.get(name)
-            return None if ids is None else [t.people[i] for i in ids]
+            return None if ids is None else [PersonRef._make(t.people[i]) for i in ids]
 
     def identifier_of(self, device_id: int) -> str | None:
         """One identifier value of the device in the gate's namespaces (None: it has none)."""
@@ -150,7 +161,8 @@ class DecisionIndex:
 
     def decision(self, device_id: int, resource: str) -> DecisionRef | None:
         with self._lock:
-            return self._tables.decisions.get((device_id, resource))
+            held = self._tables.decisions.get((device_id, resource))
+        return _decision_ref(held) if held is not None else None
 
     def devices_of(self, person_id: int) -> list[int]:
         with self._lock:
@@ -311,7 +323,7 @@ def _decision(
         for r in (reasons or ())
         if isinstance(r, Mapping) and r.get("effect") == "deny"
     )
-    return DecisionRef(_DECISIONS[decision], valid_until, denying, upcoming)
+    return DecisionRef(_DECISIONS[decision].value, valid_until, denying, upcoming)
 
 
 _DECISIONS: Final = {str(d): d for d in Decision}
@@ -335,7 +347,7 @@ def _apply(t: _Tables, loaded: _Loaded) -> None:
         t.kind_of.pop(device_id, None)
     for person in loaded.people:
         _forget_person(t, person.id)
-        t.people[person.id] = person
+        t.people[person.id] = tuple(person)
         for name in {person.email, *person.names}:
             t.people_by_name[name] = (*t.people_by_name.get(name, ()), person.id)
     for namespace, value, device_id in loaded.identifiers:
@@ -349,14 +361,27 @@ def _apply(t: _Tables, loaded: _Loaded) -> None:
         if owner_id is not None:
             t.devices_of[owner_id] = (*t.devices_of.get(owner_id, ()), device_id)
     for device_id, resource, decision in loaded.decisions:
-        t.decisions[(device_id, resource)] = decision
+        t.decisions[(device_id, resource)] = _plain_decision(decision)
         t.resources_of[device_id] = (*t.resources_of.get(device_id, ()), sys.intern(resource))
 
 
+def _plain_decision(ref: DecisionRef) -> _Plain:
+    upcoming = ref.next
+    return (ref.decision, ref.valid_until, ref.denying, tuple(upcoming) if upcoming else None)
+
+
+def _decision_ref(held: _Plain) -> DecisionRef:
+    decision, valid_until, denying, upcoming = held
+    return DecisionRef(
+        decision, valid_until, denying, DecisionRef._make(upcoming) if upcoming else None
+    )
+
+
 def _forget_person(t: _Tables, person_id: int) -> None:
-    old = t.people.pop(person_id, None)
-    if old is None:
+    held = t.people.pop(person_id, None)
+    if held is None:
         return
+    old = PersonRef._make(held)
     for name in {old.email, *old.names}:
         _drop(t.people_by_name, name, person_id)
 

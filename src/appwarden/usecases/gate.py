@@ -141,7 +141,7 @@ def answer(facts: GateFacts, request: GateRequest, policy: GatePolicy) -> GateAn
         return _deny("user_is_not_the_owner", device=label)
     decided = facts.decision(device, resource)
     return GateAnswer(
-        decided.decision,
+        decided.verdict,
         "decided",
         device=label,
         person=person.email if person else None,
@@ -290,11 +290,11 @@ class StoreFacts:
         assert row is not None
         if session.get(DecisionRecord, (device.id, resource)) is None:
             result = computed_decision(self.uow, row, resource, self.uow.now)
-            found = DecisionRef(result.decision, result.valid_until, _denying(result.reasons))
+            found = DecisionRef(result.decision.value, result.valid_until, _denying(result.reasons))
             self.computed.append((device.id, resource, found))
             return found
         decision, reasons = current_decision(self.uow, row, resource, self.uow.now)
-        return DecisionRef(decision, None, tuple(_denying(reasons)))
+        return DecisionRef(decision.value, None, tuple(_denying(reasons)))
 
     def devices_of(self, person: PersonRef) -> Iterable[DeviceRef]:
         devices = self.uow.session.scalars(
@@ -453,7 +453,7 @@ class RememberedMisses(Protocol):
         ...
 
 
-_NEVER_DECIDED: Final = DecisionRef(Decision.ALLOW, None, ())  # nothing ever applied to it
+_NEVER_DECIDED: Final = DecisionRef(Decision.ALLOW.value, None, ())  # nothing ever applied to it
 
 
 EXPLANATIONS: Final[Mapping[str, str]] = {

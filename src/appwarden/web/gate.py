@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -179,13 +179,15 @@ class NotFoundCache:
             self._entries.clear()
 
 
-@dataclass(frozen=True, slots=True)
-class RememberedAnswer:
-    """An answer of the in-memory copy, rendered, and how long it holds."""
+class RememberedAnswer(NamedTuple):
+    """An answer of the in-memory copy, rendered, and how long it holds. Kept as a plain
+    tuple of plain values, which the cycle collector stops tracking (see `access.index`)."""
 
     generation: int  # the copy's (`DecisionIndex.generation`) when it was read
     expires: datetime | None  # the earliest `valid_until` of the decisions it read
-    result: GateAnswer
+    decision: str
+    reason: str
+    device: str | None
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
@@ -201,19 +203,20 @@ class AnswerCache:
 
     def __init__(self, size: int = ANSWER_ENTRIES) -> None:
         self.size = size
-        self._entries: OrderedDict[bytes, RememberedAnswer] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Any, ...]] = OrderedDict()
 
     def get(self, key: bytes, generation: int, now: datetime) -> RememberedAnswer | None:
-        found = self._entries.get(key)
-        if found is None:
+        held = self._entries.get(key)
+        if held is None:
             return None
+        found = RememberedAnswer._make(held)
         if found.generation != generation or (found.expires is not None and now >= found.expires):
             del self._entries[key]
             return None
         return found
 
     def put(self, key: bytes, remembered: RememberedAnswer) -> None:
-        self._entries[key] = remembered
+        self._entries[key] = tuple(remembered)
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
@@ -401,7 +404,7 @@ class Gate:
         self._key = key.get_secret_value().encode() if key is not None else None
         self._trust_loopback = settings.gate_trust_loopback
         self._report_only = settings.gate_mode == "report"
-        self._counters = {d: metrics.decisions.labels(str(d)) for d in Decision}
+        self._counters = {d.value: metrics.decisions.labels(d.value) for d in Decision}
         self._would_deny = metrics.gate_would_deny
         self._problem = functools.lru_cache(maxsize=4096)(self._render_problem)
         self.not_found = NotFoundCache()
@@ -535,16 +538,16 @@ class Gate:
         self, result: GateAnswer, source: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Status, headers and body of the answer; counts it."""
-        self.count(result)
+        self.count(result.decision, result.reason, result.device)
         return self.response(result, source)
 
-    def count(self, result: GateAnswer) -> None:
+    def count(self, decision: str, reason: str, device: str | None) -> None:
         """Counts an answer given. In report mode a denial is counted and logged as what
         enforcing would have done (and allowed: `response`)."""
-        self._counters[result.decision].inc()
-        if not result.allowed and self._report_only:
-            self._would_deny.labels(_REASONS.get(result.reason, "other")).inc()
-            log.info("gate (report mode) would deny %s: %s", result.device, result.reason)
+        self._counters[decision].inc()
+        if decision != Decision.ALLOW and self._report_only:
+            self._would_deny.labels(_REASONS.get(reason, "other")).inc()
+            log.info("gate (report mode) would deny %s: %s", device, reason)
 
     def response(
         self, result: GateAnswer, source: str | None
@@ -668,13 +671,20 @@ class GateFastPath:
                 return gate.render(*await gate.store_path.run(gate.decide, request))
             status, headers, body = gate.response(result, None)
             remembered = RememberedAnswer(
-                generation, facts.expires, result, status, tuple(headers), body
+                generation,
+                facts.expires,
+                result.decision.value,
+                result.reason,
+                result.device,
+                status,
+                tuple(headers),
+                body,
             )
             if facts.lasting:
                 self.answers.put(key, remembered)
-        if remembered.result.reason == UNAUTHENTICATED:
+        if remembered.reason == UNAUTHENTICATED:
             await gate.pacer.turn()
-        gate.count(remembered.result)
+        gate.count(remembered.decision, remembered.reason, remembered.device)
         return remembered.status, list(remembered.headers), remembered.body
 
     def _parse(self, scope: Scope) -> GateRequest:

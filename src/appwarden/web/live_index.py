@@ -104,15 +104,19 @@ class LiveIndex:
             marker = self._current_marker()  # read before the store: a later commit re-triggers
             started = datetime.now(UTC)
             if full or self._since is None:
+                first = not self.index.loaded
                 gate_index.load_all(self.engine, self.index)
                 self._full_at = time.monotonic()
-                # The copy is large and long-lived, and holds no reference cycles: keep the
-                # cyclic garbage collector from walking it again and again (its full passes
-                # would show as the gate's tail latency). Memory is still freed by reference
-                # counting when a later full load replaces it; garbage already waiting is
-                # collected first, or freezing would keep it for good.
-                gc.collect()
-                gc.freeze()
+                if first:
+                    # Start-up is over: keep the cycle collector's full passes from walking the
+                    # process's long-lived objects (the modules, the application) again and
+                    # again; garbage already waiting is collected first, or freezing would keep
+                    # it for good. The copy itself is plain tuples the collector stops tracking
+                    # on its own (`access.index.DecisionRef`): a periodic full reload needs
+                    # neither, and a full collection then would stop the event loop for as
+                    # long as it walks everything since.
+                    gc.collect()
+                    gc.freeze()
             else:
                 gate_index.load_changed(self.engine, self.index, self._since - OVERLAP)
             self._since = started

@@ -297,8 +297,8 @@ def log_request(
 
 #: The access log's handler when `configure_logging` made it and nothing was added since: its
 #: lines are then written without a `LogRecord` and the logging module's dispatch (locks,
-#: filters, two handler lookups), which at gate rates cost as much as the answer (docs/
-#: operations.md). The line is the same `JsonFormatter` would write.
+#: filters, two handler lookups), which at gate rates cost as much as a remembered answer
+#: (bench/README.md, W2). The line is the same `JsonFormatter` would write.
 _direct_lines: BufferedLineHandler | None = None
 
 
