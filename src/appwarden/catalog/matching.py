@@ -118,7 +118,21 @@ def match_key(namespace: str, value: str) -> str:
 
     Raises ValueError, with a message naming the namespace and the value, for an unknown
     namespace or a value that cannot be an identifier of that namespace.
+
+    An import asks it for every app of every device, and a fleet's phones hold the same few
+    thousand apps: the keys of text values are remembered (`_remembered_key`; errors are not).
     """
+    if isinstance(namespace, str) and isinstance(value, str):
+        return _remembered_key(namespace, value)
+    return _match_key(namespace, value)
+
+
+@lru_cache(maxsize=65_536)
+def _remembered_key(namespace: str, value: str) -> str:
+    return _match_key(namespace, value)
+
+
+def _match_key(namespace: str, value: str) -> str:
     if namespace not in _NAMESPACES:
         raise ValueError(
             f"unknown identifier namespace {namespace!r}; expected one of "

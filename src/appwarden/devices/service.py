@@ -583,11 +583,13 @@ def stale_part(
     stored: Mapping[tuple[str, str], _Spoken], namespace: str, key: str, observed_at: datetime
 ) -> bool:
     """Is a newer report already authoritative for this identifier? (A report speaks for it
-    by covering its whole namespace, value "", or the identifier itself.)"""
-    return any(
-        c is not None and c.observed_at > observed_at
-        for c in (stored.get((namespace, "")), stored.get((namespace, key)))
-    )
+    by covering its whole namespace, value "", or the identifier itself.) Asked for every app of
+    every report: two look-ups, no generator."""
+    whole = stored.get((namespace, ""))
+    if whole is not None and whole.observed_at > observed_at:
+        return True
+    part = stored.get((namespace, key))
+    return part is not None and part.observed_at > observed_at
 
 
 def device_identifiers(uow: UnitOfWork, device_ids: Collection[int]) -> dict[int, list[str]]:

@@ -288,8 +288,8 @@ def log_request(
         "person": person,
         "client": client,
     }
-    direct = _direct_lines
-    if direct is not None and access_log.handlers == [direct] and _unfiltered(direct):
+    direct, handlers = _direct_lines, access_log.handlers
+    if direct is not None and len(handlers) == 1 and handlers[0] is direct and _unfiltered(direct):
         direct.append(_json_line(time.time_ns(), logging.INFO, access_log.name, fields))
         return
     access_log.handle(_access_record((method, path, status), fields))
