@@ -4,7 +4,7 @@ that raised the event, so reactions commit or roll back with their cause."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,9 @@ class DevicesEvaluated:
 
     devices: tuple[DeviceEvaluated, ...]  # in the order they were evaluated
     at: datetime
+    # (device id, version id) → its `compliance.evaluate.Evaluation` at `at`, as stored: for
+    # reactions that would otherwise evaluate the same devices again (the late entrants' notices).
+    evaluations: Mapping[tuple[int, int], Any] = field(default_factory=dict, compare=False)
 
 
 Event = DecisionChanged | DeviceEvaluated | DevicesEvaluated

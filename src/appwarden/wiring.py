@@ -88,7 +88,7 @@ def build_bus(
                 if state in AUDIENCE_STATES
             ]
             if candidates:
-                announce_entrants(uow, candidates, notice_config)
+                announce_entrants(uow, candidates, notice_config, event.evaluations)
 
         bus.subscribe(DecisionChanged, notify_decision)
         bus.subscribe(DeviceEvaluated, announce_late_entrants)

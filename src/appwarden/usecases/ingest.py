@@ -16,6 +16,7 @@ from appwarden.access.models import DecisionRecord
 from appwarden.access.service import refresh_decisions, stored_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
+from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
@@ -429,6 +430,7 @@ def reevaluate_devices(
         ]
     changes: list[DecisionChanged] = []
     evaluated: list[DeviceEvaluated] = []
+    evaluations: dict[tuple[int, int], Evaluation] = {}
     for start in range(0, len(devices), EVALUATION_CHUNK):
         chunk = devices[start : start + EVALUATION_CHUNK]
         shared.clear()
@@ -438,12 +440,12 @@ def reevaluate_devices(
         breakers(uow).prefetch_holds(ids)
         for device in chunk:
             changes += _reevaluate(
-                uow, device, frozenset(), shared, evaluated, decisions[device.id]
+                uow, device, frozenset(), shared, evaluated, decisions[device.id], evaluations
             )
     uow.session.flush()  # the last devices' states and decisions (refresh_decisions left them)
     # One event for the batch: its reactions (late entrants' notices) read what the devices
     # share once.
-    uow.publish(DevicesEvaluated(tuple(evaluated), uow.now))
+    uow.publish(DevicesEvaluated(tuple(evaluated), uow.now, evaluations))
     return changes
 
 
@@ -467,12 +469,15 @@ def _reevaluate(
     shared: SharedReads | None,
     evaluated: list[DeviceEvaluated] | None = None,
     decisions: dict[str, DecisionRecord] | None = None,
+    evaluations: dict[tuple[int, int], Evaluation] | None = None,
 ) -> list[DecisionChanged]:
     """Store the device's states and decisions anew and publish that it was evaluated, or,
-    given `evaluated`, add the event there for the caller to publish with the batch's;
-    `decisions`: its stored decisions, read for the batch."""
+    given `evaluated`, add the event there for the caller to publish with the batch's (and its
+    evaluations to `evaluations`); `decisions`: its stored decisions, read for the batch."""
     evaluator = DeviceEvaluator(uow, device, shared)  # holds the owner while reactions run
     outcomes = evaluator.at(uow.now)
+    if evaluations is not None:
+        evaluations.update(((device.id, o.version.id), o.evaluation) for o in outcomes)
     # refresh_decisions flushes the states with the decisions
     record_outcomes(uow, device.id, outcomes, shared=shared, flush=False)
     changes = refresh_decisions(

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -615,7 +615,10 @@ def announce_entrant(
 
 
 def announce_entrants(
-    uow: UnitOfWork, candidates: Sequence[tuple[int, int]], config: NoticeConfig
+    uow: UnitOfWork,
+    candidates: Sequence[tuple[int, int]],
+    config: NoticeConfig,
+    evaluated: Mapping[tuple[int, int], Evaluation] | None = None,
 ) -> None:
     """`announce_entrant` for each (person id, version id), in order, for a batch of evaluated
     devices: what it reads per person (the people, whether they were announced, their devices'
@@ -638,7 +641,10 @@ def announce_entrants(
             continue
         announced[version_id] = _announced_among(uow, version.policy_id, [p.id for p in audience])
         entries[version_id] = _people_entries(
-            uow, version, [p for p in audience if p.id not in announced[version_id]]
+            uow,
+            version,
+            [p for p in audience if p.id not in announced[version_id]],
+            evaluated or {},
         )
     queued: list[dict[str, Any]] = []
     for person_id, version_id in candidates:
@@ -759,10 +765,15 @@ def _person_entries(
 
 
 def _people_entries(
-    uow: UnitOfWork, version: PolicyVersion, people: Sequence[Person]
+    uow: UnitOfWork,
+    version: PolicyVersion,
+    people: Sequence[Person],
+    evaluated: Mapping[tuple[int, int], Evaluation],
 ) -> dict[int, list[tuple[Device, Evaluation]]]:
     """`_person_entries` for many people, by person id: their devices, views, the policy's
-    exemptions and the devices' first sightings read once for all of them."""
+    exemptions and the devices' first sightings read once for all of them. `evaluated`: the
+    evaluations, now, of devices the caller has just evaluated and stored (device id, version
+    id), which would come out the same (`compliance.service.DeviceEvaluator`): not again."""
     entries: dict[int, list[tuple[Device, Evaluation]]] = defaultdict(list)
     if not people:
         return entries
@@ -777,7 +788,7 @@ def _people_entries(
                 .order_by(Device.id)
             )
         )
-        ids = [d.id for d in devices]
+        ids = [d.id for d in devices if (d.id, version.id) not in evaluated]
         views = device_views(uow, ids)
         first_seen = dict(
             uow.session.execute(
@@ -789,6 +800,11 @@ def _people_entries(
         )
         for device in devices:
             if device.owner_id is None or not speaks_for_owner(device, uow.now):
+                continue
+            known = evaluated.get((device.id, version.id))
+            if known is not None:
+                if known.state != ComplianceState.NOT_APPLICABLE:
+                    entries[device.owner_id].append((device, known))
                 continue
             view = views[device.id]
             evaluation = evaluate(
