@@ -99,6 +99,9 @@ class Covered:
     observed_at: datetime
 
 
+_SeenIndex = tuple[dict[str, list[Seen]], dict[tuple[str, str], list[Seen]]]
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceView:
     device_id: int
@@ -111,6 +114,20 @@ class DeviceView:
     first_report_at: datetime | None = None
     observations: tuple[Seen, ...] = ()
     coverage: tuple[Covered, ...] = ()
+    _index: _SeenIndex | None = field(default=None, init=False, repr=False, compare=False)
+
+    def seen_index(self) -> _SeenIndex:
+        """The observations by namespace and by exact key, made on first use and kept: a device
+        is evaluated at several instants (the decision and the one prepared for its end)."""
+        if self._index is None:
+            by_namespace: dict[str, list[Seen]] = {}
+            by_key: dict[tuple[str, str], list[Seen]] = {}
+            for s in self.observations:
+                by_namespace.setdefault(s.namespace, []).append(s)
+                by_key.setdefault((s.namespace, s.key), []).append(s)
+            object.__setattr__(self, "_index", (by_namespace, by_key))
+        assert self._index is not None
+        return self._index
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,21 +228,17 @@ class _IdentifierFacts:
 
 
 def _facts(rules: PolicyRules, device: DeviceView) -> list[_IdentifierFacts]:
-    # Observations indexed once by namespace and by exact key, so a policy of many identifiers
-    # does not scan a phone's ~90 apps once per identifier: an exact identifier is a lookup, a
+    # Observations indexed by namespace and by exact key, so a policy of many identifiers does
+    # not scan a phone's ~90 apps once per identifier: an exact identifier is a lookup, a
     # pattern scans its namespace. Only what matches the identifier can show it (`_shows`).
-    by_namespace: dict[str, list[Seen]] = {}
-    by_key: dict[tuple[str, str], list[Seen]] = {}
-    for s in device.observations:
-        by_namespace.setdefault(s.namespace, []).append(s)
-        by_key.setdefault((s.namespace, s.key), []).append(s)
+    by_namespace, by_key = device.seen_index()
     facts = []
     for ident in rules.identifiers:
         if ident.is_pattern:
             in_namespace = by_namespace.get(ident.namespace, ())
             seen = [s for s in in_namespace if ident.matches(s.namespace, s.key)]
         else:
-            seen = by_key.get((ident.namespace, ident.value), [])
+            seen = by_key.get((ident.namespace, ident.value)) or []
         proofs = _absence_proofs(rules, device, ident, seen) if device.coverage else ()
         facts.append(
             _IdentifierFacts(
