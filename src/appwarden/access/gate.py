@@ -180,6 +180,15 @@ class GateConfig:
     method_headers: tuple[str, ...] = ANY_METHOD_HEADERS
     path_form: bool = True
 
+    @property
+    def headers_read(self) -> frozenset[str]:
+        """The lower-case names of the proxy headers this reading looks at (besides the
+        request's own credentials)."""
+        named = (self.device_header, self.user_header)
+        return frozenset(
+            (*self.uri_headers, *self.method_headers, *(h.lower() for h in named if h))
+        )
+
     @classmethod
     def for_proxy(
         cls,

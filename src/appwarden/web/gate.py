@@ -594,10 +594,9 @@ class GateFastPath:
         )
         self._busy_reported = -BUSY_REPORT_SECONDS
         self.answers = AnswerCache()
-        read = {*gate.config.uri_headers, *gate.config.method_headers}
-        read.update(h.lower() for h in (gate.config.device_header, gate.config.user_header) if h)
         # the request id is only echoed, unless a setting makes the gate read it
-        self._echo_only = REQUEST_ID_HEADER.encode() if REQUEST_ID_HEADER not in read else None
+        read = REQUEST_ID_HEADER in gate.config.headers_read
+        self._echo_only = None if read else REQUEST_ID_HEADER.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_gate_path(scope["path"]):

@@ -290,7 +290,7 @@ def log_request(
     }
     direct, handlers = _direct_lines, access_log.handlers
     if direct is not None and len(handlers) == 1 and handlers[0] is direct and _unfiltered(direct):
-        direct.append(_json_line(time.time_ns(), logging.INFO, access_log.name, fields))
+        direct.append(_json_line(time.time_ns(), "info", access_log.name, fields))
         return
     access_log.handle(_access_record((method, path, status), fields))
 
@@ -406,29 +406,30 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] | None = getattr(record, "fields", None)
-        if record.name == access_log.name and fields and not record.exc_info:
-            return _json_line(int(record.created * 1e9), record.levelno, record.name, fields)
-        body: dict[str, Any] = {
-            "time": _timestamp(int(record.created * 1e9)),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        body["message"] = record.getMessage()
-        if fields:
-            body.update({k: v for k, v in fields.items() if k not in body})
+        body = _head(int(record.created * 1e9), record.levelname.lower(), record.name)
+        if record.name == access_log.name and fields:
+            body.update(fields)
+        else:
+            body["message"] = record.getMessage()
+            if fields:
+                body.update({k: v for k, v in fields.items() if k not in body})
         if record.exc_info:
             body["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(body, default=str).decode()
 
 
-def _json_line(created_ns: int, level: int, logger: str, fields: dict[str, Any]) -> str:
-    """An access line: time, level and logger, then the request's fields."""
-    body = {"time": _timestamp(created_ns), "level": _LEVELS[level], "logger": logger}
+def _head(created_ns: int, level: str, logger: str) -> dict[str, Any]:
+    """What every line starts with: time, level and logger."""
+    return {"time": _timestamp(created_ns), "level": level, "logger": logger}
+
+
+def _json_line(created_ns: int, level: str, logger: str, fields: dict[str, Any]) -> str:
+    """An access line, as `JsonFormatter` writes an access record: the head, then the fields."""
+    body = _head(created_ns, level, logger)
     body.update(fields)
     return orjson.dumps(body, default=str).decode()
 
 
-_LEVELS: Final = {n: logging.getLevelName(n).lower() for n in range(0, 60, 10)}
 _last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
 
