@@ -19,8 +19,10 @@ class ComplianceRecord(Base):
     version_id: Mapped[int] = mapped_column(
         ForeignKey("policy_version.id", ondelete="CASCADE"), primary_key=True
     )
+    # Indexed on its own: a report reads its device's states by device, which the primary
+    # key (version first) can only answer by scanning every device's.
     device_id: Mapped[int] = mapped_column(
-        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     state: Mapped[str] = mapped_column(String(16))
     since: Mapped[datetime]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import BindParameter, bindparam, select
+from sqlalchemy import BindParameter, Engine, bindparam, or_, select
 
 from appwarden.compliance.evaluate import (
     Covered,
@@ -24,6 +25,7 @@ from appwarden.devices.service import DeviceRows
 from appwarden.exemptions.models import Exemption
 from appwarden.identity.models import Person, PersonGroup
 from appwarden.policies.models import PolicyFirstSeen, PolicyIdentifier, PolicyVersion
+from appwarden.vocabulary import VersionState
 
 # Statements evaluation runs for every device are built once (a statement built and keyed per
 # call costs more Python than SQLite takes to run it: W4, bench/README.md).
@@ -59,8 +61,16 @@ _COVERAGE = select(
     Coverage.value,
     Coverage.observed_at,
 ).where(Coverage.device_id.in_(_IDS))
+_GRANTED_STATUSES = ("approved", "revoked")
 _GRANTED = select(Exemption).where(
-    Exemption.policy_id == bindparam("policy_id"), Exemption.status.in_(["approved", "revoked"])
+    Exemption.policy_id == bindparam("policy_id"), Exemption.status.in_(_GRANTED_STATUSES)
+)
+_GRANTED_TO_DEVICE = select(Exemption).where(
+    or_(
+        Exemption.device_id == bindparam("device_id"),
+        Exemption.person_id == bindparam("person_id"),
+    ),
+    Exemption.status.in_(_GRANTED_STATUSES),
 )
 _FIRST_SEENS = select(PolicyFirstSeen).where(PolicyFirstSeen.device_id == bindparam("device_id"))
 
@@ -69,13 +79,45 @@ def _set(value: object) -> frozenset[str] | None:
     return None if value is None else frozenset(str(v) for v in value)  # type: ignore[attr-defined]
 
 
+# A version that has been released can no longer be edited (a change makes a new version), so
+# its identifiers never change: each process keeps them, per store, and a report's evaluation
+# reads no identifier rows (W4). Keyed by engine because version ids are unique only within one
+# store, and checked against the document's digest in case a store is emptied and reloaded
+# under the same engine (tests do).
+_FROZEN_STATES = frozenset(
+    {VersionState.ACTIVE, VersionState.SUPERSEDED, VersionState.RETRACTED, VersionState.RETIRED}
+)
+_FROZEN_IDENTIFIERS: WeakKeyDictionary[
+    Engine, dict[int, tuple[str, tuple[IdentifierRule, ...]]]
+] = WeakKeyDictionary()
+_FROZEN_IDENTIFIERS_MAX = 1_024
+
+
+def identifier_rules(uow: UnitOfWork, version: PolicyVersion) -> tuple[IdentifierRule, ...]:
+    """The version's identifiers as evaluation matches them, in a fixed order."""
+    frozen = version.state in _FROZEN_STATES
+    kept = _FROZEN_IDENTIFIERS.setdefault(uow.engine, {}) if frozen else {}
+    known = kept.get(version.id)
+    if known is not None and known[0] == version.document_hash:
+        return known[1]
+    rows = uow.session.scalars(_IDENTIFIERS_OF_VERSION, {"version_id": version.id}).all()
+    rules = tuple(
+        IdentifierRule(i.namespace, i.value, is_pattern=i.like_pattern is not None)
+        for i in sorted(rows, key=lambda i: (i.namespace, i.value))
+    )
+    if frozen:
+        if len(kept) >= _FROZEN_IDENTIFIERS_MAX:
+            kept.clear()
+        kept[version.id] = (version.document_hash, rules)
+    return rules
+
+
 def rules_of(
     uow: UnitOfWork, version: PolicyVersion, *, release_at: datetime | None = None
 ) -> PolicyRules:
     """The evaluation rules of a version. `release_at` stands in for an unreleased version."""
     scope = version.document["spec"].get("scope") or {}
     people = scope.get("people") or {}
-    identifiers = uow.session.scalars(_IDENTIFIERS_OF_VERSION, {"version_id": version.id}).all()
     released = version.release_at or release_at
     if released is None:
         raise ValueError(f"version {version.id} is not released: pass release_at")
@@ -89,10 +131,7 @@ def rules_of(
         evidence=frozenset(version.evidence),
         unknown_deny=version.unknown_deny,
         deny=frozenset(version.deny_resources),
-        identifiers=tuple(
-            IdentifierRule(i.namespace, i.value, is_pattern=i.like_pattern is not None)
-            for i in sorted(identifiers, key=lambda i: (i.namespace, i.value))
-        ),
+        identifiers=identifier_rules(uow, version),
         scope=ScopeRule(
             platforms=_set(scope.get("platforms")),
             form_factors=_set(scope.get("form_factors")),
@@ -190,6 +229,19 @@ def device_views(
 def granted_exemptions(uow: UnitOfWork, policy_id: str) -> Sequence[Exemption]:
     """The policy's exemptions that were ever granted (approved, or approved then revoked)."""
     return uow.session.scalars(_GRANTED, {"policy_id": policy_id}).all()
+
+
+def granted_to_device(
+    uow: UnitOfWork, device_id: int, owner_id: int | None
+) -> dict[str, list[Exemption]]:
+    """The granted exemptions of every policy that name the device or its owner, by policy:
+    what one device's evaluation needs, however many exemptions the policies have."""
+    granted: dict[str, list[Exemption]] = defaultdict(list)
+    for exemption in uow.session.scalars(
+        _GRANTED_TO_DEVICE, {"device_id": device_id, "person_id": owner_id}
+    ):
+        granted[exemption.policy_id].append(exemption)
+    return granted
 
 
 def exemption_windows(

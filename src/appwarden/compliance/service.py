@@ -23,6 +23,7 @@ from appwarden.compliance.rules import (
     device_views,
     exemption_windows,
     granted_exemptions,
+    granted_to_device,
     rules_of,
     stored_first_seen,
     stored_first_seens,
@@ -78,10 +79,14 @@ class SharedReads:
     # stay in the session's identity map.
     records: dict[int, dict[int, ComplianceRecord]] = field(default_factory=dict)
     first_seens: dict[int, dict[str, PolicyFirstSeen]] = field(default_factory=dict)
+    # Many devices are evaluated (`prefetch` was called): a policy's granted exemptions are
+    # read once for all of them rather than each device's own.
+    batch: bool = False
 
     def prefetch(self, uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000) -> None:
         """The views, stored states and first sightings of these devices, in a fixed number of
         queries per chunk of them."""
+        self.batch = True
         for start in range(0, len(device_ids), chunk):
             ids = device_ids[start : start + chunk]
             self.views.update(device_views(uow, ids, observed=self.observed))
@@ -120,6 +125,7 @@ class DeviceEvaluator:
         self.device = device
         self._shared = shared or SharedReads()
         self._windows: dict[str, list[ExemptionWindow]] = {}
+        self._own_granted: dict[str, list[Exemption]] | None = None
         self._first_seen: dict[str, PolicyFirstSeen] | None = None
         self._outcomes: dict[datetime, list[Outcome]] = {}
         self._held: list[object] = []  # the owner, so that event reactions find it in the session
@@ -150,6 +156,23 @@ class DeviceEvaluator:
         row = self._first_seen.get(policy_id)
         return None if row is None else row.first_seen_at
 
+    def _granted(self, rules: PolicyRules) -> Sequence[Exemption]:
+        """The policy's granted exemptions that may cover this device: for a batch, every one
+        of the policy's (read once for all its devices); for one device, the device's own."""
+        shared = self._shared
+        granted = shared.granted.get(rules.policy_id)
+        if granted is None and shared.batch:
+            granted = shared.granted[rules.policy_id] = granted_exemptions(
+                self.uow, rules.policy_id
+            )
+        if granted is None:
+            if self._own_granted is None:
+                self._own_granted = granted_to_device(
+                    self.uow, self.device.id, self.device.owner_id
+                )
+            granted = self._own_granted.get(rules.policy_id, ())
+        return granted
+
     def at(self, instant: datetime) -> list[Outcome]:
         known = self._outcomes.get(instant)
         if known is not None:
@@ -165,13 +188,8 @@ class DeviceEvaluator:
                 rules = shared.rules[version.id] = rules_of(uow, version)
             windows = self._windows.get(rules.policy_id)
             if windows is None:
-                granted = shared.granted.get(rules.policy_id)
-                if granted is None:
-                    granted = shared.granted[rules.policy_id] = granted_exemptions(
-                        uow, rules.policy_id
-                    )
                 windows = exemption_windows(
-                    uow, rules.policy_id, view, device.owner_id, granted=granted
+                    uow, rules.policy_id, view, device.owner_id, granted=self._granted(rules)
                 )
                 self._windows[rules.policy_id] = windows
             evaluation = evaluate(

@@ -91,7 +91,8 @@ class PolicyFirstSeen(Base):
     __tablename__ = "policy_first_seen"
 
     policy_id: Mapped[str] = mapped_column(ForeignKey("policy.id"), primary_key=True)
+    # Indexed on its own, as compliance_state's: a report reads its device's first sightings.
     device_id: Mapped[int] = mapped_column(
-        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("device.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     first_seen_at: Mapped[datetime]
