@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select, text
 from tests.conftest import wait_until_current
 
+from appwarden.access import gate as gate_rules
 from appwarden.access.gate import NO_IDENTITY, GateRequest, Identity, account_name
 from appwarden.access.models import DecisionRecord
 from appwarden.access.service import decide_for
@@ -564,14 +565,17 @@ def test_the_copy_and_remembered_answers_are_invisible_to_the_cycle_collector(
     store, demo, cli, tmp_path
 ):
     """A full pass of Python's cycle collector walks every object it tracks, holding the event
-    loop meanwhile: the copy (a million devices' worth) and the remembered answers must not be
-    among them once the collector has looked at them (a few times: a tuple is let go in the pass
-    after the tuples it holds are, and an answer's headers are tuples of tuples)."""
+    loop meanwhile: the copy (a million devices' worth), the remembered answers and what the
+    gate remembers of every client's URI, credentials and 403 must not be among them once the
+    collector has looked at them (a few times: a tuple is let go in the pass after the tuples
+    it holds are, and an answer's headers are tuples of tuples)."""
     assert cli("worker", "--once", "--at", AFTER).code == 0
     app = create_app(_settings(store, tmp_path, AFTER))
     with TestClient(app) as client:
         wait_until_current(app)
-        assert client.get("/gate/forward", headers=_gate_headers(ALICE, "alice")).status_code == 403
+        basic = "Basic " + base64.b64encode(b"alice@example.com:pw").decode()
+        headers = {**_gate_headers(ALICE, "alice"), "Authorization": basic}
+        assert client.get("/gate/forward", headers=headers).status_code == 403
         live = app.state.live_index
         live.catch_up(full=True)  # a periodic full reload: no freezing after start-up
         for _ in range(3):
@@ -579,6 +583,9 @@ def test_the_copy_and_remembered_answers_are_invisible_to_the_cycle_collector(
         tables = live.index._tables
         held = [*tables.people.values(), *tables.decisions.values()]
         held += [*app.fast_path.answers._entries.values()]
+        remembered = [gate_rules._credentials_seen, gate_rules._uris_seen, app.state.gate._problems]
+        assert all(remembered)
+        held += [item for cache in remembered for item in (*cache, *cache.values())]
         assert len(tables.decisions) >= 3
         assert len(app.fast_path.answers) == 1
         assert [h for h in held if gc.is_tracked(h)] == []

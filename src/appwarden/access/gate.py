@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import re
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, unquote_plus
 
 import orjson
@@ -405,18 +404,37 @@ def identity_of(
     # A client sends the same credentials on every request: what they name is remembered, by a
     # digest of them (the cache must not become a store of passwords and tokens).
     key = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    known = _credentials_seen.get(key)
-    if known is None:
-        if len(_credentials_seen) >= _CREDENTIALS_CACHED:
-            _credentials_seen.clear()  # whatever callers send, the cache stays this small
-        known = _credentials_seen[key] = _read_credentials(value)
-    return known
+    return Identity(*remembered(_credentials_seen, _CREDENTIALS_CACHED, key, _named_by, value))
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remembered(cache: dict[K, V], limit: int, key: K, compute: Callable[..., V], *args: Any) -> V:
+    """`cache[key]`, computed by `compute(*args)` the first time. The cache is emptied when it
+    holds `limit` entries: whatever callers send, it stays that small. A dictionary rather than
+    `functools.lru_cache`, whose entries are objects the cycle collector tracks. Keep keys and
+    values that are exact tuples (not named tuples or dataclasses) of plain values: the
+    collector stops tracking those, and a full pass holds the event loop for as long as it
+    walks what is tracked."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= limit:
+            cache.clear()
+        value = cache[key] = compute(*args)
+    return value
 
 
 #: How many credentials' identities are remembered (`identity_of`): a digest and an Identity
 #: each, a few megabytes at most.
 _CREDENTIALS_CACHED = 65536
-_credentials_seen: dict[bytes, Identity] = {}
+_credentials_seen: dict[bytes, tuple[str | None, IdentitySource, str | None]] = {}
+
+
+def _named_by(value: str) -> tuple[str | None, IdentitySource, str | None]:
+    identity = _read_credentials(value)
+    return identity.name, identity.source, identity.problem
 
 
 def _read_credentials(value: str) -> Identity:
@@ -703,9 +721,7 @@ def _parse(
         problem = "conflicting_uri" if uri_conflict else "no_original_uri"
         path = normalise_path(raw_path)
         return GateRequest(None, None, None, None, None, path, "none", problem=problem)
-    parts = _uri_parts(uri, config.locations) if len(uri) <= _CACHED_URI_LENGTH else None
-    if parts is None:
-        parts = _read_uri(uri, config.locations)
+    parts = _uri_parts(uri, config.locations)
     device_id, device_type, user, command, normal, resource, encoding, user_conflict = parts
     if config.device_header is not None:
         name = config.device_header.lower()
@@ -753,4 +769,11 @@ def _read_uri(uri: str, locations: tuple[tuple[str, str], ...]) -> _UriParts:
     )
 
 
-_uri_parts = functools.lru_cache(maxsize=16384)(_read_uri)
+_URIS_CACHED = 16384
+_uris_seen: dict[tuple[str, tuple[tuple[str, str], ...]], _UriParts] = {}
+
+
+def _uri_parts(uri: str, locations: tuple[tuple[str, str], ...]) -> _UriParts:
+    if len(uri) > _CACHED_URI_LENGTH:
+        return _read_uri(uri, locations)
+    return remembered(_uris_seen, _URIS_CACHED, (uri, locations), _read_uri, uri, locations)

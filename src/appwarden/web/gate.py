@@ -57,7 +57,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from appwarden.access.gate import GateConfig, GateRequest, parse_gate_request
+from appwarden.access.gate import GateConfig, GateRequest, parse_gate_request, remembered
 from appwarden.access.index import DecisionRef, DeviceRef, PersonRef
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import AppwardenError
@@ -101,6 +101,8 @@ NOT_FOUND_ENTRIES: Final = 100_000
 COMPUTED_ENTRIES: Final = 10_000
 #: Answers of the in-memory copy remembered by request (`AnswerCache`): about 300 bytes each.
 ANSWER_ENTRIES: Final = 100_000
+#: 403 bodies remembered by what they say (a blocked phone asks again and again).
+_PROBLEMS_CACHED: Final = 4096
 #: How long a request that needs the store waits for a place on the gate's store path before it
 #: is answered 503 (`StorePath`); below the proxies' read timeouts in docs/gates.md (5 s).
 BUSY_WAIT_SECONDS: Final = 2.0
@@ -406,7 +408,7 @@ class Gate:
         self._report_only = settings.gate_mode == "report"
         self._counters = {d.value: metrics.decisions.labels(d.value) for d in Decision}
         self._would_deny = metrics.gate_would_deny
-        self._problem = functools.lru_cache(maxsize=4096)(self._render_problem)
+        self._problems: dict[tuple[object, ...], bytes] = {}
         self.not_found = NotFoundCache()
         self._computed: dict[tuple[int, str], tuple[object, DecisionRef]] = {}
         self.store_path = StorePath(settings.gate_store_concurrency)
@@ -420,11 +422,12 @@ class Gate:
         reason: str,
         device: str | None,
         policies: tuple[str, ...],
-        blocking: tuple[BlockingDevice, ...],
+        blocking: tuple[tuple[str, str, str, tuple[str, ...]], ...],
     ) -> bytes:
-        """The 403 body (a blocked phone asks again and again: remembered)."""
+        """The 403 body."""
+        devices = tuple(BlockingDevice(*d) for d in blocking)
         denied = GateAnswer(
-            Decision.DENY, reason, device=device, policies=policies, blocking=blocking
+            Decision.DENY, reason, device=device, policies=policies, blocking=devices
         )
         return orjson.dumps(problem_body(denied, self.policy))
 
@@ -565,7 +568,11 @@ class Gate:
             if result.person:  # the asking person, never a device's owner
                 headers.append((b"x-appwarden-person", result.person.encode()))
             return 200, [*headers, (b"content-length", b"0")], b""
-        body = self._problem(result.reason, result.device, tuple(result.policies), result.blocking)
+        blocking = tuple(
+            (d.platform, d.form_factor, d.hint, d.policies) for d in result.blocking
+        )  # plain tuples, as `remembered` keeps
+        problem = (result.reason, result.device, tuple(result.policies), blocking)
+        body = remembered(self._problems, _PROBLEMS_CACHED, problem, self._render_problem, *problem)
         headers += [
             (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
