@@ -115,6 +115,10 @@ class DeviceView:
     observations: tuple[Seen, ...] = ()
     coverage: tuple[Covered, ...] = ()
     _index: _SeenIndex | None = field(default=None, init=False, repr=False, compare=False)
+    # by id(rules), with the rules held so that the id stays theirs (hashing rules costs more)
+    _facts_by_rules: dict[int, tuple[PolicyRules, tuple[_IdentifierFacts, ...]]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def seen_index(self) -> _SeenIndex:
         """The observations by namespace and by exact key, made on first use and kept: a device
@@ -128,6 +132,17 @@ class DeviceView:
             object.__setattr__(self, "_index", (by_namespace, by_key))
         assert self._index is not None
         return self._index
+
+    def facts_under(self, rules: PolicyRules) -> tuple[_IdentifierFacts, ...]:
+        """What the device's observations and coverage say of each of the rules' identifiers,
+        made on first use and kept: they do not depend on the instant evaluated."""
+        if self._facts_by_rules is None:
+            object.__setattr__(self, "_facts_by_rules", {})
+        assert self._facts_by_rules is not None
+        known = self._facts_by_rules.get(id(rules))
+        if known is None:
+            known = self._facts_by_rules[id(rules)] = (rules, _facts(rules, self))
+        return known[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +242,7 @@ class _IdentifierFacts:
         return self.last_seen is not None and not any(p > self.last_seen for p in self.proofs)
 
 
-def _facts(rules: PolicyRules, device: DeviceView) -> list[_IdentifierFacts]:
+def _facts(rules: PolicyRules, device: DeviceView) -> tuple[_IdentifierFacts, ...]:
     # Observations indexed by namespace and by exact key, so a policy of many identifiers does
     # not scan a phone's ~90 apps once per identifier: an exact identifier is a lookup, a
     # pattern scans its namespace. Only what matches the identifier can show it (`_shows`).
@@ -248,7 +263,7 @@ def _facts(rules: PolicyRules, device: DeviceView) -> list[_IdentifierFacts]:
                 proofs=tuple(p.observed_at for p in proofs),
             )
         )
-    return facts
+    return tuple(facts)
 
 
 def due_time(rules: PolicyRules, first_seen: datetime) -> datetime:
@@ -268,7 +283,7 @@ def underlying_state(
 ) -> Evaluation:
     """Rules 3-5 for an in-scope device. After an exemption ends, a violation gets `grace`
     from the end."""
-    facts = _facts(rules, device)
+    facts = device.facts_under(rules)
     live = [f for f in facts if f.live]
     if live:
         first_seen = min(f.first_seen for f in live if f.first_seen is not None)
