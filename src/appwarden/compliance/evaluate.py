@@ -99,6 +99,28 @@ class Covered:
     observed_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """The observations evaluation under some rules can look at: those of an exact identifier
+    of theirs, and every one in a namespace where one of theirs is a pattern. A view holding
+    only these evaluates as one holding all of a device's (a phone has ~90 apps; a policy names
+    a few): nothing else can show an identifier (`_facts`)."""
+
+    keys: frozenset[tuple[str, str]]
+    namespaces: frozenset[str]
+
+    @classmethod
+    def by(cls, rules: Iterable[PolicyRules]) -> Watched:
+        identifiers = [i for r in rules for i in r.identifiers]
+        return cls(
+            frozenset((i.namespace, i.value) for i in identifiers if not i.is_pattern),
+            frozenset(i.namespace for i in identifiers if i.is_pattern),
+        )
+
+    def wants(self, namespace: str, key: str) -> bool:
+        return namespace in self.namespaces or (namespace, key) in self.keys
+
+
 _SeenIndex = tuple[dict[str, list[Seen]], dict[tuple[str, str], list[Seen]]]
 
 

@@ -18,6 +18,7 @@ from appwarden.compliance.evaluate import (
     PolicyRules,
     ScopeRule,
     Seen,
+    Watched,
 )
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
@@ -151,6 +152,7 @@ def device_views(
     loaded: Collection[Device] = (),
     keep: list[object] | None = None,
     observed: Mapping[int, DeviceRows] | None = None,
+    watched: Watched | None = None,
 ) -> dict[int, DeviceView]:
     """Everything evaluation needs about these devices, in a fixed number of queries.
 
@@ -158,7 +160,9 @@ def device_views(
     `keep` receives the owners read, so that the caller's later `session.get` of one finds it
     in the session instead of reading it again (the session holds its objects weakly);
     `observed`: devices' observations and coverage as the caller just wrote them
-    (`devices.service.apply_report`, `devices.bulk.ReportWriter.flush`), not read again."""
+    (`devices.service.apply_report`, `devices.bulk.ReportWriter.flush`), not read again;
+    `watched`: keep only the observations these rules can look at (the views are then fit only
+    for evaluation under them)."""
     ids = list(device_ids)
     if not ids:
         return {}
@@ -192,13 +196,18 @@ def device_views(
             if rows is None:
                 unread.append(i)
             else:
-                seen[i] = [Seen(*row) for row in rows.observations]
+                seen[i] = [
+                    Seen(*row)
+                    for row in rows.observations
+                    if watched is None or watched.wants(row[2], row[3])
+                ]
                 covered[i] = [Covered(*row) for row in rows.coverage]
     if unread:
         for device_id, source, kind, namespace, value, first_at, last_at in session.execute(
             _OBSERVATIONS, {"ids": unread}
         ):
-            seen[device_id].append(Seen(source, kind, namespace, value, first_at, last_at))
+            if watched is None or watched.wants(namespace, value):
+                seen[device_id].append(Seen(source, kind, namespace, value, first_at, last_at))
         for device_id, source, kind, namespace, value, observed_at in session.execute(
             _COVERAGE, {"ids": unread}
         ):

@@ -14,6 +14,7 @@ from appwarden.compliance.evaluate import (
     Evaluation,
     ExemptionWindow,
     PolicyRules,
+    Watched,
     due_time,
     evaluate,
 )
@@ -87,9 +88,10 @@ class SharedReads:
         """The views, stored states and first sightings of these devices, in a fixed number of
         queries per chunk of them."""
         self.batch = True
+        watched = Watched.by(self.every_rules(uow))
         for start in range(0, len(device_ids), chunk):
             ids = device_ids[start : start + chunk]
-            self.views.update(device_views(uow, ids, observed=self.observed))
+            self.views.update(device_views(uow, ids, observed=self.observed, watched=watched))
             for device_id in ids:
                 self.records[device_id] = {}
                 self.first_seens[device_id] = {}
@@ -101,6 +103,16 @@ class SharedReads:
                 select(PolicyFirstSeen).where(PolicyFirstSeen.device_id.in_(ids))
             ):
                 self.first_seens[first.device_id][first.policy_id] = first
+
+    def every_rules(self, uow: UnitOfWork) -> list[PolicyRules]:
+        """The rules of every released version, read once: what the devices may be evaluated
+        under (the prefetched views hold only what these can look at)."""
+        if self.released is None:
+            self.released = released_versions(uow)
+        for version in self.released:
+            if version.id not in self.rules:
+                self.rules[version.id] = rules_of(uow, version)
+        return [self.rules[version.id] for version in self.released]
 
     def clear(self) -> None:
         """Forget the prefetched devices (the versions, rules and exemptions stay)."""

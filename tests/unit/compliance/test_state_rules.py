@@ -27,6 +27,7 @@ from appwarden.compliance.evaluate import (
     PolicyRules,
     ScopeRule,
     Seen,
+    Watched,
     evaluate,
 )
 from appwarden.vocabulary import ComplianceState as S
@@ -637,6 +638,34 @@ def test_rule4_compliant(rules, dev, now, exemptions, stored_first_seen, expecte
 @pytest.mark.parametrize(ARGS, RULE5)
 def test_rule5_unknown(rules, dev, now, exemptions, stored_first_seen, expected):
     assert run(rules, dev, now, exemptions, stored_first_seen) == expected
+
+
+# Apps no policy names, in the namespaces the cases use and in another one.
+OTHER_APPS = tuple(
+    seen(jun(20), jul(4), feed=feed, namespace=namespace, key=key)
+    for feed, namespace, key in (
+        (AMAPI, "android_package", "com.example.notes"),
+        (AMAPI, "android_package", "com.zhiliaoapp.other"),
+        (OSQUERY, "windows_program", "notepad++"),
+        (JAMF, "apple_bundle_id", "com.example.notes"),
+    )
+)
+
+
+@pytest.mark.parametrize(ARGS, RULE1 + RULE2 + RULE3 + RULE4 + RULE5)
+def test_a_view_of_the_watched_observations_evaluates_as_the_whole_one(
+    rules, dev, now, exemptions, stored_first_seen, expected
+):
+    """A batch's views hold only the observations its rules can look at (`Watched`): every
+    case, with other apps added, evaluates the same from the whole view and from that one."""
+    whole = replace(dev, observations=dev.observations + OTHER_APPS)
+    watched = Watched.by([rules])
+    kept = tuple(o for o in whole.observations if watched.wants(o.namespace, o.key))
+    assert len(kept) < len(whole.observations)
+    assert run(rules, whole, now, exemptions, stored_first_seen) == expected
+    assert run(rules, replace(whole, observations=kept), now, exemptions, stored_first_seen) == (
+        expected
+    )
 
 
 def test_case_ids_are_unique() -> None:
