@@ -194,16 +194,24 @@ def _audience(
 
 
 def _lines(
-    uow: UnitOfWork, entries: list[tuple[Device, Evaluation]], apps: tuple[str, ...]
+    uow: UnitOfWork,
+    entries: list[tuple[Device, Evaluation]],
+    apps: tuple[str, ...],
+    identifiers: Mapping[int, list[str]] | None = None,
 ) -> tuple[DeviceLine, ...]:
-    ids = device_identifiers(uow, [d.id for d, _ in entries])
+    """`identifiers`: those of the unnamed devices, when the caller read them for many people."""
+    ids = (
+        device_identifiers(uow, [d.id for d, _ in entries if not d.name])
+        if identifiers is None
+        else identifiers
+    )
     lines = []
     for device, evaluation in sorted(entries, key=lambda e: (e[0].name or "", e[0].id)):
         variant = _variant(evaluation.state)
+        named_by = ids.get(device.id)
         lines.append(
             DeviceLine(
-                name=device.name
-                or (ids[device.id][0] if ids[device.id] else f"device {device.id}"),
+                name=device.name or (named_by[0] if named_by else f"device {device.id}"),
                 platform=device.platform,
                 variant=variant,
                 apps_found=apps if variant == "violating" else (),
@@ -646,6 +654,7 @@ def announce_entrants(
             [p for p in audience if p.id not in announced[version_id]],
             evaluated or {},
         )
+    identifiers = _identifiers_of_unnamed(uow, entries)
     queued: list[dict[str, Any]] = []
     for person_id, version_id in candidates:
         person, version = people.get(person_id), versions.get(version_id)
@@ -654,7 +663,7 @@ def announce_entrants(
         if person.status != "active" or person_id in announced[version_id]:
             continue
         notices = _announcement(
-            uow, person, version, config, entries[version_id].get(person_id, [])
+            uow, person, version, config, entries[version_id].get(person_id, []), identifiers
         )
         # Announced now: a later device of theirs finds it so, as one by one. (Where a notice
         # of the same key was queued before, one by one would try again with the same
@@ -666,6 +675,26 @@ def announce_entrants(
 
 
 _READ_CHUNK = 1_000
+
+
+def _identifiers_of_unnamed(
+    uow: UnitOfWork, entries: Mapping[int, Mapping[int, list[tuple[Device, Evaluation]]]]
+) -> dict[int, list[str]]:
+    """The identifiers of the devices without a name among everyone's entries (their notices
+    name them by one), read a chunk of devices at a time."""
+    unnamed = sorted(
+        {
+            d.id
+            for people in entries.values()
+            for rows in people.values()
+            for d, _ in rows
+            if not d.name
+        }
+    )
+    identifiers: dict[int, list[str]] = {}
+    for start in range(0, len(unnamed), _READ_CHUNK):
+        identifiers.update(device_identifiers(uow, unnamed[start : start + _READ_CHUNK]))
+    return identifiers
 
 
 def _read_in_chunks(uow: UnitOfWork, model: type[Any], ids: Sequence[int]) -> list[Any]:
@@ -700,6 +729,7 @@ def _announcement(
     version: PolicyVersion,
     config: NoticeConfig,
     person_entries: list[tuple[Device, Evaluation]],
+    identifiers: Mapping[int, list[str]] | None = None,
 ) -> list[PlannedNotice]:
     """The announcement and reminders a person not yet told gets, given their devices'
     evaluations now (none when no device of theirs is in the audience)."""
@@ -707,7 +737,7 @@ def _announcement(
     entries = [(d, e) for d, e in person_entries if e.state in AUDIENCE_STATES]
     if not entries:
         return []
-    devices = _lines(uow, entries, app_names(doc, config.catalog))
+    devices = _lines(uow, entries, app_names(doc, config.catalog), identifiers)
     rendered = render_notice(
         config,
         person,
