@@ -186,6 +186,39 @@ def device_views(
     resources: dict[int, set[str]] = defaultdict(set)
     for device_id, resource in session.execute(_RESOURCES, {"ids": ids}):
         resources[device_id].add(resource)
+    seen, covered = _observations(uow, ids, observed, watched)
+    views = {}
+    for d in devices:
+        person = people.get(d.owner_id) if d.owner_id is not None else None
+        owner = (
+            Owner(person.email, person.status, frozenset(groups[person.id]))
+            if person is not None
+            else None
+        )
+        views[d.id] = DeviceView(
+            device_id=d.id,
+            platform=d.platform,
+            form_factor=d.form_factor,
+            ownership=d.ownership,
+            status=d.status,
+            resources=frozenset(resources[d.id]),
+            owner=owner,
+            first_report_at=d.first_report_at,
+            observations=tuple(seen[d.id]),
+            coverage=tuple(covered[d.id]),
+        )
+    return views
+
+
+def _observations(
+    uow: UnitOfWork,
+    ids: list[int],
+    observed: Mapping[int, DeviceRows] | None,
+    watched: Watched | None,
+) -> tuple[dict[int, list[Seen]], dict[int, list[Covered]]]:
+    """The devices' observations (those `watched`, when given) and coverage: as the caller
+    wrote them where it did (`observed`), else read."""
+    session = uow.session
     seen: dict[int, list[Seen]] = defaultdict(list)
     covered: dict[int, list[Covered]] = defaultdict(list)
     unread = ids
@@ -212,27 +245,7 @@ def device_views(
             _COVERAGE, {"ids": unread}
         ):
             covered[device_id].append(Covered(source, kind, namespace, value, observed_at))
-    views = {}
-    for d in devices:
-        person = people.get(d.owner_id) if d.owner_id is not None else None
-        owner = (
-            Owner(person.email, person.status, frozenset(groups[person.id]))
-            if person is not None
-            else None
-        )
-        views[d.id] = DeviceView(
-            device_id=d.id,
-            platform=d.platform,
-            form_factor=d.form_factor,
-            ownership=d.ownership,
-            status=d.status,
-            resources=frozenset(resources[d.id]),
-            owner=owner,
-            first_report_at=d.first_report_at,
-            observations=tuple(seen[d.id]),
-            coverage=tuple(covered[d.id]),
-        )
-    return views
+    return seen, covered
 
 
 def granted_exemptions(uow: UnitOfWork, policy_id: str) -> Sequence[Exemption]:
