@@ -104,15 +104,23 @@ class SharedReads:
             ):
                 self.first_seens[first.device_id][first.policy_id] = first
 
-    def every_rules(self, uow: UnitOfWork) -> list[PolicyRules]:
-        """The rules of every released version, read once: what the devices may be evaluated
-        under (the prefetched views hold only what these can look at)."""
+    def versions(self, uow: UnitOfWork) -> list[PolicyVersion]:
+        """Every version ever released, read once."""
         if self.released is None:
             self.released = released_versions(uow)
-        for version in self.released:
-            if version.id not in self.rules:
-                self.rules[version.id] = rules_of(uow, version)
-        return [self.rules[version.id] for version in self.released]
+        return self.released
+
+    def rules_of(self, uow: UnitOfWork, version: PolicyVersion) -> PolicyRules:
+        """The version's rules, read once."""
+        rules = self.rules.get(version.id)
+        if rules is None:
+            rules = self.rules[version.id] = rules_of(uow, version)
+        return rules
+
+    def every_rules(self, uow: UnitOfWork) -> list[PolicyRules]:
+        """The rules of every released version: what the devices may be evaluated under (the
+        prefetched views hold only what these can look at)."""
+        return [self.rules_of(uow, version) for version in self.versions(uow)]
 
     def clear(self) -> None:
         """Forget the prefetched devices (the versions, rules and exemptions stay)."""
@@ -191,13 +199,9 @@ class DeviceEvaluator:
             return known
         uow, device, shared = self.uow, self.device, self._shared
         view = self.view
-        if shared.released is None:
-            shared.released = released_versions(uow)
         outcomes = []
-        for version in in_effect(shared.released, instant):
-            rules = shared.rules.get(version.id)
-            if rules is None:
-                rules = shared.rules[version.id] = rules_of(uow, version)
+        for version in in_effect(shared.versions(uow), instant):
+            rules = shared.rules_of(uow, version)
             windows = self._windows.get(rules.policy_id)
             if windows is None:
                 windows = exemption_windows(
