@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -201,7 +201,7 @@ def _lines(
 ) -> tuple[DeviceLine, ...]:
     """`identifiers`: those of the unnamed devices, when the caller read them for many people."""
     ids = (
-        device_identifiers(uow, [d.id for d, _ in entries if not d.name])
+        _identifiers_of_unnamed(uow, (d for d, _ in entries))
         if identifiers is None
         else identifiers
     )
@@ -654,7 +654,9 @@ def announce_entrants(
             [p for p in audience if p.id not in announced[version_id]],
             evaluated or {},
         )
-    identifiers = _identifiers_of_unnamed(uow, entries)
+    identifiers = _identifiers_of_unnamed(
+        uow, (d for people in entries.values() for rows in people.values() for d, _ in rows)
+    )
     queued: list[dict[str, Any]] = []
     for person_id, version_id in candidates:
         person, version = people.get(person_id), versions.get(version_id)
@@ -677,20 +679,10 @@ def announce_entrants(
 _READ_CHUNK = 1_000
 
 
-def _identifiers_of_unnamed(
-    uow: UnitOfWork, entries: Mapping[int, Mapping[int, list[tuple[Device, Evaluation]]]]
-) -> dict[int, list[str]]:
-    """The identifiers of the devices without a name among everyone's entries (their notices
-    name them by one), read a chunk of devices at a time."""
-    unnamed = sorted(
-        {
-            d.id
-            for people in entries.values()
-            for rows in people.values()
-            for d, _ in rows
-            if not d.name
-        }
-    )
+def _identifiers_of_unnamed(uow: UnitOfWork, devices: Iterable[Device]) -> dict[int, list[str]]:
+    """The identifiers of the devices without a name (their notices name them by one), read a
+    chunk of devices at a time."""
+    unnamed = sorted({d.id for d in devices if not d.name})
     identifiers: dict[int, list[str]] = {}
     for start in range(0, len(unnamed), _READ_CHUNK):
         identifiers.update(device_identifiers(uow, unnamed[start : start + _READ_CHUNK]))
