@@ -37,12 +37,14 @@ import binascii
 import hashlib
 import re
 import struct
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal
 from urllib.parse import unquote, unquote_plus
 
 import orjson
+
+from appwarden.caches import remembered
 
 Encoding = Literal["plain", "base64", "header", "none"]
 
@@ -405,25 +407,6 @@ def identity_of(
     # digest of them (the cache must not become a store of passwords and tokens).
     key = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
     return Identity(*remembered(_credentials_seen, _CREDENTIALS_CACHED, key, _named_by, value))
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def remembered(cache: dict[K, V], limit: int, key: K, compute: Callable[..., V], *args: Any) -> V:
-    """`cache[key]`, computed by `compute(*args)` the first time. The cache is emptied when it
-    holds `limit` entries: whatever callers send, it stays that small. A dictionary rather than
-    `functools.lru_cache`, whose entries are objects the cycle collector tracks. Keep keys and
-    values that are exact tuples (not named tuples or dataclasses) of plain values: the
-    collector stops tracking those, and a full pass holds the event loop for as long as it
-    walks what is tracked."""
-    value = cache.get(key)
-    if value is None:
-        if len(cache) >= limit:
-            cache.clear()
-        value = cache[key] = compute(*args)
-    return value
 
 
 #: How many credentials' identities are remembered (`identity_of`): a digest and an Identity

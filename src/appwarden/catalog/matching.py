@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from appwarden.caches import remembered
 from appwarden.vocabulary import AppNamespace
 
 MAX_KEY_LENGTH = 512
@@ -120,16 +121,17 @@ def match_key(namespace: str, value: str) -> str:
     namespace or a value that cannot be an identifier of that namespace.
 
     An import asks it for every app of every device, and a fleet's phones hold the same few
-    thousand apps: the keys of text values are remembered (`_remembered_key`; errors are not).
+    thousand apps: the keys of text values are remembered (`caches.remembered`; errors are
+    not), as plain strings the cycle collector does not walk in a server that takes inventory.
     """
     if isinstance(namespace, str) and isinstance(value, str):
-        return _remembered_key(namespace, value)
+        key = (namespace, value)
+        return remembered(_keys_seen, _KEYS_CACHED, key, _match_key, namespace, value)
     return _match_key(namespace, value)
 
 
-@lru_cache(maxsize=65_536)
-def _remembered_key(namespace: str, value: str) -> str:
-    return _match_key(namespace, value)
+_KEYS_CACHED = 65_536
+_keys_seen: dict[tuple[str, str], str] = {}
 
 
 def _match_key(namespace: str, value: str) -> str:

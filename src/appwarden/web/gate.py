@@ -57,8 +57,9 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from appwarden.access.gate import GateConfig, GateRequest, parse_gate_request, remembered
+from appwarden.access.gate import GateConfig, GateRequest, parse_gate_request
 from appwarden.access.index import DecisionRef, DeviceRef, PersonRef
+from appwarden.caches import remembered
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import AppwardenError
 from appwarden.settings import Settings
