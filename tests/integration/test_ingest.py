@@ -214,3 +214,20 @@ spec:
     assert ("apple_bundle_id", "") not in covered
     assert ("apple_bundle_id", "com.zhiliaoapp.musically") in covered
     assert all(value for _, value in covered)
+
+
+def test_a_batch_of_many_reports_is_applied_with_the_cycle_collector_paused(store):
+    import gc
+
+    def udid(n: int) -> DeviceFacts:
+        return phone(("udid", f"UDID-GC-{n}"), owner=f"gc{n}@example.com")
+
+    during: list[bool] = []
+    batch = InventoryBatch(reports=tuple(report(T0, [ZOOM], device=udid(n)) for n in range(3)))
+    one = InventoryBatch(reports=(report(T0, [ZOOM], device=udid(9)),))
+    assert gc.isenabled()
+    with unit_of_work(store.engine, now=T0 + timedelta(hours=1)) as uow:
+        ingest(uow, batch, on_report=lambda: during.append(gc.isenabled()))
+        ingest(uow, one, on_report=lambda: during.append(gc.isenabled()))
+    assert during == [False, False, False, True]  # one report: the per-device path, unpaused
+    assert gc.isenabled()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from appwarden.access.models import DecisionRecord
 from appwarden.access.service import refresh_decisions, stored_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
+from appwarden.collector import collector_paused
 from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.statistics import publish_write_counts
@@ -360,7 +362,20 @@ def ingest(
     writer: Writer | None = None,
 ) -> IngestResult:
     """Apply the batch; `on_report` is called after each report (to move a progress bar).
-    Facts are applied only from the source authoritative for them (devices/facts.py)."""
+    Facts are applied only from the source authoritative for them (devices/facts.py). A batch
+    of many reports is applied with the cycle collector paused (`collector_paused`)."""
+    many = len(batch.reports) > 1 or len(batch.devices) > 1
+    with collector_paused() if many else nullcontext():
+        return _ingest(uow, batch, minimise_personal, on_report, writer)
+
+
+def _ingest(
+    uow: UnitOfWork,
+    batch: InventoryBatch,
+    minimise_personal: bool,
+    on_report: Callable[[], None] | None,
+    writer: Writer | None,
+) -> IngestResult:
     writer = writer or Writer()
     entry_source = batch.source or writer.source or IMPORT_SOURCE
     result = IngestResult(skipped=list(batch.skipped))
