@@ -228,11 +228,23 @@ _NOT_CARRIED = frozenset(
 )
 
 
+# Whether each platform carries each namespace, by their plain strings: evaluation asks for every
+# fact of every device, and a look-up costs a fraction of converting both to their enums.
+_CARRIES = {
+    (platform.value, namespace.value): platform in platforms
+    for namespace, platforms in NAMESPACE_PLATFORMS.items()
+    for platform in Platform
+}
+
+
 def platform_carries(platform: str, namespace: str) -> bool:
     """Can a device of this platform carry an app identifier of this namespace?"""
     if platform == Platform.UNKNOWN:
         return namespace not in _NOT_CARRIED
-    return Platform(platform) in NAMESPACE_PLATFORMS[AppNamespace(namespace)]
+    carried = _CARRIES.get((platform, namespace))
+    if carried is None:  # not a platform and a namespace: the enums raise ValueError
+        return Platform(platform) in NAMESPACE_PLATFORMS[AppNamespace(namespace)]
+    return carried
 
 
 # The namespaces a native full inventory of each platform lists completely.

@@ -126,6 +126,9 @@ def match_key(namespace: str, value: str) -> str:
     """
     if isinstance(namespace, str) and isinstance(value, str):
         key = (namespace, value)
+        seen = _keys_seen.get(key)  # the usual answer, without a further call
+        if seen is not None:
+            return seen
         return remembered(_keys_seen, _KEYS_CACHED, key, _match_key, namespace, value)
     return _match_key(namespace, value)
 

@@ -566,28 +566,24 @@ def write_observations(uow: UnitOfWork, rows: list[tuple[Any, ...]]) -> None:
                     copy.write_row((position, *row))
             cursor.execute(POSTGRESQL_MERGE)
             return
-        as_text = _SqliteTimes()
+        text = _sqlite_times(rows)
         cursor.executemany(
             SQLITE_UPDATE,
-            [(*row[6:9], as_text(row[9]), as_text(row[10]), row[0]) for row in rows if row[0]],
+            [(*row[6:9], text[row[9]], text[row[10]], row[0]) for row in rows if row[0]],
         )
         cursor.executemany(
             SQLITE_INSERT,
-            [(*row[1:9], as_text(row[9]), as_text(row[10])) for row in rows if row[0] is None],
+            [(*row[1:9], text[row[9]], text[row[10]]) for row in rows if row[0] is None],
         )
     finally:
         cursor.close()
 
 
-class _SqliteTimes(dict[datetime, str]):
-    """Instants as `db.base.UTCDateTime` stores them on SQLite, each rendered once (a batch
-    holds few distinct instants: one per report at most)."""
-
-    def __call__(self, instant: datetime) -> str:
-        text = self.get(instant)
-        if text is None:
-            text = self[instant] = instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return text
+def _sqlite_times(rows: list[tuple[Any, ...]]) -> dict[datetime, str]:
+    """The rows' instants as `db.base.UTCDateTime` stores them on SQLite, each rendered once (a
+    batch holds few distinct instants: one per report at most)."""
+    instants = {row[9] for row in rows} | {row[10] for row in rows}
+    return {t: t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") for t in instants}
 
 
 def feed_keys(pairs: Iterable[tuple[Device, ReportFacts]]) -> list[FeedKey]:
