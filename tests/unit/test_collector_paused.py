@@ -57,3 +57,26 @@ def test_a_collector_that_was_off_stays_off():
     with collector_paused():
         assert not gc.isenabled()
     assert not gc.isenabled()
+
+
+def test_an_import_run_is_parsed_with_the_collector_paused(monkeypatch):
+    from appwarden.devices.schemas import InventoryBatch
+    from appwarden.sources import registry
+    from appwarden.sources.common import ImportOptions
+
+    during: list[bool] = []
+
+    def parse(data: bytes, filename: str, **_: object) -> InventoryBatch:
+        during.append(gc.isenabled())
+        return InventoryBatch()
+
+    monkeypatch.setattr(registry, "parser_for", lambda _name: parse)
+    gc.enable()
+    files = [("a.json", b"{}"), ("b.json", b"{}")]
+    parsed, refused = registry.parse_files(
+        "native", files, strict=True, max_bytes=1 << 20, options=ImportOptions()
+    )
+    assert [name for name, _ in parsed] == ["a.json", "b.json"]
+    assert not refused
+    assert during == [False, False]
+    assert gc.isenabled()

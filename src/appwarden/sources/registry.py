@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
+from appwarden.collector import collector_paused
 from appwarden.devices.schemas import InventoryBatch
 from appwarden.errors import InvalidInput
 from appwarden.sources.common import ImportOptions, SourceParser
@@ -27,7 +28,21 @@ def parse_files(
     options: ImportOptions,
 ) -> tuple[list[tuple[str, InventoryBatch]], Refused]:
     """Parse every file of one import run: the batches of those that parsed, in order, and the
-    files refused as a whole (not the format, or a bad record under `strict`)."""
+    files refused as a whole (not the format, or a bad record under `strict`). The run's
+    reports stay in memory until each file is ingested, so the cycle collector is paused while
+    they are made (`collector_paused`): its passes would walk every report parsed so far."""
+    with collector_paused():
+        return _parse_files(name, files, strict=strict, max_bytes=max_bytes, options=options)
+
+
+def _parse_files(
+    name: str,
+    files: list[tuple[str, bytes]],
+    *,
+    strict: bool,
+    max_bytes: int,
+    options: ImportOptions,
+) -> tuple[list[tuple[str, InventoryBatch]], Refused]:
     parse = parser_for(name)
     crawl = crawl_for(name)
     if crawl is not None:
