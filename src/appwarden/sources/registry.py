@@ -19,6 +19,7 @@ CrawlParser = Callable[..., list[InventoryBatch]]
 Refused = list[tuple[str, InvalidInput]]
 
 
+@collector_paused()
 def parse_files(
     name: str,
     files: list[tuple[str, bytes]],
@@ -31,18 +32,6 @@ def parse_files(
     files refused as a whole (not the format, or a bad record under `strict`). The run's
     reports stay in memory until each file is ingested, so the cycle collector is paused while
     they are made (`collector_paused`): its passes would walk every report parsed so far."""
-    with collector_paused():
-        return _parse_files(name, files, strict=strict, max_bytes=max_bytes, options=options)
-
-
-def _parse_files(
-    name: str,
-    files: list[tuple[str, bytes]],
-    *,
-    strict: bool,
-    max_bytes: int,
-    options: ImportOptions,
-) -> tuple[list[tuple[str, InventoryBatch]], Refused]:
     parse = parser_for(name)
     crawl = crawl_for(name)
     if crawl is not None:
