@@ -3,6 +3,7 @@ reports, quarantine, placeholder serials and data minimisation (docs/architectur
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -217,8 +218,6 @@ spec:
 
 
 def test_a_batch_of_many_reports_is_applied_with_the_cycle_collector_paused(store):
-    import gc
-
     def udid(n: int) -> DeviceFacts:
         return phone(("udid", f"UDID-GC-{n}"), owner=f"gc{n}@example.com")
 
