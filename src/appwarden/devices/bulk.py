@@ -508,7 +508,7 @@ class ReportWriter:
         ]
 
 
-# ── the observation writes: executemany (SQLite), COPY + one merge (PostgreSQL) ──────────────
+# ── the observation writes: executemany (SQLite), COPY (PostgreSQL) ──────────────────────────
 
 OBSERVATION_COLUMNS = (
     "device_id",
@@ -532,21 +532,20 @@ SQLITE_INSERT = (
     f"VALUES ({', '.join('?' for _ in OBSERVATION_COLUMNS)})"
 )
 SQLITE_UPDATE = f"UPDATE observation SET {', '.join(f'{c} = ?' for c in _CHANGED)} WHERE id = ?"  # noqa: S608
-# The staging table lives as long as the connection and is emptied by every commit; `position`
-# keeps the batch's order, so new rows get their ids in the order the one-by-one path gives.
+# New rows are copied straight into the table, in the batch's order, so they get their ids in
+# the order the one-by-one path gives. Rows seen before go through a staging table that lives as
+# long as the connection and is emptied by every commit, then one `UPDATE … FROM` by id.
+POSTGRESQL_COPY = f"COPY observation ({_COLUMNS}) FROM STDIN"
 POSTGRESQL_STAGE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS observation_stage (position integer, id integer, "
-    "device_id integer, source varchar(64), evidence_kind varchar(16), namespace varchar(32), "
-    "value varchar(512), raw_value varchar(512), version varchar(200), name varchar(1000), "
-    "first_seen_at timestamptz, last_seen_at timestamptz) ON COMMIT DELETE ROWS"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS observation_stage (id integer, raw_value varchar(512), "
+    "version varchar(200), name varchar(1000), first_seen_at timestamptz, "
+    "last_seen_at timestamptz) ON COMMIT DELETE ROWS"
 )
-POSTGRESQL_COPY = f"COPY observation_stage (position, id, {_COLUMNS}) FROM STDIN"
-POSTGRESQL_MERGE = (
-    "WITH updated AS (UPDATE observation AS o SET "  # noqa: S608
+POSTGRESQL_STAGE_COPY = f"COPY observation_stage (id, {', '.join(_CHANGED)}) FROM STDIN"
+POSTGRESQL_UPDATE = (
+    "UPDATE observation AS o SET "  # noqa: S608
     f"{', '.join(f'{c} = s.{c}' for c in _CHANGED)} "
-    "FROM observation_stage AS s WHERE s.id IS NOT NULL AND o.id = s.id) "
-    f"INSERT INTO observation ({_COLUMNS}) SELECT {_COLUMNS} FROM observation_stage "
-    "WHERE id IS NULL ORDER BY position"
+    "FROM observation_stage AS s WHERE o.id = s.id"
 )
 
 
@@ -560,12 +559,7 @@ def write_observations(uow: UnitOfWork, rows: list[tuple[Any, ...]]) -> None:
     cursor = dbapi.cursor()
     try:
         if uow.dialect == "postgresql":
-            cursor.execute(POSTGRESQL_STAGE)
-            cursor.execute("TRUNCATE observation_stage")
-            with cursor.copy(POSTGRESQL_COPY) as copy:
-                for position, row in enumerate(rows):
-                    copy.write_row((position, *row))
-            cursor.execute(POSTGRESQL_MERGE)
+            _postgresql_writes(cursor, rows)
             return
         text = _sqlite_times(rows)
         cursor.executemany(
@@ -578,6 +572,24 @@ def write_observations(uow: UnitOfWork, rows: list[tuple[Any, ...]]) -> None:
         )
     finally:
         cursor.close()
+
+
+def _postgresql_writes(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+    """A fresh load is a single `COPY` into the table, as a raw bulk load of the same rows
+    would be; only a re-import's rows seen before pay for the staging table."""
+    changed = [(row[0], *row[6:]) for row in rows if row[0] is not None]
+    if changed:
+        cursor.execute(POSTGRESQL_STAGE)
+        cursor.execute("TRUNCATE observation_stage")
+        with cursor.copy(POSTGRESQL_STAGE_COPY) as copy:
+            for row in changed:
+                copy.write_row(row)
+        cursor.execute(POSTGRESQL_UPDATE)
+    if len(changed) < len(rows):
+        with cursor.copy(POSTGRESQL_COPY) as copy:
+            for row in rows:
+                if row[0] is None:
+                    copy.write_row(row[1:])
 
 
 def _sqlite_times(rows: list[tuple[Any, ...]]) -> dict[datetime, str]:
