@@ -105,6 +105,18 @@ def _empty_postgres(engine: Engine) -> None:
         connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
 
 
+def reset_store(store: Store, request: pytest.FixtureRequest) -> None:
+    """Back to the migrated, empty store the `store` fixture gave (to run a scenario twice)."""
+    store.engine.dispose()
+    if store.backend == "postgresql":
+        _empty_postgres(store.engine)
+        return
+    path = Path(str(store.engine.url.database))
+    for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copy(request.getfixturevalue("sqlite_template"), path)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":

@@ -7,13 +7,11 @@ the import makes (before and after an owner change to somebody unknown)."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from tests.conftest import _empty_postgres, table_digest
+from tests.conftest import reset_store, table_digest
 
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
@@ -122,18 +120,6 @@ def _apply(store, batch: InventoryBatch, at: datetime, *, one_by_one: bool) -> I
         return total
 
 
-def _fresh(store, template: Path | None) -> None:
-    """Back to a migrated, empty store."""
-    store.engine.dispose()
-    if template is None:
-        _empty_postgres(store.engine)
-        return
-    path = Path(str(store.engine.url.database))
-    for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-        leftover.unlink(missing_ok=True)
-    shutil.copy(template, path)
-
-
 def _run(store, cli, *, one_by_one: bool) -> tuple[list[tuple[int, ...]], str]:
     assert cli("demo", "--base-time", "2020-07-10T09:00:00-07:00").code == 0
     counts = []
@@ -163,9 +149,8 @@ def _run(store, cli, *, one_by_one: bool) -> tuple[list[tuple[int, ...]], str]:
 
 
 def test_bulk_and_one_by_one_store_identical_tables(store, cli, request: pytest.FixtureRequest):
-    template = request.getfixturevalue("sqlite_template") if store.backend == "sqlite" else None
     bulk_counts, bulk_digest = _run(store, cli, one_by_one=False)
-    _fresh(store, template)
+    reset_store(store, request)
     counts, digest = _run(store, cli, one_by_one=True)
     assert bulk_counts == counts
     # a stale report, three repeated ones (phones 9 and 23, phone 30 sent twice), a quarantine

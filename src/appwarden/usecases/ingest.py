@@ -4,7 +4,7 @@ device is re-evaluated and its decisions updated in the same transaction (read-y
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -22,7 +22,7 @@ from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
-from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
+from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, chunks, feed_keys
 from appwarden.devices.facts import Authority, stored_resources_of
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
@@ -461,6 +461,19 @@ def reevaluate_devices(
     # One event for the batch: its reactions (late entrants' notices) read what the devices
     # share once.
     uow.publish(DevicesEvaluated(tuple(evaluated), uow.now, evaluations))
+    return changes
+
+
+def reevaluate_ids(uow: UnitOfWork, device_ids: Collection[int]) -> list[DecisionChanged]:
+    """`reevaluate_devices` for the devices with these ids, in id order, a chunk at a time: a
+    memo's release or retraction names every device in its scope, which one statement cannot
+    take (PostgreSQL's protocol stops at 65,535 parameters). Each chunk is evaluated with the
+    cycle collector paused, as a batch of reports is (`ingest`)."""
+    changes: list[DecisionChanged] = []
+    for part in chunks(sorted(device_ids), EVALUATION_CHUNK):
+        devices = uow.session.scalars(select(Device).where(Device.id.in_(part)).order_by(Device.id))
+        with collector_paused():
+            changes += reevaluate_devices(uow, list(devices))
     return changes
 
 

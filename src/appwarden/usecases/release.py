@@ -11,11 +11,10 @@ from appwarden.compliance.fleet import fleet_rows
 from appwarden.compliance.models import ComplianceRecord
 from appwarden.compliance.rules import rules_of
 from appwarden.db.uow import UnitOfWork
-from appwarden.devices.models import Device
 from appwarden.events import DecisionChanged
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import settle
-from appwarden.usecases.ingest import reevaluate_device
+from appwarden.usecases.ingest import reevaluate_ids
 from appwarden.usecases.notices import NoticeConfig, on_release
 
 
@@ -39,7 +38,7 @@ def release_due(uow: UnitOfWork, config: NoticeConfig | None = None) -> list[Dec
                 select(ComplianceRecord.device_id).where(ComplianceRecord.version_id.in_(older))
             )
         )
-    return _reevaluate(uow, device_ids)
+    return reevaluate_ids(uow, device_ids)
 
 
 def refresh_expired(uow: UnitOfWork, *, limit: int | None = None) -> list[DecisionChanged]:
@@ -54,7 +53,7 @@ def refresh_expired(uow: UnitOfWork, *, limit: int | None = None) -> list[Decisi
     )
     if limit is not None:
         query = query.limit(limit)
-    return _reevaluate(uow, set(uow.session.scalars(query)))
+    return reevaluate_ids(uow, set(uow.session.scalars(query)))
 
 
 def expired_count(uow: UnitOfWork) -> int:
@@ -67,10 +66,3 @@ def expired_count(uow: UnitOfWork) -> int:
         )
         or 0
     )
-
-
-def _reevaluate(uow: UnitOfWork, device_ids: set[int]) -> list[DecisionChanged]:
-    changes: list[DecisionChanged] = []
-    for device in uow.session.scalars(select(Device).where(Device.id.in_(device_ids))):
-        changes += reevaluate_device(uow, device)
-    return changes

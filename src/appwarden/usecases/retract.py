@@ -18,7 +18,6 @@ from appwarden.access.models import DecisionRecord
 from appwarden.audit.service import record
 from appwarden.compliance.models import ComplianceRecord
 from appwarden.db.uow import UnitOfWork
-from appwarden.devices.models import Device
 from appwarden.errors import Conflict, InvalidInput
 from appwarden.identity.models import Person
 from appwarden.identity.service import require
@@ -28,7 +27,7 @@ from appwarden.policies.lifecycle import next_state
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import document_of, get_policy, versions_of
 from appwarden.timeutil import iso
-from appwarden.usecases.ingest import reevaluate_device
+from appwarden.usecases.ingest import reevaluate_ids
 from appwarden.usecases.notices import NoticeConfig, render_notice
 from appwarden.vocabulary import NoticeKind, Permission, VersionState
 
@@ -115,13 +114,13 @@ def _lift(uow: UnitOfWork, policy_id: str, version_ids: list[int]) -> int:
             select(ComplianceRecord.device_id).where(ComplianceRecord.version_id.in_(version_ids))
         )
     )
-    for decision in uow.session.scalars(select(DecisionRecord)):
-        if any(r.get("policy") == policy_id for r in decision.reasons):
-            device_ids.add(decision.device_id)
-    changed = 0
-    for device in uow.session.scalars(select(Device).where(Device.id.in_(device_ids))):
-        changed += len(reevaluate_device(uow, device))
-    return changed
+    # Plain rows, not ORM objects: every decision of the fleet is looked at.
+    for device_id, reasons in uow.session.execute(
+        select(DecisionRecord.device_id, DecisionRecord.reasons)
+    ):
+        if any(r.get("policy") == policy_id for r in reasons):
+            device_ids.add(device_id)
+    return len(reevaluate_ids(uow, device_ids))
 
 
 def enqueue_correction(
