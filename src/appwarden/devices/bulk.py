@@ -15,7 +15,7 @@ reports, coverage, `first_seen_at` kept), applied set-wise:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -25,6 +25,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from appwarden.db.chunked import chunks, scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceIdentifier, Observation, Report
 from appwarden.devices.schemas import ReportFacts
@@ -42,15 +43,6 @@ from appwarden.devices.service import (
 )
 from appwarden.errors import InvalidInput
 from appwarden.vocabulary import DeviceStatus, EvidenceKind, Platform
-
-# Values per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits.
-CHUNK = 5_000
-
-
-def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
 
 # ── devices ──────────────────────────────────────────────────────────────────────────────────
 
@@ -90,13 +82,10 @@ class DeviceResolver:
                     ).where(DeviceIdentifier.value.in_(part))
                 )
             ]
-        device_ids = sorted({device_id for _, device_id, _, _, _ in found})
-        devices: dict[int, Device] = {}
-        for part in chunks(device_ids):
-            devices.update(
-                (d.id, d)
-                for d in self.uow.session.scalars(select(Device).where(Device.id.in_(part)))
-            )
+        device_ids = {device_id for _, device_id, _, _, _ in found}
+        devices = {
+            d.id: d for d in scalars_in(self.uow.session, select(Device), Device.id, device_ids)
+        }
         for row_id, device_id, namespace, value, last_seen_at in found:
             self._known[(namespace, value)] = devices[device_id]
             self._identifier_rows[(namespace, value)] = (row_id, last_seen_at)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, func, insert, inspect, select
 
 from appwarden.catalog.matching import key_matches, match_key
+from appwarden.db.chunked import scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import (
     DEVICE_ATTRIBUTES,
@@ -597,8 +598,8 @@ def device_identifiers(uow: UnitOfWork, device_ids: Collection[int]) -> dict[int
     result: dict[int, list[tuple[int, str, str]]] = {d: [] for d in device_ids}
     if not device_ids:
         return {}
-    for row in uow.session.scalars(
-        select(DeviceIdentifier).where(DeviceIdentifier.device_id.in_(list(device_ids)))
+    for row in scalars_in(
+        uow.session, select(DeviceIdentifier), DeviceIdentifier.device_id, device_ids
     ):
         result[row.device_id].append((join_rank(row.namespace), row.namespace, row.value))
     return {d: [f"{ns}:{v}" for _, ns, v in sorted(rows)] for d, rows in result.items()}

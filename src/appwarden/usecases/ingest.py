@@ -20,9 +20,10 @@ from appwarden.catalog.matching import match_key
 from appwarden.collector import collector_paused
 from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
+from appwarden.db.chunked import chunks
 from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
-from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, chunks, feed_keys
+from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
 from appwarden.devices.facts import Authority, stored_resources_of
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts

@@ -31,6 +31,7 @@ from appwarden.compliance.rules import (
     rules_of,
 )
 from appwarden.compliance.service import evaluate_view, fleet_status
+from appwarden.db.chunked import scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceResource
 from appwarden.devices.service import device_identifiers
@@ -175,8 +176,8 @@ def _audience(
     evaluations = fleet_status(uow, rules, at)
     devices = {
         d.id: d
-        for d in uow.session.scalars(
-            select(Device).where(Device.id.in_([device_id for device_id, _ in evaluations]))
+        for d in scalars_in(
+            uow.session, select(Device), Device.id, [device_id for device_id, _ in evaluations]
         )
     }
     by_person: dict[int, list[tuple[Device, Evaluation]]] = defaultdict(list)
@@ -186,9 +187,7 @@ def _audience(
         counts[str(evaluation.state)] += 1
         if device.owner_id is not None and speaks_for_owner(device, at):
             by_person[device.owner_id].append((device, evaluation))
-    people = {
-        p.id: p for p in uow.session.scalars(select(Person).where(Person.id.in_(list(by_person))))
-    }
+    people = {p.id: p for p in scalars_in(uow.session, select(Person), Person.id, by_person)}
     ownerless = sorted(d.id for d in devices.values() if d.owner_id is None)
     return _Audience(by_person, people, dict(counts), ownerless)
 

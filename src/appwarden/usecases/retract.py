@@ -17,6 +17,7 @@ from sqlalchemy import select
 from appwarden.access.models import DecisionRecord
 from appwarden.audit.service import record
 from appwarden.compliance.models import ComplianceRecord
+from appwarden.db.chunked import scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict, InvalidInput
 from appwarden.identity.models import Person
@@ -92,7 +93,7 @@ def correction_recipients(uow: UnitOfWork, policy_id: str) -> list[dict[str, Any
     told = _told(uow, policy_id)
     people = {
         p.id: p
-        for p in uow.session.scalars(select(Person).where(Person.id.in_(n.person_id for n in told)))
+        for p in scalars_in(uow.session, select(Person), Person.id, {n.person_id for n in told})
     }
     recipients = [
         {

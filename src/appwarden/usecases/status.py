@@ -13,6 +13,7 @@ from appwarden.access.service import decide_for
 from appwarden.compliance.evaluate import Evaluation, PolicyRules, self_reported
 from appwarden.compliance.rules import device_views, rules_of
 from appwarden.compliance.service import evaluate_device, evaluate_view, fleet_status
+from appwarden.db.chunked import scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.service import device_identifiers, find_device
@@ -72,14 +73,14 @@ def _with_self_report(
 
 def _owners(uow: UnitOfWork, devices: list[Device]) -> dict[int, Person]:
     ids = {d.owner_id for d in devices if d.owner_id is not None}
-    return {p.id: p for p in uow.session.scalars(select(Person).where(Person.id.in_(ids)))}
+    return {p.id: p for p in scalars_in(uow.session, select(Person), Person.id, ids)}
 
 
 def _rows_for(
     uow: UnitOfWork, version: PolicyVersion, evaluations: list[tuple[int, Evaluation]]
 ) -> list[Row]:
     ids = [device_id for device_id, _ in evaluations]
-    devices = {d.id: d for d in uow.session.scalars(select(Device).where(Device.id.in_(ids)))}
+    devices = {d.id: d for d in scalars_in(uow.session, select(Device), Device.id, ids)}
     owners = _owners(uow, list(devices.values()))
     identifiers = device_identifiers(uow, ids)
     rows = []
