@@ -20,6 +20,7 @@ from appwarden.compliance.evaluate import (
     Seen,
     Watched,
 )
+from appwarden.db.chunked import CHUNK, chunks
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
 from appwarden.devices.service import DeviceRows
@@ -166,6 +167,13 @@ def device_views(
     ids = list(device_ids)
     if not ids:
         return {}
+    if len(ids) > CHUNK:  # `status` asks for every device in scope (`db.chunked`)
+        views: dict[int, DeviceView] = {}
+        for part in chunks(ids):
+            views |= device_views(
+                uow, part, loaded=loaded, keep=keep, observed=observed, watched=watched
+            )
+        return views
     session = uow.session
     held = {d.id: d for d in loaded}
     devices = (
