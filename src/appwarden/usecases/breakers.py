@@ -21,13 +21,12 @@ from appwarden.access.breaker import (
 from appwarden.access.models import Breaker, BreakerCount, BreakerHold
 from appwarden.audit.service import record
 from appwarden.db.uow import UnitOfWork
-from appwarden.devices.models import Device
 from appwarden.errors import Conflict
 from appwarden.events import DecisionChanged
 from appwarden.identity.service import require
 from appwarden.policies.service import effective_versions, get_policy
 from appwarden.timeutil import iso
-from appwarden.usecases.ingest import reevaluate_device
+from appwarden.usecases.ingest import reevaluate_ids
 from appwarden.vocabulary import Permission
 
 
@@ -105,10 +104,10 @@ def release_breaker(
         raise Conflict(f"the breaker of {policy_id} holds nothing: there is nothing to release")
     breaker = breakers(uow).row(policy_id)
     before = {"state": _state(breaker), "held": held}
-    device_ids = select(BreakerHold.device_id).where(BreakerHold.policy_id == policy_id)
-    changes: list[DecisionChanged] = []
-    for device in list(session.scalars(select(Device).where(Device.id.in_(device_ids)))):
-        changes += reevaluate_device(uow, device, admit=frozenset({policy_id}))
+    held_devices = set(
+        session.scalars(select(BreakerHold.device_id).where(BreakerHold.policy_id == policy_id))
+    )
+    changes = reevaluate_ids(uow, held_devices, admit=frozenset({policy_id}))
     session.execute(delete(BreakerHold).where(BreakerHold.policy_id == policy_id))
     breaker.opened_at = breaker.tripped_at = None
     out = {
@@ -150,8 +149,7 @@ def settle_holds(uow: UnitOfWork, *, limit: int) -> int:
             .limit(limit)
         )
     )
-    for device in list(session.scalars(select(Device).where(Device.id.in_(due)))):
-        reevaluate_device(uow, device)
+    reevaluate_ids(uow, due)
     # Re-evaluated, none of them is held for a passed cause any more; a row that says otherwise
     # (its decision no longer shows it) is dropped, so the next round moves on.
     session.execute(delete(BreakerHold).where(BreakerHold.device_id.in_(due), or_(*passed)))

@@ -435,14 +435,18 @@ def reevaluate_devices(
     devices: Sequence[Device],
     *,
     observed: Mapping[int, DeviceRows] | None = None,
+    admit: frozenset[str] = frozenset(),
 ) -> list[DecisionChanged]:
     """`reevaluate_device` for each, in order, reading what they share once: the versions,
     rules and exemptions for all, the devices' views a chunk at a time. `observed`: rows a
-    report just wrote for some of them (`devices.service.apply_report`)."""
+    report just wrote for some of them (`devices.service.apply_report`); `admit`: as
+    `reevaluate_device`'s."""
     shared = SharedReads(observed=dict(observed or {}))
     if len(devices) <= 1:  # one report (W4): its rows are at hand, nothing to prefetch
         return [
-            change for device in devices for change in reevaluate_device(uow, device, shared=shared)
+            change
+            for device in devices
+            for change in reevaluate_device(uow, device, admit=admit, shared=shared)
         ]
     changes: list[DecisionChanged] = []
     evaluated: list[DeviceEvaluated] = []
@@ -456,7 +460,7 @@ def reevaluate_devices(
         breakers(uow).prefetch_holds(ids)
         for device in chunk:
             changes += _reevaluate(
-                uow, device, frozenset(), shared, evaluated, decisions[device.id], evaluations
+                uow, device, admit, shared, evaluated, decisions[device.id], evaluations
             )
     uow.session.flush()  # the last devices' states and decisions (refresh_decisions left them)
     # One event for the batch: its reactions (late entrants' notices) read what the devices
@@ -465,16 +469,19 @@ def reevaluate_devices(
     return changes
 
 
-def reevaluate_ids(uow: UnitOfWork, device_ids: Collection[int]) -> list[DecisionChanged]:
+def reevaluate_ids(
+    uow: UnitOfWork, device_ids: Collection[int], *, admit: frozenset[str] = frozenset()
+) -> list[DecisionChanged]:
     """`reevaluate_devices` for the devices with these ids, in id order, a chunk at a time: a
     memo's release or retraction names every device in its scope, which one statement cannot
     take (PostgreSQL's protocol stops at 65,535 parameters). Each chunk is evaluated with the
-    cycle collector paused, as a batch of reports is (`ingest`)."""
+    cycle collector paused, as a batch of reports is (`ingest`). `admit`: as
+    `reevaluate_device`'s (a breaker's release)."""
     changes: list[DecisionChanged] = []
     for part in chunks(sorted(device_ids), EVALUATION_CHUNK):
         devices = uow.session.scalars(select(Device).where(Device.id.in_(part)).order_by(Device.id))
         with collector_paused():
-            changes += reevaluate_devices(uow, list(devices))
+            changes += reevaluate_devices(uow, list(devices), admit=admit)
     return changes
 
 
