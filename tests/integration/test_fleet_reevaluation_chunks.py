@@ -1,7 +1,8 @@
 """A release, the deadline's refresh and a retraction re-evaluate the devices they name a chunk at
 a time (`usecases.ingest.reevaluate_ids`: shared reads, one event per chunk). Whatever the chunk,
 they must leave every table as evaluating the devices one by one does (a chunk of one takes
-`reevaluate_device`), on both stores."""
+`reevaluate_device`), on both stores; so must the retraction's corrections, queued a chunk of
+people at a time."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy import text
 from tests.conftest import reset_store, table_digest
 
 from appwarden.timeutil import iso, parse_instant
-from appwarden.usecases import ingest
+from appwarden.usecases import ingest, retract
 from appwarden.usecases.demo import APPROVER, POLICY_ID
 
 RELEASE = parse_instant("2020-07-10T09:00:00-07:00")
@@ -58,9 +59,11 @@ def test_chunked_reevaluation_leaves_the_tables_one_by_one_does(
     store, cli, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, chunk: int
 ):
     monkeypatch.setattr(ingest, "EVALUATION_CHUNK", 1)
+    monkeypatch.setattr(retract, "CORRECTION_CHUNK", 1)
     one_by_one = _lifecycle(store, cli)
     assert "blocked" in one_by_one
     assert "correction" in one_by_one
     reset_store(store, request)
     monkeypatch.setattr(ingest, "EVALUATION_CHUNK", chunk)
+    monkeypatch.setattr(retract, "CORRECTION_CHUNK", chunk)
     assert _lifecycle(store, cli) == one_by_one

@@ -12,18 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from appwarden.access.models import DecisionRecord
 from appwarden.audit.service import record
 from appwarden.compliance.models import ComplianceRecord
-from appwarden.db.chunked import scalars_in
+from appwarden.db.chunked import chunks, scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict, InvalidInput
 from appwarden.identity.models import Person
 from appwarden.identity.service import require
 from appwarden.notifications import service as outbox
 from appwarden.notifications.models import Notice
+from appwarden.policies.document import PolicyDocument
 from appwarden.policies.lifecycle import next_state
 from appwarden.policies.models import PolicyVersion
 from appwarden.policies.service import document_of, get_policy, versions_of
@@ -31,6 +32,9 @@ from appwarden.timeutil import iso
 from appwarden.usecases.ingest import reevaluate_ids
 from appwarden.usecases.notices import NoticeConfig, render_notice
 from appwarden.vocabulary import NoticeKind, Permission, VersionState
+
+# People whose corrections are rendered and queued with one statement.
+CORRECTION_CHUNK = 1_000
 
 
 @dataclass
@@ -73,9 +77,7 @@ def retract(
     uow.session.flush()
     result.cancelled = outbox.cancel_pending(uow, policy_id, "retracted")
     result.decisions_changed = _lift(uow, policy_id, [v.id for v in live])
-    for notice in _told(uow, policy_id):
-        if enqueue_correction(uow, notice, live[-1], message.strip(), config):
-            result.corrections += 1
+    result.corrections = _correct_everyone_told(uow, live[-1], message.strip(), config)
     return result
 
 
@@ -124,40 +126,87 @@ def _lift(uow: UnitOfWork, policy_id: str, version_ids: list[int]) -> int:
     return len(reevaluate_ids(uow, device_ids))
 
 
-def enqueue_correction(
-    uow: UnitOfWork, first: Notice, version: PolicyVersion, message: str, config: NoticeConfig
-) -> bool:
-    """One correction per person, to the address of their first notice, threaded to it."""
-    person = uow.session.get(Person, first.person_id)
-    assert person is not None
-    doc = document_of(version)
+def _correct_everyone_told(
+    uow: UnitOfWork, version: PolicyVersion, message: str, config: NoticeConfig
+) -> int:
+    """A correction for each person told, rendered and queued `CORRECTION_CHUNK` people at a
+    time (a memo's audience may be a whole company: one statement per chunk, and no more
+    rendered messages in memory at once). Returns how many were queued."""
+    told = _told(uow, version.policy_id)
+    document = document_of(version)
+    for part in chunks(told, CORRECTION_CHUNK):
+        people = {
+            p.id: p
+            for p in scalars_in(uow.session, select(Person), Person.id, {n.person_id for n in part})
+        }
+        outbox.enqueue_all(
+            uow,
+            [
+                _correction(uow, people[n.person_id], n, version, document, message, config)
+                for n in part
+            ],
+        )
+    return (
+        uow.session.scalar(
+            select(func.count()).where(
+                Notice.policy_id == version.policy_id,
+                Notice.kind == NoticeKind.CORRECTION,
+                Notice.due_slot == _correction_slot(version),
+            )
+        )
+        or 0
+    )
+
+
+def _correction_slot(version: PolicyVersion) -> str:
+    return f"retraction:v{version.number}"
+
+
+def _correction(
+    uow: UnitOfWork,
+    person: Person,
+    first: Notice,
+    version: PolicyVersion,
+    document: PolicyDocument,
+    message: str,
+    config: NoticeConfig,
+) -> dict[str, Any]:
+    """The person's correction (`outbox.enqueue`'s arguments): to the address of their first
+    notice, threaded to it."""
     rendered = render_notice(
         config,
         person,
         version,
-        doc,
+        document,
         kind="correction",
         template="correction",
         devices=(),
         correction_message=message,
     )
-    return (
-        outbox.enqueue(
-            uow,
-            person_id=person.id,
-            address=first.address,
-            policy_id=version.policy_id,
-            version_id=version.id,
-            kind=NoticeKind.CORRECTION,
-            due_slot=f"retraction:v{version.number}",
-            due_at=uow.now,
-            rendered=rendered,
-            domain=config.domain,
-            payload={"template": "correction", "message": message},
-            in_reply_to=first.message_id,
-        )
-        is not None
-    )
+    return {
+        "person_id": person.id,
+        "address": first.address,
+        "policy_id": version.policy_id,
+        "version_id": version.id,
+        "kind": NoticeKind.CORRECTION,
+        "due_slot": _correction_slot(version),
+        "due_at": uow.now,
+        "rendered": rendered,
+        "domain": config.domain,
+        "payload": {"template": "correction", "message": message},
+        "in_reply_to": first.message_id,
+    }
+
+
+def enqueue_correction(
+    uow: UnitOfWork, first: Notice, version: PolicyVersion, message: str, config: NoticeConfig
+) -> bool:
+    """The correction of one person, unless they have it already (a notice that went out after
+    the retraction)."""
+    person = uow.session.get(Person, first.person_id)
+    assert person is not None
+    correction = _correction(uow, person, first, version, document_of(version), message, config)
+    return outbox.enqueue(uow, **correction) is not None
 
 
 def corrections_after_late_delivery(
