@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from appwarden.access.breaker import judged_view
 from appwarden.access.service import decide_for
-from appwarden.compliance.evaluate import Evaluation, PolicyRules, self_reported
+from appwarden.compliance.evaluate import Evaluation, PolicyRules, Watched, self_reported
 from appwarden.compliance.rules import device_views, rules_of
 from appwarden.compliance.service import evaluate_device, evaluate_view, fleet_status
 from appwarden.db.chunked import scalars_in
@@ -59,7 +59,7 @@ def _with_self_report(
     compliant = [d for d, e in evaluations if e.state == ComplianceState.COMPLIANT]
     if not compliant:
         return evaluations
-    views = device_views(uow, compliant)
+    views = device_views(uow, compliant, watched=Watched.by([rules]))
     return [
         (
             device_id,
@@ -136,7 +136,7 @@ def status_rows(
                 for d in uow.session.scalars(select(Device).order_by(Device.id))
                 if d.id not in scoped
             ]
-            views = device_views(uow, [d.id for d in others])
+            views = device_views(uow, [d.id for d in others], watched=Watched.by([rules]))
             for device in others:
                 evaluation = evaluate_view(uow, rules, views[device.id], device.owner_id, at)
                 evaluations.append((device.id, evaluation))
