@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.integration.test_bulk_matches_one_by_one import _fresh
+from tests.conftest import reset_store
 
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
@@ -101,9 +101,8 @@ def _notices(store, cli, tmp_path: Path, *, per_device: bool) -> list[tuple[obje
 def test_a_batch_announces_late_entrants_as_one_by_one(
     store, cli, tmp_path: Path, request: pytest.FixtureRequest
 ):
-    template = request.getfixturevalue("sqlite_template") if store.backend == "sqlite" else None
     batch = _notices(store, cli, tmp_path, per_device=False)
-    _fresh(store, template)
+    reset_store(store, request)
     assert batch == _notices(store, cli, tmp_path, per_device=True)
     announced = {email for email, kind, *_ in batch if kind == "announce"}
     assert announced == {"late.one@example.com", "late.three@example.com"}

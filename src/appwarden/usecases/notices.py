@@ -871,22 +871,28 @@ def refresh_reminder(uow: UnitOfWork, notice: Notice, config: NoticeConfig) -> b
 
 def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeConfig) -> None:
     """blocked when a policy turns a decision to deny; restored when it turns back to allow and
-    nothing else denies. A retraction restores silently: its correction says what came back."""
+    nothing else denies. A retraction restores silently: its correction says what came back.
+    Which policies have something to say is settled first: a retraction lifts thousands of
+    blocks at once, and none of them needs its owner read."""
+    kind = NoticeKind.BLOCKED if event.new == "deny" else NoticeKind.RESTORED
+    in_effect = dict(event.versions)
+    telling: list[tuple[str, PolicyVersion, PolicyDocument]] = []
+    for policy_id in event.causes:
+        version = _version_behind(uow, policy_id, event.at, in_effect.get(policy_id))
+        if version is None or version.state == VersionState.RETRACTED:
+            continue
+        doc = document_of(version)
+        if doc.notices.blocked if kind == NoticeKind.BLOCKED else doc.notices.restored:
+            telling.append((policy_id, version, doc))
+    if not telling:
+        return
     device = uow.session.get(Device, event.device_id)
     if device is None or device.owner_id is None or not speaks_for_owner(device, event.at):
         return
     person = uow.session.get(Person, device.owner_id)
     if person is None:
         return
-    kind = NoticeKind.BLOCKED if event.new == "deny" else NoticeKind.RESTORED
-    in_effect = dict(event.versions)
-    for policy_id in event.causes:
-        version = _version_behind(uow, policy_id, event.at, in_effect.get(policy_id))
-        if version is None or version.state == VersionState.RETRACTED:
-            continue
-        doc = document_of(version)
-        if not (doc.notices.blocked if kind == NoticeKind.BLOCKED else doc.notices.restored):
-            continue
+    for policy_id, version, doc in telling:
         slot = event.at.strftime("%Y-%m-%dT%H")
         line = DeviceLine(  # an unnamed device is called by its first identifier
             name=device.name or device_identifiers(uow, [device.id])[device.id][0],
