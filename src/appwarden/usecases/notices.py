@@ -877,13 +877,17 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
     kind = NoticeKind.BLOCKED if event.new == "deny" else NoticeKind.RESTORED
     in_effect = dict(event.versions)
     telling: list[tuple[str, PolicyVersion, PolicyDocument]] = []
-    for policy_id in event.causes:
-        version = _version_behind(uow, policy_id, event.at, in_effect.get(policy_id))
-        if version is None or version.state == VersionState.RETRACTED:
-            continue
-        doc = document_of(version)
-        if doc.notices.blocked if kind == NoticeKind.BLOCKED else doc.notices.restored:
-            telling.append((policy_id, version, doc))
+    # Versions change only in steps that flush before they evaluate (release, retraction), so
+    # reading them need not flush the batch's pending states and decisions: once per lifted
+    # block, that flush was most of a retraction's time.
+    with uow.session.no_autoflush:
+        for policy_id in event.causes:
+            version = _version_behind(uow, policy_id, event.at, in_effect.get(policy_id))
+            if version is None or version.state == VersionState.RETRACTED:
+                continue
+            doc = document_of(version)
+            if doc.notices.blocked if kind == NoticeKind.BLOCKED else doc.notices.restored:
+                telling.append((policy_id, version, doc))
     if not telling:
         return
     device = uow.session.get(Device, event.device_id)
