@@ -198,6 +198,36 @@ def table_digest(engine: Engine, *, exclude: tuple[str, ...] = ()) -> str:
     return digest.hexdigest()
 
 
+def repeatable_digest(engine: Engine) -> str:
+    """`table_digest` of every table but what differs between two runs of the same steps: the
+    notices' random Message-IDs (which the audit entries of sent notices record and chain) and
+    the decisions' wall-clock `written_at`. Equal digests: the runs stored the same."""
+    tables = metadata().tables
+    decision, notice, audit = tables["decision"], tables["notice"], tables["audit_entry"]
+    with engine.connect() as connection:
+        decisions = connection.execute(
+            select(*(c for c in decision.columns if c.name != "written_at")).order_by(
+                decision.c.device_id, decision.c.resource
+            )
+        ).all()
+        notices = connection.execute(
+            select(notice.c.id, notice.c.person_id, notice.c.kind, notice.c.status).order_by(
+                notice.c.id
+            )
+        ).all()
+        entries = [
+            (*row[:7], {k: v for k, v in (row.after or {}).items() if k != "message_id"})
+            for row in connection.execute(
+                select(
+                    audit.c.id, audit.c.at, audit.c.actor, audit.c.action, audit.c.object_type,
+                    audit.c.object_id, audit.c.before, audit.c.after,
+                ).order_by(audit.c.id)
+            )
+        ]  # fmt: skip
+    digest = table_digest(engine, exclude=("decision", "notice", "audit_entry"))
+    return repr((digest, decisions, notices, entries))
+
+
 def as_one_source(path: Path) -> bytes:
     """A native inventory file as its top-level source alone would send it over HTTP, where a
     token writes as exactly one source (report-level sources removed)."""

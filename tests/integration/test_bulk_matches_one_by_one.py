@@ -10,8 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
-from tests.conftest import reset_store, table_digest
+from tests.conftest import repeatable_digest, reset_store
 
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
@@ -134,18 +133,7 @@ def _run(store, cli, *, one_by_one: bool) -> tuple[list[tuple[int, ...]], str]:
                 len(result.skipped),
             )
         )
-    # Two columns differ between any two runs: the demo's notices carry random Message-IDs and a
-    # decision row its wall-clock `written_at`; the rest of those rows is compared.
-    with store.engine.connect() as connection:
-        decisions = connection.execute(
-            text(
-                "SELECT device_id, resource, decision, reasons, valid_until, next_decision, "
-                " next_reasons, next_valid_until, changed_at FROM decision"
-            )
-        ).all()
-        notices = connection.execute(text("SELECT id, person_id, kind, status FROM notice")).all()
-    digest = table_digest(store.engine, exclude=("decision", "notice"))
-    return counts, repr((digest, sorted(map(repr, decisions)), notices))
+    return counts, repeatable_digest(store.engine)
 
 
 def test_bulk_and_one_by_one_store_identical_tables(store, cli, request: pytest.FixtureRequest):
