@@ -493,7 +493,14 @@ def in_effect(released: Sequence[PolicyVersion], at: datetime) -> list[PolicyVer
 
 
 def live_version(uow: UnitOfWork, policy_id: str, at: datetime) -> PolicyVersion | None:
-    return next((v for v in effective_versions(uow, at) if v.policy_id == policy_id), None)
+    return live_among(versions_of(uow, policy_id), at)
+
+
+def live_among(versions: Sequence[PolicyVersion], at: datetime) -> PolicyVersion | None:
+    """The version in effect at `at` among one policy's versions (`versions_of`), as
+    `effective_versions` would pick it."""
+    found = in_effect([v for v in versions if v.state in _RELEASED_STATES], at)
+    return found[0] if found else None
 
 
 def settle(uow: UnitOfWork) -> list[PolicyVersion]:

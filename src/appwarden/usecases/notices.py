@@ -44,7 +44,7 @@ from appwarden.notifications.messages import DeviceLine, NoticeContext, render
 from appwarden.notifications.models import Notice
 from appwarden.policies.document import PolicyDocument
 from appwarden.policies.models import PolicyFirstSeen, PolicyVersion
-from appwarden.policies.service import document_of, live_version, versions_of
+from appwarden.policies.service import document_of, live_among, live_version, versions_of
 from appwarden.timeutil import iso
 from appwarden.vocabulary import ComplianceState, NoticeKind, NoticeStatus, VersionState
 
@@ -945,12 +945,12 @@ def _version_behind(
     """The version in effect at `at`, or the one that ended exactly then (retired/retracted).
     `in_effect`: the id of the version the event says was in effect at `at` (the evaluation
     that raised it holds it in the session: no query)."""
-    live = (
-        uow.session.get(PolicyVersion, in_effect)
-        if in_effect is not None
-        else live_version(uow, policy_id, at)
-    )
+    live = uow.session.get(PolicyVersion, in_effect) if in_effect is not None else None
     if live is not None:
         return live
-    ended = [v for v in versions_of(uow, policy_id) if v.ended_at is not None and v.ended_at <= at]
+    versions = versions_of(uow, policy_id)  # one query for the live version and the ended ones
+    live = live_among(versions, at)
+    if live is not None:
+        return live
+    ended = [v for v in versions if v.ended_at is not None and v.ended_at <= at]
     return max(ended, key=lambda v: v.ended_at or at) if ended else None
