@@ -15,7 +15,8 @@ reports, coverage, `first_seen_at` kept), applied set-wise:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -183,7 +184,8 @@ class StoredObservation:
     name: str | None
     first_seen_at: datetime
     last_seen_at: datetime
-    dirty: bool = False
+    dirty: bool = False  # a stored row whose values changed (or a new one)
+    seen_again: bool = False  # a stored row of which only `last_seen_at` moved
 
 
 @dataclass(slots=True)
@@ -374,10 +376,12 @@ class ReportWriter:
             elif observed_at >= seen.last_seen_at:
                 applied_any = True
                 seen.last_seen_at = observed_at
-                seen.version = version
-                seen.name = name or seen.name
-                seen.first_seen_at = min(seen.first_seen_at, observed_at)
-                seen.dirty = True
+                if version == seen.version and (not name or name == seen.name):
+                    seen.seen_again = True  # the usual re-import row: the app is still there
+                else:
+                    seen.version = version
+                    seen.name = name or seen.name
+                    seen.dirty = True
             elif observed_at < seen.first_seen_at:
                 seen.first_seen_at = observed_at  # an older report proves an earlier sighting
                 seen.dirty = True
@@ -405,7 +409,7 @@ class ReportWriter:
                 .where(Observation.id.in_(part))
                 .execution_options(synchronize_session=False)
             )
-        write_observations(self.uow, self._observation_rows())
+        write_observations(self.uow, self._observation_rows(), self._seen_again())
         rows = self._device_rows()
         self._reports.clear()
         self._new.clear()
@@ -467,6 +471,15 @@ class ReportWriter:
         )
         self.uow.session.execute(statement, rows)
 
+    def _seen_again(self) -> dict[datetime, list[int]]:
+        """The stored rows of which only `last_seen_at` moved: their ids by that instant."""
+        ids: dict[datetime, list[int]] = defaultdict(list)
+        for state in self.feeds.values():
+            for o in state.observations.values():
+                if o.seen_again and not o.dirty and o.id is not None:
+                    ids[o.last_seen_at].append(o.id)
+        return ids
+
     def _observation_rows(self) -> list[tuple[Any, ...]]:
         """Changed rows first, then new ones in the order they were seen."""
         feeds = self.feeds
@@ -521,6 +534,7 @@ SQLITE_INSERT = (
     f"VALUES ({', '.join('?' for _ in OBSERVATION_COLUMNS)})"
 )
 SQLITE_UPDATE = f"UPDATE observation SET {', '.join(f'{c} = ?' for c in _CHANGED)} WHERE id = ?"  # noqa: S608
+SQLITE_SEEN_AGAIN = "UPDATE observation SET last_seen_at = ? WHERE id = ?"
 # New rows are copied straight into the table, in the batch's order, so they get their ids in
 # the order the one-by-one path gives. Rows seen before go through a staging table that lives as
 # long as the connection and is emptied by every commit, then one `UPDATE … FROM` by id.
@@ -536,21 +550,35 @@ POSTGRESQL_UPDATE = (
     f"{', '.join(f'{c} = s.{c}' for c in _CHANGED)} "
     "FROM observation_stage AS s WHERE o.id = s.id"
 )
+# Rows of which only `last_seen_at` moved (most of a re-import): their ids as one array.
+POSTGRESQL_SEEN_AGAIN = "UPDATE observation SET last_seen_at = %s WHERE id = ANY(%s)"
 
 
-def write_observations(uow: UnitOfWork, rows: list[tuple[Any, ...]]) -> None:
+def write_observations(
+    uow: UnitOfWork,
+    rows: list[tuple[Any, ...]],
+    seen_again: Mapping[datetime, Sequence[int]] | None = None,
+) -> None:
     """Store these observation rows, `(id, *OBSERVATION_COLUMNS)` with aware UTC times: rows
-    with an id update that row, rows without one are inserted, in the caller's transaction."""
-    if not rows:
+    with an id update that row, rows without one are inserted; and move `last_seen_at` of the
+    rows `seen_again` lists by instant; in the caller's transaction."""
+    seen_again = seen_again or {}
+    if not rows and not seen_again:
         return
     dbapi = uow.session.connection().connection.driver_connection
     assert dbapi is not None
     cursor = dbapi.cursor()
     try:
         if uow.dialect == "postgresql":
+            for instant, ids in seen_again.items():
+                cursor.execute(POSTGRESQL_SEEN_AGAIN, (instant, list(ids)))
             _postgresql_writes(cursor, rows)
             return
-        text = _sqlite_times(rows)
+        text = _sqlite_times(rows, seen_again)
+        cursor.executemany(
+            SQLITE_SEEN_AGAIN,
+            [(text[instant], i) for instant, ids in seen_again.items() for i in ids],
+        )
         cursor.executemany(
             SQLITE_UPDATE,
             [(*row[6:9], text[row[9]], text[row[10]], row[0]) for row in rows if row[0]],
@@ -565,7 +593,7 @@ def write_observations(uow: UnitOfWork, rows: list[tuple[Any, ...]]) -> None:
 
 def _postgresql_writes(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
     """A fresh load is a single `COPY` into the table, as a raw bulk load of the same rows
-    would be; only a re-import's rows seen before pay for the staging table."""
+    would be; only a re-import's changed rows pay for the staging table."""
     changed = [(row[0], *row[6:]) for row in rows if row[0] is not None]
     if changed:
         cursor.execute(POSTGRESQL_STAGE)
@@ -581,10 +609,12 @@ def _postgresql_writes(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
                     copy.write_row(row[1:])
 
 
-def _sqlite_times(rows: list[tuple[Any, ...]]) -> dict[datetime, str]:
+def _sqlite_times(
+    rows: list[tuple[Any, ...]], seen_again: Mapping[datetime, Sequence[int]]
+) -> dict[datetime, str]:
     """The rows' instants as `db.base.UTCDateTime` stores them on SQLite, each rendered once (a
     batch holds few distinct instants: one per report at most)."""
-    instants = {row[9] for row in rows} | {row[10] for row in rows}
+    instants = {row[9] for row in rows} | {row[10] for row in rows} | set(seen_again)
     return {t: t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") for t in instants}
 
 
