@@ -196,7 +196,6 @@ def _fleet(engine: Engine) -> None:
                 "since": at,
                 "due_at": due if d % 3 == 0 else None,
                 "reasons": ["bulk"],
-                "evaluated_at": at,
             }
             for d in devices
         ],

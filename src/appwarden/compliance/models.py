@@ -28,7 +28,6 @@ class ComplianceRecord(Base):
     since: Mapped[datetime]
     due_at: Mapped[datetime | None]
     reasons: Mapped[list[Any]] = mapped_column(JSON)
-    evaluated_at: Mapped[datetime]
 
 
 class ComplianceCount(Base):

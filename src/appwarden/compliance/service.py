@@ -346,6 +346,5 @@ def record_outcomes(
         stored.since = evaluation.since or uow.now
         stored.due_at = evaluation.due
         stored.reasons = list(evaluation.reasons)
-        stored.evaluated_at = uow.now
     if flush:
         uow.session.flush()
