@@ -21,6 +21,9 @@ class DecisionChanged:
     # (policy id, version id) of the versions in effect at `at` that the decision was computed
     # from, so that a reaction finds a cause's version without reading the versions again.
     versions: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    # The causes of a deny that deny for want of proof (their state is unknown), not for a
+    # finding: what the "blocked" notice says, without reading the decision back.
+    unverified: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from tests.agent_harness import AGENT_SECRET, DAVE, POLICY, enrol, publish_unknown_deny
 from tests.conftest import api_token, bearer, table_digest
 
+from appwarden.db.uow import unit_of_work
+from appwarden.identity.models import Person
+from appwarden.notifications.models import Notice
 from appwarden.settings import Settings
 from appwarden.timeutil import iso
 from appwarden.usecases.demo import APPROVER, AUTHOR
@@ -129,3 +133,21 @@ def test_a_policy_naming_nothing_an_iphone_can_answer_has_no_check(store, cli, d
         assert asked.status_code == 409, asked.text
         assert "nothing a device on ios can be asked about" in asked.json()["detail"]
         assert table_digest(store.engine) == before
+
+
+def test_daves_blocked_notice_says_his_iphone_could_not_be_seen(store, cli, demo, tmp_path):
+    """Denied under `unknown: deny` for want of proof, not for a finding: the "blocked" notice
+    the flip queues says so (the decision change carries which of its causes are unverified)."""
+    publish_unknown_deny(cli, tmp_path, deadline="2020-07-11T12:00:00Z", at="2020-07-11T10:00:00Z")
+    assert cli("worker", "--once", "--at", iso(NOW)).code == 0  # the flip, and its notice
+    with unit_of_work(store.engine, now=NOW, write=False) as uow:
+        bodies = list(
+            uow.session.scalars(
+                select(Notice.body_text)
+                .join(Person, Person.id == Notice.person_id)
+                .where(Person.email == "dave@example.com", Notice.kind == "blocked")
+            )
+        )
+    assert len(bodies) == 1
+    assert ": we cannot see its apps, so we cannot confirm that" in bodies[0]
+    assert ": we found" not in bodies[0]

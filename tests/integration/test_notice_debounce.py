@@ -1,6 +1,6 @@
 """A decision that flips back and forth within the hour announces itself once per person, policy
 and kind (docs/notices.md): the second "restored" of the slot queues nothing, and the report
-that caused it still commits (`notifications.service.enqueue_once`)."""
+that caused it still commits (`notifications.service.enqueue_at_commit`)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from appwarden.access.models import DecisionRecord
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import DeviceIdentifier
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
+from appwarden.identity.models import Person
 from appwarden.notifications.models import Notice
 from appwarden.settings import Settings
 from appwarden.usecases.ingest import ingest
@@ -127,3 +128,62 @@ def test_one_report_costs_a_bounded_number_of_statements(store, demo, tmp_path: 
     with unit_of_work(store.engine, now=AT, write=False) as uow:  # the reactions ran
         kinds = set(uow.session.scalars(select(Notice.kind)))
     assert "restored" in kinds
+
+
+def _batch(phones: int, at: datetime) -> InventoryBatch:
+    """`phones` phones with owners of their own, TikTok on every third."""
+    reports = []
+    for n in range(phones):
+        apps = _apps(5) + ([TIKTOK] if n % 3 == 0 else [])
+        owner = f"batch{phones}.{n}@example.com"
+        (report,) = _report(f"BATCH{phones}-{n}", owner, apps, at).reports
+        reports.append(report)
+    return InventoryBatch(reports=tuple(reports))
+
+
+_EVALUATION_TABLES = ("compliance_state", "decision", "notice")
+
+
+def _writes(store, services: Services, batch: InventoryBatch) -> list[str]:
+    """A batch's writes to the states, decisions and notices: each statement's first words."""
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, _params, _context, _many) -> None:
+        words = statement.split()
+        if words[0] in ("UPDATE", "INSERT") and words[2 - (words[0] == "UPDATE")] in (
+            _EVALUATION_TABLES
+        ):
+            statements.append(" ".join(words[:3]))
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        with services.uow(AT) as uow:
+            ingest(uow, batch)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    return statements
+
+
+def test_a_batch_writes_states_decisions_and_notices_a_statement_per_table(
+    store, demo, tmp_path: Path
+):
+    """A batch of reports writes its devices' states, decisions and the notices of their flips
+    in a statement or two per table, however many devices there are (a flush per notice once cut
+    them into a statement or two per device); the same batch again leaves the states alone."""
+    services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
+    first, again = {}, {}
+    for phones in (9, 30):
+        first[phones] = _writes(store, services, _batch(phones, OBSERVED))  # a third denied
+        again[phones] = _writes(store, services, _batch(phones, CLEANED))
+        with unit_of_work(store.engine, now=AT, write=False) as uow:
+            blocked = uow.session.scalars(
+                select(Notice.person_id)
+                .join(Person)
+                .where(Notice.kind == "blocked", Person.email.like(f"batch{phones}.%"))
+            )
+            assert len(list(blocked)) == len(range(0, phones, 3))
+    for writes in (first, again):
+        assert writes[9] == writes[30], "\n".join([*writes[9], "---", *writes[30]])
+    for table in _EVALUATION_TABLES:
+        assert 1 <= sum(table in s.split() for s in first[30]) <= 2, "\n".join(first[30])
+    assert not [s for s in again[30] if "compliance_state" in s], "\n".join(again[30])

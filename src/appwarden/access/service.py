@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.orm.attributes import flag_modified
 
 from appwarden.access.breaker import DeviceFlips
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
@@ -23,7 +24,7 @@ from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.service import resources_of
 from appwarden.events import DecisionChanged
-from appwarden.vocabulary import Decision
+from appwarden.vocabulary import ComplianceState, Decision
 
 
 def _policy_outcomes(outcomes: list[Outcome]) -> list[PolicyOutcome]:
@@ -132,6 +133,16 @@ def _denying(reasons: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     return tuple(str(r["policy"]) for r in reasons if r.get("effect") == "deny")
 
 
+def _unverified(reasons: Sequence[Mapping[str, Any]], policies: Iterable[str]) -> tuple[str, ...]:
+    """Of these policies, those whose only state among the reasons is unknown."""
+    return tuple(
+        policy
+        for policy in policies
+        if [r.get("state") for r in reasons if r.get("policy") == policy]
+        == [ComplianceState.UNKNOWN]
+    )
+
+
 def stored_decisions(
     uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000
 ) -> dict[int, dict[str, DecisionRecord]]:
@@ -193,9 +204,17 @@ def refresh_decisions(
         _write(record, result, upcoming)
         if old != result.decision:
             record.changed_at = uow.now
-            causes = _denying(result.reasons) if result.decision == Decision.DENY else denied_before
+            denied = result.decision == Decision.DENY
+            causes = _denying(result.reasons) if denied else denied_before
             change = DecisionChanged(
-                device.id, resource, old, result.decision, causes, uow.now, versions
+                device.id,
+                resource,
+                old,
+                result.decision,
+                causes,
+                uow.now,
+                versions,
+                _unverified(result.reasons, causes) if denied else (),
             )
             changes.append(change)
     flips.finish()
@@ -206,11 +225,33 @@ def refresh_decisions(
     return changes
 
 
+# Every column `_write` sets: a changed record is written whole (`changed_at` too), so that a
+# batch's changed decisions share one UPDATE statement (an ORM flush groups consecutive rows by
+# the columns they change: rows changing different ones went one or two to a statement).
+_WRITTEN = (
+    "decision",
+    "reasons",
+    "valid_until",
+    "next_decision",
+    "next_reasons",
+    "next_valid_until",
+)
+
+
 def _write(record: DecisionRecord, result: DecisionResult, upcoming: DecisionResult | None) -> None:
-    record.decision = result.decision
-    record.reasons = list(result.reasons)
-    record.valid_until = result.valid_until
-    record.next_decision = upcoming.decision if upcoming else None
-    record.next_reasons = list(upcoming.reasons) if upcoming else None
-    record.next_valid_until = upcoming.valid_until if upcoming else None
-    record.written_at = datetime.now(UTC)
+    """The record's values, when they changed; `written_at` is left to the commit's stamp
+    (`written_devices`), so a decision found the same again is not written by the flush."""
+    values = (
+        str(result.decision),
+        list(result.reasons),
+        result.valid_until,
+        str(upcoming.decision) if upcoming else None,
+        list(upcoming.reasons) if upcoming else None,
+        upcoming.valid_until if upcoming else None,
+    )
+    if values == tuple(getattr(record, column) for column in _WRITTEN):
+        return
+    for column, value in zip(_WRITTEN, values, strict=True):
+        setattr(record, column, value)
+        flag_modified(record, column)
+    flag_modified(record, "changed_at")  # moved only by a flip: the same columns either way

@@ -89,7 +89,7 @@ def enqueue(
 
 _NOTICE_KEY = ["person_id", "policy_id", "kind", "due_slot"]
 _NOTICE_TABLE = cast(Table, Notice.__table__)
-# `enqueue_once`'s insert, which does nothing when the notice's key is queued already.
+# `enqueue_all`'s insert, which does nothing when the notice's key is queued already.
 _QUEUE_ONCE = {
     "postgresql": postgresql.insert(_NOTICE_TABLE).on_conflict_do_nothing(
         index_elements=_NOTICE_KEY
@@ -98,49 +98,31 @@ _QUEUE_ONCE = {
 }
 
 
-def enqueue_once(
-    uow: UnitOfWork,
-    *,
-    person_id: int,
-    address: str,
-    policy_id: str,
-    version_id: int | None,
-    kind: str,
-    due_slot: str,
-    due_at: datetime,
-    rendered: Rendered,
-    domain: str,
-    payload: dict[str, Any] | None = None,
-) -> bool:
-    """`enqueue` in one statement instead of a `find` and an insert (one report's decision
-    change, W4): the insert does nothing when that (person, policy, kind, slot) is queued
-    already, or is being queued by a transaction it then waits for. True when it queued."""
-    uow.session.flush()  # a Core statement: the session does not flush for it
-    values = _notice_values(
-        uow,
-        person_id=person_id,
-        address=address,
-        policy_id=policy_id,
-        version_id=version_id,
-        kind=kind,
-        due_slot=due_slot,
-        due_at=due_at,
-        rendered=rendered,
-        domain=domain,
-        payload=payload,
-    )
-    result = uow.session.execute(_QUEUE_ONCE[uow.dialect], values)
-    return bool(getattr(result, "rowcount", 0) == 1)
-
-
 def enqueue_all(uow: UnitOfWork, notices: Sequence[Mapping[str, Any]]) -> None:
-    """`enqueue_once` for many notices (its keyword arguments each), in order, in one
-    statement: a batch's announcements."""
+    """Queue these notices (`enqueue`'s keyword arguments each), in order, in one statement
+    instead of a `find` and an insert each: a notice whose (person, policy, kind, slot) is
+    queued already, earlier in the list or by a transaction the insert then waits for, is not
+    queued again."""
     if not notices:
         return
     uow.session.flush()  # a Core statement: the session does not flush for it
     rows = [_notice_values(uow, **notice) for notice in notices]
     uow.session.execute(_QUEUE_ONCE[uow.dialect], rows)
+
+
+_AT_COMMIT_KEY = "appwarden.notices_at_commit"
+
+
+def enqueue_at_commit(uow: UnitOfWork, **notice: Any) -> None:
+    """`enqueue_all` this notice with the others queued so in the unit of work, as the
+    transaction's last statements: a batch's decision changes go in one insert, and the
+    batch's states and decisions are not flushed once for each of them (a flush per notice
+    cut them into a statement or two each)."""
+    pending: list[Mapping[str, Any]] | None = uow.session.info.get(_AT_COMMIT_KEY)
+    if pending is None:
+        pending = uow.session.info[_AT_COMMIT_KEY] = []
+        uow.before_commit(lambda: enqueue_all(uow, pending))
+    pending.append(notice)
 
 
 def _notice_values(

@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from appwarden.access.models import DecisionRecord
 from appwarden.catalog.model import Catalog
 from appwarden.compliance.evaluate import Evaluation, evaluate
 from appwarden.compliance.rules import (
@@ -896,13 +895,17 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
     person = uow.session.get(Person, device.owner_id)
     if person is None:
         return
+    # An unnamed device is called by its first identifier. Identifiers are written when a device
+    # is resolved, before it is evaluated: reading them need not flush the batch's writes.
+    with uow.session.no_autoflush:
+        name = device.name or device_identifiers(uow, [device.id])[device.id][0]
     for policy_id, version, doc in telling:
         slot = event.at.strftime("%Y-%m-%dT%H")
-        line = DeviceLine(  # an unnamed device is called by its first identifier
-            name=device.name or device_identifiers(uow, [device.id])[device.id][0],
+        line = DeviceLine(
+            name=name,
             device_id=device.id,
             platform=device.platform,
-            variant=_blocked_variant(uow, event, policy_id)
+            variant=_blocked_variant(event, policy_id)
             if kind == NoticeKind.BLOCKED
             else "compliant",
         )
@@ -916,7 +919,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
             devices=(line,),
             resource=event.resource,
         )
-        outbox.enqueue_once(  # debounce: one of each per person and policy per hour
+        outbox.enqueue_at_commit(  # debounce: one of each per person and policy per hour
             uow,
             person_id=person.id,
             address=person.email,
@@ -931,12 +934,9 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
         )
 
 
-def _blocked_variant(uow: UnitOfWork, event: DecisionChanged, policy_id: str) -> str:
+def _blocked_variant(event: DecisionChanged, policy_id: str) -> str:
     """A device blocked under `unknown: deny` is unverified, not found violating."""
-    decision = uow.session.get(DecisionRecord, (event.device_id, event.resource))
-    reasons = decision.reasons if decision is not None else []
-    states = [r.get("state") for r in reasons if r.get("policy") == policy_id]
-    return "unverified" if states == [ComplianceState.UNKNOWN] else "violating"
+    return "unverified" if policy_id in event.unverified else "violating"
 
 
 def _version_behind(
