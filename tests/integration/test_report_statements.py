@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event, select
 
 from appwarden.access.models import DecisionRecord
@@ -15,6 +16,7 @@ from appwarden.db.uow import unit_of_work
 from appwarden.devices.models import DeviceIdentifier
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.identity.models import Person
+from appwarden.notifications import service as outbox
 from appwarden.notifications.models import Notice
 from appwarden.settings import Settings
 from appwarden.usecases.ingest import ingest
@@ -187,3 +189,19 @@ def test_a_batch_writes_states_decisions_and_notices_a_statement_per_table(
     for table in _EVALUATION_TABLES:
         assert 1 <= sum(table in s.split() for s in first[30]) <= 2, "\n".join(first[30])
     assert not [s for s in again[30] if "compliance_state" in s], "\n".join(again[30])
+
+
+def test_notices_waiting_for_the_commit_are_queued_a_chunk_at_a_time(
+    store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """However many decisions flip in one transaction, the notices waiting for its commit stay
+    few: every AT_COMMIT_CHUNK of them are queued at once, the rest at the commit."""
+    monkeypatch.setattr(outbox, "AT_COMMIT_CHUNK", 4)
+    services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
+    writes = _writes(store, services, _batch(30, OBSERVED))  # ten phones denied
+    # the blocked notices 4, 4 and 2 (the last at the commit), and the owners' announcements
+    assert [s for s in writes if "notice" in s.split()] == ["INSERT INTO notice"] * (3 + 1)
+    with unit_of_work(store.engine, now=AT, write=False) as uow:
+        assert (
+            len(list(uow.session.scalars(select(Notice.id).where(Notice.kind == "blocked")))) == 10
+        )

@@ -111,18 +111,24 @@ def enqueue_all(uow: UnitOfWork, notices: Sequence[Mapping[str, Any]]) -> None:
 
 
 _AT_COMMIT_KEY = "appwarden.notices_at_commit"
+# Notices `enqueue_at_commit` holds at most before it queues them: rendered, each is a few kB,
+# and an admin's release of a breaker can flip a whole fleet in one transaction.
+AT_COMMIT_CHUNK = 1_000
 
 
 def enqueue_at_commit(uow: UnitOfWork, **notice: Any) -> None:
     """`enqueue_all` this notice with the others queued so in the unit of work, as the
-    transaction's last statements: a batch's decision changes go in one insert, and the
-    batch's states and decisions are not flushed once for each of them (a flush per notice
-    cut them into a statement or two each)."""
+    transaction's last statements (or when AT_COMMIT_CHUNK of them are waiting): a batch's
+    decision changes go in one insert, and the batch's states and decisions are not flushed
+    once for each of them (a flush per notice cut them into a statement or two each)."""
     pending: list[Mapping[str, Any]] | None = uow.session.info.get(_AT_COMMIT_KEY)
     if pending is None:
         pending = uow.session.info[_AT_COMMIT_KEY] = []
         uow.before_commit(lambda: enqueue_all(uow, pending))
     pending.append(notice)
+    if len(pending) >= AT_COMMIT_CHUNK:
+        enqueue_all(uow, pending)
+        pending.clear()
 
 
 def _notice_values(
