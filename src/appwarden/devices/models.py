@@ -124,7 +124,7 @@ class Observation(Base):
         # Every report rewrites its rows' `last_seen_at` (no index holds it). Half of each page
         # left free lets PostgreSQL write the new row versions in place ("HOT"), without
         # touching the three indexes: a re-import's update goes about four times as fast, and
-        # the table stays at the size one rewrite would grow it to anyway.
+        # the table stays about the size one rewrite would grow it to anyway.
         {"postgresql_with": {"fillfactor": OBSERVATION_FILLFACTOR}},
     )
 
