@@ -19,7 +19,7 @@ from appwarden.identity.models import Person
 from appwarden.notifications import service as outbox
 from appwarden.notifications.models import Notice
 from appwarden.settings import Settings
-from appwarden.usecases.ingest import ingest
+from appwarden.usecases.ingest import IngestResult, ingest
 from appwarden.vocabulary import EvidenceKind, Ownership, Platform
 from appwarden.wiring import Services
 
@@ -76,7 +76,8 @@ def _report(udid: str, owner: str | None, apps: list[AppSeen], at: datetime) -> 
     )
 
 
-def _counted(store, services: Services, batch: InventoryBatch) -> list[str]:
+def _ingested(store, services: Services, batch: InventoryBatch) -> tuple[IngestResult, list[str]]:
+    """The batch ingested in one unit of work, and every statement it sent."""
     statements: list[str] = []
 
     def count(_conn, _cursor, statement, _params, _context, _many) -> None:
@@ -88,6 +89,11 @@ def _counted(store, services: Services, batch: InventoryBatch) -> list[str]:
             result = ingest(uow, batch)
     finally:
         event.remove(store.engine, "before_cursor_execute", count)
+    return result, statements
+
+
+def _counted(store, services: Services, batch: InventoryBatch) -> list[str]:
+    result, statements = _ingested(store, services, batch)
     assert result.reports_applied == 1
     assert len(result.decision_changes) == 1  # deny -> allow
     return statements
@@ -148,22 +154,13 @@ _EVALUATION_TABLES = ("compliance_state", "decision", "notice")
 
 def _writes(store, services: Services, batch: InventoryBatch) -> list[str]:
     """A batch's writes to the states, decisions and notices: each statement's first words."""
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, _params, _context, _many) -> None:
+    writes = []
+    for statement in _ingested(store, services, batch)[1]:
         words = statement.split()
-        if words[0] in ("UPDATE", "INSERT") and words[2 - (words[0] == "UPDATE")] in (
-            _EVALUATION_TABLES
-        ):
-            statements.append(" ".join(words[:3]))
-
-    event.listen(store.engine, "before_cursor_execute", count)
-    try:
-        with services.uow(AT) as uow:
-            ingest(uow, batch)
-    finally:
-        event.remove(store.engine, "before_cursor_execute", count)
-    return statements
+        table = words[1] if words[0] == "UPDATE" else words[2] if words[0] == "INSERT" else None
+        if table in _EVALUATION_TABLES:
+            writes.append(" ".join(words[:3]))
+    return writes
 
 
 def test_a_batch_writes_states_decisions_and_notices_a_statement_per_table(
