@@ -85,11 +85,7 @@ _STAMP_AND_NOTIFY = select(func.pg_notify(bindparam("channel"), "")).add_cte(
 def written_devices(uow: UnitOfWork) -> set[int]:
     """The devices whose decisions this unit of work (re)wrote; the first call arranges for
     them to be stamped (and announced) as the transaction's last statements."""
-    written: set[int] | None = uow.session.info.get(_WRITTEN_KEY)
-    if written is None:
-        written = uow.session.info[_WRITTEN_KEY] = set()
-        uow.before_commit(lambda: _stamp_written(uow, written))
-    return written
+    return uow.until_commit(_WRITTEN_KEY, set[int], lambda written: _stamp_written(uow, written))
 
 
 def _stamp_written(uow: UnitOfWork, written: set[int]) -> None:

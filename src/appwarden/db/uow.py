@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from appwarden.events import EventBus
 from appwarden.staleness import Staleness
+
+_Kept = TypeVar("_Kept")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class UnitOfWork:
     employee_only: bool = False
     _before_commit: list[Callable[[], None]] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _kept: dict[str, Any] = field(default_factory=dict)
 
     def publish(self, event: Any) -> None:
         self.bus.publish(self, event)
@@ -46,6 +49,17 @@ class UnitOfWork:
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
+
+    def until_commit(
+        self, key: str, make: Callable[[], _Kept], write: Callable[[_Kept], None]
+    ) -> _Kept:
+        """What the unit of work gathers under `key` until its commit, made on the first ask;
+        `write` stores it among the transaction's last statements."""
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = make()
+            self.before_commit(lambda: write(kept))
+        return cast(_Kept, kept)
 
     @property
     def dialect(self) -> str:

@@ -121,10 +121,9 @@ def enqueue_at_commit(uow: UnitOfWork, **notice: Any) -> None:
     transaction's last statements (or when AT_COMMIT_CHUNK of them are waiting): a batch's
     decision changes go in one insert, and the batch's states and decisions are not flushed
     once for each of them (a flush per notice cut them into a statement or two each)."""
-    pending: list[Mapping[str, Any]] | None = uow.session.info.get(_AT_COMMIT_KEY)
-    if pending is None:
-        pending = uow.session.info[_AT_COMMIT_KEY] = []
-        uow.before_commit(lambda: enqueue_all(uow, pending))
+    pending = uow.until_commit(
+        _AT_COMMIT_KEY, list[Mapping[str, Any]], lambda waiting: enqueue_all(uow, waiting)
+    )
     pending.append(notice)
     if len(pending) >= AT_COMMIT_CHUNK:
         enqueue_all(uow, pending)
