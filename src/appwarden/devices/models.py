@@ -112,20 +112,21 @@ class Coverage(Base):
     report_id: Mapped[int] = mapped_column(ForeignKey("report.id", ondelete="CASCADE"), index=True)
 
 
-#: Percent of each PostgreSQL page `observation` fills on insert (see `Observation`).
-OBSERVATION_FILLFACTOR = 50
-
-
 class Observation(Base):
+    """One app (or other identifier) a source saw on a device.
+
+    Every report rewrites its rows' `last_seen_at` (no index holds it). On PostgreSQL the table
+    keeps half of each page free (`fillfactor = 50`, set by migration b7c3e9d1f2a6), so the new
+    row versions are written in place ("HOT") without touching the three indexes: a
+    re-import's update goes about four times as fast, and the table stays about the size one
+    rewrite would grow it to anyway. The option lives in the migration alone: a
+    `postgresql_with` table argument here would load SQLAlchemy's PostgreSQL dialect in every
+    process that imports the models, a SQLite command line's included."""
+
     __tablename__ = "observation"
     __table_args__ = (
         UniqueConstraint("device_id", "source", "evidence_kind", "namespace", "value"),
         Index("ix_observation_match", "namespace", "value"),
-        # Every report rewrites its rows' `last_seen_at` (no index holds it). Half of each page
-        # left free lets PostgreSQL write the new row versions in place ("HOT"), without
-        # touching the three indexes: a re-import's update goes about four times as fast, and
-        # the table stays about the size one rewrite would grow it to anyway.
-        {"postgresql_with": {"fillfactor": OBSERVATION_FILLFACTOR}},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
