@@ -12,12 +12,13 @@ import typer
 from appwarden.cli.context import AppContext
 from appwarden.cli.options import At, Json, ctx
 from appwarden.cli.render import emit_json, errors, progress
-from appwarden.errors import InvalidInput, Problem
 from appwarden.sources.formats import PARSERS
 
 if TYPE_CHECKING:
-    from appwarden.devices.schemas import InventoryBatch
+    from collections.abc import Iterator
+
     from appwarden.sources.common import ImportOptions
+    from appwarden.sources.files import CheckedFiles
     from appwarden.usecases.ingest import IngestResult
 
 Users = Annotated[
@@ -49,18 +50,17 @@ def import_(
     context = ctx()
     now = context.at(at)
     options = _options(context, now, users)
-    batches = _read_all(source, paths, strict=strict, options=options, context=context)
-    results = [
-        _summary(label, result)
-        for label, result in zip(
-            [label for label, _ in batches], _ingest_each(context, batches, now), strict=True
-        )
-    ]
-    if json:
-        emit_json(results)
-    else:
-        for r in results:
-            _print(r)
+    files = _check_all(source, paths, strict=strict, options=options, context=context)
+    results: list[dict[str, Any]] = []
+    try:
+        for label, result in _ingest_each(context, files, now):
+            results.append(_summary(label, result))
+    finally:  # what was applied is told even when a file that changed stops the run
+        if json:
+            emit_json(results)
+        else:
+            for r in results:
+                _print(r)
     if any(r["skipped"] or r["quarantined"] for r in results):
         raise typer.Exit(2)
 
@@ -82,68 +82,48 @@ def _options(context: AppContext, now: datetime, users: Path | None) -> ImportOp
     )
 
 
-def _read_all(
+def _check_all(
     source: str, paths: list[Path], *, strict: bool, options: ImportOptions, context: AppContext
-) -> list[tuple[str, InventoryBatch]]:
-    """Read and check every file before anything is written: one bad file (unreadable, invalid
-    as a whole, or with a bad record under --strict) applies none, and every bad file is named."""
-    from appwarden.documents import read_limited
-    from appwarden.sources.registry import parse_files
+) -> CheckedFiles:
+    from appwarden.sources.files import check_files
 
     limit = context.settings.max_import_bytes
-    files: list[tuple[str, bytes]] = []
-    problems: list[Problem] = []
-    bad: list[str] = []
-    for path in paths:
-        try:
-            files.append((str(path), read_limited(path, limit)))
-        except InvalidInput as exc:
-            bad.append(str(path))
-            problems += exc.problems or [Problem("", exc.message)]
-    parsed, refused = parse_files(source, files, strict=strict, max_bytes=limit, options=options)
-    reported: list[InvalidInput] = []  # a run refused whole names several files, once
-    for name, refusal in refused:
-        bad.append(name)
-        if not any(refusal is earlier for earlier in reported):
-            reported.append(refusal)
-            problems += refusal.problems or [Problem("", refusal.message)]
-    if bad:
-        summary = f"{len(bad)} of {len(paths)} file(s) refused, nothing imported: {', '.join(bad)}"
-        raise InvalidInput(summary, problems=[*problems, Problem("", summary)])
-    return parsed
+    return check_files(source, paths, strict=strict, max_bytes=limit, options=options)
 
 
 def _ingest_each(
-    context: AppContext, batches: list[tuple[str, InventoryBatch]], now: datetime
-) -> list[IngestResult]:
+    context: AppContext, files: CheckedFiles, now: datetime
+) -> Iterator[tuple[str, IngestResult]]:
     """A transaction per file: a crash or an error leaves every file applied whole or not at
     all, and a large multi-page import never holds one transaction open for all of it."""
     from appwarden.usecases.ingest import Writer, ingest
     from appwarden.usecases.statistics import refresh_inventory_statistics
 
-    results = []
     settings = context.settings
     writer = Writer(
         fact_sources=settings.fact_sources,
         organisation_domains=frozenset(settings.organisation_domains),
     )
-    total = sum(len(batch.reports) for _, batch in batches)
-    with progress(f"importing {len(batches)} file(s)", total) as advance:
-        for _, batch in batches:
-            with context.uow(now) as uow:
-                results.append(
-                    ingest(
+    applied = 0
+    try:
+        with progress(f"importing {len(files.files)} file(s)", files.reports) as advance:
+            for label, batch in files.batches():
+                with context.uow(now) as uow:
+                    result = ingest(
                         uow,
                         batch,
                         minimise_personal=settings.minimise_personal_data,
                         on_report=advance,
                         writer=writer,
                     )
-                )
-    # The next fleet evaluation (`status`, a release) is planned from what the files added.
-    with context.uow(now, write=False) as uow:
-        refresh_inventory_statistics(uow)
-    return results
+                applied += 1
+                yield label, result
+    finally:
+        # The next fleet evaluation (`status`, a release) is planned from what the files
+        # added, also when a file that changed stopped the run after others were applied.
+        if applied:
+            with context.uow(now, write=False) as uow:
+                refresh_inventory_statistics(uow)
 
 
 def _summary(label: str, result: IngestResult) -> dict[str, Any]:
