@@ -88,7 +88,15 @@ def _check_all(
     from appwarden.sources.files import check_files
 
     limit = context.settings.max_import_bytes
-    return check_files(source, paths, strict=strict, max_bytes=limit, options=options)
+    with progress(f"checking {len(paths)} file(s)", len(paths)) as advance:
+        return check_files(
+            source,
+            paths,
+            strict=strict,
+            max_bytes=limit,
+            options=options,
+            on_file=advance,
+        )
 
 
 def _ingest_each(

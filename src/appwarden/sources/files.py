@@ -12,7 +12,7 @@ kept whole, as its parser needs every file at once."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,17 +85,26 @@ class CheckedFiles:
 
 
 def check_files(
-    source: str, paths: list[Path], *, strict: bool, max_bytes: int, options: ImportOptions
+    source: str,
+    paths: list[Path],
+    *,
+    strict: bool,
+    max_bytes: int,
+    options: ImportOptions,
+    on_file: Callable[[], None] = lambda: None,
 ) -> CheckedFiles:
     """Read and check every file: one bad file (unreadable, invalid as a whole, or with a bad
-    record under `strict`) refuses the run, every bad file named, before anything is applied."""
+    record under `strict`) refuses the run, every bad file named, before anything is applied.
+    `on_file` is called as each file is done (to move a progress bar)."""
     checked = CheckedFiles(source, strict, max_bytes, options, [])
     problems: list[Problem] = []
     bad: list[str] = []
     if crawl_for(source) is not None:
         refused = _check_together(checked, paths, problems, bad)
+        for _ in paths:
+            on_file()
     else:
-        refused = _check_each(checked, paths, problems, bad)
+        refused = _check_each(checked, paths, problems, bad, on_file)
     reported: list[InvalidInput] = []  # a run refused whole names several files, once
     for name, refusal in refused:
         bad.append(name)
@@ -134,29 +143,37 @@ def _check_together(
 
 @collector_paused()
 def _check_each(
-    run: CheckedFiles, paths: list[Path], problems: list[Problem], bad: list[str]
+    run: CheckedFiles,
+    paths: list[Path],
+    problems: list[Problem],
+    bad: list[str],
+    on_file: Callable[[], None],
 ) -> list[tuple[str, InvalidInput]]:
-    parse = parser_for(run.source)
     refused: list[tuple[str, InvalidInput]] = []
-    kept = 0
+    kept = 0  # input bytes whose batches are kept
     for path in paths:
         data = _read(path, run.max_bytes, problems, bad)
-        if data is None:
-            continue
-        try:
-            batch = parse(
-                data, str(path), strict=run.strict, max_bytes=run.max_bytes, options=run.options
-            )
-        except InvalidInput as exc:
-            refused.append((str(path), exc))
-            continue
-        checked = _Checked(str(path), len(batch.reports))
-        if kept + len(data) <= KEEP_PARSED_BYTES:
-            checked.batch = batch
-            kept += len(data)
-        elif path.is_file():
-            checked.digest = hashlib.sha256(data).digest()
-        else:
-            checked.data = data
-        run.files.append(checked)
+        if data is not None:
+            try:
+                kept += _check_one(run, path, data, keep=kept + len(data) <= KEEP_PARSED_BYTES)
+            except InvalidInput as exc:
+                refused.append((str(path), exc))
+        on_file()
     return refused
+
+
+def _check_one(run: CheckedFiles, path: Path, data: bytes, *, keep: bool) -> int:
+    """Parse the file's bytes (InvalidInput: refused) and note it; the input bytes kept."""
+    batch = parser_for(run.source)(
+        data, str(path), strict=run.strict, max_bytes=run.max_bytes, options=run.options
+    )
+    checked = _Checked(str(path), len(batch.reports))
+    run.files.append(checked)
+    if keep:
+        checked.batch = batch
+        return len(data)
+    if path.is_file():
+        checked.digest = hashlib.sha256(data).digest()
+    else:
+        checked.data = data
+    return 0
