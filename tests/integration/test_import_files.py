@@ -120,23 +120,29 @@ def test_within_the_kept_bytes_every_file_is_parsed_once(demo, cli, store, tmp_p
     assert _udids(store) == {f"PAGE{n}-{i}" for n in range(3) for i in range(2)}
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda path: path.write_bytes(_page(1) + b" "), "{} changed after it was checked"),
+        (Path.unlink, "{}: cannot read (No such file or directory), after it was checked"),
+    ],
+    ids=["changed", "removed"],
+)
 def test_a_file_changed_after_the_check_stops_the_run_at_that_file(
-    demo, cli, store, tmp_path, monkeypatch
+    demo, cli, store, tmp_path, monkeypatch, change, said
 ):
     paths = _pages(tmp_path, 3)
 
     def change_the_second(k: int) -> None:
         if k == 0:  # the first file is being applied: the second is changed under the run
-            Path(paths[1]).write_bytes(_page(1) + b" ")
+            change(Path(paths[1]))
 
     _watched(monkeypatch, change_the_second)
     monkeypatch.setattr(import_files, "KEEP_PARSED_BYTES", 0)
     result = cli("import", "native", *paths, "--at", AT, "--json")
     assert result.code == 2
-    assert (
-        f"{paths[1]} changed after it was checked: the 1 file(s) before it were imported, "
-        "it and the 1 after it were not"
-    ) in result.err
+    stopped = "the 1 file(s) before it were imported, it and the 1 after it were not"
+    assert f"{said.format(paths[1])}: {stopped}" in " ".join(result.err.split())  # unwrapped
     assert [r["file"] for r in result.json()] == paths[:1]  # what was applied is told
     assert _udids(store) == {"PAGE0-0", "PAGE0-1"}
 

@@ -56,8 +56,9 @@ class CheckedFiles:
 
     def batches(self) -> Iterator[tuple[str, InventoryBatch]]:
         """Each file's name and batch, in the order given; the run lets go of each batch as it
-        moves to the next. Raises InvalidInput, before that file's batch, for a file that
-        changed since it was checked: the files before it were given, it and those after not."""
+        moves to the next. Raises InvalidInput, before that file's batch, for a file that cannot
+        be read again or changed since it was checked: the files before it were given, it and
+        those after not."""
         for done, checked in enumerate(self.files):
             batch, checked.batch = checked.batch, None
             if batch is None:
@@ -67,13 +68,16 @@ class CheckedFiles:
     def _again(self, checked: _Checked, done: int) -> InventoryBatch:
         data, checked.data = checked.data, None
         if data is None:
-            data = read_limited(checked.name, self.max_bytes)
+            stopped = (
+                f"the {done} file(s) before it were imported, it and the "
+                f"{len(self.files) - done - 1} after it were not"
+            )
+            try:
+                data = read_limited(checked.name, self.max_bytes)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{exc.message}, after it was checked: {stopped}") from exc
             if hashlib.sha256(data).digest() != checked.digest:
-                left = len(self.files) - done
-                raise InvalidInput(
-                    f"{checked.name} changed after it was checked: the {done} file(s) before "
-                    f"it were imported, it and the {left - 1} after it were not"
-                )
+                raise InvalidInput(f"{checked.name} changed after it was checked: {stopped}")
         with collector_paused():
             return parser_for(self.source)(
                 data,
