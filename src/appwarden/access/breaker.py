@@ -130,10 +130,7 @@ _KEY: Final = "appwarden.breakers"
 
 def breakers(uow: UnitOfWork) -> Breakers:
     """The breakers as this unit of work reads and changes them (one per unit of work)."""
-    found: Breakers | None = uow.session.info.get(_KEY)
-    if found is None:
-        found = uow.session.info[_KEY] = Breakers(uow)
-    return found
+    return uow.kept(_KEY, lambda: Breakers(uow))
 
 
 class Breakers:

@@ -50,16 +50,22 @@ class UnitOfWork:
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
 
+    def kept(self, key: str, make: Callable[[], _Kept]) -> _Kept:
+        """What the unit of work holds under `key` while it lasts, made on the first ask."""
+        if key not in self._kept:
+            self._kept[key] = make()
+        return cast(_Kept, self._kept[key])
+
     def until_commit(
         self, key: str, make: Callable[[], _Kept], write: Callable[[_Kept], None]
     ) -> _Kept:
         """What the unit of work gathers under `key` until its commit, made on the first ask;
         `write` stores it among the transaction's last statements."""
-        kept = self._kept.get(key)
-        if kept is None:
-            kept = self._kept[key] = make()
-            self.before_commit(lambda: write(kept))
-        return cast(_Kept, kept)
+        if key in self._kept:
+            return cast(_Kept, self._kept[key])
+        gathered = self.kept(key, make)
+        self.before_commit(lambda: write(gathered))
+        return gathered
 
     @property
     def dialect(self) -> str:
