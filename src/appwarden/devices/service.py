@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, inspect, select
+from sqlalchemy import bindparam, func, insert, inspect, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from appwarden.catalog.matching import key_matches, match_key
-from appwarden.db.chunked import scalars_in
+from appwarden.db.chunked import chunks, scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import (
     DEVICE_ATTRIBUTES,
@@ -546,6 +547,7 @@ def _apply_observations(
         ):
             uow.session.delete(gone)
     applied_any = False
+    seen_again: list[int] = []
     for (namespace, key), (raw, version, name) in apps.items():
         observation = existing.get((namespace, key))
         if observation is None:
@@ -568,6 +570,10 @@ def _apply_observations(
             )
         elif observed_at >= observation.last_seen_at:
             applied_any = True
+            if _only_seen_again(observation, observed_at, version, name):
+                seen_again.append(observation.id)
+                set_committed_value(observation, "last_seen_at", observed_at)
+                continue
             observation.last_seen_at = observed_at
             observation.version = version
             observation.name = name or observation.name
@@ -577,7 +583,30 @@ def _apply_observations(
     if added:  # one statement for the report's new apps (the session adds one per object)
         uow.session.flush()
         uow.session.execute(insert(Observation), added)
+    # The usual report: a statement (per chunk of ids), not an UPDATE per app through the ORM.
+    for part in chunks(seen_again):
+        uow.session.execute(_SEEN_AGAIN, {"ids": part, "seen": observed_at})
     return applied_any
+
+
+# The rows of a report's apps of which only `last_seen_at` moves (most of them, usually).
+_SEEN_AGAIN = (
+    update(Observation)
+    .where(Observation.id.in_(bindparam("ids", expanding=True)))
+    .values(last_seen_at=bindparam("seen"))
+    .execution_options(synchronize_session=False)
+)
+
+
+def _only_seen_again(
+    observation: Observation, observed_at: datetime, version: str | None, name: str | None
+) -> bool:
+    """Is a newer sighting all this report changes of the stored row?"""
+    return (
+        observed_at > observation.last_seen_at
+        and version == observation.version
+        and (name is None or name == observation.name)
+    )
 
 
 def stale_part(
