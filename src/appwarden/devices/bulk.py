@@ -35,6 +35,7 @@ from appwarden.devices.service import (
     DeviceRows,
     MinimisationSet,
     ReportOutcome,
+    app_unchanged,
     clean_identifiers,
     coverage_hash,
     feed_repeats,
@@ -376,7 +377,7 @@ class ReportWriter:
             elif observed_at >= seen.last_seen_at:
                 applied_any = True
                 seen.last_seen_at = observed_at
-                if version == seen.version and (not name or name == seen.name):
+                if app_unchanged(seen, version, name):
                     seen.seen_again = True  # the usual re-import row: the app is still there
                 else:
                     seen.version = version

@@ -570,7 +570,7 @@ def _apply_observations(
             )
         elif observed_at >= observation.last_seen_at:
             applied_any = True
-            if _only_seen_again(observation, observed_at, version, name):
+            if observed_at > observation.last_seen_at and app_unchanged(observation, version, name):
                 seen_again.append(observation.id)
                 set_committed_value(observation, "last_seen_at", observed_at)
                 continue
@@ -598,15 +598,10 @@ _SEEN_AGAIN = (
 )
 
 
-def _only_seen_again(
-    observation: Observation, observed_at: datetime, version: str | None, name: str | None
-) -> bool:
-    """Is a newer sighting all this report changes of the stored row?"""
-    return (
-        observed_at > observation.last_seen_at
-        and version == observation.version
-        and (name is None or name == observation.name)
-    )
+def app_unchanged(seen: _Sighting, version: str | None, name: str | None) -> bool:
+    """Does the stored row already say what a newer sighting of the app says (an empty name
+    keeps the stored one)? Then the sighting moves only its `last_seen_at`."""
+    return version == seen.version and (not name or name == seen.name)
 
 
 def stale_part(
