@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from appwarden.db.ids import StoreSession
 from appwarden.events import EventBus
 from appwarden.staleness import Staleness
 
@@ -91,7 +92,7 @@ def unit_of_work(
     employee_only: bool = False,
 ) -> Iterator[UnitOfWork]:
     connection = engine.connect().execution_options(appwarden_write=write)
-    session = Session(bind=connection, expire_on_commit=False, autoflush=True)
+    session = StoreSession(bind=connection, expire_on_commit=False, autoflush=True)
     uow = UnitOfWork(
         session=session,
         now=now,
