@@ -48,7 +48,7 @@ def _add(uow: UnitOfWork, numbers: range) -> list[Person]:
 
 def _ids_by_email(store) -> dict[str, int]:
     with unit_of_work(store.engine, now=AT, write=False) as uow:
-        return {email: id_ for email, id_ in uow.session.execute(select(Person.email, Person.id))}
+        return dict(uow.session.execute(select(Person.email, Person.id)).all())
 
 
 def test_many_new_rows_get_the_store_s_next_ids_without_returning(store):
