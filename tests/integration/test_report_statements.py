@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
+from tests.conftest import statements_sent
 
 from appwarden.access.models import DecisionRecord
 from appwarden.db.uow import unit_of_work
@@ -79,17 +80,8 @@ def _report(udid: str, owner: str | None, apps: list[AppSeen], at: datetime) -> 
 
 def _ingested(store, services: Services, batch: InventoryBatch) -> tuple[IngestResult, list[str]]:
     """The batch ingested in one unit of work, and every statement it sent."""
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, _params, _context, _many) -> None:
-        statements.append(statement)
-
-    event.listen(store.engine, "before_cursor_execute", count)
-    try:
-        with services.uow(AT) as uow:
-            result = ingest(uow, batch)
-    finally:
-        event.remove(store.engine, "before_cursor_execute", count)
+    with statements_sent(store.engine) as statements, services.uow(AT) as uow:
+        result = ingest(uow, batch)
     return result, statements
 
 

@@ -13,8 +13,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
-from tests.conftest import api_token, bearer
+from tests.conftest import api_token, bearer, statements_sent
 
 from appwarden.db.uow import unit_of_work
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
@@ -247,10 +246,6 @@ def test_pages_walk_every_device_once(store, demo, tmp_path):
 
 def test_a_page_costs_the_same_few_queries_whatever_its_size(store, demo):
     _add_devices(store, 193)
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, *_args) -> None:
-        statements.append(statement)
 
     def page(cursor: str | None, limit: int) -> Any:
         statements.clear()
@@ -258,13 +253,10 @@ def test_a_page_costs_the_same_few_queries_whatever_its_size(store, demo):
             result = device_page(uow, DeviceFilters(state="unknown"), cursor, limit)
             return result, len(statements)
 
-    event.listen(store.engine, "before_cursor_execute", count)
-    try:
+    with statements_sent(store.engine) as statements:
         first, first_cost = page(None, 100)
         second, second_cost = page(first.next_cursor, 100)
         small, small_cost = page(None, 10)
-    finally:
-        event.remove(store.engine, "before_cursor_execute", count)
     assert len(first.devices) == 100
     assert second.next_cursor is None
     assert len(small.devices) == 10
