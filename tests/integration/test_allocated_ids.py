@@ -1,17 +1,17 @@
 """Keys taken before a flush of many new rows (`db/ids.py`): the rows go without `RETURNING`, get
 the ids the store would have given them, in the order they were added, and the store's own
 assignment carries on after them; a flush of a few new rows, or of rows named already, is left as
-it was. On both stores."""
+it was. A bulk insert (`insert_rows`) takes its keys first the same way, for many rows only. On
+both stores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import event, select
+from sqlalchemy import select
+from tests.conftest import statements_sent
 
-from appwarden.db.ids import ALLOCATE_FROM, allocate_ids
+from appwarden.db.ids import ALLOCATE_FROM, insert_rows
 from appwarden.db.uow import UnitOfWork, unit_of_work
 from appwarden.identity.models import Person
 from appwarden.vocabulary import PersonStatus
@@ -23,20 +23,6 @@ def _person(n: int) -> Person:
     return Person(
         email=f"p{n:04d}@example.com", status=PersonStatus.ACTIVE, created_at=AT, source="test"
     )
-
-
-@contextmanager
-def _statements(store) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, _params, _context, _many) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
 
 
 def _add(uow: UnitOfWork, numbers: range) -> list[Person]:
@@ -54,7 +40,7 @@ def _ids_by_email(store) -> dict[str, int]:
 def test_many_new_rows_get_the_store_s_next_ids_without_returning(store):
     with unit_of_work(store.engine, now=AT) as uow:
         first = _add(uow, range(3))  # a few: the store assigns them
-    with unit_of_work(store.engine, now=AT) as uow, _statements(store) as statements:
+    with unit_of_work(store.engine, now=AT) as uow, statements_sent(store.engine) as statements:
         many = _add(uow, range(3, 3 + ALLOCATE_FROM + 4))
     inserts = [s for s in statements if s.startswith("INSERT INTO person")]
     assert inserts
@@ -71,7 +57,7 @@ def test_many_new_rows_get_the_store_s_next_ids_without_returning(store):
 
 
 def test_a_few_new_rows_and_named_rows_are_left_to_the_store(store):
-    with unit_of_work(store.engine, now=AT) as uow, _statements(store) as statements:
+    with unit_of_work(store.engine, now=AT) as uow, statements_sent(store.engine) as statements:
         few = _add(uow, range(ALLOCATE_FROM - 1))
     assert not any("nextval" in s or "max(" in s for s in statements)
     named = [_person(n) for n in range(100, 100 + ALLOCATE_FROM)]
@@ -85,14 +71,23 @@ def test_a_few_new_rows_and_named_rows_are_left_to_the_store(store):
     assert _ids_by_email(store)[named[0].email] == 10_000
 
 
-def test_allocated_ids_ascend_from_the_next_and_are_not_given_twice(store):
-    with unit_of_work(store.engine, now=AT) as uow:
-        _add(uow, range(2))
-        ids = allocate_ids(uow.session, Person, 5)
-        again = allocate_ids(uow.session, Person, 2) if store.backend == "postgresql" else []
-        assert allocate_ids(uow.session, Person, 0) == []
-    assert ids == list(range(ids[0], ids[0] + 5))
-    assert ids[0] == 3
-    # PostgreSQL's sequence never gives a value twice; SQLite's next is the largest stored + 1,
-    # so there the caller writes its rows before it asks again.
-    assert not set(again) & set(ids)
+def test_a_bulk_insert_takes_keys_first_only_for_many_rows(store):
+    def rows(numbers: range) -> list[dict[str, object]]:
+        return [
+            {"email": p.email, "status": p.status, "created_at": AT, "source": "test"}
+            for p in map(_person, numbers)
+        ]
+
+    with unit_of_work(store.engine, now=AT) as uow, statements_sent(store.engine) as statements:
+        assert insert_rows(uow.session, Person, []) == []
+        few = insert_rows(uow.session, Person, rows(range(2)))
+        many = insert_rows(uow.session, Person, rows(range(2, 2 + ALLOCATE_FROM)))
+    assert few == [1, 2]
+    assert many == list(range(3, 3 + ALLOCATE_FROM))  # the next ones, ascending, in order
+    inserts = [s for s in statements if s.startswith("INSERT INTO person")]
+    *few_inserts, many_insert = inserts  # SQLite's driver may send the few one by one
+    assert few_inserts
+    assert all("RETURNING" in s for s in few_inserts)
+    assert "RETURNING" not in many_insert
+    stored = _ids_by_email(store)
+    assert [stored[f"p{n:04d}@example.com"] for n in range(2 + ALLOCATE_FROM)] == few + many

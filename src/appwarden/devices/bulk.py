@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from appwarden.db.chunked import chunks, scalars_in
-from appwarden.db.ids import allocate_ids
+from appwarden.db.ids import insert_rows
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceIdentifier, Observation, Report
 from appwarden.devices.schemas import ReportFacts
@@ -395,13 +395,7 @@ class ReportWriter:
         in the same transaction takes them instead of reading the two tables again)."""
         session = self.uow.session
         session.flush()  # the devices' own changes (first_report_at) go with the ORM
-        # The reports' ids first, so that they go without RETURNING (db/ids.py).
-        report_ids = allocate_ids(session, Report, len(self._reports))
-        if self._reports:
-            session.execute(
-                insert(Report),
-                [{**row, "id": i} for row, i in zip(self._reports, report_ids, strict=True)],
-            )
+        report_ids = insert_rows(session, Report, self._reports)
         self._write_coverage(report_ids)
         deleted = sorted(i for state in self.feeds.values() for i in state.deleted)
         for part in chunks(deleted):
