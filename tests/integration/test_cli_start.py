@@ -63,9 +63,10 @@ def test_a_group_help_imports_none_of_it_either():
     }
 
 
-def test_a_reading_command_on_sqlite_loads_no_postgresql_dialect(tmp_path):
+def test_a_reading_command_on_sqlite_loads_no_postgresql_dialect_nor_yaml(tmp_path):
     """A table option for PostgreSQL on a model would load that dialect in every process that
-    imports the models (about 20 ms of each start): `decide` on SQLite loads SQLite's alone."""
+    imports the models (about 20 ms of each start): `decide` on SQLite loads SQLite's alone.
+    Nor does it read a document, so PyYAML (~10 ms) stays unloaded (`appwarden.strict_yaml`)."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     made = subprocess.run(
         [sys.executable, "-m", "appwarden", "--db", url, "demo"], capture_output=True, check=False
@@ -75,3 +76,4 @@ def test_a_reading_command_on_sqlite_loads_no_postgresql_dialect(tmp_path):
     assert "email:" in out
     assert "sqlalchemy.dialects.sqlite" in modules
     assert {m for m in modules if m.startswith("sqlalchemy.dialects.postgresql")} == set()
+    assert {m for m in modules if m == "yaml" or m.startswith("yaml.")} == set()
