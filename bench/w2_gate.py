@@ -437,7 +437,8 @@ def open_loop(
         now = clock()
         while sent < total and start + sent / rate <= now:
             scheduled = start + sent / rate
-            if sent >= counted_from:
+            counted = sent >= counted_from
+            if counted:
                 lags.append(now - scheduled)
             while idle and idle[-1].closed:  # the server closed it while idle (keep-alive timeout)
                 idle.pop()
@@ -448,7 +449,7 @@ def open_loop(
                 selector.register(connection.sock, selectors.EVENT_READ, connection)
                 opened += 1
             connection.scheduled = scheduled
-            connection.counted = sent >= counted_from
+            connection.counted = counted
             connection.buffer.clear()
             connection.busy = True
             in_flight += 1
