@@ -6,16 +6,18 @@ so a change that adds a round trip per report fails here before it shows in the 
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 from tests.conftest import statements_sent
 
 from appwarden.access.models import DecisionRecord
 from appwarden.db.uow import unit_of_work
-from appwarden.devices.models import DeviceIdentifier
+from appwarden.devices import bulk
+from appwarden.devices.models import DeviceIdentifier, Observation
 from appwarden.devices.schemas import AppSeen, DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.identity.models import Person
 from appwarden.notifications import service as outbox
@@ -200,3 +202,49 @@ def test_notices_waiting_for_the_commit_are_queued_a_chunk_at_a_time(
         assert (
             len(list(uow.session.scalars(select(Notice.id).where(Notice.kind == "blocked")))) == 10
         )
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_batch_is_evaluated_while_its_new_observation_rows_are_copied(
+    store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """On PostgreSQL a batch's `COPY` of its new observation rows runs in the background while
+    its devices are evaluated (db/background.py): the evaluation has read all it needs before,
+    and sends no statement until the `COPY` has ended (one would wait for it, and the overlap
+    would be lost). The `COPY` is held back here long enough to span the evaluation, so any
+    statement sent meanwhile is seen; afterwards every row is stored."""
+    copying: list[tuple[float, float]] = []
+    copy_new_rows = bulk._postgresql_copy_new_rows
+
+    def held_back(dbapi: object, rows: list[tuple[object, ...]]) -> None:
+        started = time.perf_counter()
+        time.sleep(0.5)
+        copy_new_rows(dbapi, rows)
+        copying.append((started, time.perf_counter()))
+
+    sent: list[tuple[float, str]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        sent.append((time.perf_counter(), " ".join(statement.split())[:80]))
+
+    monkeypatch.setattr(bulk, "_postgresql_copy_new_rows", held_back)
+    services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        with services.uow(AT) as uow:
+            result = ingest(uow, _batch(30, OBSERVED))
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    ((started, ended),) = copying
+    assert [s for at, s in sent if started <= at <= ended] == [], "\n".join(s for _, s in sent)
+    assert len(result.decision_changes) == 10  # a third of the phones, denied for TikTok
+    with unit_of_work(store.engine, now=AT, write=False) as uow:
+        stored = uow.session.scalar(
+            select(func.count())
+            .select_from(Observation)
+            .join(DeviceIdentifier, DeviceIdentifier.device_id == Observation.device_id)
+            .where(DeviceIdentifier.namespace == "udid", DeviceIdentifier.value.like("BATCH30-%"))
+        )
+    assert stored == 30 * 5 + 10  # five apps each, and TikTok on every third
+    assert _decision(store, "BATCH30-0") == "deny"
+    assert _decision(store, "BATCH30-1") == "allow"

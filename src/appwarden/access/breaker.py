@@ -142,6 +142,7 @@ class Breakers:
         # `row` holds the policy's breaker locked, so no other transaction counts meanwhile, and
         # a query per flip would flush the whole batch's pending writes each time.
         self._counted: dict[tuple[str, datetime], BreakerCount | None] = {}
+        self._counted_since: datetime | None = None  # every count from this hour on is read
         self._prefetched_holds: dict[int, dict[str, BreakerHold]] = {}
 
     # ── the state ────────────────────────────────────────────────────────────────────────────
@@ -151,9 +152,7 @@ class Breakers:
         The first call locks every breaker, in policy order: a transaction that flips devices
         of several policies then never waits for one that locked them the other way round."""
         session = self.uow.session
-        if not self._rows:
-            every = select(Breaker).order_by(Breaker.policy_id).with_for_update()
-            self._rows = {b.policy_id: b for b in session.scalars(every)}
+        self._lock_every()
         found = self._rows.get(policy_id)
         if found is None:
             # The store's own dialect (already loaded by its engine), not both at import.
@@ -166,6 +165,11 @@ class Breakers:
             one = select(Breaker).where(Breaker.policy_id == policy_id).with_for_update()
             found = self._rows[policy_id] = session.scalars(one).one()
         return found
+
+    def _lock_every(self) -> None:
+        if not self._rows:
+            every = select(Breaker).order_by(Breaker.policy_id).with_for_update()
+            self._rows = {b.policy_id: b for b in self.uow.session.scalars(every)}
 
     def note_scope(self, policy_id: str, in_scope: int) -> None:
         """The policy's in-scope device count, as a release just evaluated it."""
@@ -191,7 +195,10 @@ class Breakers:
         """(This hour's count row, the previous hour's count) of the hour holding `at`."""
         hour = hour_of(at)
         hours = (hour, hour - WINDOW)
-        missing = [h for h in hours if (policy_id, h) not in self._counted]
+        since = self._counted_since
+        missing = [
+            h for h in hours if (policy_id, h) not in self._counted and (since is None or h < since)
+        ]
         if missing:
             self._counted.update(((policy_id, h), None) for h in missing)
             for row in self.uow.session.scalars(
@@ -200,8 +207,8 @@ class Breakers:
                 )
             ):
                 self._counted[policy_id, hour_of(row.hour)] = row
-        previous = self._counted[policy_id, hour - WINDOW]
-        return self._counted[policy_id, hour], previous.admitted if previous is not None else 0
+        previous = self._counted.get((policy_id, hour - WINDOW))
+        return self._counted.get((policy_id, hour)), 0 if previous is None else previous.admitted
 
     def _admit(self, policy_id: str, at: datetime, counted: BreakerCount | None) -> None:
         if counted is None:
@@ -279,11 +286,20 @@ class Breakers:
 
     # ── holds ────────────────────────────────────────────────────────────────────────────────
 
-    def prefetch_holds(self, device_ids: Sequence[int], chunk: int = 2_000) -> None:
-        """Read these devices' held denies at once for their next `keep_holds`, which then
-        queries nothing (a query per device would flush a whole batch's pending writes each
-        time). Each device's are used once, and only until the next prefetch: a later call
-        reads them again."""
+    def prefetch(self, device_ids: Sequence[int], chunk: int = 2_000) -> None:
+        """What judging a batch's flips reads, at once: every breaker (locked), every count from
+        the previous hour on, and these devices' held denies for their next `keep_holds`. The
+        batch's evaluation then asks the store nothing: a query per device would flush its
+        pending writes each time, and it may run while the batch's observation rows are still
+        being written (`usecases.ingest`). Each device's holds are used once, and only until
+        the next prefetch: a later call reads them again."""
+        self._lock_every()
+        since = hour_of(self.uow.now) - WINDOW
+        for count in self.uow.session.scalars(
+            select(BreakerCount).where(BreakerCount.hour >= since)
+        ):
+            self._counted[count.policy_id, hour_of(count.hour)] = count
+        self._counted_since = since
         prefetched: dict[int, dict[str, BreakerHold]] = {device_id: {} for device_id in device_ids}
         ids = list(device_ids)
         for start in range(0, len(ids), chunk):

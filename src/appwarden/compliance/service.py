@@ -86,9 +86,15 @@ class SharedReads:
 
     def prefetch(self, uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000) -> None:
         """The views, stored states and first sightings of these devices, in a fixed number of
-        queries per chunk of them."""
+        queries per chunk of them, and every policy's granted exemptions (read once): evaluating
+        the devices then reads nothing (`usecases.ingest` runs it while the batch's observation
+        rows are still being written)."""
         self.batch = True
-        watched = Watched.by(self.every_rules(uow))
+        every = self.every_rules(uow)
+        for rules in every:
+            if rules.policy_id not in self.granted:
+                self.granted[rules.policy_id] = granted_exemptions(uow, rules.policy_id)
+        watched = Watched.by(every)
         for start in range(0, len(device_ids), chunk):
             ids = device_ids[start : start + chunk]
             self.views.update(device_views(uow, ids, observed=self.observed, watched=watched))

@@ -10,7 +10,9 @@ reports, coverage, `first_seen_at` kept), applied set-wise:
   batch touches in one query each, diffs each report in memory (in batch order, so two reports of
   one device see each other), and writes the result at the end: reports with one multi-row insert,
   coverage with one upsert, observations with `executemany` (SQLite) or `COPY` into a staging table
-  and one merge statement (PostgreSQL), and the deletions with one statement per chunk.
+  and one merge statement (PostgreSQL), and the deletions with one statement per chunk. On
+  PostgreSQL the `COPY` of the new observation rows is left to the caller, which runs it while
+  it evaluates the devices (`db.background`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from itertools import chain
 from typing import Any
 
@@ -26,6 +29,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from appwarden.db.background import Write
 from appwarden.db.chunked import chunks, scalars_in
 from appwarden.db.ids import insert_rows
 from appwarden.db.uow import UnitOfWork
@@ -389,10 +393,11 @@ class ReportWriter:
                 seen.dirty = True
         return applied_any
 
-    def flush(self) -> dict[int, DeviceRows]:
+    def flush(self) -> tuple[dict[int, DeviceRows], Write | None]:
         """Write what the batch's reports changed, table by table; returns the prepared
         devices' observation and coverage rows as they stand afterwards (their evaluation
-        in the same transaction takes them instead of reading the two tables again)."""
+        in the same transaction takes them instead of reading the two tables again), and what
+        `write_observations` left to run."""
         session = self.uow.session
         session.flush()  # the devices' own changes (first_report_at) go with the ORM
         report_ids = insert_rows(session, Report, self._reports)
@@ -404,13 +409,13 @@ class ReportWriter:
                 .where(Observation.id.in_(part))
                 .execution_options(synchronize_session=False)
             )
-        write_observations(self.uow, self._observation_rows(), self._seen_again())
+        pending = write_observations(self.uow, self._observation_rows(), self._seen_again())
         rows = self._device_rows()
         self._reports.clear()
         self._new.clear()
         self.feeds.clear()
         self._devices.clear()
-        return rows
+        return rows, pending
 
     def _device_rows(self) -> dict[int, DeviceRows]:
         observations: dict[int, list[tuple[str, str, str, str, datetime, datetime]]] = {
@@ -553,13 +558,16 @@ def write_observations(
     uow: UnitOfWork,
     rows: list[tuple[Any, ...]],
     seen_again: Mapping[datetime, Sequence[int]] | None = None,
-) -> None:
+) -> Write | None:
     """Store these observation rows, `(id, *OBSERVATION_COLUMNS)` with aware UTC times: rows
     with an id update that row, rows without one are inserted; and move `last_seen_at` of the
-    rows `seen_again` lists by instant; in the caller's transaction."""
+    rows `seen_again` lists by instant; in the caller's transaction.
+
+    On PostgreSQL the new rows' `COPY` is returned, not run: the caller runs it, alone or while
+    it computes (`db.background.in_background`), before anything reads them."""
     seen_again = seen_again or {}
     if not rows and not seen_again:
-        return
+        return None
     dbapi = uow.session.connection().connection.driver_connection
     assert dbapi is not None
     cursor = dbapi.cursor()
@@ -567,8 +575,9 @@ def write_observations(
         if uow.dialect == "postgresql":
             for instant, ids in seen_again.items():
                 cursor.execute(POSTGRESQL_SEEN_AGAIN, (instant, list(ids)))
-            _postgresql_writes(cursor, rows)
-            return
+            _postgresql_changed_rows(cursor, rows)
+            new = [row[1:] for row in rows if row[0] is None]
+            return partial(_postgresql_copy_new_rows, dbapi, new) if new else None
         text = _sqlite_times(rows, seen_again)
         cursor.executemany(
             SQLITE_SEEN_AGAIN,
@@ -582,13 +591,13 @@ def write_observations(
             SQLITE_INSERT,
             [(*row[1:9], text[row[9]], text[row[10]]) for row in rows if row[0] is None],
         )
+        return None
     finally:
         cursor.close()
 
 
-def _postgresql_writes(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
-    """A fresh load is a single `COPY` into the table, as a raw bulk load of the same rows
-    would be; only a re-import's changed rows pay for the staging table."""
+def _postgresql_changed_rows(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+    """Only a re-import's changed rows pay for the staging table."""
     changed = [(row[0], *row[6:]) for row in rows if row[0] is not None]
     if changed:
         cursor.execute(POSTGRESQL_STAGE)
@@ -597,11 +606,14 @@ def _postgresql_writes(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
             for row in changed:
                 copy.write_row(row)
         cursor.execute(POSTGRESQL_UPDATE)
-    if len(changed) < len(rows):
-        with cursor.copy(POSTGRESQL_COPY) as copy:
-            for row in rows:
-                if row[0] is None:
-                    copy.write_row(row[1:])
+
+
+def _postgresql_copy_new_rows(dbapi: Any, rows: list[tuple[Any, ...]]) -> None:
+    """A fresh load is a single `COPY` into the table, as a raw bulk load of the same rows
+    would be. Its own cursor: it may run in another thread (`db.background`)."""
+    with dbapi.cursor() as cursor, cursor.copy(POSTGRESQL_COPY) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _sqlite_times(

@@ -9,7 +9,8 @@ never overwrites a newer one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -627,6 +628,31 @@ def device_identifiers(uow: UnitOfWork, device_ids: Collection[int]) -> dict[int
     ):
         result[row.device_id].append((join_rank(row.namespace), row.namespace, row.value))
     return {d: [f"{ns}:{v}" for _, ns, v in sorted(rows)] for d, rows in result.items()}
+
+
+_NAMES_KEY = "appwarden.devices.names"
+
+
+@contextmanager
+def names_read(uow: UnitOfWork, devices: Sequence[Device]) -> Iterator[None]:
+    """While the block runs, `device_name` answers for these devices without a query: a batch's
+    evaluation reads their names first (its flips' notices name each device), and must not query
+    while it runs (`usecases.ingest` writes the batch's observation rows meanwhile)."""
+    names: dict[int, str] = uow.kept(_NAMES_KEY, dict)
+    unnamed = [device.id for device in devices if not device.name]
+    names.update((d, ids[0]) for d, ids in device_identifiers(uow, unnamed).items() if ids)
+    try:
+        yield
+    finally:
+        names.clear()
+
+
+def device_name(uow: UnitOfWork, device: Device) -> str:
+    """The device's name, or, unnamed, its first identifier in join order."""
+    if device.name:
+        return device.name
+    read: dict[int, str] = uow.kept(_NAMES_KEY, dict)
+    return read.get(device.id) or device_identifiers(uow, [device.id])[device.id][0]
 
 
 def find_device(uow: UnitOfWork, reference: str) -> Device:

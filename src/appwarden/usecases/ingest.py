@@ -20,6 +20,7 @@ from appwarden.catalog.matching import match_key
 from appwarden.collector import collector_paused
 from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
+from appwarden.db.background import Write, in_background
 from appwarden.db.chunked import chunks
 from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
@@ -33,6 +34,7 @@ from appwarden.devices.service import (
     ReportOutcome,
     apply_device_facts,
     apply_report,
+    names_read,
     resolve_device,
 )
 from appwarden.errors import IdentifierConflict, InvalidInput
@@ -237,6 +239,8 @@ class _BatchReports:
     _minimisation: MinimisationSet | None = None
     _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
     _resources: dict[int, list[str]] | None = None  # the bulk path's devices' stored resources
+    # The bulk path's write left to run while the devices are evaluated (`reevaluate_devices`).
+    pending: Write | None = None
 
     def _checked(self, report: ReportFacts) -> bool:
         problem = _check_values(report)
@@ -351,7 +355,8 @@ class _BatchReports:
             outcome = writer.apply(device, report, minimise=minimise)
             self._counted(device, outcome, changed=changed, joined=joined)
         self.uow.session.flush()  # the facts (apply_device_facts left them to one flush)
-        self.observed.update(writer.flush())
+        rows, self.pending = writer.flush()
+        self.observed.update(rows)
 
 
 def ingest(
@@ -406,9 +411,9 @@ def _ingest(
         if apply_device_facts(uow, device, facts, authority(entry_source)) or joined:
             touched[device.id] = device
     reports = _BatchReports(uow, writer, result, authority, minimise_personal, on_report)
-    if len(batch.reports) > 1:
+    bulk = len(batch.reports) > 1
+    if bulk:
         reports.apply_in_bulk(batch.reports)
-        publish_write_counts(uow.session)  # the import's ANALYZE judges by these counts
     else:  # a single report (W4): the one-by-one path, fewest statements for one device
         reports.apply_one_by_one(batch.reports)
     seen.update(reports.seen)
@@ -421,8 +426,10 @@ def _ingest(
     )
     # Only what changed: the same page twice changes nothing.
     result.decision_changes += reevaluate_devices(
-        uow, list(touched.values()), observed=reports.observed
+        uow, list(touched.values()), observed=reports.observed, alongside=reports.pending
     )
+    if bulk:
+        publish_write_counts(uow.session)  # the import's ANALYZE judges by these counts
     return result
 
 
@@ -436,13 +443,18 @@ def reevaluate_devices(
     *,
     observed: Mapping[int, DeviceRows] | None = None,
     admit: frozenset[str] = frozenset(),
+    alongside: Write | None = None,
 ) -> list[DecisionChanged]:
     """`reevaluate_device` for each, in order, reading what they share once: the versions,
     rules and exemptions for all, the devices' views a chunk at a time. `observed`: rows a
     report just wrote for some of them (`devices.service.apply_report`); `admit`: as
-    `reevaluate_device`'s."""
+    `reevaluate_device`'s; `alongside`: a write the caller left pending (the bulk path's `COPY`
+    of new observation rows), run in the background while the first chunk is evaluated, after
+    the chunk's reads (`db.background`); it has ended when this returns."""
     shared = SharedReads(observed=dict(observed or {}))
     if len(devices) <= 1:  # one report (W4): its rows are at hand, nothing to prefetch
+        if alongside is not None:
+            alongside()
         return [
             change
             for device in devices
@@ -457,11 +469,12 @@ def reevaluate_devices(
         ids = [device.id for device in chunk]
         shared.prefetch(uow, ids)
         decisions = stored_decisions(uow, ids)
-        breakers(uow).prefetch_holds(ids)
-        for device in chunk:
-            changes += _reevaluate(
-                uow, device, admit, shared, evaluated, decisions[device.id], evaluations
-            )
+        breakers(uow).prefetch(ids)
+        with names_read(uow, chunk), in_background(alongside if start == 0 else None):
+            for device in chunk:
+                changes += _reevaluate(
+                    uow, device, admit, shared, evaluated, decisions[device.id], evaluations
+                )
     uow.session.flush()  # the last devices' states and decisions (refresh_decisions left them)
     # One event for the batch: its reactions (late entrants' notices) read what the devices
     # share once.

@@ -33,7 +33,7 @@ from appwarden.compliance.service import evaluate_view, fleet_status
 from appwarden.db.chunked import scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceResource
-from appwarden.devices.service import device_identifiers
+from appwarden.devices.service import device_identifiers, device_name
 from appwarden.events import DecisionChanged
 from appwarden.exemptions.models import Exemption
 from appwarden.exemptions.service import holder
@@ -898,7 +898,7 @@ def on_decision_changed(uow: UnitOfWork, event: DecisionChanged, config: NoticeC
     # An unnamed device is called by its first identifier. Identifiers are written when a device
     # is resolved, before it is evaluated: reading them need not flush the batch's writes.
     with uow.session.no_autoflush:
-        name = device.name or device_identifiers(uow, [device.id])[device.id][0]
+        name = device_name(uow, device)
     for policy_id, version, doc in telling:
         slot = event.at.strftime("%Y-%m-%dT%H")
         line = DeviceLine(

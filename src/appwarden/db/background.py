@@ -1,0 +1,47 @@
+"""A write on the unit of work's own connection that runs while the caller computes.
+
+The bulk path's largest statement, the `COPY` of a page's new observation rows, keeps the
+PostgreSQL server busy for most of a second while this process waits; the page's evaluation is
+pure Python that needs none of those rows from the store (it has them in memory). Run in a
+thread, the `COPY` and the evaluation overlap (docs/architecture.md, "Bulk ingest").
+
+Why this is safe on one connection: psycopg holds the connection's lock for a whole `COPY`
+block, and every statement, commit or rollback takes that lock. A statement the caller sends
+meanwhile (an autoflush, a lazy read) waits until the `COPY` has ended: it can cost the overlap,
+never the order of the protocol. The thread uses the driver's connection only, never the ORM
+session, which stays the caller's alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+Write = Callable[[], None]
+
+
+@contextmanager
+def in_background(write: Write | None) -> Iterator[None]:
+    """Run `write` in a thread while the block runs; when the block ends, wait for it and raise
+    its error, if any (over the block's own: the write's failure is the cause of whatever the
+    block met afterwards in an aborted transaction). `None`: nothing to run."""
+    if write is None:
+        yield
+        return
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write()
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="appwarden-background-write", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+        if failed:
+            raise failed[0]
