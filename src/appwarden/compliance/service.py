@@ -24,6 +24,7 @@ from appwarden.compliance.rules import (
     device_views,
     exemption_windows,
     granted_exemptions,
+    granted_exemptions_of,
     granted_to_device,
     rules_of,
     stored_first_seen,
@@ -91,9 +92,8 @@ class SharedReads:
         rows are still being written)."""
         self.batch = True
         every = self.every_rules(uow)
-        for rules in every:
-            if rules.policy_id not in self.granted:
-                self.granted[rules.policy_id] = granted_exemptions(uow, rules.policy_id)
+        unread = {rules.policy_id for rules in every} - self.granted.keys()
+        self.granted.update(granted_exemptions_of(uow, unread))
         watched = Watched.by(every)
         for start in range(0, len(device_ids), chunk):
             ids = device_ids[start : start + chunk]
