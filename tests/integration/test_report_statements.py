@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from tests.conftest import statements_sent
 
 from appwarden.access.models import DecisionRecord
@@ -213,30 +213,21 @@ def test_a_batch_is_evaluated_while_its_new_observation_rows_are_copied(
     and sends no statement until the `COPY` has ended (one would wait for it, and the overlap
     would be lost). The `COPY` is held back here long enough to span the evaluation, so any
     statement sent meanwhile is seen; afterwards every row is stored."""
-    copying: list[tuple[float, float]] = []
     copy_new_rows = bulk._postgresql_copy_new_rows
+    window: list[int] = []  # how many statements were sent when the `COPY` began, and ended
 
     def held_back(dbapi: object, rows: list[tuple[object, ...]]) -> None:
-        started = time.perf_counter()
+        window.append(len(statements))
         time.sleep(0.5)
         copy_new_rows(dbapi, rows)
-        copying.append((started, time.perf_counter()))
-
-    sent: list[tuple[float, str]] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-        sent.append((time.perf_counter(), " ".join(statement.split())[:80]))
+        window.append(len(statements))
 
     monkeypatch.setattr(bulk, "_postgresql_copy_new_rows", held_back)
     services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        with services.uow(AT) as uow:
-            result = ingest(uow, _batch(30, OBSERVED))
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
-    ((started, ended),) = copying
-    assert [s for at, s in sent if started <= at <= ended] == [], "\n".join(s for _, s in sent)
+    with statements_sent(store.engine) as statements, services.uow(AT) as uow:
+        result = ingest(uow, _batch(30, OBSERVED))
+    began, ended = window
+    assert statements[began:ended] == [], "\n".join(_first_lines(statements))
     assert len(result.decision_changes) == 10  # a third of the phones, denied for TikTok
     with unit_of_work(store.engine, now=AT, write=False) as uow:
         stored = uow.session.scalar(

@@ -239,8 +239,6 @@ class _BatchReports:
     _minimisation: MinimisationSet | None = None
     _people: PersonLookup | None = None  # the bulk path's owners, looked up at once
     _resources: dict[int, list[str]] | None = None  # the bulk path's devices' stored resources
-    # The bulk path's write left to run while the devices are evaluated (`reevaluate_devices`).
-    pending: Write | None = None
 
     def _checked(self, report: ReportFacts) -> bool:
         problem = _check_values(report)
@@ -327,7 +325,9 @@ class _BatchReports:
             )
             self._counted(device, outcome, changed=changed, joined=joined)
 
-    def apply_in_bulk(self, reports: Sequence[ReportFacts]) -> None:
+    def apply_in_bulk(self, reports: Sequence[ReportFacts]) -> Write | None:
+        """Apply the reports set-wise; returns the write left to run while their devices are
+        evaluated (`devices.bulk.write_observations`)."""
         checked = [report for report in reports if self._checked(report)]
         resolver = DeviceResolver(self.uow)
         resolver.prepare(checked)
@@ -355,8 +355,9 @@ class _BatchReports:
             outcome = writer.apply(device, report, minimise=minimise)
             self._counted(device, outcome, changed=changed, joined=joined)
         self.uow.session.flush()  # the facts (apply_device_facts left them to one flush)
-        rows, self.pending = writer.flush()
+        rows, pending = writer.flush()
         self.observed.update(rows)
+        return pending
 
 
 def ingest(
@@ -412,8 +413,9 @@ def _ingest(
             touched[device.id] = device
     reports = _BatchReports(uow, writer, result, authority, minimise_personal, on_report)
     bulk = len(batch.reports) > 1
+    pending: Write | None = None
     if bulk:
-        reports.apply_in_bulk(batch.reports)
+        pending = reports.apply_in_bulk(batch.reports)
     else:  # a single report (W4): the one-by-one path, fewest statements for one device
         reports.apply_one_by_one(batch.reports)
     seen.update(reports.seen)
@@ -426,7 +428,7 @@ def _ingest(
     )
     # Only what changed: the same page twice changes nothing.
     result.decision_changes += reevaluate_devices(
-        uow, list(touched.values()), observed=reports.observed, alongside=reports.pending
+        uow, list(touched.values()), observed=reports.observed, alongside=pending
     )
     if bulk:
         publish_write_counts(uow.session)  # the import's ANALYZE judges by these counts
