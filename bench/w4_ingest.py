@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -39,6 +39,12 @@ from bench.fleet import (
     inventory_document,
 )
 from bench.w2_gate import latency_summary
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from appwarden.usecases.ingest import IngestResult
+    from appwarden.wiring import Services
 
 BAR_P99_MS = 10.0
 WARM_UP = 5
@@ -68,9 +74,7 @@ def run(fleet: Fleet, params: Params, note: Note, advance: Advance) -> dict[str,
     from appwarden.devices.models import DeviceIdentifier
     from appwarden.policies.service import effective_versions
     from appwarden.settings import Settings
-    from appwarden.sources.native import parse_native
     from appwarden.timeutil import parse_instant
-    from appwarden.usecases.ingest import ingest
     from appwarden.wiring import Services
 
     phones = [i for i in reversed(range(fleet.extra)) if has_tiktok(i)]
@@ -90,15 +94,9 @@ def run(fleet: Fleet, params: Params, note: Note, advance: Advance) -> dict[str,
             if n == WARM_UP:
                 gc.collect()
                 gc.freeze()
-            report = orjson.dumps(
-                inventory_document(
-                    [device_entry(i, tiktok=False, observed_at=CLEAN_AT, with_facts=False)]
-                )
-            )
+            report = clean_report(i)
             started = time.perf_counter()
-            parsed = parse_native(report, f"w4-{i}", strict=True)
-            with services.uow(at) as uow:
-                result = ingest(uow, parsed)
+            result = apply_report(services, at, report, f"w4-{i}")
             elapsed = time.perf_counter() - started
             if result.reports_applied != 1:
                 raise SystemExit(f"bench: W4 report for phone {i} was not applied: {result}")
@@ -163,6 +161,22 @@ def run(fleet: Fleet, params: Params, note: Note, advance: Advance) -> dict[str,
         "bars": bars,
         "pass": all(b["pass"] for b in bars.values()),
     }
+
+
+def clean_report(i: int) -> bytes:
+    """Phone i's report without TikTok, as its MDM sends it."""
+    entry = device_entry(i, tiktok=False, observed_at=CLEAN_AT, with_facts=False)
+    return orjson.dumps(inventory_document([entry]))
+
+
+def apply_report(services: Services, at: datetime, report: bytes, label: str) -> IngestResult:
+    """What `POST /v1/inventory` runs for one report, until its commit returns."""
+    from appwarden.sources.native import parse_native
+    from appwarden.usecases.ingest import ingest
+
+    parsed = parse_native(report, label, strict=True)
+    with services.uow(at) as uow:
+        return ingest(uow, parsed)
 
 
 def _pin(core: int | None) -> set[int] | None:

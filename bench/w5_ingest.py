@@ -35,6 +35,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,16 @@ def pages(phones: int, *, reimport: bool) -> Iterator[bytes]:
 # ── the stores ───────────────────────────────────────────────────────────────────────────────
 
 
-def _bulk(url: str, workdir: Path, documents: list[bytes], at: str) -> float:
-    """Seconds to ingest the pre-parsed documents as `appwarden import native` would."""
+def _bulk(
+    url: str,
+    workdir: Path,
+    documents: list[bytes],
+    at: str,
+    *,
+    around_page: Callable[[int], AbstractContextManager[object]] | None = None,
+) -> float:
+    """Seconds to ingest the pre-parsed documents as `appwarden import native` would;
+    `around_page(n)` is entered around page n's unit of work (`bench.profile`)."""
     from appwarden.db.engine import make_engine
     from appwarden.settings import Settings
     from appwarden.sources.native import parse_native
@@ -161,8 +170,8 @@ def _bulk(url: str, workdir: Path, documents: list[bytes], at: str) -> float:
         )
         now = parse_instant(at)
         started = time.perf_counter()
-        for batch in batches:
-            with services.uow(now) as uow:
+        for n, batch in enumerate(batches):
+            with around_page(n) if around_page else nullcontext(), services.uow(now) as uow:
                 result = ingest(
                     uow, batch, minimise_personal=settings.minimise_personal_data, writer=writer
                 )
