@@ -1,13 +1,14 @@
 """Where a unit of work's time goes: the diagnostic behind bench/README.md's findings on W5 and W4.
 
-    python -m bench.profile W5 [--phones 5000] [--db URL]   # a fresh load, page by page
+    python -m bench.profile W5 [--phones 5000] [--reimport] [--db URL]  # a page at a time
     python -m bench.profile W4 [--db URL]                    # one report, statement by statement
 
 No bar and no results file: it prints, for the one reading it, what a change to the bulk path
 (W5) or the one-report path (W4) should look at. `--db` as `bench.run`'s (a scratch database on
 that PostgreSQL server, or a new SQLite file by default).
 
-- **W5**: the fresh load of `bench.w5_ingest` (pages of 1,000 phones, each its own unit of work).
+- **W5**: the fresh load of `bench.w5_ingest` (pages of 1,000 phones, each its own unit of work),
+  or with `--reimport` its re-import a day later (the fresh load first, unprofiled).
   For each page: its wall time, the time its statements took (from SQLAlchemy's cursor events,
   driver work included), and when the background `COPY` of its new observation rows ran. Then,
   averaged over the pages after the first (which opens the memo's breaker), the time spent in
@@ -159,7 +160,7 @@ def _sender() -> str:
 # ── W5 ────────────────────────────────────────────────────────────────────────────────────────
 
 
-def profile_w5(db: str | None, phones: int) -> None:
+def profile_w5(db: str | None, phones: int, *, reimport: bool = False) -> None:
     from bench import w5_ingest
     from bench.fleet import BASE_TIME, run_cli, scratch_store
 
@@ -212,7 +213,11 @@ def profile_w5(db: str | None, phones: int) -> None:
         workdir = Path(tmp)
         run_cli(url, workdir, "demo", "--base-time", BASE_TIME)
         documents = list(w5_ingest.pages(phones, reimport=False))
-        w5_ingest._bulk(url, workdir, documents, w5_ingest.FRESH_AT, around_page=around)
+        if reimport:  # the fresh load unprofiled, then the re-import a day later
+            w5_ingest._bulk(url, workdir, documents, w5_ingest.FRESH_AT)
+            documents = list(w5_ingest.pages(phones, reimport=True))
+        at = w5_ingest.REIMPORT_AT if reimport else w5_ingest.FRESH_AT
+        w5_ingest._bulk(url, workdir, documents, at, around_page=around)
     later = max(1, len(pages) - 1)
     out.print(f"\nper page after the first ({later}), averaged:")
     out.print(f"  {'wall':40s} {sum(p['seconds'] for p in pages[1:]) / later:7.3f} s")
@@ -285,9 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workload", choices=["W4", "W5"], type=str.upper)
     parser.add_argument("--db", default=None, help="sqlite:///NEW_FILE or a PostgreSQL server URL")
     parser.add_argument("--phones", type=int, default=5_000, help="W5: phones in the fresh load")
+    parser.add_argument(
+        "--reimport",
+        action="store_true",
+        help="W5: profile the re-import instead of the fresh load",
+    )
     args = parser.parse_args(argv)
     if args.workload == "W5":
-        profile_w5(args.db, args.phones)
+        profile_w5(args.db, args.phones, reimport=args.reimport)
     else:
         profile_w4(args.db)
     return 0
