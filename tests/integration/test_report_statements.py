@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from tests.conftest import statements_sent
 
 from appwarden.access.models import DecisionRecord
@@ -204,38 +205,80 @@ def test_notices_waiting_for_the_commit_are_queued_a_chunk_at_a_time(
         )
 
 
+def _held_back(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> list[int]:
+    """Hold the batch's background observation writes back half a second, long enough to span
+    its evaluation; returns how many statements had been sent when they began, and ended."""
+    writes = bulk._postgresql_writes
+    window: list[int] = []
+
+    def held_back(*args: object) -> None:
+        window.append(len(statements))
+        time.sleep(0.5)
+        writes(*args)
+        window.append(len(statements))
+
+    monkeypatch.setattr(bulk, "_postgresql_writes", held_back)
+    return window
+
+
+def _stored(store, udid_like: str) -> dict[tuple[str, str], tuple[str | None, datetime]]:
+    """The phones' observations: (udid, app) -> (version, last seen)."""
+    with unit_of_work(store.engine, now=AT, write=False) as uow:
+        rows = uow.session.execute(
+            select(DeviceIdentifier.value, Observation.value, Observation.version)
+            .add_columns(Observation.last_seen_at)
+            .join(DeviceIdentifier, DeviceIdentifier.device_id == Observation.device_id)
+            .where(DeviceIdentifier.namespace == "udid", DeviceIdentifier.value.like(udid_like))
+        )
+        return {(udid, app): (version, seen) for udid, app, version, seen in rows}
+
+
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 def test_a_batch_is_evaluated_while_its_new_observation_rows_are_copied(
     store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """On PostgreSQL a batch's `COPY` of its new observation rows runs in the background while
-    its devices are evaluated (db/background.py): the evaluation has read all it needs before,
-    and sends no statement until the `COPY` has ended (one would wait for it, and the overlap
-    would be lost). The `COPY` is held back here long enough to span the evaluation, so any
-    statement sent meanwhile is seen; afterwards every row is stored."""
-    copy_new_rows = bulk._postgresql_copy_new_rows
-    window: list[int] = []  # how many statements were sent when the `COPY` began, and ended
-
-    def held_back(dbapi: object, rows: list[tuple[object, ...]]) -> None:
-        window.append(len(statements))
-        time.sleep(0.5)
-        copy_new_rows(dbapi, rows)
-        window.append(len(statements))
-
-    monkeypatch.setattr(bulk, "_postgresql_copy_new_rows", held_back)
+    """On PostgreSQL a batch's observation writes (here a fresh load's `COPY` of new rows) run
+    in the background while its devices are evaluated (db/background.py): the evaluation has
+    read all it needs before, and sends no statement until the writes have ended (one would
+    wait for them, and the overlap would be lost). Held back, the writes span the evaluation, so
+    any statement sent meanwhile is seen; afterwards every row is stored."""
     services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
     with statements_sent(store.engine) as statements, services.uow(AT) as uow:
+        window = _held_back(monkeypatch, statements)
         result = ingest(uow, _batch(30, OBSERVED))
     began, ended = window
     assert statements[began:ended] == [], "\n".join(_first_lines(statements))
     assert len(result.decision_changes) == 10  # a third of the phones, denied for TikTok
-    with unit_of_work(store.engine, now=AT, write=False) as uow:
-        stored = uow.session.scalar(
-            select(func.count())
-            .select_from(Observation)
-            .join(DeviceIdentifier, DeviceIdentifier.device_id == Observation.device_id)
-            .where(DeviceIdentifier.namespace == "udid", DeviceIdentifier.value.like("BATCH30-%"))
-        )
-    assert stored == 30 * 5 + 10  # five apps each, and TikTok on every third
+    assert len(_stored(store, "BATCH30-%")) == 30 * 5 + 10  # five apps each, TikTok every third
     assert _decision(store, "BATCH30-0") == "deny"
     assert _decision(store, "BATCH30-1") == "allow"
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_re_import_is_evaluated_while_its_rows_seen_again_are_updated(
+    store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A re-import's observation writes go to the background as a whole: the rows seen again
+    (most of it: their `last_seen_at` moves), the changed rows through the staging table and
+    the new rows' `COPY`. The evaluation sends nothing meanwhile, and afterwards every row
+    stands as the reports left it."""
+    services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
+    with services.uow(AT) as uow:
+        ingest(uow, _batch(30, OBSERVED))
+    reports = []
+    for report in _batch(30, CLEANED).reports:  # TikTok gone, app000 updated, app005 new
+        apps = [a for a in report.apps if a != TIKTOK]
+        apps[0] = AppSeen(apps[0].namespace, apps[0].value, "2.0", None)
+        reports.append(replace(report, apps=(*apps, *_apps(6)[5:])))
+    with statements_sent(store.engine) as statements, services.uow(AT) as uow:
+        window = _held_back(monkeypatch, statements)
+        result = ingest(uow, InventoryBatch(reports=tuple(reports)))
+    began, ended = window
+    assert statements[began:ended] == [], "\n".join(_first_lines(statements))
+    assert len(result.decision_changes) == 10  # the TikTok phones, allowed again
+    stored = _stored(store, "BATCH30-%")
+    assert len(stored) == 30 * 6
+    assert {seen for _, seen in stored.values()} == {CLEANED}
+    assert stored[("BATCH30-0", "com.example.app000")][0] == "2.0"
+    assert stored[("BATCH30-0", "com.example.app001")][0] == "1.0"
+    assert _decision(store, "BATCH30-0") == "allow"

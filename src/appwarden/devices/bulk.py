@@ -11,8 +11,8 @@ reports, coverage, `first_seen_at` kept), applied set-wise:
   one device see each other), and writes the result at the end: reports with one multi-row insert,
   coverage with one upsert, observations with `executemany` (SQLite) or `COPY` into a staging table
   and one merge statement (PostgreSQL), and the deletions with one statement per chunk. On
-  PostgreSQL the `COPY` of the new observation rows is left to the caller, which runs it while
-  it evaluates the devices (`db.background`).
+  PostgreSQL the observation writes (rows seen again, changed and new) are left to the caller,
+  which runs them while it evaluates the devices (`db.background`).
 """
 
 from __future__ import annotations
@@ -551,8 +551,11 @@ POSTGRESQL_UPDATE = (
     f"{', '.join(f'{c} = s.{c}' for c in _CHANGED)} "
     "FROM observation_stage AS s WHERE o.id = s.id"
 )
-# Rows of which only `last_seen_at` moved (most of a re-import): their ids as one array.
-POSTGRESQL_SEEN_AGAIN = "UPDATE observation SET last_seen_at = %s WHERE id = ANY(%s)"
+# Rows of which only `last_seen_at` moved (most of a re-import): their ids as one array, sent
+# as its text (`_integer_array`): psycopg dumps a list element by element in Python, 170 ms for
+# a page's 88,000 ids against 56 ms for the joined text, on the interpreter the evaluation
+# shares with these writes.
+POSTGRESQL_SEEN_AGAIN = "UPDATE observation SET last_seen_at = %s WHERE id = ANY(%s::integer[])"
 
 
 def write_observations(
@@ -564,8 +567,9 @@ def write_observations(
     with an id update that row, rows without one are inserted; and move `last_seen_at` of the
     rows `seen_again` lists by instant; in the caller's transaction.
 
-    On PostgreSQL the new rows' `COPY` is returned, not run: the caller runs it, alone or while
-    it computes (`db.background.in_background`), before anything reads them."""
+    On PostgreSQL the writes are returned, not run (`_postgresql_writes`): the caller runs
+    them, alone or while it computes (`db.background.in_background`), before anything reads
+    those rows."""
     seen_again = seen_again or {}
     if not rows and not seen_again:
         return None
@@ -574,11 +578,9 @@ def write_observations(
     cursor = dbapi.cursor()
     try:
         if uow.dialect == "postgresql":
-            for instant, ids in seen_again.items():
-                cursor.execute(POSTGRESQL_SEEN_AGAIN, (instant, list(ids)))
-            _postgresql_changed_rows(cursor, rows)
+            changed = [(row[0], *row[6:]) for row in rows if row[0] is not None]
             new = [row[1:] for row in rows if row[0] is None]
-            return partial(_postgresql_copy_new_rows, dbapi, new) if new else None
+            return partial(_postgresql_writes, dbapi, dict(seen_again), changed, new)
         text = _sqlite_times(rows, seen_again)
         cursor.executemany(
             SQLITE_SEEN_AGAIN,
@@ -597,24 +599,36 @@ def write_observations(
         cursor.close()
 
 
-def _postgresql_changed_rows(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
-    """Only a re-import's changed rows pay for the staging table."""
-    changed = [(row[0], *row[6:]) for row in rows if row[0] is not None]
-    if changed:
-        cursor.execute(POSTGRESQL_STAGE)
-        cursor.execute("TRUNCATE observation_stage")
-        with cursor.copy(POSTGRESQL_STAGE_COPY) as copy:
-            for row in changed:
-                copy.write_row(row)
-        cursor.execute(POSTGRESQL_UPDATE)
+def _postgresql_writes(
+    dbapi: Any,
+    seen_again: Mapping[datetime, Sequence[int]],
+    changed: list[tuple[Any, ...]],
+    new: list[tuple[Any, ...]],
+) -> None:
+    """A batch's observation writes, on a cursor of their own (they may run in another thread,
+    `db.background`): `last_seen_at` of the rows seen again, one statement per instant (most
+    of a re-import); the changed rows, `(id, *_CHANGED)`, through the staging table; the new
+    rows, `OBSERVATION_COLUMNS`, in a single `COPY` into the table, as a raw bulk load of the
+    same rows would be (most of a fresh load)."""
+    with dbapi.cursor() as cursor:
+        for instant, ids in seen_again.items():
+            cursor.execute(POSTGRESQL_SEEN_AGAIN, (instant, _integer_array(ids)))
+        if changed:  # only a re-import's changed rows pay for the staging table
+            cursor.execute(POSTGRESQL_STAGE)
+            cursor.execute("TRUNCATE observation_stage")
+            with cursor.copy(POSTGRESQL_STAGE_COPY) as copy:
+                for row in changed:
+                    copy.write_row(row)
+            cursor.execute(POSTGRESQL_UPDATE)
+        if new:
+            with cursor.copy(POSTGRESQL_COPY) as copy:
+                for row in new:
+                    copy.write_row(row)
 
 
-def _postgresql_copy_new_rows(dbapi: Any, rows: list[tuple[Any, ...]]) -> None:
-    """A fresh load is a single `COPY` into the table, as a raw bulk load of the same rows
-    would be. Its own cursor: it may run in another thread (`db.background`)."""
-    with dbapi.cursor() as cursor, cursor.copy(POSTGRESQL_COPY) as copy:
-        for row in rows:
-            copy.write_row(row)
+def _integer_array(ids: Iterable[int]) -> str:
+    """PostgreSQL's text form of an integer array (the ids are the store's own integers)."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def _sqlite_times(

@@ -450,9 +450,9 @@ def reevaluate_devices(
     """`reevaluate_device` for each, in order, reading what they share once: the versions,
     rules and exemptions for all, the devices' views a chunk at a time. `observed`: rows a
     report just wrote for some of them (`devices.service.apply_report`); `admit`: as
-    `reevaluate_device`'s; `alongside`: a write the caller left pending (the bulk path's `COPY`
-    of new observation rows), run in the background while the first chunk is evaluated, after
-    the chunk's reads (`db.background`); it has ended when this returns."""
+    `reevaluate_device`'s; `alongside`: a write the caller left pending (the bulk path's
+    observation writes), run in the background while the first chunk is evaluated, after the
+    chunk's reads (`db.background`); it has ended when this returns."""
     shared = SharedReads(observed=dict(observed or {}))
     if len(devices) <= 1:  # one report (W4): its rows are at hand, nothing to prefetch
         if alongside is not None:
