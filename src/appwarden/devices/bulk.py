@@ -575,13 +575,13 @@ def write_observations(
         return None
     dbapi = uow.session.connection().connection.driver_connection
     assert dbapi is not None
+    if uow.dialect == "postgresql":
+        changed = [(row[0], *row[6:]) for row in rows if row[0] is not None]
+        new = [row[1:] for row in rows if row[0] is None]
+        return partial(_postgresql_writes, dbapi, dict(seen_again), changed, new)
+    text = _sqlite_times(rows, seen_again)
     cursor = dbapi.cursor()
     try:
-        if uow.dialect == "postgresql":
-            changed = [(row[0], *row[6:]) for row in rows if row[0] is not None]
-            new = [row[1:] for row in rows if row[0] is None]
-            return partial(_postgresql_writes, dbapi, dict(seen_again), changed, new)
-        text = _sqlite_times(rows, seen_again)
         cursor.executemany(
             SQLITE_SEEN_AGAIN,
             [(text[instant], i) for instant, ids in seen_again.items() for i in ids],
@@ -594,9 +594,9 @@ def write_observations(
             SQLITE_INSERT,
             [(*row[1:9], text[row[9]], text[row[10]]) for row in rows if row[0] is None],
         )
-        return None
     finally:
         cursor.close()
+    return None
 
 
 def _postgresql_writes(
