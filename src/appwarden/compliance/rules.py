@@ -65,7 +65,8 @@ _COVERAGE = select(
 ).where(Coverage.device_id.in_(_IDS))
 _GRANTED_STATUSES = ("approved", "revoked")
 _GRANTED = select(Exemption).where(
-    Exemption.policy_id == bindparam("policy_id"), Exemption.status.in_(_GRANTED_STATUSES)
+    Exemption.policy_id.in_(bindparam("policy_ids", expanding=True)),
+    Exemption.status.in_(_GRANTED_STATUSES),
 )
 _GRANTED_TO_DEVICE = select(Exemption).where(
     or_(
@@ -258,7 +259,7 @@ def _observations(
 
 def granted_exemptions(uow: UnitOfWork, policy_id: str) -> Sequence[Exemption]:
     """The policy's exemptions that were ever granted (approved, or approved then revoked)."""
-    return uow.session.scalars(_GRANTED, {"policy_id": policy_id}).all()
+    return uow.session.scalars(_GRANTED, {"policy_ids": [policy_id]}).all()
 
 
 def granted_exemptions_of(
@@ -267,11 +268,7 @@ def granted_exemptions_of(
     """`granted_exemptions` of each of these policies (every one has an entry), in one query."""
     granted: dict[str, list[Exemption]] = {policy_id: [] for policy_id in policy_ids}
     if granted:
-        for exemption in uow.session.scalars(
-            select(Exemption).where(
-                Exemption.policy_id.in_(sorted(granted)), Exemption.status.in_(_GRANTED_STATUSES)
-            )
-        ):
+        for exemption in uow.session.scalars(_GRANTED, {"policy_ids": sorted(granted)}):
             granted[exemption.policy_id].append(exemption)
     return granted
 
