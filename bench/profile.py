@@ -10,7 +10,7 @@ that PostgreSQL server, or a new SQLite file by default).
 - **W5**: the fresh load of `bench.w5_ingest` (pages of 1,000 phones, each its own unit of work),
   or with `--reimport` its re-import a day later (the fresh load first, unprofiled).
   For each page: its wall time, the time its statements took (from SQLAlchemy's cursor events,
-  driver work included), and when the background `COPY` of its new observation rows ran. Then,
+  driver work included), and when its background observation writes ran (PostgreSQL). Then,
   averaged over the pages after the first (which opens the memo's breaker), the time spent in
   each phase of the bulk path (`PHASES`: the functions are wrapped by name, so a renamed one
   fails here, loudly) and the last page's statements in the order sent.
@@ -77,7 +77,7 @@ class Recorder:
 
     on: bool = False
     statements: list[Statement] = field(default_factory=list)
-    phases: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    phases: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     background: list[tuple[float, float]] = field(default_factory=list)
     senders: bool = False  # record which appwarden function sent each statement (slow)
     _started: dict[int, float] = field(default_factory=dict)
@@ -116,7 +116,7 @@ class Recorder:
             try:
                 return original(*args, **kwargs)
             finally:
-                phases[attribute].append(time.perf_counter() - started)
+                phases[attribute] += time.perf_counter() - started
 
         setattr(owner, name, timed)
 
@@ -169,7 +169,7 @@ def profile_w5(db: str | None, phones: int, *, reimport: bool = False) -> None:
     for module, attribute in PHASES:
         recorder.wrap(module, attribute)
     recorder.wrap_background()
-    pages: list[dict[str, float]] = []
+    page_seconds: list[float] = []
     phase_totals: dict[str, float] = defaultdict(float)
 
     @contextmanager
@@ -181,28 +181,19 @@ def profile_w5(db: str | None, phones: int, *, reimport: bool = False) -> None:
         yield
         ended = time.perf_counter()
         recorder.on = False
-        copy = recorder.background[0] if recorder.background else (started, started)
-        pages.append(
-            {
-                "seconds": ended - started,
-                "statements": len(recorder.statements),
-                "sql": sum(s.seconds for s in recorder.statements),
-                "copy_from": copy[0] - started,
-                "copy_to": copy[1] - started,
-            }
+        page_seconds.append(ended - started)
+        window = "".join(
+            f", background writes {began - started:.3f} .. {done - started:.3f} s"
+            for began, done in recorder.background
         )
-        window = (
-            f", COPY {copy[0] - started:.3f} .. {copy[1] - started:.3f} s"
-            if recorder.background
-            else ""
-        )
+        sql = sum(s.seconds for s in recorder.statements)
         out.print(
             f"page {n}: {ended - started:.3f} s, {len(recorder.statements)} statements taking "
-            f"{pages[-1]['sql']:.3f} s{window}"
+            f"{sql:.3f} s{window}"
         )
         if n > 0:
             for name, seconds in recorder.phases.items():
-                phase_totals[name] += sum(seconds)
+                phase_totals[name] += seconds
         if n == len(documents) - 1:
             _print_statements(recorder.statements, started)
 
@@ -218,9 +209,9 @@ def profile_w5(db: str | None, phones: int, *, reimport: bool = False) -> None:
             documents = list(w5_ingest.pages(phones, reimport=True))
         at = w5_ingest.REIMPORT_AT if reimport else w5_ingest.FRESH_AT
         w5_ingest._bulk(url, workdir, documents, at, around_page=around)
-    later = max(1, len(pages) - 1)
+    later = max(1, len(page_seconds) - 1)
     out.print(f"\nper page after the first ({later}), averaged:")
-    out.print(f"  {'wall':40s} {sum(p['seconds'] for p in pages[1:]) / later:7.3f} s")
+    out.print(f"  {'wall':40s} {sum(page_seconds[1:]) / later:7.3f} s")
     for name, seconds in sorted(phase_totals.items(), key=lambda item: -item[1]):
         out.print(f"  {name:40s} {seconds / later:7.3f} s")
 

@@ -225,8 +225,12 @@ def _stored(store, udid_like: str) -> dict[tuple[str, str], tuple[str | None, da
     """The phones' observations: (udid, app) -> (version, last seen)."""
     with unit_of_work(store.engine, now=AT, write=False) as uow:
         rows = uow.session.execute(
-            select(DeviceIdentifier.value, Observation.value, Observation.version)
-            .add_columns(Observation.last_seen_at)
+            select(
+                DeviceIdentifier.value,
+                Observation.value,
+                Observation.version,
+                Observation.last_seen_at,
+            )
             .join(DeviceIdentifier, DeviceIdentifier.device_id == Observation.device_id)
             .where(DeviceIdentifier.namespace == "udid", DeviceIdentifier.value.like(udid_like))
         )
