@@ -251,8 +251,8 @@ class ReportWriter:
                     Observation.first_seen_at,
                     Observation.last_seen_at,
                 ).where(Observation.device_id.in_(part))
-            ).all():  # fetched at once, then unpacked by position: a hundred thousand rows
-                # fetched one by one, or read by attribute name, cost a third of this reading
+            ).all():  # fetched at once (a re-import page's read: 555 -> 519 ms against one
+                # by one) and unpacked by position (a hundred thousand rows read by name slowly)
                 (
                     row_id,
                     device_id,
