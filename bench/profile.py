@@ -10,7 +10,8 @@ that PostgreSQL server, or a new SQLite file by default).
 - **W5**: the fresh load of `bench.w5_ingest` (pages of 1,000 phones, each its own unit of work),
   or with `--reimport` its re-import a day later (the fresh load first, unprofiled).
   For each page: its wall time, the time its statements took (from SQLAlchemy's cursor events,
-  driver work included), and when its background observation writes ran (PostgreSQL). Then,
+  driver work included), when its background observation writes ran (PostgreSQL) and when the
+  evaluation beside them ended (what is left of the window the page waits for). Then,
   averaged over the pages after the first (which opens the memo's breaker), the time spent in
   each phase of the bulk path (`PHASES`: the functions are wrapped by name, so a renamed one
   fails here, loudly) and the last page's statements in the order sent.
@@ -78,7 +79,9 @@ class Recorder:
     on: bool = False
     statements: list[Statement] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    background: list[tuple[float, float]] = field(default_factory=list)
+    # (began, done, beside): the write's start and end, and when the caller's work beside it
+    # ended (before `done`: the caller then waited for the write)
+    background: list[tuple[float, float, float]] = field(default_factory=list)
     senders: bool = False  # record which appwarden function sent each statement (slow)
     _started: dict[int, float] = field(default_factory=dict)
 
@@ -132,13 +135,17 @@ class Recorder:
                     yield
                 return
 
+            ran: list[float] = []
+
             def run() -> None:
-                started = time.perf_counter()
+                ran.append(time.perf_counter())
                 write()
-                windows.append((started, time.perf_counter()))
+                ran.append(time.perf_counter())
 
             with original(run):
                 yield
+                beside = time.perf_counter()
+            windows.append((ran[0], ran[1], beside))
 
         setattr(module, BACKGROUND[1], timed)
 
@@ -183,8 +190,9 @@ def profile_w5(db: str | None, phones: int, *, reimport: bool = False) -> None:
         recorder.on = False
         page_seconds.append(ended - started)
         window = "".join(
-            f", background writes {began - started:.3f} .. {done - started:.3f} s"
-            for began, done in recorder.background
+            f", background writes {began - started:.3f} .. {done - started:.3f} s "
+            f"(the work beside them ended at {beside - started:.3f} s)"
+            for began, done, beside in recorder.background
         )
         sql = sum(s.seconds for s in recorder.statements)
         out.print(
