@@ -607,20 +607,19 @@ def _postgresql_writes(
     with dbapi.cursor() as cursor:
         for instant, ids in seen_again.items():
             cursor.execute(POSTGRESQL_SEEN_AGAIN, (instant, _integer_array(ids)))
-        changed = list(changed)
-        if changed:  # only a re-import's changed rows pay for the staging table
+        staged = list(changed)
+        if staged:  # only a re-import's changed rows pay for the staging table
             cursor.execute(POSTGRESQL_STAGE)
             cursor.execute("TRUNCATE observation_stage")
             with cursor.copy(POSTGRESQL_STAGE_COPY) as copy:
-                for row in changed:
+                for row in staged:
                     copy.write_row(row)
             cursor.execute(POSTGRESQL_UPDATE)
-        new = iter(new)
-        first = next(new, None)
-        if first is not None:
+        rows = iter(new)
+        first = next(rows, None)
+        if first is not None:  # a re-import page may have none: no empty `COPY`
             with cursor.copy(POSTGRESQL_COPY) as copy:
-                copy.write_row(first)
-                for row in new:
+                for row in chain((first,), rows):
                     copy.write_row(row)
 
 
