@@ -40,6 +40,7 @@ from appwarden.access.decide import DecisionResult
 from appwarden.access.models import Breaker, BreakerCount, BreakerHold, DecisionRecord
 from appwarden.audit.service import record
 from appwarden.compliance.models import ComplianceRecord
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.runs import has_runs, last_complete_at
@@ -304,7 +305,7 @@ class Breakers:
         ids = list(device_ids)
         for start in range(0, len(ids), chunk):
             for hold in self.uow.session.scalars(
-                select(BreakerHold).where(BreakerHold.device_id.in_(ids[start : start + chunk]))
+                select(BreakerHold).where(one_of(BreakerHold.device_id, ids[start : start + chunk]))
             ):
                 prefetched[hold.device_id][hold.policy_id] = hold
         self._prefetched_holds = prefetched

@@ -21,6 +21,7 @@ from typing import Any, Final, NamedTuple
 from sqlalchemy import Connection, func, select
 
 from appwarden.access.models import DecisionRecord
+from appwarden.db.chunked import one_of
 from appwarden.devices.models import Device, DeviceIdentifier, DeviceOwnerHistory
 from appwarden.identity.models import Person, PersonAccount, PersonAlias
 from appwarden.vocabulary import Decision
@@ -264,9 +265,9 @@ def _read(
         DecisionRecord.next_valid_until,
     )
     if device_ids is not None:
-        identifiers = identifiers.where(DeviceIdentifier.device_id.in_(device_ids))
-        owners = owners.where(Device.id.in_(device_ids))
-        decisions = decisions.where(DecisionRecord.device_id.in_(device_ids))
+        identifiers = identifiers.where(one_of(DeviceIdentifier.device_id, device_ids))
+        owners = owners.where(one_of(Device.id, device_ids))
+        decisions = decisions.where(one_of(DecisionRecord.device_id, device_ids))
     identifiers = identifiers.order_by(DeviceIdentifier.id)  # as the store's 403 picks one
     owner_rows = [(d, o, p, f) for d, o, p, f in connection.execute(owners)]
     covered = frozenset(d for d, *_ in owner_rows)
@@ -304,9 +305,9 @@ def _people(connection: Connection, person_ids: Sequence[int] | None) -> Iterato
             select(PersonAccount.person_id, PersonAccount.name),
         ]
         if chunk is not None:
-            people = people.where(Person.id.in_(chunk))
+            people = people.where(one_of(Person.id, chunk))
             other_names = [
-                query.where(query.selected_columns[0].in_(chunk)) for query in other_names
+                query.where(one_of(query.selected_columns[0], chunk)) for query in other_names
             ]
         for query in other_names:
             for person_id, name in connection.execute(query):

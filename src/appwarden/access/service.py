@@ -20,6 +20,7 @@ from appwarden.access.breaker import DeviceFlips
 from appwarden.access.decide import DecisionResult, PolicyOutcome, decide
 from appwarden.access.models import DecisionRecord
 from appwarden.compliance.service import DeviceEvaluator, Outcome, evaluate_device
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.service import resources_of
@@ -66,7 +67,7 @@ _DECISIONS_OF_DEVICE = select(DecisionRecord).where(
 )
 _STAMP = (
     update(DecisionRecord)
-    .where(DecisionRecord.device_id.in_(bindparam("ids", expanding=True)))
+    .where(one_of(DecisionRecord.device_id, key="ids"))
     .values(written_at=bindparam("stamp"))
     .execution_options(synchronize_session=False)
 )
@@ -75,7 +76,7 @@ _STAMP = (
 _DECISION_TABLE = cast(Table, DecisionRecord.__table__)
 _STAMP_AND_NOTIFY = select(func.pg_notify(bindparam("channel"), "")).add_cte(
     update(_DECISION_TABLE)
-    .where(_DECISION_TABLE.c.device_id.in_(bindparam("ids", expanding=True)))
+    .where(one_of(_DECISION_TABLE.c.device_id, key="ids"))
     .values(written_at=bindparam("stamp"))
     .returning(_DECISION_TABLE.c.device_id)
     .cte("stamped")
@@ -148,7 +149,9 @@ def stored_decisions(
     ids = list(device_ids)
     for start in range(0, len(ids), chunk):
         for record in uow.session.scalars(
-            select(DecisionRecord).where(DecisionRecord.device_id.in_(ids[start : start + chunk]))
+            select(DecisionRecord).where(
+                one_of(DecisionRecord.device_id, ids[start : start + chunk])
+            )
         ):
             stored[record.device_id][record.resource] = record
     return stored

@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import BindParameter, Engine, bindparam, or_, select
+from sqlalchemy import Engine, bindparam, or_, select
 
 from appwarden.compliance.evaluate import (
     Covered,
@@ -20,7 +20,7 @@ from appwarden.compliance.evaluate import (
     Seen,
     Watched,
 )
-from appwarden.db.chunked import CHUNK, chunks
+from appwarden.db.chunked import CHUNK, chunks, one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Coverage, Device, DeviceResource, Observation
 from appwarden.devices.service import DeviceRows
@@ -31,18 +31,17 @@ from appwarden.vocabulary import VersionState
 
 # Statements evaluation runs for every device are built once (a statement built and keyed per
 # call costs more Python than SQLite takes to run it: W4, bench/README.md).
-_IDS: BindParameter[int] = bindparam("ids", expanding=True)
 _IDENTIFIERS_OF_VERSION = select(PolicyIdentifier).where(
     PolicyIdentifier.version_id == bindparam("version_id")
 )
-_DEVICES = select(Device).where(Device.id.in_(_IDS))
+_DEVICES = select(Device).where(one_of(Device.id, key="ids"))
 _OWNERS_AND_GROUPS = (
     select(Person, PersonGroup.group_name)
     .outerjoin(PersonGroup, PersonGroup.person_id == Person.id)
-    .where(Person.id.in_(_IDS))
+    .where(one_of(Person.id, key="ids"))
 )
 _RESOURCES = select(DeviceResource.device_id, DeviceResource.resource).where(
-    DeviceResource.device_id.in_(_IDS)
+    one_of(DeviceResource.device_id, key="ids")
 )
 # Columns, not ORM objects: a phone has ~90 observations, and building (and identity-mapping)
 # an Observation object for each cost more than the rest of its evaluation.
@@ -54,7 +53,7 @@ _OBSERVATIONS = select(
     Observation.value,
     Observation.first_seen_at,
     Observation.last_seen_at,
-).where(Observation.device_id.in_(_IDS))
+).where(one_of(Observation.device_id, key="ids"))
 _COVERAGE = select(
     Coverage.device_id,
     Coverage.source,
@@ -62,7 +61,7 @@ _COVERAGE = select(
     Coverage.namespace,
     Coverage.value,
     Coverage.observed_at,
-).where(Coverage.device_id.in_(_IDS))
+).where(one_of(Coverage.device_id, key="ids"))
 _GRANTED_STATUSES = ("approved", "revoked")
 _GRANTED = select(Exemption).where(
     Exemption.policy_id.in_(bindparam("policy_ids", expanding=True)),

@@ -30,6 +30,7 @@ from appwarden.compliance.rules import (
     stored_first_seen,
     stored_first_seens,
 )
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.service import DeviceRows
@@ -102,11 +103,11 @@ class SharedReads:
                 self.records[device_id] = {}
                 self.first_seens[device_id] = {}
             for record in uow.session.scalars(
-                select(ComplianceRecord).where(ComplianceRecord.device_id.in_(ids))
+                select(ComplianceRecord).where(one_of(ComplianceRecord.device_id, ids))
             ):
                 self.records[record.device_id][record.version_id] = record
             for first in uow.session.scalars(
-                select(PolicyFirstSeen).where(PolicyFirstSeen.device_id.in_(ids))
+                select(PolicyFirstSeen).where(one_of(PolicyFirstSeen.device_id, ids))
             ):
                 self.first_seens[first.device_id][first.policy_id] = first
 

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from appwarden.audit.service import record
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceOwnerHistory, DeviceResource, FactConflict
 from appwarden.errors import Conflict, InvalidInput, NotFound
@@ -204,7 +205,7 @@ def stored_resources_of(
     for start in range(0, len(ids), chunk):
         for device_id, resource in uow.session.execute(
             select(DeviceResource.device_id, DeviceResource.resource)
-            .where(DeviceResource.device_id.in_(ids[start : start + chunk]))
+            .where(one_of(DeviceResource.device_id, ids[start : start + chunk]))
             .order_by(DeviceResource.device_id, DeviceResource.resource)
         ):
             found.setdefault(device_id, []).append(resource)

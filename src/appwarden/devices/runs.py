@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceSource, SourceClaim, SourceRun
 from appwarden.vocabulary import DeviceStatus
@@ -54,14 +55,14 @@ def mark_listed(uow: UnitOfWork, source: str, run_id: int, device_ids: Iterable[
         known = set(
             uow.session.scalars(
                 select(DeviceSource.device_id).where(
-                    DeviceSource.source == source, DeviceSource.device_id.in_(chunk)
+                    DeviceSource.source == source, one_of(DeviceSource.device_id, chunk)
                 )
             )
         )
         if known:
             uow.session.execute(
                 update(DeviceSource)
-                .where(DeviceSource.source == source, DeviceSource.device_id.in_(sorted(known)))
+                .where(DeviceSource.source == source, one_of(DeviceSource.device_id, sorted(known)))
                 .values(listed_run_id=run_id)
             )
         uow.session.add_all(

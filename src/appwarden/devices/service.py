@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, func, insert, inspect, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from appwarden.catalog.matching import key_matches, match_key
-from appwarden.db.chunked import chunks, scalars_in
+from appwarden.db.chunked import chunks, one_of, scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import (
     DEVICE_ATTRIBUTES,
@@ -84,7 +84,7 @@ def clean_identifiers(facts: DeviceFacts) -> list[tuple[str, str]]:
 _IDENTIFIERS_BY_VALUE = (
     select(DeviceIdentifier, Device)
     .join(Device, Device.id == DeviceIdentifier.device_id)
-    .where(DeviceIdentifier.value.in_(bindparam("values", expanding=True)))
+    .where(one_of(DeviceIdentifier.value, key="values"))
 )
 
 
@@ -593,7 +593,7 @@ def _apply_observations(
 # The rows of a report's apps of which only `last_seen_at` moves (most of them, usually).
 _SEEN_AGAIN = (
     update(Observation)
-    .where(Observation.id.in_(bindparam("ids", expanding=True)))
+    .where(one_of(Observation.id, key="ids"))
     .values(last_seen_at=bindparam("seen"))
     .execution_options(synchronize_session=False)
 )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select
 
 from appwarden.audit.service import record
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from appwarden.identity.models import (
@@ -167,14 +168,15 @@ class PersonLookup:
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             by_email.update(
-                (p.email, p) for p in session.scalars(select(Person).where(Person.email.in_(part)))
+                (p.email, p)
+                for p in session.scalars(select(Person).where(one_of(Person.email, part)))
             )
             by_alias.update(
                 (alias, person)
                 for person, alias in session.execute(
                     select(Person, PersonAlias.email)
                     .join(PersonAlias, PersonAlias.person_id == Person.id)
-                    .where(PersonAlias.email.in_(part))
+                    .where(one_of(PersonAlias.email, part))
                 )
             )
             by_account.update(
@@ -182,7 +184,7 @@ class PersonLookup:
                 for person, name in session.execute(
                     select(Person, PersonAccount.name)
                     .join(PersonAccount, PersonAccount.person_id == Person.id)
-                    .where(PersonAccount.name.in_({key.casefold() for key in part}))
+                    .where(one_of(PersonAccount.name, {key.casefold() for key in part}))
                 )
             )
         # The order find_person asks in: primary email, then alias, then account name.

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from appwarden.audit.service import record
 from appwarden.compliance.service import evaluate_device
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.identifiers import normalise
 from appwarden.devices.models import Device, DeviceIdentifier
@@ -112,7 +113,9 @@ def own_device(uow: UnitOfWork, person: Person, reference: str) -> Device:
         ids.add(int(reference))
     devices = uow.session.scalars(
         select(Device).where(
-            Device.id.in_(ids), Device.owner_id == person.id, Device.status == DeviceStatus.ACTIVE
+            one_of(Device.id, ids),
+            Device.owner_id == person.id,
+            Device.status == DeviceStatus.ACTIVE,
         )
     ).all()
     if not devices:

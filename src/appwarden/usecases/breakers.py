@@ -20,6 +20,7 @@ from appwarden.access.breaker import (
 )
 from appwarden.access.models import Breaker, BreakerCount, BreakerHold
 from appwarden.audit.service import record
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import Conflict
 from appwarden.events import DecisionChanged
@@ -152,7 +153,7 @@ def settle_holds(uow: UnitOfWork, *, limit: int) -> int:
     reevaluate_ids(uow, due)
     # Re-evaluated, none of them is held for a passed cause any more; a row that says otherwise
     # (its decision no longer shows it) is dropped, so the next round moves on.
-    session.execute(delete(BreakerHold).where(BreakerHold.device_id.in_(due), or_(*passed)))
+    session.execute(delete(BreakerHold).where(one_of(BreakerHold.device_id, due), or_(*passed)))
     return len(due)
 
 

@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import select
 
 from appwarden.audit.service import record
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.notifications import service as outbox
 from appwarden.notifications.channels import (
@@ -210,7 +211,7 @@ Row = TypeVar("Row", Notice, OutboxMail, OutboxEvent)
 def _by_id(uow: UnitOfWork, model: type[Row], outcomes: list[Outcome]) -> dict[int, Row]:
     """The batch's rows, in one query."""
     ids = [row_id for row_id, _ in outcomes]
-    rows = {row.id: row for row in uow.session.scalars(select(model).where(model.id.in_(ids)))}
+    rows = {row.id: row for row in uow.session.scalars(select(model).where(one_of(model.id, ids)))}
     assert len(rows) == len(set(ids)), "a claimed row vanished"
     return rows
 

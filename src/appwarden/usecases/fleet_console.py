@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from appwarden.access.models import DecisionRecord
 from appwarden.audit.models import AuditEntry
 from appwarden.audit.service import record
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import conflict_json
 from appwarden.devices.models import Device, DeviceOwnerHistory, FactConflict, Quarantine
@@ -78,7 +79,7 @@ def emails_of(uow: UnitOfWork, ids: set[int | None]) -> dict[int, str]:
     wanted = {i for i in ids if i is not None}
     if not wanted:
         return {}
-    query = select(Person.id, Person.email).where(Person.id.in_(wanted))
+    query = select(Person.id, Person.email).where(one_of(Person.id, wanted))
     return {row.id: row.email for row in uow.session.execute(query)}
 
 

@@ -21,7 +21,7 @@ from appwarden.collector import collector_paused
 from appwarden.compliance.evaluate import Evaluation
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.background import Write, in_background
-from appwarden.db.chunked import chunks
+from appwarden.db.chunked import chunks, one_of
 from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
@@ -494,7 +494,9 @@ def reevaluate_ids(
     `reevaluate_device`'s (a breaker's release)."""
     changes: list[DecisionChanged] = []
     for part in chunks(sorted(device_ids), EVALUATION_CHUNK):
-        devices = uow.session.scalars(select(Device).where(Device.id.in_(part)).order_by(Device.id))
+        devices = uow.session.scalars(
+            select(Device).where(one_of(Device.id, part)).order_by(Device.id)
+        )
         with collector_paused():
             changes += reevaluate_devices(uow, list(devices), admit=admit)
     return changes

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, sele
 
 from appwarden.compliance.models import ComplianceRecord
 from appwarden.compliance.service import evaluate_device
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.facts import conflict_json
 from appwarden.devices.identifiers import join_rank, normalise
@@ -348,7 +349,7 @@ def identifiers_of(uow: UnitOfWork, ids: list[int]) -> dict[int, list[DeviceIden
     """Each device's identifiers in join order."""
     found: dict[int, list[DeviceIdentifier]] = {i: [] for i in ids}
     for row in uow.session.scalars(
-        select(DeviceIdentifier).where(DeviceIdentifier.device_id.in_(ids))
+        select(DeviceIdentifier).where(one_of(DeviceIdentifier.device_id, ids))
     ):
         found[row.device_id].append(row)
     for rows in found.values():
@@ -359,7 +360,7 @@ def identifiers_of(uow: UnitOfWork, ids: list[int]) -> dict[int, list[DeviceIden
 def _people(uow: UnitOfWork, ids: set[int]) -> dict[int, Person]:
     if not ids:
         return {}
-    return {p.id: p for p in uow.session.scalars(select(Person).where(Person.id.in_(ids)))}
+    return {p.id: p for p in uow.session.scalars(select(Person).where(one_of(Person.id, ids)))}
 
 
 def _report_sources(uow: UnitOfWork, ids: list[int]) -> dict[int, dict[str, datetime]]:
@@ -367,7 +368,7 @@ def _report_sources(uow: UnitOfWork, ids: list[int]) -> dict[int, dict[str, date
     found: dict[int, dict[str, datetime]] = {}
     query = (
         select(Report.device_id, Report.source, func.max(Report.observed_at))
-        .where(Report.device_id.in_(ids))
+        .where(one_of(Report.device_id, ids))
         .group_by(Report.device_id, Report.source)
     )
     for device_id, source, newest in uow.session.execute(query):
@@ -384,7 +385,7 @@ def _stored_states(
         return found
     query = (
         select(ComplianceRecord)
-        .where(ComplianceRecord.device_id.in_(ids), ComplianceRecord.version_id.in_(by_id))
+        .where(one_of(ComplianceRecord.device_id, ids), ComplianceRecord.version_id.in_(by_id))
         .order_by(ComplianceRecord.device_id, ComplianceRecord.version_id)
     )
     for record in uow.session.scalars(query):

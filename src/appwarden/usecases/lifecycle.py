@@ -15,6 +15,7 @@ from typing import Any, Final
 from sqlalchemy import select
 
 from appwarden.catalog.model import Catalog
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import InvalidInput
 from appwarden.identity.models import Person
@@ -111,7 +112,7 @@ def preview(
 
 
 def _emails(uow: UnitOfWork, ids: set[int]) -> dict[int, str]:
-    query = select(Person.id, Person.email).where(Person.id.in_(ids))
+    query = select(Person.id, Person.email).where(one_of(Person.id, ids))
     return {int(id_): str(email) for id_, email in uow.session.execute(query)}
 
 

@@ -30,7 +30,7 @@ from appwarden.compliance.rules import (
     rules_of,
 )
 from appwarden.compliance.service import evaluate_view, fleet_status
-from appwarden.db.chunked import scalars_in
+from appwarden.db.chunked import one_of, scalars_in
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device, DeviceResource
 from appwarden.devices.service import device_identifiers, device_name
@@ -692,7 +692,7 @@ def _read_in_chunks(uow: UnitOfWork, model: type[Any], ids: Sequence[int]) -> li
     rows: list[Any] = []
     for start in range(0, len(unique), _READ_CHUNK):
         chunk = unique[start : start + _READ_CHUNK]
-        rows += uow.session.scalars(select(model).where(model.id.in_(chunk)))
+        rows += uow.session.scalars(select(model).where(one_of(model.id, chunk)))
     return rows
 
 
@@ -704,7 +704,7 @@ def _announced_among(uow: UnitOfWork, policy_id: str, person_ids: Sequence[int])
             uow.session.scalars(
                 select(Notice.person_id).where(
                     Notice.policy_id == policy_id,
-                    Notice.person_id.in_(person_ids[start : start + _READ_CHUNK]),
+                    one_of(Notice.person_id, person_ids[start : start + _READ_CHUNK]),
                     Notice.kind == NoticeKind.ANNOUNCE,
                     Notice.status != NoticeStatus.CANCELLED,
                 )
@@ -804,7 +804,7 @@ def _people_entries(
         devices = list(
             uow.session.scalars(
                 select(Device)
-                .where(Device.owner_id.in_(person_ids[start : start + _READ_CHUNK]))
+                .where(one_of(Device.owner_id, person_ids[start : start + _READ_CHUNK]))
                 .order_by(Device.id)
             )
         )
@@ -814,7 +814,7 @@ def _people_entries(
             uow.session.execute(
                 select(PolicyFirstSeen.device_id, PolicyFirstSeen.first_seen_at).where(
                     PolicyFirstSeen.policy_id == rules.policy_id,
-                    PolicyFirstSeen.device_id.in_(ids),
+                    one_of(PolicyFirstSeen.device_id, ids),
                 )
             ).all()
         )

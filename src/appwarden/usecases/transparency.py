@@ -20,11 +20,13 @@ from typing import Any, Final
 
 from sqlalchemy import Table, select
 
-# The model modules whose tables may hold rows about a device are imported so that their tables
-# are in the metadata whichever entry point runs this.
 from appwarden.access import models as _access_models  # noqa: F401
 from appwarden.compliance import models as _compliance_models  # noqa: F401
 from appwarden.db.base import Base
+
+# The model modules whose tables may hold rows about a device are imported so that their tables
+# are in the metadata whichever entry point runs this.
+from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import NotFound
 from appwarden.exemptions import models as _exemption_models  # noqa: F401
@@ -83,20 +85,21 @@ def stored_rows(uow: UnitOfWork, person_id: int, device_ids: Sequence[int]) -> S
     (an exemption or conflict of one of the devices is listed there, once)."""
     device_table = Base.metadata.tables["device"]
     devices = {
-        int(row["id"]): row for row in _rows(uow, device_table, device_table.c.id.in_(device_ids))
+        int(row["id"]): row
+        for row in _rows(uow, device_table, one_of(device_table.c.id, device_ids))
     }
     per_device: dict[int, dict[str, list[Row]]] = {i: {} for i in devices}
     for table in device_tables():
         if table.name in PERSON_TABLES:
             continue
-        for row in _rows(uow, table, table.c.device_id.in_(device_ids)):
+        for row in _rows(uow, table, one_of(table.c.device_id, device_ids)):
             per_device[int(row["device_id"])].setdefault(str(table.name), []).append(row)
     person_tables = {}
     for name in PERSON_TABLES:
         table = Base.metadata.tables[name]
         where = table.c.person_id == person_id
         if "device_id" in table.c:
-            where = where | table.c.device_id.in_(device_ids)
+            where = where | one_of(table.c.device_id, device_ids)
         person_tables[name] = _rows(uow, table, where)
     return StoredRows(devices, per_device, person_tables)
 
