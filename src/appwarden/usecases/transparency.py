@@ -20,12 +20,11 @@ from typing import Any, Final
 
 from sqlalchemy import Table, select
 
+# The model modules whose tables may hold rows about a device are imported so that their tables
+# are in the metadata whichever entry point runs this.
 from appwarden.access import models as _access_models  # noqa: F401
 from appwarden.compliance import models as _compliance_models  # noqa: F401
 from appwarden.db.base import Base
-
-# The model modules whose tables may hold rows about a device are imported so that their tables
-# are in the metadata whichever entry point runs this.
 from appwarden.db.chunked import one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.errors import NotFound
