@@ -68,6 +68,7 @@ _PLAIN_INSERT = re.compile(  # a pattern that reads SQLAlchemy's INSERT, not a q
 )
 _BIND_NAME = re.compile(_BOUND)
 #: Statement → (the COPY statement, the bind names in column order), or None: not a plain INSERT.
+#: The statements are the code's own, compiled by SQLAlchemy: a few dozen, never a caller's text.
 _copies: dict[str, tuple[str, tuple[str, ...]] | None] = {}
 
 
