@@ -307,7 +307,7 @@ def _many(runtime: Runtime, queries: list[DecisionQuery]) -> list[dict[str, Any]
 
 
 def _count(request: Request, rows: list[dict[str, Any]]) -> None:
-    counter = metrics_of(request).decisions
+    counter = metrics_of(request).decisions.threads  # a synchronous route's thread
     for row in rows:
         if "decision" in row:
             counter.labels(str(row["decision"])).inc()

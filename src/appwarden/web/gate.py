@@ -35,19 +35,15 @@ Two paths give the same answer (`usecases.gate.answer` over two sources of facts
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import hmac
 import ipaddress
 import logging
-import marshal
 import random
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -80,7 +76,9 @@ from appwarden.web.errors import PROBLEM_JSON, ServiceUnavailable, Unauthenticat
 from appwarden.web.live_index import LiveIndex
 from appwarden.web.observability import (
     REQUEST_ID_HEADER,
+    AccessLine,
     Metrics,
+    log_access_line,
     log_request,
     method_label,
     request_id_from,
@@ -100,8 +98,13 @@ NOT_FOUND_SECONDS: Final = 1.0
 NOT_FOUND_ENTRIES: Final = 100_000
 #: Decisions the store computed for devices that have none materialised (`Gate.computed`).
 COMPUTED_ENTRIES: Final = 10_000
-#: Answers of the in-memory copy remembered by request (`AnswerCache`): about 300 bytes each.
+#: Answers of the in-memory copy remembered by request (`AnswerCache`): at most this many, and
+#: requests of at most `ANSWER_BYTES` in all (a mail client's is 0.3-2 kB, its bearer token most).
 ANSWER_ENTRIES: Final = 100_000
+ANSWER_BYTES: Final = 64 * 1024 * 1024
+#: A request larger than this is answered but not remembered (nginx's default header buffers
+#: hold 32 kB; a mail client's request is far smaller).
+ANSWER_REQUEST_BYTES: Final = 16 * 1024
 #: 403 bodies remembered by what they say (a blocked phone asks again and again).
 _PROBLEMS_CACHED: Final = 4096
 #: How long a request that needs the store waits for a place on the gate's store path before it
@@ -183,8 +186,9 @@ class NotFoundCache:
 
 
 class RememberedAnswer(NamedTuple):
-    """An answer of the in-memory copy, rendered, and how long it holds. Kept as a plain
-    tuple of plain values, which the cycle collector stops tracking (see `access.index`)."""
+    """An answer of the in-memory copy, rendered, and how long it holds. `AnswerCache` keeps
+    it as a plain tuple (`Held`) of plain values, which the cycle collector stops tracking (see
+    `access.index`); a named tuple's class keeps it tracked."""
 
     generation: int  # the copy's (`DecisionIndex.generation`) when it was read
     expires: datetime | None  # the earliest `valid_until` of the decisions it read
@@ -196,52 +200,101 @@ class RememberedAnswer(NamedTuple):
     body: bytes
 
 
+Held = tuple[
+    int, datetime | None, str, str, str | None, int, tuple[tuple[bytes, bytes], ...], bytes
+]
+
+
 class AnswerCache:
-    """The in-memory copy's answers by the digest of a request's exact bytes (`fingerprint`):
-    a mail client asks the same question every few seconds, and reading its credentials and
-    walking the copy again gives the same answer while the copy is unchanged and no decision
-    the answer read has reached its `valid_until`. An answer that read what changes by itself
-    (the store's recent "not found", a decision the store computed) is not kept. Touched only
-    on the event loop; the oldest entry makes way past `size`."""
+    """The in-memory copy's answers by a request's exact bytes (`fingerprint`): a mail client
+    asks the same question every few seconds, and reading its credentials and walking the copy
+    again gives the same answer while the copy is unchanged and no decision the answer read has
+    reached its `valid_until`. An answer that read what changes by itself (the store's recent
+    "not found", a decision the store computed) is not kept. Touched only on the event loop;
+    the oldest entry makes way past `size` entries or `max_bytes` of requests held."""
 
-    def __init__(self, size: int = ANSWER_ENTRIES) -> None:
+    def __init__(
+        self,
+        size: int = ANSWER_ENTRIES,
+        max_bytes: int = ANSWER_BYTES,
+        max_request_bytes: int = ANSWER_REQUEST_BYTES,
+    ) -> None:
         self.size = size
-        self._entries: OrderedDict[bytes, tuple[Any, ...]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.max_request_bytes = max_request_bytes
+        self._entries: OrderedDict[tuple[object, ...], Held] = OrderedDict()
+        self._sizes: dict[tuple[object, ...], int] = {}
+        self._bytes = 0
 
-    def get(self, key: bytes, generation: int, now: datetime) -> RememberedAnswer | None:
-        held = self._entries.get(key)
-        if held is None:
+    def get(
+        self, key: tuple[object, ...], generation: int, now: Callable[[], datetime]
+    ) -> Held | None:
+        """The answer remembered for `key` while it holds (a `RememberedAnswer`'s fields); `now`
+        is asked only of an answer that has an end."""
+        found = self._entries.get(key)
+        if found is None:
             return None
-        found = RememberedAnswer._make(held)
-        if found.generation != generation or (found.expires is not None and now >= found.expires):
-            del self._entries[key]
+        expires = found[1]
+        if found[0] != generation or (expires is not None and now() >= expires):
+            self._forget(key)
             return None
         return found
 
-    def put(self, key: bytes, remembered: RememberedAnswer) -> None:
-        self._entries[key] = tuple(remembered)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+    def put(self, key: tuple[object, ...], remembered: RememberedAnswer) -> None:
+        size = _held_bytes(key)
+        if size > self.max_request_bytes:
+            return
+        if key in self._entries:
+            self._forget(key)
+        r = remembered
+        self._entries[key] = (
+            r.generation,
+            r.expires,
+            r.decision,
+            r.reason,
+            r.device,
+            r.status,
+            r.headers,
+            r.body,
+        )
+        self._sizes[key] = size
+        self._bytes += size
+        while len(self._entries) > self.size or self._bytes > self.max_bytes:
+            self._forget(next(iter(self._entries)))
+
+    def _forget(self, key: tuple[object, ...]) -> None:
+        del self._entries[key]
+        self._bytes -= self._sizes.pop(key)
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
+def _held_bytes(key: tuple[object, ...]) -> int:
+    """About what a remembered request's key holds in memory: its bytes, and an object each."""
+    return sum(len(part) if isinstance(part, bytes | str) else 0 for part in key) + 64 * len(key)
+
+
+class Fingerprint(NamedTuple):
     """What the fast path reads of a request before anything else."""
 
-    key: bytes  # a digest of method, path, query and headers (the request id left out)
+    key: tuple[object, ...]  # method, path, query and headers as sent (the request id left out)
     proxy_key: bytes | None  # the last X-Appwarden-Proxy-Key
     request_id: bytes | None  # the last X-Request-Id
 
 
 def fingerprint(scope: Scope, echo_only: bytes | None) -> Fingerprint:
     """One pass over the request's headers. `echo_only` (the request id header) is left out
-    of the digest: the gate only echoes it, and proxies send a new one with every request.
-    `marshal` writes each part with its length, so two different requests cannot give the
-    same bytes; BLAKE2b keeps the key short."""
-    kept = []
+    of the key: the gate only echoes it, and proxies send a new one with every request. The key
+    is the request's own bytes, names and values in order, compared whole by the dictionary that
+    holds the answers: two requests share an answer only when all the gate reads is equal (no
+    digest, whose collisions would have to be argued away)."""
+    kept: list[object] = [
+        scope["method"],
+        scope.get("raw_path"),
+        scope["path"],
+        scope.get("query_string", b""),
+    ]
     proxy_key = request_id = None
     for header in scope["headers"]:
         name = header[0]
@@ -250,11 +303,8 @@ def fingerprint(scope: Scope, echo_only: bytes | None) -> Fingerprint:
             continue
         if name == _PROXY_KEY:
             proxy_key = header[1]
-        kept.append(header)
-    path = scope.get("raw_path"), scope["path"]
-    request = (scope["method"], *path, scope.get("query_string", b""), kept)
-    digest = hashlib.blake2b(marshal.dumps(request), digest_size=16).digest()
-    return Fingerprint(digest, proxy_key, request_id)
+        kept += header
+    return Fingerprint(tuple(kept), proxy_key, request_id)
 
 
 class _RecordingStoreFacts(StoreFacts):
@@ -581,7 +631,7 @@ class Gate:
         return 403, headers, body
 
 
-Answered = tuple[str | None, int, list[tuple[bytes, bytes]], bytes]
+Rendered = tuple[int, Sequence[tuple[bytes, bytes]], bytes]  # status, headers, body
 
 
 class GateFastPath:
@@ -597,9 +647,8 @@ class GateFastPath:
         self.gate = gate
         logged = gate.runtime.settings.gate_access_log
         self._log_allow, self._log_deny = logged == "all", logged != "none"
-        self._latency = functools.cache(
-            lambda method, status: metrics.request_seconds.labels(FORWARD_PATH, method, status)
-        )
+        self._metrics = metrics
+        self._lines: dict[tuple[str, str, int], tuple[Any, AccessLine]] = {}
         self._busy_reported = -BUSY_REPORT_SECONDS
         self.answers = AnswerCache()
         # the request id is only echoed, unless a setting makes the gate read it
@@ -609,67 +658,104 @@ class GateFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_gate_path(scope["path"]):
             started = time.perf_counter()
+            answered: Rendered | None = None
             try:
-                answered = await self._answer(scope)
+                seen = fingerprint(scope, self._echo_only)
+                if self.gate.trusted(seen.proxy_key, scope.get("client")):  # else the app's 401
+                    answered = self._remembered(seen.key) or await self._decide(scope, seen.key)
             except Exception:
                 log.exception("gate fast path failed; answering through the application")
                 answered = None
             if answered is not None:
-                await self._send(scope, send, started, answered)
+                status, headers, body = answered
+                # The proxy's request id is echoed (and logged); without one, a new id goes
+                # only in the log line, if there is one: the proxy would not read it.
+                offered = seen.request_id
+                request_id = (
+                    request_id_from(offered.decode("latin-1")) if offered is not None else None
+                )
+                if request_id is not None:
+                    headers = [*headers, (b"x-request-id", request_id.encode())]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                self._record(scope, status, request_id, time.perf_counter() - started)
                 return
         await self.app(scope, receive, send)
 
-    async def _send(self, scope: Scope, send: Send, started: float, answered: Answered) -> None:
-        request_id, status, headers, body = answered
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        latency = self._latency(method_label(scope["method"]), str(status))
-        duration = time.perf_counter() - started
+    def _remembered(self, key: tuple[object, ...]) -> Rendered | None:
+        """The answer remembered for this very request, counted: what nearly every request
+        gets, without a coroutine of its own. None when the copy must be read, or the store
+        asked, or the caller paced first (`_decide`)."""
+        gate = self.gate
+        if not gate.live.fresh():
+            return None
+        held = self.answers.get(key, gate.live.index.generation, gate.runtime.now)
+        if held is None:
+            return None
+        _generation, _expires, decision, reason, device, status, headers, body = held
+        if reason == UNAUTHENTICATED:
+            return None
+        gate.count(decision, reason, device)
+        return status, headers, body
+
+    def _record(self, scope: Scope, status: int, request_id: str | None, duration: float) -> None:
+        """The answer's latency sample and access line, as `Observability` writes them."""
+        latency, line = self._written(scope["path"], scope["method"], status)
         logged = self._log_allow if status == 200 else self._log_deny and status != 503
         if not logged:  # a 503 (busy) is timed and counted, never a line each: see _report_busy
             latency.observe(duration)
-            return
-        log_request(
+        elif line is not None:
+            log_access_line(latency, line, request_id or request_id_from(None), duration)
+        else:
+            log_request(
+                latency,
+                request_id=request_id or request_id_from(None),
+                method=scope["method"],
+                path=scope["path"],
+                route=FORWARD_PATH if scope["path"] != EXPLAIN_PATH else EXPLAIN_PATH,
+                status=status,
+                duration=duration,
+            )
+
+    def _written(self, path: str, method: str, status: int) -> tuple[Any, AccessLine | None]:
+        """The latency histogram's child for an answer, and its access line rendered once for
+        the gate's own paths and the usual methods (anything else is written in full: a path or
+        method a caller made up must not grow what is kept)."""
+        kept = self._lines.get((path, method, status))
+        if kept is not None:
+            return kept
+        label = method_label(method)
+        latency = self._metrics.request_seconds.labels(FORWARD_PATH, label, str(status))
+        if path not in (FORWARD_PATH, EXPLAIN_PATH) or label != method:
+            return latency, None
+        kept = self._lines[(path, method, status)] = (
             latency,
-            request_id=request_id or request_id_from(None),
-            method=scope["method"],
-            path=scope["path"],
-            route=FORWARD_PATH if scope["path"] != EXPLAIN_PATH else EXPLAIN_PATH,
-            status=status,
-            duration=duration,
+            AccessLine(
+                method, path, EXPLAIN_PATH if path == EXPLAIN_PATH else FORWARD_PATH, status
+            ),
         )
+        return kept
 
-    async def _answer(self, scope: Scope) -> Answered | None:
-        seen = fingerprint(scope, self._echo_only)
-        if not self.gate.trusted(seen.proxy_key, scope.get("client")):
-            return None  # the application's 401
-        try:
-            status, response_headers, body = await self._decide(scope, seen.key)
-        except Busy:
-            self._report_busy()
-            status, response_headers, body = _busy(scope["path"])
-        # The proxy's request id is echoed (and logged); without one, a new id goes only in the
-        # log line, if there is one: the proxy would not read it.
-        offered = seen.request_id
-        request_id = request_id_from(offered.decode("latin-1")) if offered is not None else None
-        if request_id is not None:
-            response_headers.append((b"x-request-id", request_id.encode()))
-        return request_id, status, response_headers, body
-
-    async def _decide(
-        self, scope: Scope, key: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _decide(self, scope: Scope, key: tuple[object, ...]) -> Rendered:
         """From memory when the copy can answer (remembered, or read now), else on the store
         path; what concerns callers the gate knows nothing about is paced (`Pacer`). A copy
         that must catch up first (another process wrote, a checkpoint moved the WAL) is no sign
-        of a stranger: that request goes to the store path unpaced. Raises Busy."""
+        of a stranger: that request goes to the store path unpaced. The store path's `Busy` is
+        answered 503."""
+        try:
+            return await self._read(scope, key)
+        except Busy:
+            self._report_busy()
+            return _busy(scope["path"])
+
+    async def _read(self, scope: Scope, key: tuple[object, ...]) -> Rendered:
         gate = self.gate
         if not gate.live.fresh():
             return gate.render(*await gate.store_path.run(gate.decide, self._parse(scope)))
         now = gate.runtime.now()
         generation = gate.live.index.generation  # before the copy is read: a change moves it
-        remembered = self.answers.get(key, generation, now)
-        if remembered is None:
+        held = self.answers.get(key, generation, lambda: now)
+        if held is None:
             request = self._parse(scope)
             facts = gate.memory_facts(now)
             result = gate.from_memory(request, facts)
@@ -689,10 +775,12 @@ class GateFastPath:
             )
             if facts.lasting:
                 self.answers.put(key, remembered)
+        else:
+            remembered = RememberedAnswer._make(held)
         if remembered.reason == UNAUTHENTICATED:
             await gate.pacer.turn()
         gate.count(remembered.decision, remembered.reason, remembered.device)
-        return remembered.status, list(remembered.headers), remembered.body
+        return remembered.status, remembered.headers, remembered.body
 
     def _parse(self, scope: Scope) -> GateRequest:
         headers, duplicated = read_headers(scope["headers"])

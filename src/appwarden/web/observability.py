@@ -33,12 +33,13 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
@@ -53,6 +54,7 @@ from appwarden.usecases.health import health_on
 from appwarden.web.auth import PERSON_KEY, TOKEN_KEY, route_path
 from appwarden.web.clients import Network, client_address
 from appwarden.web.errors import send_problem
+from appwarden.web.loop_metrics import LoopCounter, LoopHistogram
 
 access_log = logging.getLogger("appwarden.access")
 log = logging.getLogger("appwarden.web")
@@ -169,19 +171,18 @@ class Metrics:
         clock: Clock | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.request_seconds = Histogram(
+        # changed on the event loop only (`web.loop_metrics`): every request passes here
+        self.request_seconds = LoopHistogram(
             "appwarden_request_seconds",
             "HTTP request latency by route template, method and status",
             ["route", "method", "status"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.decisions = Counter(
-            "appwarden_decisions",
-            "Decisions answered over the API, by outcome",
-            ["decision"],
-            registry=self.registry,
+        self.decisions = LoopCounter(
+            "appwarden_decisions", "Decisions answered over the API, by outcome", ["decision"]
         )
+        self.registry.register(self.request_seconds)
+        self.registry.register(self.decisions)
         self.gate_would_deny = Counter(
             "appwarden_gate_would_deny",
             "Gate answers allowed in report mode that enforce mode would have denied, by reason",
@@ -288,11 +289,60 @@ def log_request(
         "person": person,
         "client": client,
     }
-    direct, handlers = _direct_lines, access_log.handlers
-    if direct is not None and len(handlers) == 1 and handlers[0] is direct and _unfiltered(direct):
+    direct = _direct_lane()
+    if direct is not None:
         direct.append(_json_line(time.time_ns(), "info", access_log.name, fields))
         return
     access_log.handle(_access_record((method, path, status), fields))
+
+
+class AccessLine:
+    """The access line of a request whose every field but time, request id and duration is known
+    beforehand (the gate's: a fixed path, no token, person or client), rendered once: `text` is
+    the line `JsonFormatter` writes for it, for a few string joins instead of a dictionary and a
+    JSON encoding each time."""
+
+    _MARK: Final = "\x00mark"
+
+    def __init__(self, method: str, path: str, route: str, status: int) -> None:
+        self.args = (method, path, status)
+        self.fields: dict[str, Any] = {
+            "request_id": None,
+            "method": method,
+            "path": path,
+            "route": route,
+            "status": status,
+            "duration_ms": None,
+            "token": None,
+            "person": None,
+            "client": None,
+        }
+        marked = {**self.fields, "request_id": self._MARK, "duration_ms": self._MARK}
+        quoted = orjson.dumps(self._MARK).decode()
+        line = _json_line(0, "info", access_log.name, marked)
+        line = line.replace(orjson.dumps(_timestamp(0)).decode(), quoted, 1)
+        self._head, self._before_id, self._before_duration, self._tail = line.split(quoted)
+
+    def text(self, created_ns: int, request_id: str, duration: float) -> str:
+        # `request_id` comes from `request_id_from`: letters, digits and `._:-`, nothing a JSON
+        # string must escape; a time and a float's repr need no escaping either.
+        return (
+            f'{self._head}"{_timestamp(created_ns)}"{self._before_id}"{request_id}"'
+            f"{self._before_duration}{round(duration * 1000, 3)!r}{self._tail}"
+        )
+
+
+def log_access_line(histogram: Any, line: AccessLine, request_id: str, duration: float) -> None:
+    """`log_request` for a request whose line is rendered beforehand (`AccessLine`)."""
+    histogram.observe(duration)
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    direct = _direct_lane()
+    if direct is not None:
+        direct.append(line.text(time.time_ns(), request_id, duration))
+        return
+    fields = {**line.fields, "request_id": request_id, "duration_ms": round(duration * 1000, 3)}
+    access_log.handle(_access_record(line.args, fields))
 
 
 #: The access log's handler when `configure_logging` made it and nothing was added since: its
@@ -300,6 +350,14 @@ def log_request(
 #: filters, two handler lookups), which at gate rates cost as much as a remembered answer
 #: (bench/README.md, W2). The line is the same `JsonFormatter` would write.
 _direct_lines: BufferedLineHandler | None = None
+
+
+def _direct_lane() -> BufferedLineHandler | None:
+    """`_direct_lines`, when lines may go to it directly: nothing else handles or filters them."""
+    direct, handlers = _direct_lines, access_log.handlers
+    if direct is not None and len(handlers) == 1 and handlers[0] is direct and _unfiltered(direct):
+        return direct
+    return None
 
 
 def _unfiltered(handler: logging.Handler) -> bool:
@@ -430,19 +488,21 @@ def _json_line(created_ns: int, level: str, logger: str, fields: dict[str, Any])
     return orjson.dumps(body, default=str).decode()
 
 
-_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+_last_milli: tuple[int, str] = (-1, "")  # the last millisecond formatted, and its text
 
 
 def _timestamp(created_ns: int) -> str:
-    """`2026-12-03T12:05:02.375Z` (UTC, milliseconds). Lines come thousands a second: the
-    second's text is made once (read and replaced as one tuple: any thread may format)."""
-    global _last_second
-    second, rest = divmod(created_ns, 1_000_000_000)
-    cached = _last_second
-    if cached[0] != second:
+    """`2026-12-03T12:05:02.375Z` (UTC, milliseconds). At gate rates lines come dozens a
+    millisecond: the millisecond's text is made once (read and replaced as one tuple: any
+    thread may format)."""
+    global _last_milli
+    milli = created_ns // 1_000_000
+    cached = _last_milli
+    if cached[0] != milli:
+        second, rest = divmod(milli, 1000)
         text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        cached = _last_second = (second, text)
-    return f"{cached[1]}.{rest // 1_000_000:03d}Z"
+        cached = _last_milli = (milli, f"{text}.{rest:03d}Z")
+    return cached[1]
 
 
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -461,8 +521,12 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self, stream: Any = None, *, flush_seconds: float = 1.0, max_bytes: int = 64 * 1024
     ) -> None:
         super().__init__(stream)
-        self._lines: list[str] = []
-        self._size = 0
+        # A deque: any thread appends at one end while the flusher takes from the other, with
+        # no lock (a lock cost the gate a microsecond an answer). The byte counts only decide
+        # when to wake the flusher, so a count a racing thread loses is harmless.
+        self._lines: deque[str] = deque()
+        self._appended = 0  # bytes appended, ever
+        self._taken = 0  # `_appended` when the flusher last took the lines
         self._max_bytes = max_bytes
         self._writing = threading.Lock()  # one batch written at a time, in order
         self._wake = threading.Event()
@@ -472,33 +536,27 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         )
         self._flusher.start()
 
-    def emit(self, record: logging.LogRecord) -> None:  # called under the handler's lock
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        self._append(line)
+        self.append(line)
 
     def append(self, line: str) -> None:
-        """A line formatted by the caller (`log_request`'s direct lane)."""
-        with self.lock:  # type: ignore[union-attr]
-            self._append(line)
-
-    def _append(self, line: str) -> None:
-        line += self.terminator
+        """A formatted line (`emit`'s, or `log_request`'s direct lane)."""
         self._lines.append(line)
-        self._size += len(line)
-        if self._size >= self._max_bytes:
+        self._appended += len(line) + 1
+        if self._appended - self._taken >= self._max_bytes and not self._wake.is_set():
             self._wake.set()
 
     def flush(self) -> None:
-        """Write what has gathered; the handler's lock is held only to take the lines."""
+        """Write what has gathered, in the order it came."""
         with self._writing:
-            with self.lock:  # type: ignore[union-attr]
-                text = "".join(self._lines)
-                self._lines.clear()
-                self._size = 0
+            self._taken = self._appended
+            lines, taken = self._lines, len(self._lines)
+            text = "".join([lines.popleft() + self.terminator for _ in range(taken)])
             if text and self.stream is not None:
                 self.stream.write(text)
             if self.stream is not None and hasattr(self.stream, "flush"):
