@@ -39,6 +39,9 @@ from bench.server_app import CONSTANT_PATH, pin, running
 BAR_RATIO = 0.80
 BAR_P99_MS = 5.0
 OPEN_LOOP_WARM_UP_SECONDS = 2.0
+#: The open-loop client's connections at most (a proxy's pool is bounded too): past them a request
+#: waits for an answer to free one, timed from its schedule all the same, and counted as send lag.
+MAX_OPEN_CONNECTIONS = 4096
 GATE_PATH = "/gate/forward"
 SAMPLE = 100
 
@@ -405,14 +408,15 @@ def open_loop(
 
     One thread on raw non-blocking sockets and epoll, busy-polling between sends: this client
     must keep its schedule at several thousand requests a second (an asyncio client could not;
-    its own lag would be charged to the server). Its lag is recorded as `client_send_lag_ms`."""
+    its own lag would be charged to the server). Its lag is recorded as `client_send_lag_ms`,
+    including the wait for a free connection once `MAX_OPEN_CONNECTIONS` are open."""
     selector = selectors.DefaultSelector()
     idle: deque[_Connection] = deque()
     for _ in range(warm):
         idle.append(_Connection(port))
     for connection in idle:
         selector.register(connection.sock, selectors.EVENT_READ, connection)
-    opened = warm
+    opened = live = warm
     counted_from = int(rate * warm_up_seconds)
     total = counted_from + max(1, int(rate * seconds))
     latencies: list[float] = []
@@ -425,7 +429,8 @@ def open_loop(
     give_up = start + warm_up_seconds + seconds + 30.0
 
     def close(connection: _Connection) -> None:
-        nonlocal failures, in_flight
+        nonlocal failures, in_flight, live
+        live -= 1
         if connection.busy:  # a request lost with it
             failures += 1
             in_flight -= 1
@@ -436,18 +441,21 @@ def open_loop(
     while (sent < total or in_flight) and clock() < give_up:
         now = clock()
         while sent < total and start + sent / rate <= now:
+            while idle and idle[-1].closed:  # the server closed it while idle (keep-alive timeout)
+                idle.pop()
+            if not idle and live >= MAX_OPEN_CONNECTIONS:
+                break  # the next request waits for an answer, its time running from its schedule
             scheduled = start + sent / rate
             counted = sent >= counted_from
             if counted:
                 lags.append(now - scheduled)
-            while idle and idle[-1].closed:  # the server closed it while idle (keep-alive timeout)
-                idle.pop()
             if idle:
                 connection = idle.pop()
             else:
                 connection = _Connection(port)
                 selector.register(connection.sock, selectors.EVENT_READ, connection)
                 opened += 1
+                live += 1
             connection.scheduled = scheduled
             connection.counted = counted
             connection.buffer.clear()
