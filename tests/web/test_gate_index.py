@@ -582,7 +582,8 @@ def test_the_copy_and_remembered_answers_are_invisible_to_the_cycle_collector(
             gc.collect()
         tables = live.index._tables
         held = [*tables.people.values(), *tables.decisions.values()]
-        held += [*app.fast_path.answers._entries.values()]
+        answers = app.fast_path.answers._entries
+        held += [*answers, *answers.values()]  # the requests as sent, and their answers
         remembered = [gate_rules._credentials_seen, gate_rules._uris_seen, app.state.gate._problems]
         assert all(remembered)
         held += [item for cache in remembered for item in (*cache, *cache.values())]
