@@ -223,8 +223,7 @@ class AnswerCache:
         self.max_bytes = max_bytes
         self.max_request_bytes = max_request_bytes
         self._entries: OrderedDict[tuple[object, ...], Held] = OrderedDict()
-        self._sizes: dict[tuple[object, ...], int] = {}
-        self._bytes = 0
+        self._bytes = 0  # `_held_bytes` of every key held
 
     def get(
         self, key: tuple[object, ...], generation: int, now: Callable[[], datetime]
@@ -257,14 +256,13 @@ class AnswerCache:
             r.headers,
             r.body,
         )
-        self._sizes[key] = size
         self._bytes += size
         while len(self._entries) > self.size or self._bytes > self.max_bytes:
             self._forget(next(iter(self._entries)))
 
     def _forget(self, key: tuple[object, ...]) -> None:
         del self._entries[key]
-        self._bytes -= self._sizes.pop(key)
+        self._bytes -= _held_bytes(key)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +23,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["LoopCounter", "LoopHistogram"]
+
+Child = TypeVar("Child")
 
 
 class _Timings:
@@ -39,25 +42,46 @@ class _Timings:
         self.total += value
 
 
-class LoopHistogram(Collector):
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+class _Labelled(Collector, Generic[Child]):
+    """A metric's name, help and label names, and its children by label values."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], child: Callable[[], Child]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
+        self._child = child
+        self._children: dict[tuple[str, ...], Child] = {}
+
+    def labels(self, *values: str) -> Child:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            child = self._children[values] = self._child()
+        return child
+
+
+class LoopHistogram(_Labelled[_Timings]):
     """A labelled histogram, `labels(*values).observe(seconds)` as prometheus_client's."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = list(labelnames)
-        self._bounds = tuple(sorted(float(b) for b in buckets if not math.isinf(b)))
-        self._children: dict[tuple[str, ...], _Timings] = {}
-
-    def labels(self, *values: str) -> _Timings:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
-            child = self._children[values] = _Timings(self._bounds)
-        return child
+        bounds = tuple(sorted(float(b) for b in buckets if not math.isinf(b)))
+        super().__init__(name, documentation, labelnames, lambda: _Timings(bounds))
+        self._bounds = bounds
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -72,35 +96,14 @@ class LoopHistogram(Collector):
         yield family
 
 
-class _Count:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def inc(self) -> None:
-        self.value += 1
-
-
-class LoopCounter(Collector):
+class LoopCounter(_Labelled[_Count]):
     """A labelled counter, `labels(*values).inc()`, with a prometheus_client `Counter` of the
     same name (`threads`, registered nowhere) for the code that counts on other threads (a
     synchronous route): the two are exported as one."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = list(labelnames)
+        super().__init__(name, documentation, labelnames, _Count)
         self.threads = Counter(name, documentation, labelnames, registry=None)
-        self._children: dict[tuple[str, ...], _Count] = {}
-
-    def labels(self, *values: str) -> _Count:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
-            child = self._children[values] = _Count()
-        return child
 
     def collect(self) -> Iterator[Metric]:
         totals = {values: float(child.value) for values, child in list(self._children.items())}
