@@ -77,3 +77,31 @@ def test_a_reading_command_on_sqlite_loads_no_postgresql_dialect_nor_yaml(tmp_pa
     assert "sqlalchemy.dialects.sqlite" in modules
     assert {m for m in modules if m.startswith("sqlalchemy.dialects.postgresql")} == set()
     assert {m for m in modules if m == "yaml" or m.startswith("yaml.")} == set()
+
+
+COLLECTION_PROBE = """
+import gc, json, sys
+from appwarden.cli.main import run
+from appwarden.cli.options import pause_collection
+pause_collection()
+before = gc.isenabled()
+code = run(sys.argv[1:])
+sys.stderr.write(json.dumps([code, before, gc.isenabled(), gc.get_freeze_count()]))
+"""
+
+
+def test_a_command_collects_cycles_again_once_it_has_imported_what_it_runs(tmp_path):
+    """`main` starts with the cycle collector off; a command that runs for hours (the server,
+    the worker, an import) must not go on without it. It is back on, with what start-up made
+    frozen, as soon as the command asks for its context."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", COLLECTION_PROBE, "--db", url, "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    code, before, after, frozen = json.loads(done.stderr.strip().splitlines()[-1])
+    assert code == 0
+    assert (before, after) == (False, True)
+    assert frozen > 10_000

@@ -23,7 +23,7 @@ from appwarden.cli.context import AppContext
 from appwarden.cli.devices import devices_app, people_app
 from appwarden.cli.health import register as register_health
 from appwarden.cli.imports import register as register_imports
-from appwarden.cli.options import As, At, Json, _state, ctx
+from appwarden.cli.options import As, At, Json, _state, ctx, pause_collection
 from appwarden.cli.privacy import register as register_privacy
 from appwarden.cli.render import (
     bold,
@@ -625,6 +625,7 @@ def main() -> None:
     freeing them one by one at exit took a tenth of a second, as long as the command itself
     (bench/README.md, CLI). What a finished command leaves is written out first (its output and
     log lines); `run` has closed its store."""
+    pause_collection()
     code = run(sys.argv[1:])
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
