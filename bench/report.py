@@ -144,6 +144,12 @@ def _ok(flag: bool) -> str:
     return "pass" if flag else "FAIL"
 
 
+def _us_over(found: dict[str, Any]) -> str:
+    """The microseconds the gate adds to a request (results before they were recorded: none)."""
+    us = found.get("us_over_constant")
+    return "" if us is None else f" (the gate adds {us} µs a request)"
+
+
 def _w2_rows(result: dict[str, Any]) -> list[str]:
     bars = result["bars"]
     c, g = result["max_rps"]["constant"], result["max_rps"]["gate"]
@@ -152,13 +158,14 @@ def _w2_rows(result: dict[str, Any]) -> list[str]:
     sample = result["sample"]
     mixes = [
         f"W2 {mix} only, max req/s: gate {found['max_rps']['gate']:,.0f} / constant "
-        f"{found['max_rps']['constant']:,.0f} | ratio {found['ratio']:.3f} "
+        f"{found['max_rps']['constant']:,.0f}{_us_over(found)} | ratio {found['ratio']:.3f} "
         f"| {bars['throughput_ratio_' + mix]['bar']} "
         f"| {_ok(bars['throughput_ratio_' + mix]['pass'])} |"
         for mix, found in result.get("mixes", {}).items()
     ]
     return [
-        f"W2 max req/s: gate {g:,.0f} / constant {c:,.0f} | ratio {result['ratio']:.3f} "
+        f"W2 max req/s: gate {g:,.0f} / constant {c:,.0f}{_us_over(result)} "
+        f"| ratio {result['ratio']:.3f} "
         f"| {bars['throughput_ratio']['bar']} | {_ok(bars['throughput_ratio']['pass'])} |",
         *mixes,
         f"W2 open loop at {result['open_loop']['rate_per_s']:,.0f}/s: gate p50 "
