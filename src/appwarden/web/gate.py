@@ -710,7 +710,7 @@ class GateFastPath:
                 request_id=request_id or request_id_from(None),
                 method=scope["method"],
                 path=scope["path"],
-                route=FORWARD_PATH if scope["path"] != EXPLAIN_PATH else EXPLAIN_PATH,
+                route=_route_of(scope["path"]),
                 status=status,
                 duration=duration,
             )
@@ -728,9 +728,7 @@ class GateFastPath:
             return latency, None
         kept = self._lines[(path, method, status)] = (
             latency,
-            AccessLine(
-                method, path, EXPLAIN_PATH if path == EXPLAIN_PATH else FORWARD_PATH, status
-            ),
+            AccessLine(method, path, _route_of(path), status),
         )
         return kept
 
@@ -794,6 +792,11 @@ class GateFastPath:
                 "gate: the store path is full; requests for unknown devices and people are "
                 'answered 503 (counted in appwarden_request_seconds{status="503"})'
             )
+
+
+def _route_of(path: str) -> str:
+    """The route template an answer on this gate path is logged under."""
+    return EXPLAIN_PATH if path == EXPLAIN_PATH else FORWARD_PATH
 
 
 def _busy(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
