@@ -48,16 +48,19 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("appwarden.usecases.ingest", "_BatchReports._create_owners"),
     ("appwarden.usecases.ingest", "_BatchReports._facts"),
     ("appwarden.devices.bulk", "ReportWriter.apply"),
-    ("appwarden.devices.bulk", "ReportWriter.flush"),
+    ("appwarden.devices.bulk", "ReportWriter.finish_observations"),
+    ("appwarden.devices.bulk", "ReportWriter.write_reports"),
+    ("appwarden.compliance.service", "SharedReads.read_ahead"),
     ("appwarden.compliance.service", "SharedReads.prefetch"),
+    ("appwarden.compliance.service", "SharedReads.build_views"),
     ("appwarden.access.breaker", "Breakers.prefetch"),
-    ("appwarden.usecases.ingest", "_reevaluate"),
+    ("appwarden.usecases.ingest", "_BatchEvaluation.evaluate"),
+    ("appwarden.usecases.ingest", "_BatchEvaluation.publish"),
     ("appwarden.usecases.notices", "announce_entrants"),
     ("appwarden.usecases.ingest", "_BatchReports.apply_in_bulk"),
-    ("appwarden.usecases.ingest", "reevaluate_devices"),
 )
-#: Where `usecases.ingest` starts the background write (it imported the name).
-BACKGROUND = ("appwarden.usecases.ingest", "in_background")
+#: Where `devices.bulk` starts the background write (it imported the name).
+BACKGROUND = ("appwarden.devices.bulk", "in_background")
 #: What this prints (never markup: statements hold brackets).
 out = Console(highlight=False, markup=False, soft_wrap=True)
 #: Statement text shown per line.

@@ -6,13 +6,17 @@ so a change that adds a round trip per report fails here before it shows in the 
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from tests.conftest import statements_sent
 
 from appwarden.access.models import DecisionRecord
@@ -24,6 +28,7 @@ from appwarden.identity.models import Person
 from appwarden.notifications import service as outbox
 from appwarden.notifications.models import Notice
 from appwarden.settings import Settings
+from appwarden.usecases import ingest as ingest_module
 from appwarden.usecases.ingest import IngestResult, ingest
 from appwarden.vocabulary import EvidenceKind, Ownership, Platform
 from appwarden.wiring import Services
@@ -206,19 +211,55 @@ def test_notices_waiting_for_the_commit_are_queued_a_chunk_at_a_time(
 
 
 def _held_back(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> list[int]:
-    """Hold the batch's background observation writes back half a second, long enough to span
-    its evaluation; returns how many statements had been sent when they began, and ended."""
+    """Hold back the observation writes left once the batch is applied half a second, long
+    enough to span its evaluation; returns how many statements had been sent when they began,
+    and ended."""
     writes = bulk._postgresql_writes
     window: list[int] = []
 
     def held_back(*args: object) -> None:
         window.append(len(statements))
         time.sleep(0.5)
-        writes(*args)
+        writes(*args)  # type: ignore[arg-type]
         window.append(len(statements))
 
     monkeypatch.setattr(bulk, "_postgresql_writes", held_back)
     return window
+
+
+def _copies(
+    monkeypatch: pytest.MonkeyPatch,
+    statements: list[str],
+    *,
+    delay: float = 0.3,
+    opened: threading.Event | None = None,
+) -> list[tuple[int, int]]:
+    """Each `COPY` of the new rows sent as the batch is applied, begun `delay` late so that it
+    spans what the batch does meanwhile: how many statements had been sent when it began, and
+    ended. `opened` is set once a `COPY` has begun on the server (the connection is its own)."""
+    copy = bulk.ObservationStream._copy
+    windows: list[tuple[int, int]] = []
+
+    class Opening:
+        def __init__(self, cursor: Any) -> None:
+            self._cursor = cursor
+
+        @contextmanager
+        def copy(self, statement: str) -> Iterator[Any]:
+            with self._cursor.copy(statement) as begun:
+                if opened is not None:
+                    opened.set()
+                yield begun
+
+    def slowed(self: bulk.ObservationStream, cursor: Any, rows: list[tuple[Any, ...]]) -> object:
+        began = len(statements)
+        time.sleep(delay)
+        item = copy(self, Opening(cursor), rows)
+        windows.append((began, len(statements)))
+        return item
+
+    monkeypatch.setattr(bulk.ObservationStream, "_copy", slowed)
+    return windows
 
 
 def _stored(store, udid_like: str) -> dict[tuple[str, str], tuple[str | None, datetime]]:
@@ -237,35 +278,106 @@ def _stored(store, udid_like: str) -> dict[tuple[str, str], tuple[str | None, da
         return {(udid, app): (version, seen) for udid, app, version, seen in rows}
 
 
+def _ids_in_batch_order(store, udid_like: str) -> bool:
+    """Whether the phones' observation ids ascend in the order their reports came."""
+    with unit_of_work(store.engine, now=AT, write=False) as uow:
+        rows = uow.session.execute(
+            select(DeviceIdentifier.value, Observation.id)
+            .join(DeviceIdentifier, DeviceIdentifier.device_id == Observation.device_id)
+            .where(DeviceIdentifier.namespace == "udid", DeviceIdentifier.value.like(udid_like))
+            .order_by(Observation.id)
+        )
+        phones = [int(udid.rsplit("-", 1)[1]) for udid, _ in rows]
+    return phones == sorted(phones)
+
+
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
-def test_a_batch_is_evaluated_while_its_new_observation_rows_are_copied(
+def test_a_first_load_copies_its_new_rows_while_its_reports_are_applied(
     store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """On PostgreSQL a batch's observation writes (here a fresh load's `COPY` of new rows) run
-    in the background while its devices are evaluated (db/background.py): the evaluation has
-    read all it needs before, and sends no statement until the writes have ended (one would
-    wait for them, and the overlap would be lost). Held back, the writes span the evaluation, so
-    any statement sent meanwhile is seen; afterwards every row is stored."""
+    """On PostgreSQL a first load's new observation rows are sent to a thread as each report
+    is applied, and copied in one `COPY` on the unit of work's connection while the batch goes
+    on applying the others and evaluates its devices from memory (devices/bulk.py). The batch
+    reads what the evaluation needs before, and sends no statement until the rows are in (one
+    would end the `COPY`). Slowed down, the `COPY` spans all that, so a statement sent meanwhile
+    is seen; afterwards every row is stored, in the reports' order."""
     services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
     with statements_sent(store.engine) as statements, services.uow(AT) as uow:
-        window = _held_back(monkeypatch, statements)
+        copies, rest = _copies(monkeypatch, statements), _held_back(monkeypatch, statements)
         result = ingest(uow, _batch(30, OBSERVED))
-    began, ended = window
-    assert statements[began:ended] == [], "\n".join(_first_lines(statements))
+    assert len(copies) == 1, copies
+    (began, _), (_, rest_ended) = copies[0], rest
+    assert statements[began:rest_ended] == [], "\n".join(_first_lines(statements))
     assert len(result.decision_changes) == 10  # a third of the phones, denied for TikTok
     assert len(_stored(store, "BATCH30-%")) == 30 * 5 + 10  # five apps each, TikTok every third
+    assert _ids_in_batch_order(store, "BATCH30-%")
     assert _decision(store, "BATCH30-0") == "deny"
     assert _decision(store, "BATCH30-1") == "allow"
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_statement_sent_while_rows_are_copied_ends_the_copy_and_waits_for_it(
+    store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A statement the batch sends while its new rows are being copied (here a read, as a fact
+    from a source that is not the device's own may need) ends the `COPY`, which holds the
+    connection, and runs once the rows sent so far are in; the rows of the reports after it go
+    in a `COPY` of their own, so the ids still follow the reports' order."""
+    services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
+    facts = ingest_module._BatchReports._facts
+    applied: list[ReportFacts] = []
+    opened = threading.Event()
+
+    def facts_with_a_read(self: ingest_module._BatchReports, device, report: ReportFacts):
+        applied.append(report)
+        if len(applied) == 12:
+            assert opened.wait(5)  # the rows of the reports before are being copied
+            assert self.uow.session.scalar(select(func.count()).select_from(Person)) > 0
+        return facts(self, device, report)
+
+    monkeypatch.setattr(ingest_module._BatchReports, "_facts", facts_with_a_read)
+    with statements_sent(store.engine) as statements, services.uow(AT) as uow:
+        copies = _copies(monkeypatch, statements, delay=0, opened=opened)
+        result = ingest(uow, _batch(30, OBSERVED))
+    assert len(copies) == 2, copies
+    assert len(result.decision_changes) == 10
+    assert len(_stored(store, "BATCH30-%")) == 30 * 5 + 10
+    assert _ids_in_batch_order(store, "BATCH30-%")
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_batch_that_fails_while_its_rows_are_copied_stores_none_of_them(
+    store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A batch that fails while its new rows are being copied fails with its own error, not
+    the thread's, and leaves nothing: the `COPY` under way is failed with the transaction."""
+    services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
+    apply = bulk.ReportWriter.apply
+    applied: list[ReportFacts] = []
+
+    def failing(self: bulk.ReportWriter, device, report: ReportFacts, **kwargs):
+        applied.append(report)
+        if len(applied) == 12:
+            raise RuntimeError("the twelfth report")
+        return apply(self, device, report, **kwargs)
+
+    monkeypatch.setattr(bulk.ReportWriter, "apply", failing)
+    with pytest.raises(RuntimeError, match="the twelfth report"), services.uow(AT) as uow:
+        ingest(uow, _batch(30, OBSERVED))
+    assert _stored(store, "BATCH30-%") == {}
+    with unit_of_work(store.engine, now=AT) as uow:  # the connection is usable again
+        assert uow.session.scalar(select(func.count()).select_from(Person)) > 0
 
 
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 def test_a_re_import_is_evaluated_while_its_rows_seen_again_are_updated(
     store, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A re-import's observation writes go to the background as a whole: the rows seen again
-    (most of it: their `last_seen_at` moves), the changed rows through the staging table and
-    the new rows' `COPY`. The evaluation sends nothing meanwhile, and afterwards every row
-    stands as the reports left it."""
+    """A re-import's observation writes go to the thread once its reports are applied: the rows
+    seen again (most of it: their `last_seen_at` moves), the changed rows through the staging
+    table and the new rows' `COPY` (none is sent as the reports are applied: their feeds hold
+    rows already). The evaluation sends nothing meanwhile, and afterwards every row stands as
+    the reports left it."""
     services = Services(Settings(database_url=store.url, maildir=tmp_path / "mail"), store.engine)
     with services.uow(AT) as uow:
         ingest(uow, _batch(30, OBSERVED))
@@ -275,9 +387,10 @@ def test_a_re_import_is_evaluated_while_its_rows_seen_again_are_updated(
         apps[0] = AppSeen(apps[0].namespace, apps[0].value, "2.0", None)
         reports.append(replace(report, apps=(*apps, *_apps(6)[5:])))
     with statements_sent(store.engine) as statements, services.uow(AT) as uow:
-        window = _held_back(monkeypatch, statements)
+        window, copies = _held_back(monkeypatch, statements), _copies(monkeypatch, statements)
         result = ingest(uow, InventoryBatch(reports=tuple(reports)))
     began, ended = window
+    assert copies == []
     assert statements[began:ended] == [], "\n".join(_first_lines(statements))
     assert len(result.decision_changes) == 10  # the TikTok phones, allowed again
     stored = _stored(store, "BATCH30-%")

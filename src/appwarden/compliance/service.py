@@ -3,7 +3,7 @@ states and first-seen times that evaluation maintains."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,6 +21,7 @@ from appwarden.compliance.evaluate import (
 from appwarden.compliance.fleet import FleetRow, fleet_rows
 from appwarden.compliance.models import ComplianceRecord
 from appwarden.compliance.rules import (
+    Owners,
     device_views,
     exemption_windows,
     granted_exemptions,
@@ -29,8 +30,9 @@ from appwarden.compliance.rules import (
     rules_of,
     stored_first_seen,
     stored_first_seens,
+    views_in_memory,
 )
-from appwarden.db.chunked import one_of
+from appwarden.db.chunked import chunks, one_of
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.models import Device
 from appwarden.devices.service import DeviceRows
@@ -86,28 +88,63 @@ class SharedReads:
     # read once for all of them rather than each device's own.
     batch: bool = False
 
-    def prefetch(self, uow: UnitOfWork, device_ids: Sequence[int], chunk: int = 2_000) -> None:
-        """The views, stored states and first sightings of these devices, in a fixed number of
-        queries per chunk of them, and every policy's granted exemptions (read once): evaluating
-        the devices then reads nothing (`usecases.ingest` runs it while the batch's observation
-        rows are still being written)."""
+    def prefetch(self, uow: UnitOfWork, devices: Sequence[Device], chunk: int = 2_000) -> None:
+        """The views, stored states and first sightings of these devices (the session holds
+        them: they are not read again), in a fixed number of queries per chunk of them, and
+        every policy's granted exemptions (read once): evaluating the devices then reads nothing."""
+        watched = self._read_policies(uow)
+        for start in range(0, len(devices), chunk):
+            loaded = devices[start : start + chunk]
+            ids = [device.id for device in loaded]
+            self.views.update(
+                device_views(uow, ids, loaded=loaded, observed=self.observed, watched=watched)
+            )
+            self._read_records(uow, ids)
+
+    def read_ahead(
+        self, uow: UnitOfWork, devices: Sequence[Device], people: Collection[int]
+    ) -> Owners:
+        """What `prefetch` reads but the views, for devices whose facts a batch is yet to apply
+        (`usecases.ingest`): their views are built once it has (`build_views`), from memory,
+        while its observation rows are being written. Returns the people who may own them
+        then, with their groups: their owners now and `people` (those the batch names)."""
+        self._read_policies(uow)
+        self._read_records(uow, [device.id for device in devices])
+        owners = {device.owner_id for device in devices if device.owner_id is not None}
+        return Owners.of(uow, owners | set(people))
+
+    def build_views(
+        self,
+        uow: UnitOfWork,
+        devices: Sequence[Device],
+        owners: Owners,
+        resources: Mapping[int, Collection[str]],
+    ) -> None:
+        """The views of devices `read_ahead` read for, from their objects, `owners`, their
+        `resources` and their rows in `observed`."""
+        watched = Watched.by(self.every_rules(uow))
+        self.views.update(views_in_memory(uow, devices, owners, resources, self.observed, watched))
+
+    def _read_policies(self, uow: UnitOfWork) -> Watched:
+        """Every released version's rules and every policy's granted exemptions, read once;
+        returns what the rules can look at."""
         self.batch = True
         every = self.every_rules(uow)
         unread = {rules.policy_id for rules in every} - self.granted.keys()
         self.granted.update(granted_exemptions_of(uow, unread))
-        watched = Watched.by(every)
-        for start in range(0, len(device_ids), chunk):
-            ids = device_ids[start : start + chunk]
-            self.views.update(device_views(uow, ids, observed=self.observed, watched=watched))
-            for device_id in ids:
-                self.records[device_id] = {}
-                self.first_seens[device_id] = {}
+        return Watched.by(every)
+
+    def _read_records(self, uow: UnitOfWork, ids: Sequence[int]) -> None:
+        for device_id in ids:
+            self.records[device_id] = {}
+            self.first_seens[device_id] = {}
+        for part in chunks(ids):
             for record in uow.session.scalars(
-                select(ComplianceRecord).where(one_of(ComplianceRecord.device_id, ids))
+                select(ComplianceRecord).where(one_of(ComplianceRecord.device_id, part))
             ):
                 self.records[record.device_id][record.version_id] = record
             for first in uow.session.scalars(
-                select(PolicyFirstSeen).where(one_of(PolicyFirstSeen.device_id, ids))
+                select(PolicyFirstSeen).where(one_of(PolicyFirstSeen.device_id, part))
             ):
                 self.first_seens[first.device_id][first.policy_id] = first
 

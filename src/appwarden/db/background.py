@@ -2,17 +2,17 @@
 
 The bulk path's largest writes, a page's observation rows (a fresh load's `COPY` of new rows,
 a re-import's update of every row seen again), keep the PostgreSQL server busy for most of a
-second while this process waits; the page's evaluation is pure Python that needs none of those
-rows from the store (it has them in memory). Run in a thread, the writes and the evaluation
-overlap (docs/architecture.md, "Bulk ingest").
+second while this process would wait; the caller needs none of those rows from the store
+meanwhile (it has them in memory, and goes on applying the batch's reports and evaluating its
+devices). Run in a thread, the writes and the caller's work overlap (docs/architecture.md,
+"Bulk ingest"; `devices.bulk.observations_written`).
 
 Why this is safe on one connection: psycopg holds the connection's lock for each statement and
 for a whole `COPY` block, and every statement, commit or rollback takes that lock. A statement
-the caller sends meanwhile (an autoflush, a lazy read) waits for the one running: it can cost
-the overlap, never the order of the protocol. It may run between two of the write's statements,
-so the caller must send none that reads what the write changes; the bulk path sends none at all
-while it runs (`tests/integration/test_report_statements.py`). The thread uses the driver's
-connection only, never the ORM session, which stays the caller's alone.
+the caller sends meanwhile waits for the one running: it can cost the overlap, never the order
+of the protocol. It may run between two of the write's statements, so the caller must send none
+that reads what the write changes. The thread uses the driver's connection only, never the ORM
+session, which stays the caller's alone.
 """
 
 from __future__ import annotations

@@ -7,29 +7,32 @@ reports, coverage, `first_seen_at` kept), applied set-wise:
   chunk of values, creates the new ones in one flush and their identifiers in one insert; only a
   report whose identifiers name two devices takes the one-by-one path (it quarantines).
 - `ReportWriter` loads the stored observations, coverage and latest report of every feed the
-  batch touches in one query each, diffs each report in memory (in batch order, so two reports of
-  one device see each other), and writes the result at the end: reports with one multi-row insert,
-  coverage with one upsert, observations with `executemany` (SQLite) or `COPY` into a staging table
-  and one merge statement (PostgreSQL), and the deletions with one statement per chunk. On
-  PostgreSQL the observation writes (rows seen again, changed and new) are left to the caller,
-  which runs them while it evaluates the devices (`db.background`).
+  batch touches in one query each and diffs each report in memory (in batch order, so two
+  reports of one device see each other). Observations are written as it goes and once it is done
+  (`finish_observations`): the deletions with one statement per chunk, rows seen again or changed
+  by id, new rows with `executemany` (SQLite) or `COPY` (PostgreSQL). On PostgreSQL a thread
+  writes them (`observations_written`) while the caller goes on applying the batch and
+  evaluates its devices, and a first load's new rows go as each report is applied. Reports and
+  coverage are written last, with one multi-row insert and one upsert (`write_reports`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from itertools import chain
+from queue import Empty, SimpleQueue
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from appwarden.db.background import Write
+from appwarden.db.background import in_background
 from appwarden.db.chunked import chunks, one_of, scalars_in
 from appwarden.db.ids import insert_rows
 from appwarden.db.uow import UnitOfWork
@@ -209,6 +212,9 @@ class FeedState:
     latest_report: datetime | None = None
     deleted: list[int] = field(default_factory=list)
 
+    def empty(self) -> bool:
+        return not self.observations and not self.coverage and self.latest_report is None
+
 
 @dataclass
 class ReportWriter:
@@ -221,14 +227,22 @@ class ReportWriter:
     # New observations in the order the one-by-one path would insert them (a later report of
     # the batch may drop one again: `new_rows` skips those).
     _new: list[tuple[FeedKey, tuple[str, str], StoredObservation]] = field(default_factory=list)
-    # Devices whose every feed is in `feeds` (read by `prepare`), so that `flush` can tell
-    # their rows as they stand afterwards.
+    # Devices whose every feed is in `feeds` (read by `prepare`), so that `device_rows` can
+    # tell their rows as they stand afterwards.
     _devices: set[int] = field(default_factory=set)
+    # Where the observation writes go on PostgreSQL (`observations_written`): the new rows of
+    # a report whose feed nothing stored and no other report of the batch names are final at
+    # once, so they are sent as it is applied (as long as every earlier report's were), the
+    # rest by `finish_observations`.
+    stream: ObservationStream | None = None
+    _fresh: set[FeedKey] = field(default_factory=set)  # feeds whose new rows are final at once
+    _streaming: bool = True
 
     def prepare(self, keys: Iterable[FeedKey]) -> None:
         """Load the stored state of these feeds' devices, every feed of them: one query per
         table and chunk of devices."""
-        wanted = {key: None for key in keys if key not in self.feeds}  # in batch order
+        named = Counter(keys)
+        wanted = {key: None for key in named if key not in self.feeds}  # in batch order
         for key in wanted:
             self.feeds[key] = FeedState()
         device_ids = sorted({device_id for device_id, _, _ in wanted} - self._devices)
@@ -293,6 +307,7 @@ class ReportWriter:
                 .group_by(Report.device_id, Report.source, Report.evidence_kind)
             ):
                 self.feeds.setdefault((device_id, source, kind), FeedState()).latest_report = latest
+        self._fresh.update(key for key in wanted if named[key] == 1 and self.feeds[key].empty())
 
     def apply(
         self, device: Device, report: ReportFacts, *, minimise: MinimisationSet | None
@@ -332,7 +347,10 @@ class ReportWriter:
         if device.first_report_at is None or observed_at < device.first_report_at:
             device.first_report_at = observed_at
         replaced = self._replace_coverage(state, covered, observed_at, index)
+        start = len(self._new)
         observed = self._observe(key, state, apps, observed_at, replaced)
+        if self.stream is not None and len(self._new) > start:
+            self._send(key, start)
         row["applied"] = bool(replaced) or observed or kind == EvidenceKind.NONE
         return ReportOutcome.APPLIED if row["applied"] else ReportOutcome.STALE
 
@@ -394,39 +412,55 @@ class ReportWriter:
                 seen.dirty = True
         return applied_any
 
-    def flush(self) -> tuple[dict[int, DeviceRows], Write | None]:
-        """Write what the batch's reports changed, table by table; returns the prepared
-        devices' observation and coverage rows as they stand afterwards (their evaluation
-        in the same transaction takes them instead of reading the two tables again), and what
-        `write_observations` left to run."""
-        session = self.uow.session
-        session.flush()  # the devices' own changes (first_report_at) go with the ORM
-        report_ids = insert_rows(session, Report, self._reports)
-        self._write_coverage(report_ids)
+    def _send(self, key: FeedKey, start: int) -> None:
+        """Send the new rows the report just added, if they are final and every earlier
+        report's were (so the rows keep the batch's order, and the ids the one-by-one path
+        gives); else keep them, and those of every later report, for `finish_observations`."""
+        assert self.stream is not None
+        if self._streaming and key not in self._fresh:  # the connection is free again
+            self.stream.pause()
+        self._streaming = self._streaming and key in self._fresh
+        if self._streaming:
+            self.stream.send([_new_row(*new) for new in self._new[start:]])
+            del self._new[start:]
+
+    def finish_observations(self) -> None:
+        """Once every report is applied: the rest of what they changed in `observation`, in
+        the caller's transaction. The rows no report lists any longer are deleted first (a
+        later report of the batch may list the same app anew), then rows are updated or
+        inserted; on PostgreSQL by the thread of `observations_written`, else now."""
         deleted = sorted(i for state in self.feeds.values() for i in state.deleted)
+        # Built where they are written: on PostgreSQL in the thread, beside the evaluation
+        # (a fresh page's 88,000 rows take 0.1 s to build). Nothing changes the diff's
+        # containers once the batch is applied (`write_reports` starts anew with its own).
+        changed, new = changed_rows(self.feeds), new_rows(self.feeds, self._new)
+        if self.stream is not None:
+            self.stream.finish(
+                partial(_postgresql_writes, deleted, self._seen_again(), changed, new)
+            )
+            return
         for part in chunks(deleted):
-            session.execute(
+            self.uow.session.execute(
                 delete(Observation)
                 .where(one_of(Observation.id, part))
                 .execution_options(synchronize_session=False)
             )
-        # The rows are built where they are written: on PostgreSQL in the background, beside
-        # the evaluation (a fresh page's 88,000 rows take 0.1 s to build). The writer starts
-        # anew with containers of its own; nothing changes the diff's once it is flushed.
-        pending = write_observations(
-            self.uow,
-            changed_rows(self.feeds),
-            new_rows(self.feeds, self._new),
-            self._seen_again(),
-        )
-        rows = self._device_rows()
+        _sqlite_writes(self.uow, list(changed), list(new), self._seen_again())
+
+    def write_reports(self) -> None:
+        """Write the batch's reports and their coverage, and start anew."""
+        report_ids = insert_rows(self.uow.session, Report, self._reports)
+        self._write_coverage(report_ids)
         self._reports = []
         self._new = []
         self.feeds = {}
         self._devices = set()
-        return rows, pending
+        self._fresh = set()
+        self._streaming = True
 
-    def _device_rows(self) -> dict[int, DeviceRows]:
+    def device_rows(self) -> dict[int, DeviceRows]:
+        """The prepared devices' observation and coverage rows as the batch leaves them (their
+        evaluation in the same transaction takes them instead of reading the two tables)."""
         observations: dict[int, list[tuple[str, str, str, str, datetime, datetime]]] = {
             device_id: [] for device_id in self._devices
         }
@@ -506,7 +540,11 @@ def new_rows(
     report of the batch dropped again."""
     for key, pair, o in new:
         if feeds[key].observations.get(pair) is o:
-            yield (*key, *pair, o.raw_value, o.version, o.name, o.first_seen_at, o.last_seen_at)
+            yield _new_row(key, pair, o)
+
+
+def _new_row(key: FeedKey, pair: tuple[str, str], o: StoredObservation) -> tuple[Any, ...]:
+    return (*key, *pair, o.raw_value, o.version, o.name, o.first_seen_at, o.last_seen_at)
 
 
 # ── the observation writes: executemany (SQLite), COPY (PostgreSQL) ──────────────────────────
@@ -554,30 +592,23 @@ POSTGRESQL_UPDATE = (
 # a page's 88,000 ids against 56 ms for the joined text, on the interpreter the evaluation
 # shares with these writes.
 POSTGRESQL_SEEN_AGAIN = "UPDATE observation SET last_seen_at = %s WHERE id = ANY(%s::integer[])"
+POSTGRESQL_DELETE = "DELETE FROM observation WHERE id = ANY(%s::integer[])"
 
 
-def write_observations(
+def _sqlite_writes(
     uow: UnitOfWork,
-    changed: Iterable[tuple[Any, ...]],
-    new: Iterable[tuple[Any, ...]],
-    seen_again: Mapping[datetime, Sequence[int]] | None = None,
-) -> Write | None:
+    changed: Sequence[tuple[Any, ...]],
+    new: Sequence[tuple[Any, ...]],
+    seen_again: Mapping[datetime, Sequence[int]],
+) -> None:
     """Store these observation rows, with aware UTC times, in the caller's transaction: the
     `changed` rows, `(id, *_CHANGED)`, update theirs; the `new` ones, `OBSERVATION_COLUMNS`, are
     inserted in their order; and `last_seen_at` moves to the instant `seen_again` lists their ids
-    under.
-
-    On PostgreSQL the writes are returned, not run (`_postgresql_writes`), and `changed` and
-    `new` are read only then (they may be generators): the caller runs them, alone or while it
-    computes (`db.background.in_background`), before anything reads those rows."""
-    seen_again = seen_again or {}
+    under."""
+    if not changed and not new and not seen_again:
+        return
     dbapi = uow.session.connection().connection.driver_connection
     assert dbapi is not None
-    if uow.dialect == "postgresql":
-        return partial(_postgresql_writes, dbapi, dict(seen_again), changed, new)
-    changed, new = list(changed), list(new)
-    if not changed and not new and not seen_again:
-        return None
     text = _sqlite_times(chain(changed, new), seen_again)
     cursor = dbapi.cursor()
     try:
@@ -591,36 +622,37 @@ def write_observations(
         cursor.executemany(SQLITE_INSERT, [(*row[:8], text[row[8]], text[row[9]]) for row in new])
     finally:
         cursor.close()
-    return None
 
 
 def _postgresql_writes(
-    dbapi: Any,
+    deleted: Sequence[int],
     seen_again: Mapping[datetime, Sequence[int]],
     changed: Iterable[tuple[Any, ...]],
     new: Iterable[tuple[Any, ...]],
+    cursor: Any,
 ) -> None:
-    """A batch's observation writes, on a cursor of their own (they may run in another thread,
-    `db.background`): `last_seen_at` of the rows seen again, one statement per instant (most
-    of a re-import); the changed rows through the staging table; the new rows in a single
-    `COPY` into the table, as a raw bulk load of the same rows would be (most of a fresh load)."""
-    with dbapi.cursor() as cursor:
-        for instant, ids in seen_again.items():
-            cursor.execute(POSTGRESQL_SEEN_AGAIN, (instant, _integer_array(ids)))
-        staged = list(changed)
-        if staged:  # only a re-import's changed rows pay for the staging table
-            cursor.execute(POSTGRESQL_STAGE)
-            cursor.execute("TRUNCATE observation_stage")
-            with cursor.copy(POSTGRESQL_STAGE_COPY) as copy:
-                for row in staged:
-                    copy.write_row(row)
-            cursor.execute(POSTGRESQL_UPDATE)
-        rows = iter(new)
-        first = next(rows, None)
-        if first is not None:  # a re-import page may have none: no empty `COPY`
-            with cursor.copy(POSTGRESQL_COPY) as copy:
-                for row in chain((first,), rows):
-                    copy.write_row(row)
+    """The observation writes left once a batch is applied, on the thread's cursor: the rows no
+    report lists any longer deleted, `last_seen_at` of the rows seen again moved, one statement
+    per instant (most of a re-import), the changed rows through the staging table, and the new
+    rows in a single `COPY` into the table, as a raw bulk load of the same rows would be."""
+    for part in chunks(deleted):
+        cursor.execute(POSTGRESQL_DELETE, (_integer_array(part),))
+    for instant, ids in seen_again.items():
+        cursor.execute(POSTGRESQL_SEEN_AGAIN, (instant, _integer_array(ids)))
+    staged = list(changed)
+    if staged:  # only a re-import's changed rows pay for the staging table
+        cursor.execute(POSTGRESQL_STAGE)
+        cursor.execute("TRUNCATE observation_stage")
+        with cursor.copy(POSTGRESQL_STAGE_COPY) as copy:
+            for row in staged:
+                copy.write_row(row)
+        cursor.execute(POSTGRESQL_UPDATE)
+    rows = iter(new)
+    first = next(rows, None)
+    if first is not None:  # a re-import page may have none: no empty `COPY`
+        with cursor.copy(POSTGRESQL_COPY) as copy:
+            for row in chain((first,), rows):
+                copy.write_row(row)
 
 
 def _integer_array(ids: Iterable[int]) -> str:
@@ -639,3 +671,106 @@ def _sqlite_times(
 
 def feed_keys(pairs: Iterable[tuple[Device, ReportFacts]]) -> list[FeedKey]:
     return [(device.id, report.source, str(report.evidence_kind)) for device, report in pairs]
+
+
+# ── the thread that writes a batch's observations on PostgreSQL ──────────────────────────────
+
+_PAUSE = object()  # a statement of the caller's waits for the connection: end the `COPY`
+_ABORT = object()  # the caller's block failed: stop
+# How long a `COPY` waits for more rows before it gives up: rows come a report at a time, and
+# a statement of the caller's ends the `COPY` first (`ObservationStream.pause`). One that did
+# not would wait for the `COPY` while the `COPY` waited for rows; this turns that into an error.
+STALLED_AFTER = 60.0
+
+
+class _Aborted(Exception):
+    """Raised inside a `COPY` to fail it (psycopg then sends `CopyFail`)."""
+
+
+class ObservationStream:
+    """A batch's observation writes, sent to a thread that runs them on the unit of work's own
+    connection (`observations_written`): lists of new rows while the reports are applied, then
+    the rest as one function of a cursor."""
+
+    def __init__(self, dbapi: Any) -> None:
+        self._dbapi = dbapi
+        self._queue: SimpleQueue[object] = SimpleQueue()
+        self._copying = False  # rows sent since the last pause (the caller's side)
+        self.finished = False
+
+    def send(self, rows: list[tuple[Any, ...]]) -> None:
+        self._queue.put(rows)
+        self._copying = True
+
+    def pause(self, *_: Any) -> None:
+        """A statement of the caller's is about to be sent: the `COPY` under way ends once the
+        rows sent so far are in (psycopg's lock holds the statement back until then)."""
+        if self._copying and not self.finished:
+            self._queue.put(_PAUSE)
+            self._copying = False
+
+    def finish(self, rest: Callable[[Any], None]) -> None:
+        self.finished = True
+        self._queue.put(rest)
+
+    def abort(self) -> None:
+        self._queue.put(_ABORT)
+
+    def run(self) -> None:
+        """The thread: `COPY` the rows as they come, then run the rest."""
+        with self._dbapi.cursor() as cursor:
+            item = self._queue.get()
+            while item is _PAUSE or isinstance(item, list):
+                try:
+                    item = self._copy(cursor, item) if isinstance(item, list) else self._queue.get()
+                except _Aborted:
+                    return
+            if item is not _ABORT:
+                assert callable(item)
+                item(cursor)
+
+    def _copy(self, cursor: Any, rows: list[tuple[Any, ...]]) -> object:
+        """One `COPY` of these rows and those sent after them, until something else comes."""
+        item: object = rows
+        with cursor.copy(POSTGRESQL_COPY) as copy:
+            while isinstance(item, list):
+                for row in item:
+                    copy.write_row(row)
+                try:
+                    item = self._queue.get(timeout=STALLED_AFTER)
+                except Empty:
+                    raise RuntimeError(
+                        f"no observation rows for {STALLED_AFTER:.0f} s while a COPY was open"
+                    ) from None
+            if item is _ABORT:
+                raise _Aborted  # the `COPY` fails, and with it the transaction
+        return item
+
+
+@contextmanager
+def observations_written(writer: ReportWriter) -> Iterator[None]:
+    """While the block applies a batch's reports (`ReportWriter.apply`), calls
+    `finish_observations` and evaluates the devices, their observation rows are written, on
+    PostgreSQL, by a thread on the same connection (`db.background`): the new rows of a first
+    load as the reports are applied, in one `COPY` that a statement of the block's ends (it waits
+    for the rows sent so far), the rest once every report is applied. The block must read none
+    of those rows from the store (the evaluation has them in memory). SQLite: nothing to do here
+    (`finish_observations` writes them)."""
+    uow = writer.uow
+    if uow.dialect != "postgresql":
+        yield
+        return
+    connection = uow.session.connection()
+    stream = ObservationStream(connection.connection.driver_connection)
+    writer.stream = stream
+    event.listen(connection, "before_cursor_execute", stream.pause)
+    try:
+        with in_background(stream.run):
+            try:
+                yield
+            finally:
+                if not stream.finished:  # the block failed before it was done
+                    stream.abort()
+    finally:
+        event.remove(connection, "before_cursor_execute", stream.pause)
+        writer.stream = None

@@ -158,6 +158,10 @@ class PersonLookup:
 
     found: dict[str, Person | None] = field(default_factory=dict)
 
+    def person_ids(self) -> set[int]:
+        """The people found or remembered."""
+        return {person.id for person in self.found.values() if person is not None}
+
     @classmethod
     def of(cls, uow: UnitOfWork, addresses: Iterable[str], chunk: int = 5_000) -> PersonLookup:
         keys = sorted({normalise_email(a) for a in addresses})

@@ -19,12 +19,18 @@ from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
 from appwarden.collector import collector_paused
 from appwarden.compliance.evaluate import Evaluation
+from appwarden.compliance.rules import Owners
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
-from appwarden.db.background import Write, in_background
 from appwarden.db.chunked import chunks, one_of
 from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
-from appwarden.devices.bulk import DeviceResolver, NeedsOneByOne, ReportWriter, feed_keys
+from appwarden.devices.bulk import (
+    DeviceResolver,
+    NeedsOneByOne,
+    ReportWriter,
+    feed_keys,
+    observations_written,
+)
 from appwarden.devices.facts import Authority, stored_resources_of
 from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
@@ -325,9 +331,43 @@ class _BatchReports:
             )
             self._counted(device, outcome, changed=changed, joined=joined)
 
-    def apply_in_bulk(self, reports: Sequence[ReportFacts]) -> Write | None:
-        """Apply the reports set-wise; returns the write left to run while their devices are
-        evaluated (`devices.bulk.write_observations`)."""
+    def apply_in_bulk(
+        self, reports: Sequence[ReportFacts], touched: Mapping[int, Device]
+    ) -> list[DecisionChanged]:
+        """Apply the reports set-wise (`devices.bulk`), and evaluate the devices they changed
+        after `touched` (the batch's changed device entries); returns the decisions changed.
+
+        Everything the evaluation reads is read before the reports are applied: from then on
+        the connection is their observation rows' (`devices.bulk.observations_written`), while
+        this process applies the reports' facts and diffs, then evaluates the devices from
+        memory. Their facts, reports, states and decisions are written after."""
+        resolved = self._resolve(reports)
+        writer = ReportWriter(self.uow, token_id=self.writer.token_id)
+        writer.prepare(feed_keys((device, report) for report, device, _ in resolved))
+        self._people = PersonLookup.of(
+            self.uow, [r.device.owner_email for r, _, _ in resolved if r.device.owner_email]
+        )
+        self._create_owners(resolved)
+        reported = list({device.id: device for _, device, _ in resolved}.values())
+        self._resources = stored_resources_of(self.uow, sorted(d.id for d in reported))
+        candidates = list({**touched, **{d.id: d for d in reported}}.values())
+        evaluation = _BatchEvaluation(self.uow)
+        owners = evaluation.read_ahead(candidates, reported, self._people.person_ids())
+        with names_read(self.uow, candidates), observations_written(writer):
+            for report, device, joined in resolved:
+                changed, minimise = self._facts(device, report)
+                outcome = writer.apply(device, report, minimise=minimise)
+                self._counted(device, outcome, changed=changed, joined=joined)
+            writer.finish_observations()
+            evaluation.shared.observed.update(writer.device_rows())
+            evaluation.shared.build_views(self.uow, reported, owners, self._resources)
+            # Only what changed: the same page twice changes nothing.
+            evaluation.evaluate(list({**touched, **self.touched}.values()))
+        writer.write_reports()  # after the facts and the evaluation's rows (its autoflush)
+        return evaluation.publish()
+
+    def _resolve(self, reports: Sequence[ReportFacts]) -> list[tuple[ReportFacts, Device, bool]]:
+        """The reports' devices (made where new), with whether that changed what is stored."""
         checked = [report for report in reports if self._checked(report)]
         resolver = DeviceResolver(self.uow)
         resolver.prepare(checked)
@@ -343,21 +383,7 @@ class _BatchReports:
                 continue
             resolved.append((report, device, joined))
         resolver.flush()
-        writer = ReportWriter(self.uow, token_id=self.writer.token_id)
-        writer.prepare(feed_keys((device, report) for report, device, _ in resolved))
-        self._people = PersonLookup.of(
-            self.uow, [r.device.owner_email for r, _, _ in resolved if r.device.owner_email]
-        )
-        self._create_owners(resolved)
-        self._resources = stored_resources_of(self.uow, sorted({d.id for _, d, _ in resolved}))
-        for report, device, joined in resolved:
-            changed, minimise = self._facts(device, report)
-            outcome = writer.apply(device, report, minimise=minimise)
-            self._counted(device, outcome, changed=changed, joined=joined)
-        self.uow.session.flush()  # the facts (apply_device_facts left them to one flush)
-        rows, pending = writer.flush()
-        self.observed.update(rows)
-        return pending
+        return resolved
 
 
 def ingest(
@@ -413,22 +439,21 @@ def _ingest(
             touched[device.id] = device
     reports = _BatchReports(uow, writer, result, authority, minimise_personal, on_report)
     bulk = len(batch.reports) > 1
-    pending: Write | None = None
     if bulk:
-        pending = reports.apply_in_bulk(batch.reports)
+        result.decision_changes += reports.apply_in_bulk(batch.reports, touched)
     else:  # a single report (W4): the one-by-one path, fewest statements for one device
         reports.apply_one_by_one(batch.reports)
+        touched.update(reports.touched)
+        # Only what changed: the same page twice changes nothing.
+        result.decision_changes += reevaluate_devices(
+            uow, list(touched.values()), observed=reports.observed
+        )
     seen.update(reports.seen)
-    touched.update(reports.touched)
     result.devices = len(seen)
     result.listed_device_ids.update(seen)
     result.retirements_held = sum(held.values())
     result.outside_domains += sorted(
         {d.unmatched_owner for d in seen.values() if d.unmatched_owner is not None}
-    )
-    # Only what changed: the same page twice changes nothing.
-    result.decision_changes += reevaluate_devices(
-        uow, list(touched.values()), observed=reports.observed, alongside=pending
     )
     if bulk:
         publish_write_counts(uow.session)  # the import's ANALYZE judges by these counts
@@ -445,43 +470,80 @@ def reevaluate_devices(
     *,
     observed: Mapping[int, DeviceRows] | None = None,
     admit: frozenset[str] = frozenset(),
-    alongside: Write | None = None,
 ) -> list[DecisionChanged]:
     """`reevaluate_device` for each, in order, reading what they share once: the versions,
     rules and exemptions for all, the devices' views a chunk at a time. `observed`: rows a
     report just wrote for some of them (`devices.service.apply_report`); `admit`: as
-    `reevaluate_device`'s; `alongside`: a write the caller left pending (the bulk path's
-    observation writes), run in the background while the first chunk is evaluated, after the
-    chunk's reads (`db.background`); it has ended when this returns."""
+    `reevaluate_device`'s."""
     shared = SharedReads(observed=dict(observed or {}))
     if len(devices) <= 1:  # one report (W4): its rows are at hand, nothing to prefetch
-        if alongside is not None:
-            alongside()
         return [
             change
             for device in devices
             for change in reevaluate_device(uow, device, admit=admit, shared=shared)
         ]
-    changes: list[DecisionChanged] = []
-    evaluated: list[DeviceEvaluated] = []
-    evaluations: dict[tuple[int, int], Evaluation] = {}
+    evaluation = _BatchEvaluation(uow, admit, shared)
     for start in range(0, len(devices), EVALUATION_CHUNK):
         chunk = devices[start : start + EVALUATION_CHUNK]
         shared.clear()
-        ids = [device.id for device in chunk]
-        shared.prefetch(uow, ids)
-        decisions = stored_decisions(uow, ids)
-        breakers(uow).prefetch(ids)
-        with names_read(uow, chunk), in_background(alongside if start == 0 else None):
-            for device in chunk:
-                changes += _reevaluate(
-                    uow, device, admit, shared, evaluated, decisions[device.id], evaluations
-                )
-    uow.session.flush()  # the last devices' states and decisions (refresh_decisions left them)
-    # One event for the batch: its reactions (late entrants' notices) read what the devices
-    # share once.
-    uow.publish(DevicesEvaluated(tuple(evaluated), uow.now, evaluations))
-    return changes
+        evaluation.read(chunk)
+        with names_read(uow, chunk):
+            evaluation.evaluate(chunk)
+    return evaluation.publish()
+
+
+@dataclass
+class _BatchEvaluation:
+    """Many devices evaluated in one unit of work: what they share read once (`read`, or
+    `read_ahead` for a batch of reports not applied yet), the devices evaluated without a
+    query (`evaluate`), their states and decisions then written and the batch's event
+    published (`publish`)."""
+
+    uow: UnitOfWork
+    admit: frozenset[str] = frozenset()
+    shared: SharedReads = field(default_factory=SharedReads)
+    decisions: dict[int, dict[str, DecisionRecord]] = field(default_factory=dict)
+    changes: list[DecisionChanged] = field(default_factory=list)
+    evaluated: list[DeviceEvaluated] = field(default_factory=list)
+    evaluations: dict[tuple[int, int], Evaluation] = field(default_factory=dict)
+
+    def read(self, devices: Sequence[Device]) -> None:
+        ids = [device.id for device in devices]
+        self.shared.prefetch(self.uow, devices)
+        self.decisions = stored_decisions(self.uow, ids)
+        breakers(self.uow).prefetch(ids)
+
+    def read_ahead(
+        self, devices: Sequence[Device], reported: Sequence[Device], people: Collection[int]
+    ) -> Owners:
+        """`read`, but the `reported` devices' views, built once their reports are applied
+        (`SharedReads.build_views`, from the owners returned: their owners now and `people`)."""
+        ids = [device.id for device in devices]
+        owners = self.shared.read_ahead(self.uow, reported, people)
+        unreported = {device.id for device in reported}
+        self.shared.prefetch(self.uow, [d for d in devices if d.id not in unreported])
+        self.decisions = stored_decisions(self.uow, ids)
+        breakers(self.uow).prefetch(ids)
+        return owners
+
+    def evaluate(self, devices: Sequence[Device]) -> None:
+        for device in devices:
+            self.changes += _reevaluate(
+                self.uow,
+                device,
+                self.admit,
+                self.shared,
+                self.evaluated,
+                self.decisions[device.id],
+                self.evaluations,
+            )
+
+    def publish(self) -> list[DecisionChanged]:
+        self.uow.session.flush()  # the states and decisions (refresh_decisions left them)
+        # One event for the batch: its reactions (late entrants' notices) read what the devices
+        # share once.
+        self.uow.publish(DevicesEvaluated(tuple(self.evaluated), self.uow.now, self.evaluations))
+        return self.changes
 
 
 def reevaluate_ids(
