@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 from tests.conftest import statements_sent
 
 from appwarden.compliance.rules import device_views
 from appwarden.db.chunked import one_of, scalars_in
 from appwarden.db.uow import unit_of_work
-from appwarden.devices.models import Device, DeviceIdentifier
+from appwarden.devices.models import Device, DeviceIdentifier, Observation
 from appwarden.devices.service import device_identifiers
 
 AT = datetime(2020, 7, 11, 19, tzinfo=UTC)
@@ -58,3 +59,20 @@ def test_one_of_takes_the_values_of_each_execution_on_both_stores(store, demo):
         assert statement.count("%(") == 1
     else:
         assert statement.count("?") == len(stored)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_one_of_is_answered_from_an_index_on_sqlite(store, demo):
+    """On SQLite `one_of` is a plain `IN` list, which SQLite answers by searching the index that
+    starts with the column. Written as a boolean value (`(… IN (…)) = 1`, SQLAlchemy's way with a
+    boolean column on a store without booleans) it made SQLite read every row of the table: a
+    bulk import's page read all the observations stored before it."""
+    with unit_of_work(store.engine, now=AT, write=False) as uow:
+        connection = uow.session.connection()
+        with statements_sent(store.engine) as statements:
+            connection.execute(select(Observation.id).where(one_of(Observation.device_id, [1, 2])))
+        (sql,) = statements
+        dbapi = connection.connection.driver_connection
+        assert dbapi is not None
+        plan = " ".join(row[3] for row in dbapi.execute(f"EXPLAIN QUERY PLAN {sql}", (1, 2)))
+    assert plan.startswith("SEARCH observation USING"), plan

@@ -40,6 +40,10 @@ class OneOf(ColumnElement[bool]):
     the one it is executed for, whichever form the dialect compiled."""
 
     type = Boolean()
+    # A condition, not a boolean value: without this SQLAlchemy writes it `(… IN (…)) = 1` in a
+    # WHERE clause on SQLite (no native booleans), which SQLite cannot answer from an index: it
+    # read every row of the table, a page of an import at a time (bench/README.md, W5).
+    _is_implicitly_boolean = True
     inherit_cache = True
     _traverse_internals = [  # noqa: RUF012 - as SQLAlchemy's own constructs declare it
         ("column", InternalTraversal.dp_clauseelement),
