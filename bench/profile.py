@@ -132,12 +132,7 @@ class Recorder:
         windows = self.background
 
         @contextmanager
-        def timed(write: Callable[[], None] | None) -> Iterator[None]:
-            if write is None:
-                with original(None):
-                    yield
-                return
-
+        def timed(write: Callable[[], None]) -> Iterator[None]:
             ran: list[float] = []
 
             def run() -> None:

@@ -203,11 +203,15 @@ class Owners:
     def of(cls, uow: UnitOfWork, person_ids: Collection[int]) -> Owners:
         """These people and their groups, in one statement."""
         owners = cls()
-        for member, group in uow.session.execute(_OWNERS_AND_GROUPS, {"ids": sorted(person_ids)}):
-            owners.people[member.id] = member
-            if group is not None:
-                owners.groups[member.id].add(group)
+        owners.read(uow, person_ids)
         return owners
+
+    def read(self, uow: UnitOfWork, person_ids: Collection[int]) -> None:
+        """Add these people and their groups, in one statement."""
+        for member, group in uow.session.execute(_OWNERS_AND_GROUPS, {"ids": sorted(person_ids)}):
+            self.people[member.id] = member
+            if group is not None:
+                self.groups[member.id].add(group)
 
     def owner(self, device: Device) -> Owner | None:
         person = self.people.get(device.owner_id) if device.owner_id is not None else None
@@ -230,9 +234,7 @@ def views_in_memory(
     are still being written. Fit only for evaluation under the rules `watched` was made of."""
     unread = {d.owner_id for d in devices if d.owner_id is not None} - owners.people.keys()
     if unread:  # an owner the facts named that the caller did not foresee
-        more = Owners.of(uow, unread)
-        owners.people.update(more.people)
-        owners.groups.update(more.groups)
+        owners.read(uow, unread)
     ids = [d.id for d in devices]
     seen, covered = _observations(uow, ids, observed, watched)
     return {

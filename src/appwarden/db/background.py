@@ -25,13 +25,10 @@ Write = Callable[[], None]
 
 
 @contextmanager
-def in_background(write: Write | None) -> Iterator[None]:
+def in_background(write: Write) -> Iterator[None]:
     """Run `write` in a thread while the block runs; when the block ends, wait for it and raise
     its error, if any (over the block's own: the write's failure is the cause of whatever the
-    block met afterwards in an aborted transaction). `None`: nothing to run."""
-    if write is None:
-        yield
-        return
+    block met afterwards in an aborted transaction)."""
     failed: list[BaseException] = []
 
     def run() -> None:

@@ -417,12 +417,14 @@ class ReportWriter:
         report's were (so the rows keep the batch's order, and the ids the one-by-one path
         gives); else keep them, and those of every later report, for `finish_observations`."""
         assert self.stream is not None
-        if self._streaming and key not in self._fresh:  # the connection is free again
-            self.stream.pause()
-        self._streaming = self._streaming and key in self._fresh
-        if self._streaming:
-            self.stream.send([_new_row(*new) for new in self._new[start:]])
-            del self._new[start:]
+        if not self._streaming:
+            return
+        if key not in self._fresh:
+            self._streaming = False
+            self.stream.pause()  # the connection is free again
+            return
+        self.stream.send([_new_row(*new) for new in self._new[start:]])
+        del self._new[start:]
 
     def finish_observations(self) -> None:
         """Once every report is applied: the rest of what they changed in `observation`, in

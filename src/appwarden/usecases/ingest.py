@@ -508,23 +508,25 @@ class _BatchEvaluation:
     evaluations: dict[tuple[int, int], Evaluation] = field(default_factory=dict)
 
     def read(self, devices: Sequence[Device]) -> None:
-        ids = [device.id for device in devices]
         self.shared.prefetch(self.uow, devices)
-        self.decisions = stored_decisions(self.uow, ids)
-        breakers(self.uow).prefetch(ids)
+        self._read_decisions(devices)
 
     def read_ahead(
         self, devices: Sequence[Device], reported: Sequence[Device], people: Collection[int]
     ) -> Owners:
         """`read`, but the `reported` devices' views, built once their reports are applied
         (`SharedReads.build_views`, from the owners returned: their owners now and `people`)."""
-        ids = [device.id for device in devices]
         owners = self.shared.read_ahead(self.uow, reported, people)
-        unreported = {device.id for device in reported}
-        self.shared.prefetch(self.uow, [d for d in devices if d.id not in unreported])
+        reported_ids = {device.id for device in reported}
+        self.shared.prefetch(self.uow, [d for d in devices if d.id not in reported_ids])
+        self._read_decisions(devices)
+        return owners
+
+    def _read_decisions(self, devices: Sequence[Device]) -> None:
+        """The devices' stored decisions, and what judging their flips reads (the breakers)."""
+        ids = [device.id for device in devices]
         self.decisions = stored_decisions(self.uow, ids)
         breakers(self.uow).prefetch(ids)
-        return owners
 
     def evaluate(self, devices: Sequence[Device]) -> None:
         for device in devices:
