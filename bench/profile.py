@@ -55,6 +55,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("appwarden.compliance.service", "SharedReads.build_views"),
     ("appwarden.access.breaker", "Breakers.prefetch"),
     ("appwarden.usecases.ingest", "_BatchEvaluation.evaluate"),
+    ("appwarden.usecases.ingest", "_BatchEvaluation.write"),
     ("appwarden.usecases.ingest", "_BatchEvaluation.publish"),
     ("appwarden.usecases.notices", "announce_entrants"),
     ("appwarden.usecases.ingest", "_BatchReports.apply_in_bulk"),

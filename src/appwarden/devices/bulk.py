@@ -8,19 +8,20 @@ reports, coverage, `first_seen_at` kept), applied set-wise:
   report whose identifiers name two devices takes the one-by-one path (it quarantines).
 - `ReportWriter` loads the stored observations, coverage and latest report of every feed the
   batch touches in one query each and diffs each report in memory (in batch order, so two
-  reports of one device see each other). Observations are written as it goes and once it is done
-  (`finish_observations`): the deletions with one statement per chunk, rows seen again or changed
-  by id, new rows with `executemany` (SQLite) or `COPY` (PostgreSQL). On PostgreSQL a thread
-  writes them (`observations_written`) while the caller goes on applying the batch and
-  evaluates its devices, and a first load's new rows go as each report is applied. Reports and
-  coverage are written last, with one multi-row insert and one upsert (`write_reports`).
+  reports of one device see each other). Observations are written by a thread on the same
+  connection (`observations_written`) while the caller goes on applying the batch and evaluates
+  its devices: a first load's new rows as each report is applied, the rest once it is done
+  (`finish_observations`): the deletions, rows seen again or changed by id, new rows, with `COPY`
+  on PostgreSQL and a JSON array per statement on SQLite. Reports and coverage are written
+  last, with one multi-row insert and one upsert (`write_reports`).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -28,7 +29,8 @@ from itertools import chain
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, update
+import orjson
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -428,26 +430,17 @@ class ReportWriter:
 
     def finish_observations(self) -> None:
         """Once every report is applied: the rest of what they changed in `observation`, in
-        the caller's transaction. The rows no report lists any longer are deleted first (a
-        later report of the batch may list the same app anew), then rows are updated or
-        inserted; on PostgreSQL by the thread of `observations_written`, else now."""
+        the caller's transaction, by the thread of `observations_written`. The rows no report
+        lists any longer are deleted first (a later report of the batch may list the same app
+        anew), then rows are updated or inserted."""
+        assert self.stream is not None, "called inside observations_written"
         deleted = sorted(i for state in self.feeds.values() for i in state.deleted)
-        # Built where they are written: on PostgreSQL in the thread, beside the evaluation
-        # (a fresh page's 88,000 rows take 0.1 s to build). Nothing changes the diff's
-        # containers once the batch is applied (`write_reports` starts anew with its own).
+        # Built where they are written, in the thread, beside the evaluation (a fresh page's
+        # 88,000 rows take 0.1 s to build). Nothing changes the diff's containers once the
+        # batch is applied (`write_reports` starts anew with its own).
         changed, new = changed_rows(self.feeds), new_rows(self.feeds, self._new)
-        if self.stream is not None:
-            self.stream.finish(
-                partial(_postgresql_writes, deleted, self._seen_again(), changed, new)
-            )
-            return
-        for part in chunks(deleted):
-            self.uow.session.execute(
-                delete(Observation)
-                .where(one_of(Observation.id, part))
-                .execution_options(synchronize_session=False)
-            )
-        _sqlite_writes(self.uow, list(changed), list(new), self._seen_again())
+        writes = _postgresql_writes if self.uow.dialect == "postgresql" else _sqlite_writes
+        self.stream.finish(partial(writes, deleted, self._seen_again(), changed, new))
 
     def write_reports(self) -> None:
         """Write the batch's reports and their coverage, and start anew."""
@@ -549,7 +542,7 @@ def _new_row(key: FeedKey, pair: tuple[str, str], o: StoredObservation) -> tuple
     return (*key, *pair, o.raw_value, o.version, o.name, o.first_seen_at, o.last_seen_at)
 
 
-# ── the observation writes: executemany (SQLite), COPY (PostgreSQL) ──────────────────────────
+# ── the observation writes: COPY (PostgreSQL), JSON arrays (SQLite) ───────────────────────────
 
 OBSERVATION_COLUMNS = (
     "device_id",
@@ -568,15 +561,11 @@ _CHANGED = ("raw_value", "version", "name", "first_seen_at", "last_seen_at")
 # Fixed column names, no input: the statements every observation row goes through. A row seen
 # before is updated by its id and a new one inserted (an upsert would spend an id on every
 # row it updates on PostgreSQL, so new rows would not get the ids the one-by-one path gives).
-SQLITE_INSERT = (
-    f"INSERT INTO observation ({_COLUMNS}) "  # noqa: S608
-    f"VALUES ({', '.join('?' for _ in OBSERVATION_COLUMNS)})"
-)
-SQLITE_UPDATE = f"UPDATE observation SET {', '.join(f'{c} = ?' for c in _CHANGED)} WHERE id = ?"  # noqa: S608
-SQLITE_SEEN_AGAIN = "UPDATE observation SET last_seen_at = ? WHERE id = ?"
-# New rows are copied straight into the table, in the batch's order, so they get their ids in
-# the order the one-by-one path gives. Rows seen before go through a staging table that lives as
-# long as the connection and is emptied by every commit, then one `UPDATE … FROM` by id.
+#
+# New rows go straight into the table, in the batch's order, so they get their ids in the
+# order the one-by-one path gives. On PostgreSQL by `COPY`; rows seen before go through a
+# staging table that lives as long as the connection and is emptied by every commit, then one
+# `UPDATE … FROM` by id.
 POSTGRESQL_COPY = f"COPY observation ({_COLUMNS}) FROM STDIN"
 POSTGRESQL_STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS observation_stage (id integer, raw_value varchar(512), "
@@ -595,35 +584,37 @@ POSTGRESQL_UPDATE = (
 # shares with these writes.
 POSTGRESQL_SEEN_AGAIN = "UPDATE observation SET last_seen_at = %s WHERE id = ANY(%s::integer[])"
 POSTGRESQL_DELETE = "DELETE FROM observation WHERE id = ANY(%s::integer[])"
-
-
-def _sqlite_writes(
-    uow: UnitOfWork,
-    changed: Sequence[tuple[Any, ...]],
-    new: Sequence[tuple[Any, ...]],
-    seen_again: Mapping[datetime, Sequence[int]],
-) -> None:
-    """Store these observation rows, with aware UTC times, in the caller's transaction: the
-    `changed` rows, `(id, *_CHANGED)`, update theirs; the `new` ones, `OBSERVATION_COLUMNS`, are
-    inserted in their order; and `last_seen_at` moves to the instant `seen_again` lists their ids
-    under."""
-    if not changed and not new and not seen_again:
-        return
-    dbapi = uow.session.connection().connection.driver_connection
-    assert dbapi is not None
-    text = _sqlite_times(chain(changed, new), seen_again)
-    cursor = dbapi.cursor()
-    try:
-        cursor.executemany(
-            SQLITE_SEEN_AGAIN,
-            [(text[instant], i) for instant, ids in seen_again.items() for i in ids],
-        )
-        cursor.executemany(
-            SQLITE_UPDATE, [(*row[1:4], text[row[4]], text[row[5]], row[0]) for row in changed]
-        )
-        cursor.executemany(SQLITE_INSERT, [(*row[:8], text[row[8]], text[row[9]]) for row in new])
-    finally:
-        cursor.close()
+# On SQLite each write takes its rows as one JSON array that SQLite unpacks itself
+# (`json_each`), so that one call runs it whole without this interpreter: the thread of
+# `observations_written` then writes while the caller applies and evaluates the batch. An
+# `executemany` takes the interpreter's lock back for every row, which the busy caller holds:
+# the thread would get a row in per switch interval (5 ms). The rows' order is the array's.
+SQLITE_INSERT = (
+    f"INSERT INTO observation ({_COLUMNS}) SELECT "  # noqa: S608
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(OBSERVATION_COLUMNS)))
+    + " FROM json_each(?)"
+)
+SQLITE_UPDATE = (
+    "UPDATE observation AS o SET "  # noqa: S608
+    + ", ".join(f"{c} = json_extract(s.value, '$[{i}]')" for i, c in enumerate(_CHANGED, 1))
+    + " FROM json_each(?) AS s WHERE o.id = json_extract(s.value, '$[0]')"
+)
+SQLITE_SEEN_AGAIN = (
+    "UPDATE observation SET last_seen_at = ? WHERE id IN (SELECT value FROM json_each(?))"
+)
+SQLITE_DELETE = "DELETE FROM observation WHERE id IN (SELECT value FROM json_each(?))"
+# The same rows one by one, for the rare batch holding text with a NUL character, which
+# SQLite's JSON functions cut short (JSON's `\u0000`).
+SQLITE_INSERT_ROWS = (
+    f"INSERT INTO observation ({_COLUMNS}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in OBSERVATION_COLUMNS)})"
+)
+SQLITE_UPDATE_ROWS = (
+    "UPDATE observation SET "  # noqa: S608
+    + ", ".join(f"{c} = ?{i}" for i, c in enumerate(_CHANGED, 2))
+    + " WHERE id = ?1"
+)
+_JSON_NUL = b"\\u0000"
 
 
 def _postgresql_writes(
@@ -635,8 +626,9 @@ def _postgresql_writes(
 ) -> None:
     """The observation writes left once a batch is applied, on the thread's cursor: the rows no
     report lists any longer deleted, `last_seen_at` of the rows seen again moved, one statement
-    per instant (most of a re-import), the changed rows through the staging table, and the new
-    rows in a single `COPY` into the table, as a raw bulk load of the same rows would be."""
+    per instant (most of a re-import), the changed rows, `(id, *_CHANGED)`, through the staging
+    table, and the new rows, `OBSERVATION_COLUMNS`, in a single `COPY` into the table, as a raw
+    bulk load of the same rows would be."""
     for part in chunks(deleted):
         cursor.execute(POSTGRESQL_DELETE, (_integer_array(part),))
     for instant, ids in seen_again.items():
@@ -662,20 +654,55 @@ def _integer_array(ids: Iterable[int]) -> str:
     return "{" + ",".join(map(str, ids)) + "}"
 
 
-def _sqlite_times(
-    rows: Iterable[tuple[Any, ...]], seen_again: Mapping[datetime, Sequence[int]]
-) -> dict[datetime, str]:
-    """The rows' instants (their last two values) as `db.base.UTCDateTime` stores them on
-    SQLite, each rendered once (a batch holds few distinct instants: one per report at most)."""
-    instants = {t for row in rows for t in row[-2:]} | set(seen_again)
-    return {t: t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") for t in instants}
+class SqliteInstants(dict[datetime, str]):
+    """Instants as `db.base.UTCDateTime` stores them on SQLite, each rendered once (a batch
+    holds few distinct ones: one per report at most)."""
+
+    def __missing__(self, instant: datetime) -> str:
+        text = self[instant] = instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return text
+
+
+def _sqlite_writes(
+    deleted: Sequence[int],
+    seen_again: Mapping[datetime, Sequence[int]],
+    changed: Iterable[tuple[Any, ...]],
+    new: Iterable[tuple[Any, ...]],
+    cursor: Any,
+) -> None:
+    """`_postgresql_writes` on SQLite: a statement per kind of write (per instant for the rows
+    seen again), each taking its rows as one JSON array."""
+    text = SqliteInstants()
+    if deleted:
+        cursor.execute(SQLITE_DELETE, (orjson.dumps(deleted).decode(),))
+    for instant, ids in seen_again.items():
+        cursor.execute(SQLITE_SEEN_AGAIN, (text[instant], orjson.dumps(ids).decode()))
+    updated = [(*row[:4], text[row[4]], text[row[5]]) for row in changed]
+    _sqlite_rows(cursor, SQLITE_UPDATE, SQLITE_UPDATE_ROWS, updated)
+    _sqlite_insert(cursor, list(new), text)
+
+
+def _sqlite_insert(cursor: Any, rows: Sequence[tuple[Any, ...]], text: SqliteInstants) -> None:
+    """Insert new rows, `OBSERVATION_COLUMNS`, in their order."""
+    stored = [(*row[:8], text[row[8]], text[row[9]]) for row in rows]
+    _sqlite_rows(cursor, SQLITE_INSERT, SQLITE_INSERT_ROWS, stored)
+
+
+def _sqlite_rows(cursor: Any, as_json: str, row_by_row: str, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    document = orjson.dumps(rows)
+    if _JSON_NUL in document:
+        cursor.executemany(row_by_row, rows)
+    else:
+        cursor.execute(as_json, (document.decode(),))
 
 
 def feed_keys(pairs: Iterable[tuple[Device, ReportFacts]]) -> list[FeedKey]:
     return [(device.id, report.source, str(report.evidence_kind)) for device, report in pairs]
 
 
-# ── the thread that writes a batch's observations on PostgreSQL ──────────────────────────────
+# ── the thread that writes a batch's observations ────────────────────────────────────────────
 
 _PAUSE = object()  # a statement of the caller's waits for the connection: end the `COPY`
 _ABORT = object()  # the caller's block failed: stop
@@ -683,6 +710,12 @@ _ABORT = object()  # the caller's block failed: stop
 # a statement of the caller's ends the `COPY` first (`ObservationStream.pause`). One that did
 # not would wait for the `COPY` while the `COPY` waited for rows; this turns that into an error.
 STALLED_AFTER = 60.0
+# How many new rows SQLite's thread gathers for one statement (about a hundred reports'), so
+# that it asks for the interpreter's lock, which the caller holds while it applies reports,
+# now and then rather than for every report.
+SQLITE_ROWS_AT_ONCE = 8_192
+# `sqlite3.threadsafety` of a library that serialises every call on a connection itself.
+SQLITE_SERIALIZED = 3
 
 
 class _Aborted(Exception):
@@ -692,13 +725,14 @@ class _Aborted(Exception):
 class ObservationStream:
     """A batch's observation writes, sent to a thread that runs them on the unit of work's own
     connection (`observations_written`): lists of new rows while the reports are applied, then
-    the rest as one function of a cursor."""
+    the rest as one function of a cursor. `CopyStream` and `SqliteStream` write them."""
 
-    def __init__(self, dbapi: Any) -> None:
+    def __init__(self, dbapi: Any, *, inline: bool = False) -> None:
         self._dbapi = dbapi
         self._queue: SimpleQueue[object] = SimpleQueue()
         self._copying = False  # rows sent since the last pause (the caller's side)
         self.finished = False
+        self.inline = inline  # no thread: `finish` writes everything in the caller's
 
     def send(self, rows: list[tuple[Any, ...]]) -> None:
         self._queue.put(rows)
@@ -714,9 +748,18 @@ class ObservationStream:
     def finish(self, rest: Callable[[Any], None]) -> None:
         self.finished = True
         self._queue.put(rest)
+        if self.inline:
+            self.run()
 
     def abort(self) -> None:
         self._queue.put(_ABORT)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+class CopyStream(ObservationStream):
+    """PostgreSQL: the new rows in a `COPY` that lasts until the caller pauses it."""
 
     def run(self) -> None:
         """The thread: `COPY` the rows as they come, then run the rest."""
@@ -749,30 +792,73 @@ class ObservationStream:
         return item
 
 
+class SqliteStream(ObservationStream):
+    """SQLite: the new rows a statement per `SQLITE_ROWS_AT_ONCE` (`_sqlite_insert`). Each
+    statement is whole: a statement of the caller's waits for the one running, never for rows
+    still to come, so nothing needs pausing."""
+
+    def run(self) -> None:
+        """The thread: insert the rows as they come, then run the rest."""
+        cursor = self._dbapi.cursor()
+        text = SqliteInstants()
+        try:
+            item: object = self._queue.get()
+            while item is _PAUSE or isinstance(item, list):
+                if isinstance(item, list):
+                    rows, item = self._gathered(item)
+                    if item is _ABORT:
+                        return
+                    self._insert(cursor, rows, text)
+                if item is None or item is _PAUSE:  # (a pause: no more rows before the rest)
+                    item = self._queue.get()
+            if item is not _ABORT:
+                assert callable(item)
+                item(cursor)
+        finally:
+            cursor.close()
+
+    def _gathered(self, rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], object]:
+        """These rows and those sent after them, up to `SQLITE_ROWS_AT_ONCE` or until something
+        else comes (returned with them; None: nothing else yet)."""
+        gathered = list(rows)
+        while len(gathered) < SQLITE_ROWS_AT_ONCE:
+            item = self._queue.get()
+            if not isinstance(item, list):
+                return gathered, item
+            gathered += item
+        return gathered, None
+
+    def _insert(self, cursor: Any, rows: list[tuple[Any, ...]], text: SqliteInstants) -> None:
+        _sqlite_insert(cursor, rows, text)
+
+
 @contextmanager
 def observations_written(writer: ReportWriter) -> Iterator[None]:
     """While the block applies a batch's reports (`ReportWriter.apply`), calls
-    `finish_observations` and evaluates the devices, their observation rows are written, on
-    PostgreSQL, by a thread on the same connection (`db.background`): the new rows of a first
-    load as the reports are applied, in one `COPY` that a statement of the block's ends (it waits
-    for the rows sent so far), the rest once every report is applied. The block must read none
-    of those rows from the store (the evaluation has them in memory). SQLite: nothing to do here
-    (`finish_observations` writes them)."""
+    `finish_observations` and evaluates the devices, their observation rows are written by a
+    thread on the same connection (`db.background`): the new rows of a first load as the reports
+    are applied, the rest once every report is applied. On PostgreSQL the new rows go in one
+    `COPY` that a statement of the block's ends (it waits for the rows sent so far); on SQLite
+    in a statement per few thousand rows. The block must read none of those rows from the store
+    (the evaluation has them in memory)."""
     uow = writer.uow
-    if uow.dialect != "postgresql":
-        yield
-        return
     connection = uow.session.connection()
-    stream = ObservationStream(connection.connection.driver_connection)
+    dbapi = connection.connection.driver_connection
+    postgresql = uow.dialect == "postgresql"
+    if postgresql:
+        stream: ObservationStream = CopyStream(dbapi)
+        event.listen(connection, "before_cursor_execute", stream.pause)
+    else:  # a library built without its own locking cannot share a connection between threads
+        stream = SqliteStream(dbapi, inline=sqlite3.threadsafety != SQLITE_SERIALIZED)
     writer.stream = stream
-    event.listen(connection, "before_cursor_execute", stream.pause)
     try:
-        with in_background(stream.run):
+        with nullcontext() if stream.inline else in_background(stream.run):
             try:
                 yield
             finally:
                 if not stream.finished:  # the block failed before it was done
                     stream.abort()
     finally:
-        event.remove(connection, "before_cursor_execute", stream.pause)
+        if postgresql:
+            event.remove(connection, "before_cursor_execute", stream.pause)
         writer.stream = None

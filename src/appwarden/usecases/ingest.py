@@ -13,15 +13,17 @@ from typing import Any
 from sqlalchemy import func, select
 
 from appwarden.access.breaker import breakers
-from appwarden.access.models import DecisionRecord
+from appwarden.access.models import BreakerHold, DecisionRecord
 from appwarden.access.service import refresh_decisions, stored_decisions
 from appwarden.audit.service import record
 from appwarden.catalog.matching import match_key
 from appwarden.collector import collector_paused
 from appwarden.compliance.evaluate import Evaluation
+from appwarden.compliance.models import ComplianceRecord
 from appwarden.compliance.rules import Owners
 from appwarden.compliance.service import DeviceEvaluator, SharedReads, record_outcomes
 from appwarden.db.chunked import chunks, one_of
+from appwarden.db.ids import insert_new_in_bulk
 from appwarden.db.statistics import publish_write_counts
 from appwarden.db.uow import UnitOfWork
 from appwarden.devices.bulk import (
@@ -32,7 +34,13 @@ from appwarden.devices.bulk import (
     observations_written,
 )
 from appwarden.devices.facts import Authority, stored_resources_of
-from appwarden.devices.models import Device, DeviceIdentifier, Quarantine
+from appwarden.devices.models import (
+    Device,
+    DeviceIdentifier,
+    DeviceOwnerHistory,
+    DeviceResource,
+    Quarantine,
+)
 from appwarden.devices.schemas import DeviceFacts, InventoryBatch, ReportFacts
 from appwarden.devices.service import (
     DeviceRows,
@@ -53,6 +61,7 @@ from appwarden.identity.service import (
     normalise_email,
     upsert_person,
 )
+from appwarden.policies.models import PolicyFirstSeen
 from appwarden.policies.service import live_identifier_keys
 from appwarden.timeutil import iso
 from appwarden.vocabulary import DeviceStatus, EvidenceKind, Fact, Ownership, PersonStatus
@@ -363,7 +372,8 @@ class _BatchReports:
             evaluation.shared.build_views(self.uow, reported, owners, self._resources)
             # Only what changed: the same page twice changes nothing.
             evaluation.evaluate(list({**touched, **self.touched}.values()))
-        writer.write_reports()  # after the facts and the evaluation's rows (its autoflush)
+        evaluation.write()  # and the facts the reports changed
+        writer.write_reports()
         return evaluation.publish()
 
     def _resolve(self, reports: Sequence[ReportFacts]) -> list[tuple[ReportFacts, Device, bool]]:
@@ -489,7 +499,21 @@ def reevaluate_devices(
         evaluation.read(chunk)
         with names_read(uow, chunk):
             evaluation.evaluate(chunk)
+        evaluation.write()
     return evaluation.publish()
+
+
+# What a batch adds and nothing changes again in its unit of work: the states, first
+# sightings, decisions and held denies of its evaluation (each read anew by the next one), and
+# the devices' new resources and owner history (read from the store when they change again).
+WRITTEN_ONCE = (
+    ComplianceRecord,
+    PolicyFirstSeen,
+    DecisionRecord,
+    BreakerHold,
+    DeviceResource,
+    DeviceOwnerHistory,
+)
 
 
 @dataclass
@@ -540,8 +564,14 @@ class _BatchEvaluation:
                 self.evaluations,
             )
 
+    def write(self) -> None:
+        """Store what `evaluate` (and the reports' facts) left in the session: the new rows of
+        `WRITTEN_ONCE` in one insert per table, without the flush's bookkeeping for each
+        (`insert_new_in_bulk`), then the rest."""
+        insert_new_in_bulk(self.uow.session, WRITTEN_ONCE)
+        self.uow.session.flush()
+
     def publish(self) -> list[DecisionChanged]:
-        self.uow.session.flush()  # the states and decisions (refresh_decisions left them)
         # One event for the batch: its reactions (late entrants' notices) read what the devices
         # share once.
         self.uow.publish(DevicesEvaluated(tuple(self.evaluated), self.uow.now, self.evaluations))
