@@ -220,7 +220,7 @@ def _w5_rows(result: dict[str, Any]) -> list[str]:
             rows += [
                 f"W5 {int(size):,} phones, {label}: {s['rows']:,} rows; bulk "
                 f"{s['bulk']['rows_per_second']:,} rows/s, raw {s['raw']['rows_per_second']:,} "
-                f"rows/s (bare 3 columns {s['bare_3_columns']['rows_per_second']:,}) "
+                f"rows/s (bare 3 columns {s['bare_3_columns']['rows_per_second']:,}{_paged(s)}) "
                 f"| ratio {s['bulk_ratio']} | {bulk['bar']} | {_ok(bulk['pass'])} |",
                 f"W5 {int(size):,} phones, {label}: end to end "
                 f"{s['end_to_end']['rows_per_second']:,} rows/s | ratio {s['end_to_end_ratio']} "
@@ -229,6 +229,17 @@ def _w5_rows(result: dict[str, Any]) -> list[str]:
                 f"| {equal['value']} | equal | {_ok(equal['pass'])} |",
             ]
     return rows
+
+
+def _paged(step: dict[str, Any]) -> str:
+    """The raw insert committed a page at a time, where the run measured it (since 2026-12-07)."""
+    paged = step.get("raw_a_page_at_a_time")
+    if paged is None:
+        return ""
+    return (
+        f"; raw committed a page at a time as the bulk path is, {paged['transactions']:,} "
+        f"transactions, {paged['rows_per_second']:,}"
+    )
 
 
 def _delivery_rows(result: dict[str, Any]) -> list[str]:

@@ -16,8 +16,10 @@ durability settings (SQLite: WAL, `synchronous` as appwarden sets it, `BEGIN IMM
   observation rows the bulk store holds after the step, pre-built in memory, inserted into its
   empty `observation` table with the
   driver's own bulk path: `executemany` in one `BEGIN IMMEDIATE` transaction (SQLite), `COPY`
-  (PostgreSQL). A bare 3-column table `(device_id, namespace, value)` takes the same number of
-  rows the same way, as a diagnostic of the driver's floor.
+  (PostgreSQL). Two diagnostics: a bare 3-column table `(device_id, namespace, value)` takes
+  the same number of rows the same way (the driver's floor), and another new store takes the
+  same rows committed a page at a time, as the bulk path commits them (what the transactions
+  themselves cost: on SQLite each commit waits for the write-ahead log to be copied back).
 
 Measured: observation rows written per second (a fresh load writes every row, a re-import
 touches every row: its `last_seen_at` moves). **Bars: bulk ≥ 50 % of raw rows/s; end to end
@@ -35,7 +37,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,26 +229,37 @@ def _copy_devices(source: Engine, target: Engine) -> None:
         connection.execute(insert(Device), devices)
 
 
-def _raw_insert(engine: Engine, backend: str, rows: list[tuple[Any, ...]], *, bare: bool) -> float:
+def _raw_insert(
+    engine: Engine,
+    backend: str,
+    rows: list[tuple[Any, ...]],
+    *,
+    bare: bool = False,
+    transactions: int = 1,
+) -> float:
     """Seconds to insert `rows` into an empty `observation` (or `bare`) table with the driver's
-    own bulk path, in one transaction begun as appwarden's engine begins one."""
+    own bulk path, in `transactions` transactions of equal size (in order), each begun as
+    appwarden's engine begins one."""
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS bare"))
         connection.execute(text(BARE_TABLE))
     if bare:
         rows = [(row[0], row[3], row[4]) for row in rows]
+    size = max(1, -(-len(rows) // transactions))
     dbapi = engine.raw_connection()
     try:
         cursor = dbapi.cursor()
         started = time.perf_counter()
-        if backend == "postgresql":
-            with cursor.copy(BARE_COPY if bare else COPY) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:  # appwarden's engine runs pysqlite in autocommit and begins explicitly
-            cursor.execute("BEGIN IMMEDIATE")
-            cursor.executemany(BARE_INSERT if bare else INSERT, rows)
-        dbapi.commit()
+        for start in range(0, len(rows), size):
+            part = rows[start : start + size]
+            if backend == "postgresql":
+                with cursor.copy(BARE_COPY if bare else COPY) as copy:
+                    for row in part:
+                        copy.write_row(row)
+            else:  # appwarden's engine runs pysqlite in autocommit and begins explicitly
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.executemany(BARE_INSERT if bare else INSERT, part)
+            dbapi.commit()
         return time.perf_counter() - started
     finally:
         dbapi.close()
@@ -261,6 +274,8 @@ class Step:
     end_to_end_seconds: float
     raw_seconds: float
     bare_seconds: float
+    raw_paged_seconds: float
+    pages: int
     equal: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -282,6 +297,11 @@ class Step:
             "bare_3_columns": {
                 "seconds": round(self.bare_seconds, 3),
                 "rows_per_second": rate(self.bare_seconds),
+            },
+            "raw_a_page_at_a_time": {
+                "transactions": self.pages,
+                "seconds": round(self.raw_paged_seconds, 3),
+                "rows_per_second": rate(self.raw_paged_seconds),
             },
             "bulk_ratio": round(self.raw_seconds / self.bulk_seconds, 4),
             "end_to_end_ratio": round(self.raw_seconds / self.end_to_end_seconds, 4),
@@ -307,13 +327,12 @@ def _size(db: str | None, phones: int, workdir: Path, note: Note) -> dict[str, A
                 bulk_seconds = _bulk(bulk_url, workdir, documents, at)
                 note(f"W5 {phones:,} phones, {step}: end to end")
                 e2e_seconds = _end_to_end(e2e_url, workdir, documents, at, step)
+                page_count = len(documents)
                 del documents
                 stored = _rows(bulk)
                 note(f"W5 {phones:,} phones, {step}: raw insert of {len(stored):,} rows")
-                raw_seconds, bare_seconds, equal = _raw_step(db, workdir, step, stored, bulk, e2e)
-                steps[step] = Step(
-                    len(stored), bulk_seconds, e2e_seconds, raw_seconds, bare_seconds, equal
-                )
+                raw = _raw_step(db, workdir, step, stored, bulk, e2e, pages=page_count)
+                steps[step] = Step(len(stored), bulk_seconds, e2e_seconds, *raw)
                 del stored
         finally:
             for engine in (bulk, e2e):
@@ -328,30 +347,49 @@ def _raw_step(
     stored: list[tuple[Any, ...]],
     bulk: Engine,
     e2e: Engine,
-) -> tuple[float, float, bool]:
-    """The raw and bare inserts of the step's rows, in a store made for the step, and whether
-    the three stores hold the same rows. A table that an earlier step filled and a DELETE
-    emptied is no empty table: on PostgreSQL its indexes still hold the dead rows, and each
+    *,
+    pages: int,
+) -> tuple[float, float, float, int, bool]:
+    """The raw and bare inserts of the step's rows, in a store made for the step, the raw insert
+    again a page at a time in another, and whether the three stores hold the same rows. Each
+    store is new because a table that an earlier step filled and a DELETE emptied is no empty
+    table: on PostgreSQL its indexes still hold the dead rows, and each
     insert of a key they hold visits the heap to find them dead: each earlier fill made the
     re-import's raw insert ~10 % slower (3,000 phones, 2.23 -> 2.52 -> 2.78 -> 3.02 s), which
     flattered the re-import's ratio; on SQLite the emptied pages sit on the file's free list."""
+    with _raw_store(db, workdir, f"raw-{step}", bulk) as (raw, backend):
+        raw_seconds = _raw_insert(raw, backend, stored)
+        equal = len({stored_digest(engine) for engine in (bulk, raw, e2e)}) == 1
+        bare_seconds = _raw_insert(raw, backend, stored, bare=True)
+    with _raw_store(db, workdir, f"raw-paged-{step}", bulk) as (raw, backend):
+        paged_seconds = _raw_insert(raw, backend, stored, transactions=pages)
+    return raw_seconds, bare_seconds, paged_seconds, pages, equal
+
+
+@contextmanager
+def _raw_store(
+    db: str | None, workdir: Path, name: str, bulk: Engine
+) -> Iterator[tuple[Engine, str]]:
+    """A migrated scratch store holding the bulk store's devices (the observations' foreign
+    key), with its backend's name; its SQLite file removed afterwards (each is as large as the
+    bulk store: at 100,000 phones four of them would take 12 GB)."""
     from appwarden.db import migrate
     from appwarden.db.engine import make_engine
 
-    with scratch_store(_named(db, workdir, f"raw-{step}"), workdir, tag=f"_raw_{step}") as (
-        raw_url,
+    with scratch_store(_named(db, workdir, name), workdir, tag=f"_{name.replace('-', '_')}") as (
+        url,
         backend,
     ):
-        raw = make_engine(raw_url)
+        engine = make_engine(url)
         try:
-            migrate.upgrade(raw)
-            _copy_devices(bulk, raw)
-            raw_seconds = _raw_insert(raw, backend, stored, bare=False)
-            equal = len({stored_digest(engine) for engine in (bulk, raw, e2e)}) == 1
-            bare_seconds = _raw_insert(raw, backend, stored, bare=True)
+            migrate.upgrade(engine)
+            _copy_devices(bulk, engine)
+            yield engine, backend
         finally:
-            raw.dispose()
-    return raw_seconds, bare_seconds, equal
+            engine.dispose()
+            if backend == "sqlite":
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{workdir / name}.db{suffix}").unlink(missing_ok=True)
 
 
 def _named(db: str | None, workdir: Path, name: str) -> str | None:
