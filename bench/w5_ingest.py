@@ -353,10 +353,10 @@ def _raw_step(
     """The raw and bare inserts of the step's rows, in a store made for the step, the raw insert
     again a page at a time in another, and whether the three stores hold the same rows. Each
     store is new because a table that an earlier step filled and a DELETE emptied is no empty
-    table: on PostgreSQL its indexes still hold the dead rows, and each
-    insert of a key they hold visits the heap to find them dead: each earlier fill made the
-    re-import's raw insert ~10 % slower (3,000 phones, 2.23 -> 2.52 -> 2.78 -> 3.02 s), which
-    flattered the re-import's ratio; on SQLite the emptied pages sit on the file's free list."""
+    table: on PostgreSQL its indexes still hold the dead rows, and each insert of a key they
+    hold visits the heap to find them dead: each earlier fill made the re-import's raw insert
+    ~10 % slower (3,000 phones, 2.23 -> 2.52 -> 2.78 -> 3.02 s), which flattered the
+    re-import's ratio; on SQLite the emptied pages sit on the file's free list."""
     with _raw_store(db, workdir, f"raw-{step}", bulk) as (raw, backend):
         raw_seconds = _raw_insert(raw, backend, stored)
         equal = len({stored_digest(engine) for engine in (bulk, raw, e2e)}) == 1
