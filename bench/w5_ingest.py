@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, insert, make_url, select, text
 
 from appwarden.devices.bulk import OBSERVATION_COLUMNS
 from bench.fleet import BASE_TIME, SOURCE, _environment, check_free_space, run_cli, scratch_store
@@ -331,8 +331,12 @@ def _size(db: str | None, phones: int, workdir: Path, note: Note) -> dict[str, A
                 del documents
                 stored = _rows(bulk)
                 note(f"W5 {phones:,} phones, {step}: raw insert of {len(stored):,} rows")
-                raw = _raw_step(db, workdir, step, stored, bulk, e2e, pages=page_count)
-                steps[step] = Step(len(stored), bulk_seconds, e2e_seconds, *raw)
+                raw, bare, paged, equal = _raw_step(
+                    db, workdir, step, stored, bulk, e2e, pages=page_count
+                )
+                steps[step] = Step(
+                    len(stored), bulk_seconds, e2e_seconds, raw, bare, paged, page_count, equal
+                )
                 del stored
         finally:
             for engine in (bulk, e2e):
@@ -349,7 +353,7 @@ def _raw_step(
     e2e: Engine,
     *,
     pages: int,
-) -> tuple[float, float, float, int, bool]:
+) -> tuple[float, float, float, bool]:
     """The raw and bare inserts of the step's rows, in a store made for the step, the raw insert
     again a page at a time in another, and whether the three stores hold the same rows. Each
     store is new because a table that an earlier step filled and a DELETE emptied is no empty
@@ -363,7 +367,7 @@ def _raw_step(
         bare_seconds = _raw_insert(raw, backend, stored, bare=True)
     with _raw_store(db, workdir, f"raw-paged-{step}", bulk) as (raw, backend):
         paged_seconds = _raw_insert(raw, backend, stored, transactions=pages)
-    return raw_seconds, bare_seconds, paged_seconds, pages, equal
+    return raw_seconds, bare_seconds, paged_seconds, equal
 
 
 @contextmanager
@@ -389,7 +393,7 @@ def _raw_store(
             engine.dispose()
             if backend == "sqlite":
                 for suffix in ("", "-wal", "-shm"):
-                    Path(f"{workdir / name}.db{suffix}").unlink(missing_ok=True)
+                    Path(f"{make_url(url).database}{suffix}").unlink(missing_ok=True)
 
 
 def _named(db: str | None, workdir: Path, name: str) -> str | None:
