@@ -73,3 +73,27 @@ def test_rows_seen_again_and_deleted_are_written_by_id(cursor):
     stored = {row[0]: row[-1] for row in _stored(cursor)}
     text = bulk.SqliteInstants()
     assert stored == {1: text[later], 3: text[later], 4: text[AT], 6: text[AT]}
+
+
+def test_new_rows_of_several_reports_keep_their_order_and_columns(cursor):
+    """New rows go in groups that share a report's columns: runs of rows from different
+    devices, sources and instants, one coming back after another, are stored as given."""
+    later = AT + timedelta(hours=2)
+    reports = [
+        (1, "mdm", AT),
+        (2, "mdm", AT),
+        (1, "mdm", later),
+        (1, "osquery", AT),
+        (2, "mdm", AT),
+    ]
+    rows = [
+        (device, source, "inventory", "apple_bundle_id", f"com.app{n}.{run}", "raw", None, None,
+         instant, instant)
+        for run, (device, source, instant) in enumerate(reports)
+        for n in range(run + 1)
+    ]  # fmt: skip
+    bulk._sqlite_writes([], {}, [], rows, cursor)
+    text = bulk.SqliteInstants()
+    assert _stored(cursor) == [
+        (n, *row[:8], text[row[8]], text[row[9]]) for n, row in enumerate(rows, 1)
+    ]
