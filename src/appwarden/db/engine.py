@@ -23,7 +23,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
+from appwarden.errors import AppwardenError
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: The oldest SQLite library appwarden runs on: inserts return their ids in row order with
+#: `RETURNING`, and the bulk observation insert is a `MATERIALIZED` common table expression.
+#: Both came with 3.35; older ones would fail on the first import with a bare syntax error.
+SQLITE_OLDEST = (3, 35, 0)
 log = logging.getLogger("appwarden.db")
 
 
@@ -40,6 +46,7 @@ def make_engine(url: str, *, background_checkpoints: bool = False, **kwargs: Any
     checkpoint themselves, a `Checkpointer` thread does (see there)."""
     url = normalise_url(url)
     if make_url(url).get_backend_name() == "sqlite":
+        _check_sqlite_library()
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
@@ -49,6 +56,16 @@ def make_engine(url: str, *, background_checkpoints: bool = False, **kwargs: Any
     _ping_when_idle(engine)
     event.listen(engine, "do_executemany", copy_many_rows)
     return engine
+
+
+def _check_sqlite_library() -> None:
+    if sqlite3.sqlite_version_info < SQLITE_OLDEST:
+        oldest = ".".join(map(str, SQLITE_OLDEST))
+        raise AppwardenError(
+            f"appwarden needs SQLite {oldest} or newer; this Python's sqlite3 module uses "
+            f"SQLite {sqlite3.sqlite_version} (use PostgreSQL, or a Python built with a newer "
+            "SQLite)"
+        )
 
 
 # ── many rows of a plain INSERT, as COPY (PostgreSQL) ────────────────────────────────────────
