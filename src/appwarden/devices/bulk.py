@@ -710,8 +710,8 @@ def _sqlite_groups(rows: Iterable[tuple[Any, ...]], text: SqliteInstants) -> lis
     shared: tuple[Any, ...] | None = None
     apps: list[tuple[Any, ...]] = []
     for row in rows:
-        if row[:3] + row[8:] != shared:
-            shared = row[:3] + row[8:]
+        if (key := row[:3] + row[8:]) != shared:
+            shared = key
             apps = []
             groups.append([*row[:3], text[row[8]], text[row[9]], apps])
         apps.append(row[3:8])
